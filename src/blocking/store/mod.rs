@@ -1,0 +1,128 @@
+//! The store seam: where messages are enqueued and claimed. Each database is
+//! behind its own cargo feature.
+
+use crate::message::{Message, StoredMessage};
+use crate::Result;
+use std::time::Duration;
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+pub use self::postgres::{PostgresStore, PostgresStoreBuilder};
+
+/// A claim's ownership token: rows are marked only with the token that claimed them,
+/// so a relay whose lease expired cannot overwrite a newer claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Unique per claim.
+    pub token: uuid::Uuid,
+    /// How long the claim is owned.
+    pub duration: Duration,
+}
+
+impl Lease {
+    /// A fresh token for a claim of `duration`.
+    pub fn new(duration: Duration) -> Self {
+        Lease {
+            token: uuid::Uuid::new_v4(),
+            duration,
+        }
+    }
+}
+
+/// A failed attempt to record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailedAttempt {
+    /// Row id.
+    pub id: i64,
+    /// The error text (stored in `last_error`).
+    pub error: String,
+    /// When to try again (ignored when parked).
+    pub retry_in: Duration,
+    /// Move to status `parked`.
+    pub park: bool,
+}
+
+/// Which parked messages `requeue` brings back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Every parked message.
+    AllParked,
+    /// These row ids (only those that are parked).
+    Ids(Vec<i64>),
+}
+
+/// A snapshot of the table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Waiting to be published (includes leased and backing-off rows).
+    pub pending: u64,
+    /// Of the pending ones, currently leased by a relay.
+    pub leased: u64,
+    /// Published and not yet cleaned up.
+    pub dispatched: u64,
+    /// Given up after `max_attempts` or a permanent error.
+    pub parked: u64,
+    /// Age of the oldest pending message (zero when none).
+    pub oldest_pending_age: Duration,
+}
+
+/// Wake-ups from other processes (PostgreSQL LISTEN/NOTIFY). A hint only:
+/// the table stays the source of truth.
+pub trait WakeListener: Send {
+    /// Waits up to `timeout`; `Ok(true)` when a notification arrived.
+    fn wait(&mut self, timeout: Duration) -> Result<bool>;
+}
+
+/// A database that holds the outbox table.
+///
+/// Implementations must be safe to use from several threads and processes at once:
+/// claims are leases, and marks check the lease token.
+pub trait Store: Send + Sync + 'static {
+    /// The caller's transaction type that messages can join.
+    type Tx<'a>;
+
+    /// Creates or upgrades the table and its indexes; idempotent and safe under
+    /// concurrent callers.
+    fn migrate(&self) -> Result<()>;
+
+    /// Inserts messages in one transaction of the store's own.
+    fn enqueue(&self, messages: &[Message]) -> Result<()>;
+
+    /// Inserts messages inside the caller's transaction: they commit or roll back with it.
+    fn enqueue_in_tx(&self, tx: &mut Self::Tx<'_>, messages: &[Message]) -> Result<()>;
+
+    /// Begins a transaction, runs `f`, commits on `Ok`, rolls back on `Err`.
+    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut Self::Tx<'_>) -> std::result::Result<R, E>,
+        E: From<crate::Error>;
+
+    /// Claims up to `limit` publishable messages under `lease`, in id order, at most
+    /// one per ordering key (the earliest pending one).
+    fn claim(&self, lease: &Lease, limit: usize) -> Result<Vec<StoredMessage>>;
+
+    /// Marks claimed messages dispatched; returns how many rows still held the lease.
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize>;
+
+    /// Records failed attempts (backoff or park); returns rows that still held the lease.
+    fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize>;
+
+    /// Gives claimed messages back without counting an attempt.
+    fn release(&self, lease: &Lease, ids: &[i64]) -> Result<usize>;
+
+    /// Deletes up to `limit` dispatched messages older than `older_than` (cutoff taken
+    /// from the database clock at each call); returns how many were deleted.
+    fn cleanup(&self, older_than: Duration, limit: usize) -> Result<u64>;
+
+    /// Moves parked messages back to pending with a fresh attempt budget.
+    fn requeue(&self, which: &Requeue) -> Result<u64>;
+
+    /// Counts by status and the age of the oldest pending message.
+    fn stats(&self) -> Result<Stats>;
+
+    /// A listener for wake-ups sent by other processes, if the database has them.
+    fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,515 @@
+//! PostgreSQL store on the `postgres` crate: leases with `FOR UPDATE SKIP LOCKED`,
+//! LISTEN/NOTIFY wake-ups, a small connection pool of its own.
+
+use super::{FailedAttempt, Lease, Requeue, Stats, Store, WakeListener};
+use crate::core::ident::TableName;
+use crate::core::redact::redact_url;
+use crate::core::rows;
+use crate::core::sql_pg::PgSql;
+use crate::message::{Message, MessageId, StoredMessage};
+use crate::{Error, Result};
+use parking_lot::Mutex;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::tls::{MakeTlsConnect, TlsConnect};
+use postgres::{Client, GenericClient, Socket};
+use std::ops::{Deref, DerefMut};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+type Connector = dyn Fn() -> std::result::Result<Client, postgres::Error> + Send + Sync;
+
+/// The outbox table in PostgreSQL (9.5+ for SKIP LOCKED; 13+ for `gen_random_uuid()`).
+///
+/// Cheap to clone: clones share one pool of connections.
+///
+/// ```no_run
+/// # fn main() -> Result<(), outboxer::Error> {
+/// use outboxer::store::PostgresStore;
+/// let store = PostgresStore::builder("postgres://postgres@127.0.0.1/test")
+///     .table("app.event_store")
+///     .build()?;
+/// store.migrate()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    table: TableName,
+    sql: PgSql,
+    connect: Box<Connector>,
+    idle: Mutex<Vec<Client>>,
+    max_idle: usize,
+    notify: bool,
+}
+
+/// Settings of a [`PostgresStore`].
+pub struct PostgresStoreBuilder {
+    config: std::result::Result<postgres::Config, Error>,
+    table: std::result::Result<TableName, Error>,
+    max_idle: usize,
+    notify: bool,
+    connector: Option<Box<dyn FnOnce(postgres::Config) -> Box<Connector>>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("table", &self.inner.table.plain())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects with a URL (`postgres://user[:password]@host[:port]/db?...`) or a
+    /// `key=value` string, without TLS, to the default table `event_store`.
+    /// One connection is opened to check the server is there.
+    pub fn connect(url: &str) -> Result<Self> {
+        Self::builder(url).build()
+    }
+
+    /// A builder for table name, TLS and pool settings.
+    pub fn builder(url: &str) -> PostgresStoreBuilder {
+        let config = postgres::Config::from_str(url).map_err(|e| Error::InvalidUrl {
+            url: redact_url(url),
+            reason: e.to_string(),
+        });
+        PostgresStoreBuilder::new(config)
+    }
+
+    /// A builder from a ready `postgres::Config`.
+    pub fn from_config(config: postgres::Config) -> PostgresStoreBuilder {
+        PostgresStoreBuilder::new(Ok(config))
+    }
+
+    /// Creates or upgrades the table (same as [`Store::migrate`], without importing the trait).
+    pub fn migrate(&self) -> Result<()> {
+        Store::migrate(self)
+    }
+
+    /// The table this store uses.
+    pub fn table(&self) -> &TableName {
+        &self.inner.table
+    }
+
+    fn conn(&self) -> Result<Conn<'_>> {
+        let pooled = self.inner.idle.lock().pop();
+        let client = match pooled {
+            Some(c) if !c.is_closed() => c,
+            _ => (self.inner.connect)().map_err(|e| Error::db("connecting to PostgreSQL", e))?,
+        };
+        Ok(Conn {
+            inner: &self.inner,
+            client: Some(client),
+        })
+    }
+
+    fn insert(&self, client: &mut impl GenericClient, messages: &[Message]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let sql = &self.inner.sql;
+        let keys: Vec<&str> = messages.iter().filter_map(|m| m.key()).collect();
+        if !keys.is_empty() {
+            // Serialise enqueues of the same key so ids follow commit order.
+            client
+                .query_one(&sql.lock_keys, &[&self.inner.table.lock_space(), &keys])
+                .map_err(|e| Error::db("locking ordering keys", e))?;
+        }
+        if let [m] = messages {
+            client
+                .execute(
+                    &sql.insert_one,
+                    &[
+                        m.message_id.as_uuid(),
+                        &m.payload,
+                        &rows::headers_to_json(&m.headers),
+                        &rows::options_to_json(&m.options),
+                        &m.ordering_key,
+                    ],
+                )
+                .map_err(|e| Error::db("inserting a message", e))?;
+        } else {
+            let ids: Vec<uuid::Uuid> = messages.iter().map(|m| *m.message_id.as_uuid()).collect();
+            let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+            let headers: Vec<serde_json::Value> = messages
+                .iter()
+                .map(|m| rows::headers_to_json(&m.headers))
+                .collect();
+            let options: Vec<serde_json::Value> = messages
+                .iter()
+                .map(|m| rows::options_to_json(&m.options))
+                .collect();
+            let okeys: Vec<Option<&str>> = messages.iter().map(|m| m.key()).collect();
+            client
+                .execute(
+                    &sql.insert_many,
+                    &[&ids, &payloads, &headers, &options, &okeys],
+                )
+                .map_err(|e| Error::db("inserting messages", e))?;
+        }
+        if self.inner.notify {
+            client
+                .query_one(&sql.notify, &[&sql.channel])
+                .map_err(|e| Error::db("notifying relays", e))?;
+        }
+        Ok(())
+    }
+
+    fn migrate_in(&self, tx: &mut postgres::Transaction<'_>) -> Result<()> {
+        let sql = &self.inner.sql;
+        let table = &self.inner.table;
+        let row = tx
+            .query_one(&sql.inspect, &[&table.schema(), &table.table()])
+            .map_err(|e| Error::db("inspecting the table", e))?;
+        let (exists, has_status, has_dispatched, id_type): (bool, bool, bool, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        for stmt in &sql.migrate {
+            tx.batch_execute(stmt)
+                .map_err(|e| Error::db("creating the table", e))?;
+        }
+        if exists && has_dispatched {
+            // A Go outboxer table: keep its rows, widen its types, carry its state over.
+            if !has_status {
+                tx.batch_execute(&sql.upgrade_go_rows)
+                    .map_err(|e| Error::db("upgrading Go outboxer rows", e))?;
+            }
+            if id_type == "integer" {
+                for stmt in &sql.widen_id {
+                    tx.batch_execute(stmt)
+                        .map_err(|e| Error::db("upgrading the Go outboxer table", e))?;
+                }
+            }
+            log::info!("outboxer: upgraded Go outboxer table {}", table.plain());
+        }
+        Ok(())
+    }
+}
+
+impl PostgresStoreBuilder {
+    fn new(config: std::result::Result<postgres::Config, Error>) -> Self {
+        PostgresStoreBuilder {
+            config,
+            table: Ok(TableName::default()),
+            max_idle: 8,
+            notify: true,
+            connector: None,
+        }
+    }
+
+    /// The table (`name` or `schema.name`, plain identifiers); default `event_store`.
+    pub fn table(mut self, name: &str) -> Self {
+        self.table = TableName::parse(name);
+        self
+    }
+
+    /// Connections kept open between uses (default 8).
+    pub fn max_idle(mut self, n: usize) -> Self {
+        self.max_idle = n;
+        self
+    }
+
+    /// Send `NOTIFY` on enqueue so relays in other processes wake at once (default true).
+    pub fn notify(mut self, on: bool) -> Self {
+        self.notify = on;
+        self
+    }
+
+    /// Connect with TLS (e.g. `postgres-native-tls` or `tokio-postgres-rustls` connectors).
+    pub fn tls<T>(mut self, tls: T) -> Self
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        self.connector = Some(Box::new(
+            move |config: postgres::Config| -> Box<Connector> {
+                Box::new(move || config.connect(tls.clone()))
+            },
+        ));
+        self
+    }
+
+    /// Validates the settings and opens one connection to check the server.
+    pub fn build(self) -> Result<PostgresStore> {
+        let mut config = self.config?;
+        let table = self.table?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("outboxer");
+        }
+        let connect: Box<Connector> = match self.connector {
+            Some(make) => make(config),
+            None => Box::new(move || config.connect(postgres::NoTls)),
+        };
+        let store = PostgresStore {
+            inner: Arc::new(Inner {
+                sql: PgSql::new(&table),
+                table,
+                connect,
+                idle: Mutex::new(Vec::new()),
+                max_idle: self.max_idle,
+                notify: self.notify,
+            }),
+        };
+        drop(store.conn()?);
+        Ok(store)
+    }
+}
+
+/// A pooled connection; goes back to the pool on drop unless it broke.
+struct Conn<'a> {
+    inner: &'a Inner,
+    client: Option<Client>,
+}
+
+impl Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("present until drop")
+    }
+}
+
+impl DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            if !c.is_closed() {
+                let mut idle = self.inner.idle.lock();
+                if idle.len() < self.inner.max_idle {
+                    idle.push(c);
+                }
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn decode(row: &postgres::Row) -> Result<StoredMessage> {
+    let id: i64 = row
+        .try_get(0)
+        .map_err(|e| Error::db("decoding a claimed row", e))?;
+    let bad = |reason: String| Error::Decode { id, reason };
+    let get = |e: postgres::Error| bad(e.to_string());
+    let micros: i64 = row.try_get(7).map_err(get)?;
+    let attempts: i32 = row.try_get(6).map_err(get)?;
+    Ok(StoredMessage {
+        id,
+        message_id: MessageId::from_uuid(row.try_get(1).map_err(get)?),
+        payload: row.try_get(2).map_err(get)?,
+        headers: rows::headers_from_json(row.try_get(3).map_err(get)?).map_err(bad)?,
+        options: rows::options_from_json(row.try_get(4).map_err(get)?).map_err(bad)?,
+        ordering_key: row.try_get(5).map_err(get)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        created_at: UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0)),
+    })
+}
+
+impl Store for PostgresStore {
+    type Tx<'a> = postgres::Transaction<'a>;
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn
+            .transaction()
+            .map_err(|e| Error::db("beginning migrate", e))?;
+        // One migrator at a time per table, across processes; released at commit.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, 0)",
+            &[&self.inner.table.lock_space()],
+        )
+        .map_err(|e| Error::db("locking for migrate", e))?;
+        self.migrate_in(&mut tx)?;
+        tx.commit().map_err(|e| Error::db("committing migrate", e))
+    }
+
+    fn enqueue(&self, messages: &[Message]) -> Result<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn
+            .transaction()
+            .map_err(|e| Error::db("beginning a transaction", e))?;
+        self.insert(&mut tx, messages)?;
+        tx.commit().map_err(|e| Error::db("committing messages", e))
+    }
+
+    fn enqueue_in_tx(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        messages: &[Message],
+    ) -> Result<()> {
+        self.insert(tx, messages)
+    }
+
+    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut postgres::Transaction<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        let mut conn = self.conn()?;
+        let mut tx = conn
+            .transaction()
+            .map_err(|e| Error::db("beginning a transaction", e))?;
+        match f(&mut tx) {
+            Ok(r) => {
+                tx.commit().map_err(|e| Error::db("committing", e))?;
+                Ok(r)
+            }
+            Err(e) => {
+                if let Err(re) = tx.rollback() {
+                    log::warn!("outboxer: rollback failed: {re}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn claim(&self, lease: &Lease, limit: usize) -> Result<Vec<StoredMessage>> {
+        let mut conn = self.conn()?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = conn
+            .query(
+                &self.inner.sql.claim,
+                &[&limit, &lease.token, &millis(lease.duration)],
+            )
+            .map_err(|e| Error::db("claiming messages", e))?;
+        let mut out = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|m| m.id);
+        Ok(out)
+    }
+
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let n = self
+            .conn()?
+            .execute(&self.inner.sql.mark_dispatched, &[&ids, &lease.token])
+            .map_err(|e| Error::db("marking messages dispatched", e))?;
+        Ok(n as usize)
+    }
+
+    fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {
+        if failures.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = failures.iter().map(|f| f.id).collect();
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        let delays: Vec<f64> = failures.iter().map(|f| millis(f.retry_in)).collect();
+        let park: Vec<bool> = failures.iter().map(|f| f.park).collect();
+        let n = self
+            .conn()?
+            .execute(
+                &self.inner.sql.mark_failed,
+                &[&ids, &errors, &delays, &park, &lease.token],
+            )
+            .map_err(|e| Error::db("recording failed attempts", e))?;
+        Ok(n as usize)
+    }
+
+    fn release(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let n = self
+            .conn()?
+            .execute(&self.inner.sql.release, &[&ids, &lease.token])
+            .map_err(|e| Error::db("releasing messages", e))?;
+        Ok(n as usize)
+    }
+
+    fn cleanup(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn()?
+            .execute(&self.inner.sql.cleanup, &[&millis(older_than), &limit])
+            .map_err(|e| Error::db("cleaning up dispatched messages", e))
+    }
+
+    fn requeue(&self, which: &Requeue) -> Result<u64> {
+        let mut conn = self.conn()?;
+        let r = match which {
+            Requeue::AllParked => conn.execute(&self.inner.sql.requeue_all, &[]),
+            Requeue::Ids(ids) => conn.execute(&self.inner.sql.requeue_ids, &[ids]),
+        };
+        r.map_err(|e| Error::db("requeueing parked messages", e))
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        let row = self
+            .conn()?
+            .query_one(&self.inner.sql.stats, &[])
+            .map_err(|e| Error::db("reading stats", e))?;
+        let count = |i: usize| -> u64 { u64::try_from(row.get::<_, i64>(i)).unwrap_or(0) };
+        let age: f64 = row.get(4);
+        Ok(Stats {
+            pending: count(0),
+            dispatched: count(1),
+            parked: count(2),
+            leased: count(3),
+            oldest_pending_age: Duration::try_from_secs_f64(age.max(0.0)).unwrap_or_default(),
+        })
+    }
+
+    fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
+        if !self.inner.notify {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(PgListener {
+            store: self.clone(),
+            client: None,
+        })))
+    }
+}
+
+/// LISTENs on the table's channel on a connection of its own.
+struct PgListener {
+    store: PostgresStore,
+    client: Option<Client>,
+}
+
+impl WakeListener for PgListener {
+    fn wait(&mut self, timeout: Duration) -> Result<bool> {
+        if self.client.is_none() {
+            let mut c = (self.store.inner.connect)()
+                .map_err(|e| Error::db("connecting the LISTEN connection", e))?;
+            // The channel name is derived from a validated identifier.
+            c.batch_execute(&format!("LISTEN \"{}\"", self.store.inner.sql.channel))
+                .map_err(|e| Error::db("LISTEN", e))?;
+            self.client = Some(c);
+        }
+        let Some(client) = self.client.as_mut() else {
+            return Ok(false);
+        };
+        let got = wait_notification(client, timeout);
+        if got.is_err() {
+            self.client = None;
+        }
+        got.map_err(|e| Error::db("waiting for notifications", e))
+    }
+}
+
+fn wait_notification(
+    client: &mut Client,
+    timeout: Duration,
+) -> std::result::Result<bool, postgres::Error> {
+    let mut notes = client.notifications();
+    let first = notes.timeout_iter(timeout).next()?.is_some();
+    if first {
+        // Collapse whatever else is queued into this one wake-up.
+        while notes.iter().next()?.is_some() {}
+    }
+    Ok(first)
+}

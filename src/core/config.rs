@@ -1,0 +1,178 @@
+//! Relay settings and their validation: bad values are typed errors, never panics.
+
+use super::retry::Backoff;
+use crate::{Error, Result};
+use std::time::Duration;
+
+/// Validated relay settings (built by `Outbox::builder()`).
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Polling fallback between claims when no wake-up arrives.
+    pub check_interval: Duration,
+    /// Most messages claimed and published at once.
+    pub batch_size: usize,
+    /// How long a claim is owned before another relay may take it over.
+    pub lease: Duration,
+    /// Failed attempts before a message is parked.
+    pub max_attempts: u32,
+    /// Delay policy between attempts.
+    pub backoff: Backoff,
+    /// How often dispatched rows are cleaned up; `None` disables cleanup.
+    pub cleanup_interval: Option<Duration>,
+    /// Dispatched rows older than this are deleted.
+    pub cleanup_before: Duration,
+    /// Rows deleted per statement.
+    pub cleanup_batch_size: usize,
+    /// Capacity of the ok/err channels; when full, outcomes are dropped and counted.
+    pub channel_capacity: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            check_interval: Duration::from_secs(1),
+            batch_size: 500,
+            lease: Duration::from_secs(30),
+            max_attempts: 10,
+            backoff: Backoff::default(),
+            cleanup_interval: Some(Duration::from_secs(60)),
+            cleanup_before: Duration::from_secs(5 * 24 * 3600),
+            cleanup_batch_size: 1000,
+            channel_capacity: 1024,
+        }
+    }
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn range(field: &'static str, v: Duration, min: Duration, max: Duration) -> Result<()> {
+    if v < min || v > max {
+        return Err(Error::config(
+            field,
+            format!("{v:?} is outside {min:?}..={max:?}"),
+        ));
+    }
+    Ok(())
+}
+
+impl RelayConfig {
+    /// Checks every setting; the first bad one is returned as [`Error::Config`].
+    pub fn validate(&self) -> Result<()> {
+        range(
+            "check_interval",
+            self.check_interval,
+            Duration::from_millis(1),
+            DAY,
+        )?;
+        if self.batch_size == 0 || self.batch_size > 10_000 {
+            return Err(Error::config(
+                "batch_size",
+                format!("{} is outside 1..=10000", self.batch_size),
+            ));
+        }
+        range("lease", self.lease, Duration::from_secs(1), DAY)?;
+        if self.max_attempts == 0 {
+            return Err(Error::config("max_attempts", "must be at least 1"));
+        }
+        if let Some(i) = self.cleanup_interval {
+            range("cleanup_interval", i, Duration::from_millis(10), 30 * DAY)?;
+        }
+        range(
+            "cleanup_before",
+            self.cleanup_before,
+            Duration::ZERO,
+            3650 * DAY,
+        )?;
+        if self.cleanup_batch_size == 0 || self.cleanup_batch_size > 100_000 {
+            return Err(Error::config(
+                "cleanup_batch_size",
+                format!("{} is outside 1..=100000", self.cleanup_batch_size),
+            ));
+        }
+        if self.channel_capacity == 0 || self.channel_capacity > 10_000_000 {
+            return Err(Error::config(
+                "channel_capacity",
+                format!("{} is outside 1..=10000000", self.channel_capacity),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(RelayConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn each_bad_value_names_its_field() {
+        let cases: Vec<(&str, RelayConfig)> = vec![
+            (
+                "check_interval",
+                RelayConfig {
+                    check_interval: Duration::ZERO,
+                    ..Default::default()
+                },
+            ),
+            (
+                "batch_size",
+                RelayConfig {
+                    batch_size: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "batch_size",
+                RelayConfig {
+                    batch_size: 1_000_000,
+                    ..Default::default()
+                },
+            ),
+            (
+                "lease",
+                RelayConfig {
+                    lease: Duration::from_millis(10),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_attempts",
+                RelayConfig {
+                    max_attempts: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "cleanup_interval",
+                RelayConfig {
+                    cleanup_interval: Some(Duration::ZERO),
+                    ..Default::default()
+                },
+            ),
+            (
+                "cleanup_batch_size",
+                RelayConfig {
+                    cleanup_batch_size: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "channel_capacity",
+                RelayConfig {
+                    channel_capacity: 0,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (field, cfg) in cases {
+            match cfg.validate() {
+                Err(Error::Config { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! I/O-free logic shared by the blocking and (future) async APIs: SQL text,
+//! row mapping, retry policy, relay settings, option parsing, redaction.
+
+pub mod amqp;
+pub mod config;
+pub mod ident;
+pub mod redact;
+pub mod retry;
+pub mod rows;
+pub mod sql_pg;

@@ -1,0 +1,166 @@
+//! The one error type of the crate.
+
+use std::fmt;
+
+/// A boxed error from a driver crate (postgres, amiquip, ...), kept as the source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in outboxer.
+///
+/// Errors never carry secrets: URLs are redacted before they are stored here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A builder or relay setting is out of range (zero interval, empty batch, ...).
+    #[error("invalid setting `{field}`: {reason}")]
+    Config {
+        /// The setting's name, as on the builder.
+        field: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A table or schema name that is not a plain SQL identifier.
+    #[error("invalid identifier {name:?}: {reason}")]
+    InvalidIdentifier {
+        /// The refused name.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A message option that is unknown to the stream or has the wrong type or value.
+    #[error("invalid option `{key}`: {reason}")]
+    InvalidOption {
+        /// The option key (Go-compatible name, e.g. `exchange.name`).
+        key: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A connection URL that cannot be used. The URL is shown with its password redacted.
+    #[error("invalid url `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The message is larger than the stream accepts.
+    #[error("message too large: {size} bytes, the limit is {limit} bytes")]
+    PayloadTooLarge {
+        /// Payload plus headers, in bytes.
+        size: usize,
+        /// The stream's limit, in bytes.
+        limit: usize,
+    },
+    /// The database refused a statement or could not be reached.
+    #[error("database error while {context}: {source}")]
+    Database {
+        /// What outboxer was doing.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The broker could not be reached or dropped the connection. Messages are retried
+    /// without counting an attempt.
+    #[error("{what} unavailable: {reason}")]
+    Unavailable {
+        /// Which server (e.g. `amqp`).
+        what: &'static str,
+        /// What happened, without secrets.
+        reason: String,
+    },
+    /// The broker negatively acknowledged (nacked) the message.
+    #[error("broker rejected the message: {0}")]
+    Rejected(String),
+    /// The broker could not route the message (AMQP `basic.return` of a mandatory publish).
+    #[error("message unroutable: {code} {text}")]
+    Unroutable {
+        /// The broker's reply code (312 NO_ROUTE, ...).
+        code: u16,
+        /// The broker's reply text.
+        text: String,
+    },
+    /// The broker did not confirm in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The relay's lease on these rows expired and another relay took them over.
+    #[error("lease lost on {count} message(s): another relay owns them now")]
+    LeaseLost {
+        /// How many rows were not updated.
+        count: usize,
+    },
+    /// `start()` was called while a relay of this outbox is running.
+    #[error("the relay of this outbox is already running")]
+    AlreadyStarted,
+    /// A relay thread panicked (a bug in outboxer or in a user-supplied stream or store).
+    #[error("relay thread `{0}` panicked")]
+    RelayPanicked(&'static str),
+    /// A stored row could not be decoded (hand-edited or corrupt data).
+    #[error("cannot decode stored message {id}: {reason}")]
+    Decode {
+        /// The row id.
+        id: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// True for failures of the connection rather than of the message: the relay
+    /// releases such messages and retries later without counting an attempt.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable { .. } | Error::Timeout(_) | Error::Database { .. }
+        )
+    }
+
+    /// True when retrying the same message can never succeed (bad options, too large).
+    /// The relay parks such messages at once.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidOption { .. } | Error::PayloadTooLarge { .. } | Error::Decode { .. }
+        )
+    }
+
+    pub(crate) fn config(field: &'static str, reason: impl fmt::Display) -> Self {
+        Error::Config {
+            field,
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(crate) fn option(key: impl Into<String>, reason: impl fmt::Display) -> Self {
+        Error::InvalidOption {
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    #[allow(dead_code)] // used by the store drivers, which are behind features
+    pub(crate) fn db(context: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Database {
+            context,
+            source: source.into(),
+        }
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn unavailable(what: &'static str, reason: impl fmt::Display) -> Self {
+        Error::Unavailable {
+            what,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Self {
+        Error::db("running a statement", e)
+    }
+}
+
+/// `Result` with outboxer's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,661 @@
+//! End-to-end tests: real PostgreSQL and RabbitMQ on 127.0.0.1.
+
+mod common;
+
+use common::*;
+use outboxer::store::{PostgresStore, Requeue, Store};
+use outboxer::stream::{amqp, AmqpStream};
+use outboxer::{Error, FailureAction, Message, MessageId, Outbox};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+#[test]
+fn publishes_payload_headers_id_and_routing() {
+    let table = unique("e2e");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "orders.#");
+    let outbox = outbox(&table);
+    let relay = outbox.start().expect("start");
+    let payload: Vec<u8> = vec![0, 159, 146, 150, 255, b'x']; // not UTF-8
+    let id = outbox
+        .send(
+            Message::new(payload.clone())
+                .route(amqp::topic(&ex, "orders.paid"))
+                .header("tenant", "acme")
+                .header("ключ", "значение 🎉"),
+        )
+        .expect("send");
+    let got = sink.collect(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1, "one delivery");
+    let g = &got[0];
+    assert_eq!(g.body, payload);
+    assert_eq!(g.routing_key, "orders.paid");
+    assert_eq!(g.message_id.as_deref(), Some(id.to_string().as_str()));
+    assert_eq!(g.headers.get("tenant").map(String::as_str), Some("acme"));
+    assert_eq!(
+        g.headers.get("ключ").map(String::as_str),
+        Some("значение 🎉")
+    );
+    assert_eq!(
+        g.headers.get(outboxer::MESSAGE_ID_HEADER),
+        Some(&id.to_string())
+    );
+    let ok = relay
+        .ok()
+        .recv_timeout(Duration::from_secs(10))
+        .expect("ok outcome");
+    assert_eq!(ok.message_id, id);
+    let stats = outbox.stats().expect("stats");
+    assert_eq!((stats.pending, stats.dispatched, stats.parked), (0, 1, 0));
+    relay.stop().expect("stop");
+    relay.stop().expect("stop is idempotent");
+    drop_table(&table);
+}
+
+#[test]
+fn rolled_back_messages_are_never_published() {
+    let table = unique("rb");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let outbox = outbox(&table);
+    let relay = outbox.start().expect("start");
+
+    // The caller's own transaction, rolled back.
+    let mut client = pg();
+    let mut tx = client.transaction().expect("tx");
+    outbox
+        .send_within_tx(
+            &mut tx,
+            Message::new(b"rolled back".to_vec()).route(amqp::topic(&ex, "k")),
+        )
+        .expect("send in tx");
+    tx.rollback().expect("rollback");
+
+    // The closure form: an error rolls everything back.
+    let r: Result<(), Error> = outbox.transaction(|tx| {
+        tx.send(Message::new(b"closure rolled back".to_vec()).route(amqp::topic(&ex, "k")))?;
+        tx.execute("SELECT 1/0", &[])?; // fails
+        Ok(())
+    });
+    assert!(matches!(r, Err(Error::Database { .. })), "{r:?}");
+
+    // And a committed one, to prove the relay is alive.
+    let kept = outbox
+        .transaction(|tx| {
+            tx.execute("SELECT 1", &[])?;
+            tx.send(Message::new(b"committed".to_vec()).route(amqp::topic(&ex, "k")))
+        })
+        .expect("commit");
+    let mut client = pg();
+    let mut tx = client.transaction().expect("tx");
+    let kept2 = outbox
+        .send_within_tx(
+            &mut tx,
+            Message::new(b"committed 2".to_vec()).route(amqp::topic(&ex, "k")),
+        )
+        .expect("send in tx");
+    tx.commit().expect("commit");
+
+    let got = sink.collect(2, Duration::from_secs(20));
+    let extra = sink.drain(Duration::from_millis(500));
+    let bodies: HashSet<Vec<u8>> = got.iter().chain(&extra).map(|g| g.body.clone()).collect();
+    assert_eq!(
+        bodies,
+        HashSet::from([b"committed".to_vec(), b"committed 2".to_vec()])
+    );
+    assert_eq!(
+        ids_of(&[kept, kept2]),
+        got.iter().filter_map(|g| g.message_id.clone()).collect()
+    );
+    let rows: i64 = pg()
+        .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 2);
+    relay.stop().expect("stop");
+    drop_table(&table);
+}
+
+fn relays_deliver_exactly_once(relays: usize) {
+    const N: usize = 5000;
+    let table = unique(&format!("many{relays}"));
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let outboxes: Vec<_> = (0..relays)
+        .map(|_| {
+            Outbox::builder()
+                .store(store(&table))
+                .stream(stream())
+                .batch_size(100)
+                .check_interval(Duration::from_millis(20))
+                .build()
+                .expect("outbox")
+        })
+        .collect();
+    let handles: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
+    let msgs: Vec<Message> = (0..N)
+        .map(|i| Message::new(format!("m{i}").into_bytes()).route(amqp::topic(&ex, "k")))
+        .collect();
+    let mut sent = Vec::new();
+    for chunk in msgs.chunks(250) {
+        sent.extend(outboxes[0].send_batch(chunk).expect("send"));
+    }
+    let got = sink.collect(N, Duration::from_secs(120));
+    let extra = sink.drain(Duration::from_secs(1));
+    let all: Vec<_> = got.into_iter().chain(extra).collect();
+    let c = counts(&all);
+    let dups: Vec<_> = c.iter().filter(|(_, n)| **n > 1).collect();
+    assert_eq!(c.len(), N, "all delivered");
+    assert!(
+        dups.is_empty(),
+        "{} duplicated, e.g. {:?}",
+        dups.len(),
+        dups.first()
+    );
+    assert_eq!(
+        c.keys().cloned().collect::<HashSet<_>>(),
+        ids_of(&sent).into_iter().collect()
+    );
+    // Every relay took part.
+    let published: Vec<u64> = handles.iter().map(|h| h.counters().published).collect();
+    for h in &handles {
+        h.stop().expect("stop");
+    }
+    assert_eq!(published.iter().sum::<u64>(), N as u64, "{published:?}");
+    drop_table(&table);
+}
+
+#[test]
+fn two_relays_no_duplicates() {
+    relays_deliver_exactly_once(2);
+}
+
+#[test]
+fn four_relays_no_duplicates() {
+    relays_deliver_exactly_once(4);
+}
+
+#[test]
+fn per_key_order_holds_with_two_relays() {
+    let table = unique("order");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let outboxes: Vec<_> = (0..2)
+        .map(|_| {
+            Outbox::builder()
+                .store(store(&table))
+                .stream(stream())
+                .batch_size(50)
+                .check_interval(Duration::from_millis(10))
+                .build()
+                .expect("outbox")
+        })
+        .collect();
+    let handles: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
+    const KEYS: usize = 8;
+    const PER_KEY: usize = 40;
+    // Interleaved keys, sent from several threads at once, each key from one thread in order.
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let o = &outboxes[t];
+            let ex = &ex;
+            s.spawn(move || {
+                for seq in 0..PER_KEY {
+                    for k in (t..KEYS).step_by(2) {
+                        o.send(
+                            Message::new(format!("{k}:{seq}").into_bytes())
+                                .route(amqp::topic(ex, "k"))
+                                .ordering_key(format!("key-{k}")),
+                        )
+                        .expect("send");
+                    }
+                }
+            });
+        }
+    });
+    let got = sink.collect(KEYS * PER_KEY, Duration::from_secs(120));
+    assert_eq!(counts(&got).len(), KEYS * PER_KEY);
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for g in &got {
+        let s = String::from_utf8(g.body.clone()).expect("utf8");
+        let (k, seq) = s.split_once(':').expect("k:seq");
+        let seq: i64 = seq.parse().expect("seq");
+        let prev = last.insert(k.to_string(), seq).unwrap_or(-1);
+        assert!(seq > prev, "key {k}: {seq} after {prev}");
+    }
+    for h in &handles {
+        h.stop().expect("stop");
+    }
+    drop_table(&table);
+}
+
+#[test]
+fn failing_message_is_parked_while_other_keys_flow() {
+    let table = unique("park");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "good.#");
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(stream())
+        .check_interval(Duration::from_millis(20))
+        .max_attempts(3)
+        .backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    // Unroutable: no queue is bound to "bad.*", the broker returns it (mandatory).
+    let bad = outbox
+        .send(
+            Message::new(b"bad".to_vec())
+                .route(amqp::topic(&ex, "bad.x"))
+                .ordering_key("bad"),
+        )
+        .expect("send");
+    let blocked = outbox
+        .send(
+            Message::new(b"after bad".to_vec())
+                .route(amqp::topic(&ex, "good.blocked"))
+                .ordering_key("bad"),
+        )
+        .expect("send");
+    let good: Vec<MessageId> = (0..20)
+        .map(|i| {
+            outbox
+                .send(
+                    Message::new(format!("good {i}").into_bytes())
+                        .route(amqp::topic(&ex, "good.x"))
+                        .ordering_key(format!("g{i}")),
+                )
+                .expect("send")
+        })
+        .collect();
+    let got = sink.collect(21, Duration::from_secs(30));
+    let c = counts(&got);
+    for id in &good {
+        assert_eq!(
+            c.get(&id.to_string()),
+            Some(&1),
+            "good message delivered once"
+        );
+    }
+    // The key's next message waits until the failing one is parked, then flows.
+    assert_eq!(c.get(&blocked.to_string()), Some(&1));
+    let row = pg()
+        .query_one(
+            &format!("SELECT status, attempts, last_error FROM \"{table}\" WHERE message_id = $1"),
+            &[bad.as_uuid()],
+        )
+        .expect("row");
+    let (status, attempts, last_error): (String, i32, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    assert_eq!((status.as_str(), attempts), ("parked", 3));
+    assert!(last_error.unwrap_or_default().contains("unroutable"));
+    let mut parked_reported = false;
+    while let Ok(f) = relay.err().try_recv() {
+        if f.message_id == Some(bad) && f.action == FailureAction::Parked {
+            parked_reported = true;
+            assert!(
+                matches!(f.error, Error::Unroutable { code: 312, .. }),
+                "{:?}",
+                f.error
+            );
+        }
+    }
+    assert!(parked_reported, "park reported on err()");
+    // Requeue brings it back: with a queue bound now, it is delivered.
+    let sink2 = Sink::new(&ex, "bad.#");
+    assert_eq!(outbox.requeue(&Requeue::AllParked).expect("requeue"), 1);
+    let got = sink2.collect(1, Duration::from_secs(20));
+    assert_eq!(
+        got.first().and_then(|g| g.message_id.clone()),
+        Some(bad.to_string())
+    );
+    relay.stop().expect("stop");
+    drop_table(&table);
+}
+
+#[test]
+fn cleanup_deletes_only_old_dispatched_rows() {
+    let table = unique("clean");
+    let ex = unique("ex");
+    let _sink = Sink::new(&ex, "#");
+    let store = store(&table);
+    let outbox = Outbox::builder()
+        .store(store.clone())
+        .stream(stream())
+        .check_interval(Duration::from_millis(20))
+        .cleanup_interval(Duration::from_millis(100))
+        .cleanup_before(Duration::from_secs(3600))
+        .cleanup_batch_size(7)
+        .build()
+        .expect("outbox");
+    let msgs: Vec<Message> = (0..40)
+        .map(|i| Message::new(vec![i]).route(amqp::topic(&ex, "k")))
+        .collect();
+    outbox.send_batch(&msgs).expect("send");
+    let relay = outbox.start().expect("start");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while outbox.stats().expect("stats").dispatched < 40 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = pg();
+    // 25 rows dispatched two hours ago, 5 parked long ago, 10 dispatched just now.
+    c.execute(
+        &format!("UPDATE \"{table}\" SET dispatched_at = now() - interval '2 hours' WHERE id IN (SELECT id FROM \"{table}\" ORDER BY id LIMIT 25)"),
+        &[],
+    )
+    .expect("age rows");
+    c.execute(
+        &format!("UPDATE \"{table}\" SET status = 'parked', dispatched_at = now() - interval '2 hours' WHERE id IN (SELECT id FROM \"{table}\" ORDER BY id DESC LIMIT 5)"),
+        &[],
+    )
+    .expect("park rows");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = outbox.stats().expect("stats");
+        if s.dispatched == 10 || Instant::now() > deadline {
+            assert_eq!((s.dispatched, s.parked, s.pending), (10, 5, 0), "{s:?}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    relay.stop().expect("stop");
+    drop_table(&table);
+}
+
+#[test]
+fn migrate_is_idempotent_under_concurrent_callers() {
+    let table = unique("mig");
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..6)
+            .map(|_| {
+                let t = table.clone();
+                s.spawn(move || {
+                    let st = PostgresStore::builder(&pg_url()).table(&t).build()?;
+                    st.migrate()?;
+                    st.migrate()
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().expect("thread").expect("migrate");
+        }
+    });
+    let idx: i64 = pg()
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = $1",
+            &[&table],
+        )
+        .expect("indexes")
+        .get(0);
+    assert_eq!(idx, 5, "primary key + 4 partial indexes");
+    drop_table(&table);
+}
+
+#[test]
+fn upgrades_a_go_outboxer_table_in_place() {
+    let table = unique("go");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let mut c = pg();
+    // The Go outboxer's schema and rows, written as Go writes them.
+    c.batch_execute(&format!(
+        "CREATE TABLE \"{table}\" (id SERIAL not null primary key, dispatched boolean not null default false,
+            dispatched_at timestamp, payload bytea not null, options jsonb, headers jsonb);
+         INSERT INTO \"{table}\" (payload, options, headers, dispatched, dispatched_at)
+            VALUES ('old', '{{}}', NULL, true, now());
+         INSERT INTO \"{table}\" (payload, options, headers)
+            VALUES ('from go', '{{\"exchange.name\": \"{ex}\", \"exchange.type\": \"topic\", \"routing_key\": \"go.k\"}}', '{{\"n\": 1}}');"
+    ))
+    .expect("go table");
+    let outbox = outbox(&table);
+    outbox.migrate().expect("second migrate is a no-op");
+    let relay = outbox.start().expect("start");
+    let got = sink.collect(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, b"from go");
+    assert_eq!(got[0].headers.get("n").map(String::as_str), Some("1"));
+    assert!(got[0]
+        .message_id
+        .as_deref()
+        .and_then(|s| s.parse::<MessageId>().ok())
+        .is_some());
+    assert!(
+        sink.drain(Duration::from_millis(500)).is_empty(),
+        "the dispatched Go row is not re-sent"
+    );
+    let id_type: String = c
+        .query_one("SELECT data_type FROM information_schema.columns WHERE table_name = $1 AND column_name = 'id'", &[&table])
+        .expect("type")
+        .get(0);
+    assert_eq!(id_type, "bigint");
+    // A Go app still inserting the Go way keeps working.
+    c.execute(
+        &format!("INSERT INTO \"{table}\" (payload, options) VALUES ('go again', $1)"),
+        &[&serde_json::json!({"exchange.name": ex, "routing_key": "go.k"})],
+    )
+    .expect("go insert");
+    let got = sink.collect(1, Duration::from_secs(20));
+    assert_eq!(
+        got.first().map(|g| g.body.clone()),
+        Some(b"go again".to_vec())
+    );
+    relay.stop().expect("stop");
+    drop_table(&table);
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_nothing_is_stored() {
+    // Table names never reach SQL unchecked.
+    for bad in ["x; DROP TABLE users", "a\"b", "", "1x", "a.b.c"] {
+        let r = PostgresStore::builder(&pg_url()).table(bad).build();
+        assert!(
+            matches!(r, Err(Error::InvalidIdentifier { .. })),
+            "{bad:?}: {r:?}"
+        );
+    }
+    // Unreachable server: typed error, password redacted.
+    let r = PostgresStore::connect("postgres://u:hunter2@127.0.0.1:1/db");
+    match r {
+        Err(e @ Error::Database { .. }) => assert!(!format!("{e} {e:?}").contains("hunter2")),
+        other => panic!("{other:?}"),
+    }
+    let r = AmqpStream::connect("amqp://u:hunter2@127.0.0.1:1/%2f");
+    match r {
+        Err(e @ Error::Unavailable { .. }) => {
+            assert!(!format!("{e} {e:?}").contains("hunter2"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    for url in [
+        "http://h",
+        "amqp://h?bogus=1",
+        "amqp://h?heartbeat=x",
+        "amqps://h",
+        "not a url",
+    ] {
+        assert!(
+            matches!(
+                AmqpStream::builder(url).build(),
+                Err(Error::InvalidUrl { .. })
+            ),
+            "{url}"
+        );
+    }
+    assert!(matches!(
+        PostgresStore::connect("postgres://h:notaport/db"),
+        Err(Error::InvalidUrl { .. })
+    ));
+
+    // Builder values.
+    let table = unique("bad");
+    let st = store(&table);
+    let b = || Outbox::builder().store(st.clone()).stream(stream());
+    let cases: Vec<(&str, Result<Outbox<PostgresStore>, Error>)> = vec![
+        ("check_interval", b().check_interval(Duration::ZERO).build()),
+        ("batch_size", b().batch_size(0).build()),
+        ("lease", b().lease(Duration::ZERO).build()),
+        ("max_attempts", b().max_attempts(0).build()),
+        (
+            "backoff",
+            b().backoff(Duration::ZERO, Duration::from_secs(1)).build(),
+        ),
+        (
+            "cleanup_interval",
+            b().cleanup_interval(Duration::ZERO).build(),
+        ),
+        ("cleanup_batch_size", b().cleanup_batch_size(0).build()),
+        ("channel_capacity", b().channel_capacity(0).build()),
+        ("store", Outbox::<PostgresStore>::builder().build()),
+    ];
+    for (field, r) in cases {
+        match r {
+            Err(Error::Config { field: f, .. }) => assert_eq!(f, field),
+            Err(e) => panic!("{field}: {e}"),
+            Ok(_) => panic!("{field}: accepted"),
+        }
+    }
+    let no_stream = Outbox::builder()
+        .store(st.clone())
+        .build()
+        .expect("enqueue-only outbox");
+    assert!(matches!(
+        no_stream.start(),
+        Err(Error::Config {
+            field: "stream",
+            ..
+        })
+    ));
+
+    // Options and sizes: refused at send, nothing inserted.
+    let outbox = Outbox::builder()
+        .store(st.clone())
+        .stream(
+            AmqpStream::builder(&amqp_url())
+                .max_message_size(1024)
+                .build()
+                .expect("stream"),
+        )
+        .build()
+        .expect("outbox");
+    let bad_msgs = [
+        Message::new(b"x".to_vec()).option("exchange.nam", "typo"),
+        Message::new(b"x".to_vec()).option("exchange.durable", 3),
+        Message::new(b"x".to_vec()).option("exchange.type", "nope"),
+        Message::new(b"x".to_vec()).option("routing_key", serde_json::json!({"a": 1})),
+    ];
+    for m in bad_msgs {
+        assert!(matches!(outbox.send(m), Err(Error::InvalidOption { .. })));
+    }
+    let big = Message::new(vec![0u8; 2048]).route(amqp::queue("q"));
+    assert!(matches!(
+        outbox.send(big.clone()),
+        Err(Error::PayloadTooLarge {
+            size: 2048,
+            limit: 1024
+        })
+    ));
+    assert!(matches!(
+        outbox.send_batch(&[Message::new(b"ok".to_vec()), big]),
+        Err(Error::PayloadTooLarge { .. })
+    ));
+    let s = outbox.stats().expect("stats");
+    assert_eq!(
+        (s.pending, s.dispatched, s.parked),
+        (0, 0, 0),
+        "nothing stored"
+    );
+
+    // A bad row written behind our back is parked at once, not retried forever.
+    let relay = Outbox::builder()
+        .store(st.clone())
+        .stream(stream())
+        .check_interval(Duration::from_millis(20))
+        .build()
+        .expect("outbox");
+    pg().execute(
+        &format!(
+            "INSERT INTO \"{table}\" (payload, options) VALUES ('x', '{{\"exchange.type\": 7}}')"
+        ),
+        &[],
+    )
+    .expect("insert");
+    let r = relay.start().expect("start");
+    let f = r
+        .err()
+        .recv_timeout(Duration::from_secs(10))
+        .expect("failure reported");
+    assert_eq!(f.action, FailureAction::Parked);
+    assert!(matches!(f.error, Error::InvalidOption { .. }));
+    r.stop().expect("stop");
+    drop_table(&table);
+}
+
+#[test]
+fn unread_channels_never_block_the_relay() {
+    let table = unique("unread");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(stream())
+        .channel_capacity(1)
+        .check_interval(Duration::from_millis(20))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let msgs: Vec<Message> = (0..300)
+        .map(|i| Message::new(vec![i as u8]).route(amqp::topic(&ex, "k")))
+        .collect();
+    outbox.send_batch(&msgs).expect("send");
+    assert_eq!(
+        counts(&sink.collect(300, Duration::from_secs(30))).len(),
+        300
+    );
+    // The broker has them; the marker counts right after marking.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.counters().published < 300 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = relay.counters();
+    assert_eq!(c.published, 300);
+    assert_eq!(c.dropped_ok, 299, "{c:?}");
+    // Stop while more work is queued: returns promptly and loses nothing.
+    outbox.send_batch(&msgs).expect("send");
+    let t = Instant::now();
+    drop(relay);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let relay = outbox.start().expect("restart after stop");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while outbox.stats().expect("stats").dispatched < 600 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(outbox.stats().expect("stats").dispatched, 600);
+    relay.stop().expect("stop");
+    drop_table(&table);
+}
+
+#[test]
+fn lease_holder_keeps_its_rows_and_expired_leases_are_taken_over() {
+    let table = unique("lease");
+    let st = store(&table);
+    let msgs: Vec<Message> = (0..10).map(|i| Message::new(vec![i])).collect();
+    st.enqueue(&msgs).expect("enqueue");
+    let a = outboxer::store::Lease::new(Duration::from_secs(1));
+    let b = outboxer::store::Lease::new(Duration::from_secs(60));
+    let first = st.claim(&a, 4).expect("claim");
+    assert_eq!(
+        first.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    let second = st.claim(&b, 100).expect("claim");
+    assert_eq!(second.len(), 6, "leased rows are skipped");
+    std::thread::sleep(Duration::from_millis(1100));
+    let c = outboxer::store::Lease::new(Duration::from_secs(60));
+    let taken = st.claim(&c, 100).expect("claim");
+    assert_eq!(taken.len(), 4, "expired lease taken over");
+    // The late holder cannot mark rows it no longer owns.
+    assert_eq!(st.mark_dispatched(&a, &[1, 2, 3, 4]).expect("mark"), 0);
+    assert_eq!(st.mark_dispatched(&c, &[1, 2, 3, 4]).expect("mark"), 4);
+    drop_table(&table);
+}
