@@ -83,67 +83,15 @@ impl Sink {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let (ex, q, b) = (exchange.to_string(), queue.clone(), binding.to_string());
         std::thread::spawn(move || {
-            let mut conn = Connection::insecure_open(&amqp_url()).expect("consumer connection");
-            let ch = conn.open_channel(None).expect("channel");
-            ch.exchange_declare(
-                ExchangeType::Topic,
-                ex.clone(),
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-            )
-            .expect("exchange");
-            let queue = ch
-                .queue_declare(
-                    q.clone(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                )
-                .expect("queue");
-            ch.queue_bind(q.clone(), ex.clone(), b, FieldTable::new())
-                .expect("bind");
-            let consumer = queue
-                .consume(ConsumerOptions {
-                    no_ack: true,
-                    ..Default::default()
-                })
-                .expect("consume");
-            let _ = ready_tx.send(());
-            for m in consumer.receiver().iter() {
-                match m {
-                    ConsumerMessage::Delivery(d) => {
-                        let headers = d
-                            .properties
-                            .headers()
-                            .as_ref()
-                            .map(|h| {
-                                h.iter()
-                                    .filter_map(|(k, v)| match v {
-                                        amiquip::AmqpValue::LongString(s) => {
-                                            Some((k.clone(), s.clone()))
-                                        }
-                                        _ => None,
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        let got = Got {
-                            body: d.body,
-                            routing_key: d.routing_key,
-                            message_id: d.properties.message_id().clone(),
-                            headers,
-                        };
-                        if tx.send(got).is_err() {
-                            break;
-                        }
-                    }
-                    _ => break,
+            // Reconnects after a broker restart; acks after receipt so that nothing is
+            // lost on the consumer side (a redelivery shows up as a duplicate instead).
+            let mut ready = Some(ready_tx);
+            loop {
+                match consume(&ex, &q, &b, &tx, &mut ready) {
+                    Ok(()) => break, // the test dropped its receiver
+                    Err(_) => std::thread::sleep(Duration::from_millis(300)),
                 }
             }
-            let _ = ch.queue_delete(q, Default::default());
         });
         ready_rx
             .recv_timeout(Duration::from_secs(20))
@@ -157,9 +105,16 @@ impl Sink {
 
     /// Receives until `n` distinct message ids arrived or `within` passed; returns all deliveries.
     pub fn collect(&self, n: usize, within: Duration) -> Vec<Got> {
-        let deadline = Instant::now() + within;
         let mut got = Vec::new();
-        let mut ids = std::collections::HashSet::new();
+        self.collect_into(&mut got, n, within);
+        got
+    }
+
+    /// Adds deliveries to `got` until it holds `n` distinct message ids or `within` passed.
+    pub fn collect_into(&self, got: &mut Vec<Got>, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut ids: std::collections::HashSet<_> =
+            got.iter().map(|g| g.message_id.clone()).collect();
         while ids.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
@@ -170,7 +125,6 @@ impl Sink {
                 Err(_) => break,
             }
         }
-        got
     }
 
     /// Whatever arrives within `d`.
@@ -203,4 +157,66 @@ pub fn ids_of(ids: &[MessageId]) -> std::collections::BTreeSet<String> {
 
 pub fn drop_table(table: &str) {
     let _ = pg().batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""));
+}
+
+fn consume(
+    ex: &str,
+    q: &str,
+    binding: &str,
+    tx: &crossbeam_channel::Sender<Got>,
+    ready: &mut Option<crossbeam_channel::Sender<()>>,
+) -> amiquip::Result<()> {
+    let mut conn = Connection::insecure_open(&amqp_url())?;
+    let ch = conn.open_channel(None)?;
+    ch.exchange_declare(
+        ExchangeType::Topic,
+        ex,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+    )?;
+    let queue = ch.queue_declare(
+        q,
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+    )?;
+    ch.queue_bind(q, ex, binding, FieldTable::new())?;
+    ch.qos(0, 500, false)?;
+    let consumer = queue.consume(ConsumerOptions::default())?;
+    if let Some(r) = ready.take() {
+        let _ = r.send(());
+    }
+    for m in consumer.receiver().iter() {
+        let ConsumerMessage::Delivery(d) = m else {
+            return Err(amiquip::Error::ClientClosedChannel);
+        };
+        let headers = d
+            .properties
+            .headers()
+            .as_ref()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|(k, v)| match v {
+                        amiquip::AmqpValue::LongString(s) => Some((k.clone(), s.clone())),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let got = Got {
+            body: d.body.clone(),
+            routing_key: d.routing_key.clone(),
+            message_id: d.properties.message_id().clone(),
+            headers,
+        };
+        consumer.ack(d)?;
+        if tx.send(got).is_err() {
+            let _ = ch.queue_delete(q, Default::default());
+            return Ok(());
+        }
+    }
+    Err(amiquip::Error::ClientClosedChannel)
 }
