@@ -45,3 +45,8 @@ pub use message::{
     Delivered, Failure, FailureAction, Headers, Message, MessageId, Options, StoredMessage,
     MESSAGE_ID_HEADER,
 };
+
+/// The README's examples compile as doctests.
+#[cfg(all(doctest, feature = "postgres", feature = "amqp"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
