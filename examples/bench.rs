@@ -1,1 +1,1110 @@
-fn main() {}
+//! Throughput and latency benchmark of outboxer against a real PostgreSQL and RabbitMQ.
+//!
+//! ```text
+//! cargo run --release --example bench --features postgres,amqp -- --messages 20000
+//! ```
+//!
+//! Servers: `OUTBOXER_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`) and
+//! `OUTBOXER_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+//!
+//! Every message is the same shape: a 200-byte payload, no user headers, routed with
+//! `amqp::topic(<exchange>, "bench")` to a durable topic exchange that has one durable
+//! queue bound to it. A consumer thread drains that queue (`no_ack`) all the time, and
+//! after every publishing phase the benchmark waits until it has received everything
+//! published so far (an end-to-end check; the queue is purged if it falls behind).
+//!
+//! Phases, in order, each on its own table named after the process id:
+//!
+//! 1. `insert_per_s` — the raw PostgreSQL ceiling: `INSERT .. SELECT * FROM unnest(..)` of
+//!    the same rows (message_id uuid, payload bytea, headers jsonb, options jsonb) into a
+//!    plain table with only a primary key, 1000 rows per transaction, prepared once, on
+//!    a `postgres::Client` of our own. Best of three runs, each on a fresh table.
+//! 2. `enqueue_per_s` — the library's `Outbox::send_batch` of 1000 messages per call into
+//!    a freshly migrated outbox table, no relay running. Best of three runs, each on a
+//!    fresh table. `enqueue_ratio` is `insert_per_s / enqueue_per_s` (1.0 = no overhead
+//!    over plain SQL).
+//! 3. `ceiling_per_s` — the raw broker ceiling: amiquip on a TCP_NODELAY socket (opened the
+//!    way the library opens it), one channel in confirm mode, persistent `mandatory`
+//!    publishes with a `message_id` property, a timestamp and the message-id header,
+//!    1000 publishes then wait for all their confirms, repeated. Best of three runs.
+//! 4. `relay_per_s` — N messages enqueued first, then ONE relay (`check_interval` 10 ms,
+//!    no cleanup) timed from `start()` until its `published` counter reaches N; batch
+//!    sizes 500 and 1000, the best is reported. `ratio` is `relay_per_s / ceiling_per_s`.
+//! 5. `relay2_per_s` — the same with TWO `Outbox` instances (each with its own store and
+//!    stream) on one table, started together, timed until the sum of `published` is N.
+//! 6. `p50_ms` / `p99_ms` — commit-to-publish latency at a steady 200 msg/s: one relay
+//!    with `check_interval` 1 s (so the wake-up on `send` does the work, not polling),
+//!    2000 messages sent one by one with `Outbox::send`; per message, the time from
+//!    `send` returning to its `Delivered` arriving on `relay.ok()`.
+//!
+//! With `--breakdown`, phases 3 to 5 also print the machine's CPU use per process
+//! (from `/proc`, Linux), and phases 4 and 5 wrap the store and the stream in timing
+//! decorators (through the public `Store` and `Stream` traits) to show how busy the
+//! relay's claim, publish and mark steps were. The default run measures the plain
+//! `PostgresStore` and `AmqpStream`.
+//!
+//! Tables are used fresh, as `migrate()` leaves them (never analyzed). At 20000 messages
+//! each run lasts one or two seconds, so single results vary by ±20% from run to run.
+//!
+//! The last line of output is machine-readable:
+//! `RESULT relay_per_s=.. ceiling_per_s=.. ratio=.. relay2_per_s=.. enqueue_per_s=..
+//! insert_per_s=.. enqueue_ratio=.. p50_ms=.. p99_ms=..`.
+//! Tables, the exchange and the queue are removed at the end, also after an error.
+
+use amiquip::{
+    AmqpProperties, AmqpValue, Auth, Channel, Confirm, ConfirmSmoother, Connection,
+    ConnectionOptions, ConnectionTuning, ConsumerMessage, ConsumerOptions, ExchangeDeclareOptions,
+    ExchangeType, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions,
+};
+use outboxer::core::rows;
+use outboxer::store::{FailedAttempt, Lease, PostgresStore, Requeue, Stats, WakeListener};
+use outboxer::stream::{amqp, AmqpStream, Validate};
+use outboxer::{
+    Message, MessageId, Outbox, RelayCounters, Store, StoredMessage, Stream, MESSAGE_ID_HEADER,
+};
+use std::collections::HashMap;
+use std::error::Error;
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+type BoxResult<T> = Result<T, Box<dyn Error>>;
+
+/// Payload bytes per message.
+const PAYLOAD_SIZE: usize = 200;
+/// Rows per transaction (phases 1, 2 and the pre-enqueue) and publishes per confirm window.
+const CHUNK: usize = 1000;
+/// Routing key of every message; the queue is bound with it.
+const ROUTING_KEY: &str = "bench";
+/// Relay batch sizes tried in phase 4.
+const BATCH_SIZES: [usize; 2] = [500, 1000];
+/// Runs of phases 1, 2 and 3 (a few hundred ms each at 20000 messages, so noisy); the
+/// best one counts.
+const RUNS: usize = 3;
+/// Messages and rate of the latency phase.
+const LATENCY_MESSAGES: usize = 2000;
+const LATENCY_RATE_PER_S: u64 = 200;
+/// Longest wait for a relay run or for the consumer to catch up.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let (messages, breakdown) = parse_args()?;
+    let env = Env::new(messages, breakdown);
+    println!(
+        "bench: {messages} messages of {PAYLOAD_SIZE} bytes; tables bench_{}_*, exchange {}, queue {}",
+        env.pid, env.exchange, env.queue
+    );
+    let broker = Broker::setup(&env)?;
+    let result = run(&env, &broker);
+    // Clean up whatever happened; a cleanup failure must not hide the run's error.
+    if let Err(e) = broker.teardown() {
+        eprintln!("bench: cleaning up RabbitMQ failed: {e}");
+    }
+    if let Err(e) = env.drop_all_tables() {
+        eprintln!("bench: dropping tables failed: {e}");
+    }
+    let r = result?;
+    println!(
+        "RESULT relay_per_s={:.2} ceiling_per_s={:.2} ratio={:.2} relay2_per_s={:.2} \
+         enqueue_per_s={:.2} insert_per_s={:.2} enqueue_ratio={:.2} p50_ms={:.2} p99_ms={:.2}",
+        r.relay_per_s,
+        r.ceiling_per_s,
+        r.relay_per_s / r.ceiling_per_s,
+        r.relay2_per_s,
+        r.enqueue_per_s,
+        r.insert_per_s,
+        r.insert_per_s / r.enqueue_per_s,
+        r.p50_ms,
+        r.p99_ms,
+    );
+    Ok(())
+}
+
+/// `--messages N` (default 20000) and `--breakdown`.
+fn parse_args() -> Result<(usize, bool), String> {
+    let mut messages = 20_000;
+    let mut breakdown = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = match arg.split_once('=') {
+            Some(("--messages", v)) => v.to_string(),
+            _ if arg == "--messages" => args.next().ok_or("--messages needs a number")?,
+            _ if arg == "--breakdown" => {
+                breakdown = true;
+                continue;
+            }
+            _ => {
+                return Err(format!(
+                    "unknown argument {arg:?} (usage: --messages N [--breakdown])"
+                ))
+            }
+        };
+        messages = value
+            .parse()
+            .map_err(|_| format!("--messages {value:?} is not a number"))?;
+    }
+    if messages == 0 {
+        return Err("--messages must be at least 1".into());
+    }
+    Ok((messages, breakdown))
+}
+
+/// Everything measured, for the RESULT line.
+struct Results {
+    insert_per_s: f64,
+    enqueue_per_s: f64,
+    ceiling_per_s: f64,
+    relay_per_s: f64,
+    relay2_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn run(env: &Env, broker: &Broker) -> BoxResult<Results> {
+    let n = env.messages;
+
+    let mut insert_per_s: f64 = 0.0;
+    for i in 1..=RUNS {
+        let r = rate(n, insert_phase(env)?);
+        println!("[1] insert    {r:>10.2} rows/s  (plain table, unnest, {CHUNK} rows/tx, run {i}/{RUNS})");
+        insert_per_s = insert_per_s.max(r);
+    }
+
+    let mut enqueue_per_s: f64 = 0.0;
+    for i in 1..=RUNS {
+        let r = rate(n, enqueue_phase(env)?);
+        println!("[2] enqueue   {r:>10.2} msg/s   (send_batch of {CHUNK}, run {i}/{RUNS})");
+        enqueue_per_s = enqueue_per_s.max(r);
+    }
+
+    let mut ceiling_per_s: f64 = 0.0;
+    for i in 1..=RUNS {
+        let r = rate(n, ceiling_phase(env)?);
+        broker.settle(n as u64)?;
+        println!("[3] ceiling   {r:>10.2} msg/s   (raw amiquip, confirm windows of {CHUNK}, run {i}/{RUNS})");
+        ceiling_per_s = ceiling_per_s.max(r);
+    }
+
+    let mut relay_per_s: f64 = 0.0;
+    for batch in BATCH_SIZES {
+        let r = rate(n, relay_phase(env, broker, 1, batch)?);
+        println!(
+            "[4] relay     {r:>10.2} msg/s   (1 relay, batch_size {batch}; {:.2} of ceiling)",
+            r / ceiling_per_s
+        );
+        relay_per_s = relay_per_s.max(r);
+    }
+
+    let relay2_per_s = rate(n, relay_phase(env, broker, 2, BATCH_SIZES[1])?);
+    println!(
+        "[5] relay x2  {relay2_per_s:>10.2} msg/s   (2 relays on one table, batch_size {})",
+        BATCH_SIZES[1]
+    );
+
+    let (p50_ms, p99_ms) = latency_phase(env, broker)?;
+    println!(
+        "[6] latency   p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms  ({LATENCY_MESSAGES} sends at {LATENCY_RATE_PER_S} msg/s)"
+    );
+
+    Ok(Results {
+        insert_per_s,
+        enqueue_per_s,
+        ceiling_per_s,
+        relay_per_s,
+        relay2_per_s,
+        p50_ms,
+        p99_ms,
+    })
+}
+
+fn rate(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64().max(1e-9)
+}
+
+/// Settings and names of this run.
+struct Env {
+    pg_url: String,
+    amqp_url: String,
+    pid: u32,
+    exchange: String,
+    queue: String,
+    messages: usize,
+    /// Time the relay's store and stream calls (phases 4 and 5) and print where time goes.
+    breakdown: bool,
+}
+
+impl Env {
+    fn new(messages: usize, breakdown: bool) -> Env {
+        let pid = std::process::id();
+        Env {
+            pg_url: std::env::var("OUTBOXER_PG_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+            amqp_url: std::env::var("OUTBOXER_AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            pid,
+            exchange: format!("bench_{pid}_ex"),
+            queue: format!("bench_{pid}_q"),
+            messages,
+            breakdown,
+        }
+    }
+
+    /// The table of one phase: `bench_<pid>_<suffix>`.
+    fn table(&self, suffix: &str) -> String {
+        format!("bench_{}_{suffix}", self.pid)
+    }
+
+    /// `n` fresh messages: 200-byte payloads routed to the bench exchange.
+    fn make_messages(&self, n: usize) -> Vec<Message> {
+        (0..n)
+            .map(|i| {
+                let payload: Vec<u8> = (0..PAYLOAD_SIZE)
+                    .map(|j| b'a' + ((i + j) % 26) as u8)
+                    .collect();
+                Message::new(payload).route(amqp::topic(&self.exchange, ROUTING_KEY))
+            })
+            .collect()
+    }
+
+    fn pg(&self) -> BoxResult<postgres::Client> {
+        postgres::Client::connect(&self.pg_url, postgres::NoTls)
+            .map_err(|e| format!("connecting to PostgreSQL: {e}").into())
+    }
+
+    /// A migrated store on a fresh table.
+    fn store(&self, table: &str) -> BoxResult<PostgresStore> {
+        let store = PostgresStore::builder(&self.pg_url).table(table).build()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn drop_table(&self, table: &str) -> BoxResult<()> {
+        self.pg()?
+            .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))?;
+        Ok(())
+    }
+
+    /// Drops every `bench_<pid>_*` table (all phases, also after an error).
+    fn drop_all_tables(&self) -> BoxResult<()> {
+        let mut pg = self.pg()?;
+        let pattern = format!("bench\\_{}\\_%", self.pid);
+        let tables = pg.query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE $1",
+            &[&pattern],
+        )?;
+        for row in tables {
+            let table: String = row.try_get(0)?;
+            pg.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))?;
+        }
+        Ok(())
+    }
+}
+
+/// Phase 1: plain `INSERT .. SELECT * FROM unnest(..)`, 1000 rows per transaction.
+fn insert_phase(env: &Env) -> BoxResult<Duration> {
+    let table = env.table("raw");
+    let mut pg = env.pg()?;
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS \"{table}\";
+         CREATE TABLE \"{table}\" (
+             id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+             message_id UUID NOT NULL,
+             payload BYTEA NOT NULL,
+             headers JSONB,
+             options JSONB
+         )"
+    ))?;
+    let insert = pg.prepare(&format!(
+        "INSERT INTO \"{table}\" (message_id, payload, headers, options) \
+         SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::jsonb[], $4::jsonb[])"
+    ))?;
+    let messages = env.make_messages(env.messages);
+    let start = Instant::now();
+    for chunk in messages.chunks(CHUNK) {
+        let ids: Vec<uuid::Uuid> = chunk.iter().map(|m| *m.message_id().as_uuid()).collect();
+        let payloads: Vec<&[u8]> = chunk.iter().map(|m| m.payload()).collect();
+        let headers: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|m| rows::headers_to_json(m.headers()))
+            .collect();
+        let options: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|m| rows::options_to_json(m.options()))
+            .collect();
+        let mut tx = pg.transaction()?;
+        tx.execute(&insert, &[&ids, &payloads, &headers, &options])?;
+        tx.commit()?;
+    }
+    let took = start.elapsed();
+    let count: i64 = pg
+        .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])?
+        .try_get(0)?;
+    if count != env.messages as i64 {
+        return Err(format!("plain insert: {count} rows, expected {}", env.messages).into());
+    }
+    env.drop_table(&table)?;
+    Ok(took)
+}
+
+/// Phase 2: `send_batch` of 1000 messages into a fresh outbox table, no relay.
+fn enqueue_phase(env: &Env) -> BoxResult<Duration> {
+    let table = env.table("enqueue");
+    env.drop_table(&table)?;
+    let outbox = Outbox::builder()
+        .store(env.store(&table)?)
+        // Not connected: `build()` only gives `send` the stream's validator.
+        .stream(AmqpStream::builder(&env.amqp_url).build()?)
+        .build()?;
+    let messages = env.make_messages(env.messages);
+    let start = Instant::now();
+    for chunk in messages.chunks(CHUNK) {
+        outbox.send_batch(chunk)?;
+    }
+    let took = start.elapsed();
+    let pending = outbox.stats()?.pending;
+    if pending != env.messages as u64 {
+        return Err(format!("enqueue: {pending} pending, expected {}", env.messages).into());
+    }
+    env.drop_table(&table)?;
+    Ok(took)
+}
+
+/// Phase 3: raw amiquip confirm-publishing of the same messages; returns the time taken.
+fn ceiling_phase(env: &Env) -> BoxResult<Duration> {
+    let mut connection = open_amqp(&env.amqp_url)?;
+    let channel = connection.open_channel(None)?;
+    let returns = channel.listen_for_returns()?;
+    let confirms = channel.listen_for_publisher_confirms()?;
+    channel.enable_publisher_confirms()?;
+    channel.exchange_declare(
+        ExchangeType::Topic,
+        env.exchange.clone(),
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+    )?;
+    let messages = env.make_messages(env.messages);
+    let cpu = env.breakdown.then(CpuSample::take).flatten();
+    let mut smoother = ConfirmSmoother::new();
+    let mut published = 0u64;
+    let mut confirmed = 0u64;
+    let start = Instant::now();
+    for window in messages.chunks(CHUNK) {
+        for m in window {
+            let id = m.message_id().to_string();
+            let mut headers = FieldTable::new();
+            headers.insert(
+                MESSAGE_ID_HEADER.to_string(),
+                AmqpValue::LongString(id.clone()),
+            );
+            let properties = AmqpProperties::default()
+                .with_message_id(id)
+                .with_delivery_mode(2)
+                .with_timestamp(unix_now())
+                .with_headers(headers);
+            let publish = Publish {
+                mandatory: true,
+                ..Publish::with_properties(m.payload(), ROUTING_KEY, properties)
+            };
+            channel.basic_publish(env.exchange.clone(), publish)?;
+            published += 1;
+        }
+        while confirmed < published {
+            let raw = confirms
+                .recv_timeout(Duration::from_secs(15))
+                .map_err(|e| format!("ceiling: waiting for confirms: {e}"))?;
+            for c in smoother.process(raw) {
+                match c {
+                    Confirm::Ack(_) => confirmed += 1,
+                    Confirm::Nack(p) => {
+                        return Err(format!("ceiling: broker nacked tag {}", p.delivery_tag).into())
+                    }
+                }
+            }
+        }
+        if let Ok(r) = returns.try_recv() {
+            return Err(format!("ceiling: unroutable: {} {}", r.reply_code, r.reply_text).into());
+        }
+    }
+    let took = start.elapsed();
+    if env.breakdown {
+        println!("    {} during the ceiling run", CpuSample::since(&cpu));
+    }
+    channel.close()?;
+    connection.close()?;
+    Ok(took)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Phases 4 and 5: enqueue N messages, then time `relays` relays until all are published.
+fn relay_phase(env: &Env, broker: &Broker, relays: usize, batch: usize) -> BoxResult<Duration> {
+    let table = if relays == 1 {
+        env.table(&format!("relay{batch}"))
+    } else {
+        env.table(&format!("relay{relays}"))
+    };
+    env.drop_table(&table)?;
+    if !env.breakdown {
+        let mut outboxes = Vec::with_capacity(relays);
+        for _ in 0..relays {
+            let stream = AmqpStream::connect(&env.amqp_url)?;
+            outboxes.push(relay_outbox(env.store(&table)?, stream, batch)?);
+        }
+        return time_relays(env, broker, &table, outboxes);
+    }
+    let timings = Arc::new(Timings::default());
+    let mut outboxes = Vec::with_capacity(relays);
+    for _ in 0..relays {
+        let store = TimedStore {
+            inner: env.store(&table)?,
+            timings: Arc::clone(&timings),
+        };
+        let stream = TimedStream {
+            inner: AmqpStream::connect(&env.amqp_url)?,
+            timings: Arc::clone(&timings),
+        };
+        outboxes.push(relay_outbox(store, stream, batch)?);
+    }
+    let took = time_relays(env, broker, &table, outboxes)?;
+    timings.print(took, relays);
+    Ok(took)
+}
+
+/// The outbox of phases 4 and 5: polling every 10 ms, no cleanup thread.
+fn relay_outbox<S: Store>(
+    store: S,
+    stream: impl Stream,
+    batch: usize,
+) -> outboxer::Result<Outbox<S>> {
+    Outbox::builder()
+        .store(store)
+        .stream(stream)
+        .batch_size(batch)
+        .check_interval(Duration::from_millis(10))
+        .no_cleanup()
+        .build()
+}
+
+/// Enqueues N messages, starts every outbox's relay and times them until all are published.
+fn time_relays<S: Store>(
+    env: &Env,
+    broker: &Broker,
+    table: &str,
+    outboxes: Vec<Outbox<S>>,
+) -> BoxResult<Duration> {
+    let n = env.messages as u64;
+    let relays = outboxes.len();
+    for chunk in env.make_messages(env.messages).chunks(CHUNK) {
+        outboxes[0].send_batch(chunk)?;
+    }
+
+    let wal = if env.breakdown {
+        Some(WalMeter::start(env)?)
+    } else {
+        None
+    };
+    let cpu = env.breakdown.then(CpuSample::take).flatten();
+    let start = Instant::now();
+    let mut running = Vec::with_capacity(relays);
+    for outbox in &outboxes {
+        running.push(outbox.start()?);
+    }
+    let mut failures = 0usize;
+    let took = loop {
+        let published: u64 = running.iter().map(|r| r.counters().published).sum();
+        if published >= n {
+            break start.elapsed();
+        }
+        for relay in &running {
+            for f in relay.err().try_iter() {
+                failures += 1;
+                if failures <= 3 {
+                    eprintln!("bench: relay failure: {} ({:?})", f.error, f.action);
+                }
+            }
+        }
+        if start.elapsed() > PHASE_TIMEOUT {
+            return Err(format!(
+                "relay: only {published} of {n} published after {PHASE_TIMEOUT:?}"
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    if let Some(wal) = wal {
+        println!(
+            "    {} during the relay run; {}",
+            CpuSample::since(&cpu),
+            wal.report(n)?
+        );
+    }
+    let mut total = RelayCounters::default();
+    for relay in &running {
+        relay.stop()?;
+        let c = relay.counters();
+        total.published += c.published;
+        total.failed += c.failed;
+    }
+    if total.failed > 0 {
+        println!("    note: {} failed publish attempts", total.failed);
+    }
+    if total.published != n {
+        println!("    note: published {} for {n} messages", total.published);
+    }
+    let stats = outboxes[0].stats()?;
+    if stats.pending != 0 || stats.dispatched != n {
+        return Err(format!(
+            "relay: table has {} pending, {} dispatched after the run",
+            stats.pending, stats.dispatched
+        )
+        .into());
+    }
+    drop(running);
+    drop(outboxes);
+    broker.settle(total.published)?;
+    env.drop_table(table)?;
+    Ok(took)
+}
+
+/// Busy time of the relays' claim, mark and publish calls (`--breakdown`).
+#[derive(Default)]
+struct Timings {
+    claim: Timer,
+    mark: Timer,
+    publish: Timer,
+}
+
+#[derive(Default)]
+struct Timer {
+    nanos: AtomicU64,
+    calls: AtomicU64,
+}
+
+impl Timer {
+    fn time<R>(&self, f: impl FnOnce() -> R) -> R {
+        let start = Instant::now();
+        let r = f();
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    fn describe(&self, name: &str, wall: Duration, relays: usize) -> String {
+        let secs = self.nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let calls = self.calls.load(Ordering::Relaxed).max(1);
+        let busy = secs / (wall.as_secs_f64() * relays as f64).max(1e-9) * 100.0;
+        format!(
+            "{name} {secs:.2} s / {calls} calls = {:.1} ms each, {busy:.0}% busy",
+            secs * 1000.0 / calls as f64
+        )
+    }
+}
+
+impl Timings {
+    fn print(&self, wall: Duration, relays: usize) {
+        println!(
+            "    breakdown over {:.2} s x {relays} relay(s): {}; {}; {}",
+            wall.as_secs_f64(),
+            self.publish.describe("publish", wall, relays),
+            self.claim.describe("claim", wall, relays),
+            self.mark.describe("mark_dispatched", wall, relays),
+        );
+    }
+}
+
+/// CPU time per process name and for the whole machine, from `/proc` (Linux,
+/// `--breakdown` only), in clock ticks.
+struct CpuSample {
+    /// pid -> (name, ticks); kernel threads change their name, so keyed by pid.
+    by_pid: HashMap<u32, (String, u64)>,
+    machine_busy: u64,
+    machine_total: u64,
+}
+
+impl CpuSample {
+    fn take() -> Option<CpuSample> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        // user nice system idle iowait irq softirq steal
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .take(8)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let machine_total: u64 = v.iter().sum();
+        let machine_busy = machine_total - v.get(3)? - v.get(4)?;
+        let mut by_pid = HashMap::new();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ... utime stime: fields 14 and 15.
+            let (Some(open), Some(close)) = (text.find('('), text.rfind(')')) else {
+                continue;
+            };
+            let name = text[open + 1..close]
+                .split(['/', '-'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            if let (Some(u), Some(s)) = (ticks(11), ticks(12)) {
+                by_pid.insert(pid, (name, u + s));
+            }
+        }
+        Some(CpuSample {
+            by_pid,
+            machine_busy,
+            machine_total,
+        })
+    }
+
+    /// "cpu 190% of 200%: beam.smp 95%, postgres 60%, bench 30%" since `before`.
+    fn since(before: &Option<CpuSample>) -> String {
+        let (Some(a), Some(b)) = (before, CpuSample::take()) else {
+            return "cpu use unknown".into();
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let total = (b.machine_total - a.machine_total).max(1) as f64;
+        let pct = |ticks: u64| ticks as f64 / total * 100.0 * cores;
+        let mut by_name: HashMap<&str, u64> = HashMap::new();
+        for (pid, (name, t)) in &b.by_pid {
+            let before = a.by_pid.get(pid).map_or(0, |(_, t0)| *t0);
+            *by_name.entry(name).or_insert(0) += t.saturating_sub(before);
+        }
+        let mut used: Vec<(u64, &str)> = by_name
+            .into_iter()
+            .filter(|(_, t)| *t > 0)
+            .map(|(name, t)| (t, name))
+            .collect();
+        used.sort_by(|x, y| y.cmp(x));
+        let top: Vec<String> = used
+            .iter()
+            .take(4)
+            .map(|(t, name)| format!("{name} {:.0}%", pct(*t)))
+            .collect();
+        format!(
+            "cpu {:.0}% of {:.0}%: {}",
+            pct(b.machine_busy - a.machine_busy),
+            cores * 100.0,
+            top.join(", ")
+        )
+    }
+}
+
+/// WAL written by PostgreSQL during a run (`--breakdown`).
+struct WalMeter {
+    pg: postgres::Client,
+    start: String,
+}
+
+impl WalMeter {
+    fn start(env: &Env) -> BoxResult<WalMeter> {
+        let mut pg = env.pg()?;
+        let start: String = pg
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])?
+            .try_get(0)?;
+        Ok(WalMeter { pg, start })
+    }
+
+    fn report(mut self, messages: u64) -> BoxResult<String> {
+        let bytes: f64 = self
+            .pg
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::float8",
+                &[&self.start],
+            )?
+            .try_get(0)?;
+        Ok(format!(
+            "WAL {:.1} MB = {:.0} bytes/message",
+            bytes / 1e6,
+            bytes / messages.max(1) as f64
+        ))
+    }
+}
+
+/// A [`PostgresStore`] that times `claim` and `mark_dispatched`.
+struct TimedStore {
+    inner: PostgresStore,
+    timings: Arc<Timings>,
+}
+
+impl Store for TimedStore {
+    type Tx<'a> = postgres::Transaction<'a>;
+
+    fn migrate(&self) -> outboxer::Result<()> {
+        Store::migrate(&self.inner)
+    }
+    fn enqueue(&self, messages: &[Message]) -> outboxer::Result<()> {
+        self.inner.enqueue(messages)
+    }
+    fn enqueue_in_tx(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        messages: &[Message],
+    ) -> outboxer::Result<()> {
+        self.inner.enqueue_in_tx(tx, messages)
+    }
+    fn with_transaction<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut postgres::Transaction<'_>) -> Result<R, E>,
+        E: From<outboxer::Error>,
+    {
+        self.inner.with_transaction(f)
+    }
+    fn claim(&self, lease: &Lease, limit: usize) -> outboxer::Result<Vec<StoredMessage>> {
+        self.timings.claim.time(|| self.inner.claim(lease, limit))
+    }
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<usize> {
+        self.timings
+            .mark
+            .time(|| self.inner.mark_dispatched(lease, ids))
+    }
+    fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> outboxer::Result<usize> {
+        self.inner.mark_failed(lease, failures)
+    }
+    fn release(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<usize> {
+        self.inner.release(lease, ids)
+    }
+    fn cleanup(&self, older_than: Duration, limit: usize) -> outboxer::Result<u64> {
+        self.inner.cleanup(older_than, limit)
+    }
+    fn requeue(&self, which: &Requeue) -> outboxer::Result<u64> {
+        self.inner.requeue(which)
+    }
+    fn stats(&self) -> outboxer::Result<Stats> {
+        self.inner.stats()
+    }
+    fn wake_listener(&self) -> outboxer::Result<Option<Box<dyn WakeListener>>> {
+        self.inner.wake_listener()
+    }
+}
+
+/// An [`AmqpStream`] that times `publish` (publishes plus waiting for confirms).
+struct TimedStream {
+    inner: AmqpStream,
+    timings: Arc<Timings>,
+}
+
+impl Stream for TimedStream {
+    fn validator(&self) -> Arc<dyn Validate> {
+        self.inner.validator()
+    }
+    fn publish(&mut self, batch: &[StoredMessage]) -> Vec<outboxer::Result<()>> {
+        let inner = &mut self.inner;
+        self.timings.publish.time(|| inner.publish(batch))
+    }
+    fn close(&mut self) {
+        self.inner.close();
+    }
+}
+
+/// Phase 6: commit-to-publish latency at a steady rate; returns (p50, p99) in ms.
+fn latency_phase(env: &Env, broker: &Broker) -> BoxResult<(f64, f64)> {
+    let table = env.table("latency");
+    env.drop_table(&table)?;
+    let outbox = Outbox::builder()
+        .store(env.store(&table)?)
+        .stream(AmqpStream::connect(&env.amqp_url)?)
+        .check_interval(Duration::from_secs(1))
+        .no_cleanup()
+        .build()?;
+    let relay = outbox.start()?;
+    // Warm up: the first publish declares the exchange.
+    let warm = outbox.send(env.make_messages(1).remove(0))?;
+    loop {
+        match relay.ok().recv_timeout(Duration::from_secs(10)) {
+            Ok(d) if d.message_id == warm => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("latency: warm-up message not delivered: {e}").into()),
+        }
+    }
+
+    let messages = env.make_messages(LATENCY_MESSAGES);
+    let interval = Duration::from_nanos(1_000_000_000 / LATENCY_RATE_PER_S);
+    let mut delivered: HashMap<MessageId, Instant> = HashMap::with_capacity(LATENCY_MESSAGES);
+    let sent = std::thread::scope(|s| -> BoxResult<Vec<(MessageId, Instant)>> {
+        let sender = s.spawn(|| -> Result<Vec<(MessageId, Instant)>, String> {
+            let mut sent = Vec::with_capacity(LATENCY_MESSAGES);
+            let start = Instant::now();
+            for (i, m) in messages.into_iter().enumerate() {
+                let due = start + interval * i as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let id = outbox.send(m).map_err(|e| e.to_string())?;
+                sent.push((id, Instant::now()));
+            }
+            Ok(sent)
+        });
+        let deadline =
+            Instant::now() + interval * LATENCY_MESSAGES as u32 + Duration::from_secs(30);
+        while delivered.len() < LATENCY_MESSAGES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match relay.ok().recv_timeout(left) {
+                Ok(d) => {
+                    delivered.insert(d.message_id, Instant::now());
+                }
+                Err(_) => break,
+            }
+        }
+        let sent = sender
+            .join()
+            .map_err(|_| "latency: sender thread panicked")??;
+        Ok(sent)
+    })?;
+    relay.stop()?;
+    let c = relay.counters();
+    if c.dropped_ok > 0 || c.failed > 0 {
+        println!(
+            "    note: {} outcomes dropped, {} failed attempts",
+            c.dropped_ok, c.failed
+        );
+    }
+    let mut latencies: Vec<f64> = sent
+        .iter()
+        .filter_map(|(id, at)| delivered.get(id).map(|d| d.saturating_duration_since(*at)))
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    if latencies.len() < LATENCY_MESSAGES {
+        return Err(format!(
+            "latency: only {} of {LATENCY_MESSAGES} messages delivered",
+            latencies.len()
+        )
+        .into());
+    }
+    latencies.sort_by(f64::total_cmp);
+    drop(relay);
+    drop(outbox);
+    broker.settle(c.published)?;
+    env.drop_table(&table)?;
+    Ok((percentile(&latencies, 0.50), percentile(&latencies, 0.99)))
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Opens an AMQP connection as the library does: TCP_NODELAY socket, mio stream.
+fn open_amqp(url: &str) -> BoxResult<Connection> {
+    let url = url::Url::parse(url)?;
+    let host = url.host_str().ok_or("AMQP URL without host")?;
+    let port = url.port().unwrap_or(5672);
+    let user = match url.username() {
+        "" => "guest".to_string(),
+        u => percent_decode(u)?,
+    };
+    let password = match url.password() {
+        None => "guest".to_string(),
+        Some(p) => percent_decode(p)?,
+    };
+    let vhost = match url.path() {
+        "" | "/" => "/".to_string(),
+        p => percent_decode(&p[1..])?,
+    };
+    let addr = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or("AMQP host resolves to no address")?;
+    let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .map_err(|e| format!("connecting to RabbitMQ at {addr}: {e}"))?;
+    tcp.set_nodelay(true)?;
+    let tcp = mio::net::TcpStream::from_stream(tcp)?;
+    let options = ConnectionOptions::<Auth>::default()
+        .auth(Auth::Plain {
+            username: user,
+            password,
+        })
+        .virtual_host(vhost)
+        .heartbeat(60)
+        .connection_timeout(Some(Duration::from_secs(10)));
+    Ok(Connection::insecure_open_stream(
+        tcp,
+        options,
+        ConnectionTuning::default(),
+    )?)
+}
+
+fn percent_decode(s: &str) -> BoxResult<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("bad percent-escape in AMQP URL")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(String::from_utf8(out)?)
+}
+
+/// The exchange, the bound queue and a consumer thread that drains it.
+struct Broker {
+    // Field order: the channel closes before its connection.
+    channel: Channel,
+    admin: Connection,
+    queue: String,
+    exchange: String,
+    consumed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    consumer: Option<JoinHandle<Result<(), String>>>,
+    /// Messages published so far (what the consumer should have received).
+    expected: AtomicU64,
+    /// Report the consumer's lag after each run (`--breakdown`).
+    verbose: bool,
+}
+
+impl Broker {
+    fn setup(env: &Env) -> BoxResult<Broker> {
+        let mut admin = open_amqp(&env.amqp_url)?;
+        if let Some(AmqpValue::LongString(v)) = admin.server_properties().get("version") {
+            println!("bench: RabbitMQ {v}");
+        }
+        let ch = admin.open_channel(None)?;
+        ch.exchange_declare(
+            ExchangeType::Topic,
+            env.exchange.clone(),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+        )?;
+        ch.queue_declare(
+            env.queue.clone(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+        )?;
+        ch.queue_bind(
+            env.queue.clone(),
+            env.exchange.clone(),
+            ROUTING_KEY,
+            FieldTable::new(),
+        )?;
+
+        let consumed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let (url, queue) = (env.amqp_url.clone(), env.queue.clone());
+        let (count, stopped) = (Arc::clone(&consumed), Arc::clone(&stop));
+        let consumer = std::thread::spawn(move || -> Result<(), String> {
+            let mut conn = open_amqp(&url).map_err(|e| e.to_string())?;
+            let ch = conn.open_channel(None).map_err(|e| e.to_string())?;
+            let consumer = ch
+                .basic_consume(
+                    queue,
+                    ConsumerOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            let _ = ready_tx.send(());
+            while !stopped.load(Ordering::Relaxed) {
+                match consumer.receiver().recv_timeout(Duration::from_millis(100)) {
+                    Ok(ConsumerMessage::Delivery(_)) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(other) => return Err(format!("consumer stopped: {other:?}")),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(e) => return Err(format!("consumer: {e}")),
+                }
+            }
+            drop(consumer);
+            let _ = ch.close();
+            let _ = conn.close();
+            Ok(())
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(|_| "the consumer did not start")?;
+        Ok(Broker {
+            channel: ch,
+            admin,
+            queue: env.queue.clone(),
+            exchange: env.exchange.clone(),
+            consumed,
+            stop,
+            consumer: Some(consumer),
+            expected: AtomicU64::new(0),
+            verbose: env.breakdown,
+        })
+    }
+
+    /// Waits until the consumer has received everything published so far (`published`
+    /// more since the last call), so that no phase starts with a backlog. Purges the
+    /// queue if the consumer is too slow.
+    fn settle(&self, published: u64) -> BoxResult<()> {
+        let expected = self.expected.fetch_add(published, Ordering::Relaxed) + published;
+        let start = Instant::now();
+        if self.verbose {
+            let behind = expected.saturating_sub(self.consumed.load(Ordering::Relaxed));
+            println!("    consumer {behind} messages behind at the end of the run");
+        }
+        while self.consumed.load(Ordering::Relaxed) < expected {
+            if start.elapsed() > Duration::from_secs(30) {
+                let got = self.consumed.load(Ordering::Relaxed);
+                let purged = self.channel.queue_purge(self.queue.clone())?;
+                println!(
+                    "    note: consumer had {got} of {expected} messages after 30 s; purged {purged}"
+                );
+                self.expected
+                    .store(got + u64::from(purged), Ordering::Relaxed);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    fn teardown(mut self) -> BoxResult<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(c) = self.consumer.take() {
+            match c.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("bench: {e}"),
+                Err(_) => eprintln!("bench: consumer thread panicked"),
+            }
+        }
+        let Broker {
+            channel,
+            admin,
+            queue,
+            exchange,
+            ..
+        } = self;
+        channel.queue_delete(queue, QueueDeleteOptions::default())?;
+        channel.exchange_delete(exchange, false)?;
+        channel.close()?;
+        admin.close()?;
+        Ok(())
+    }
+}

@@ -380,12 +380,22 @@ impl Store for PostgresStore {
     fn claim(&self, lease: &Lease, limit: usize) -> Result<Vec<StoredMessage>> {
         let mut conn = self.conn()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = conn
+        let mut tx = conn
+            .transaction()
+            .map_err(|e| Error::db("beginning a claim", e))?;
+        // A claim must walk the pending index in id order and stop at `limit`. Before
+        // ANALYZE has seen a backlog the planner prefers to sort every pending row
+        // (measured: 197 ms instead of 23 ms for 1000 of 200k rows).
+        tx.batch_execute("SET LOCAL enable_sort = off")
+            .map_err(|e| Error::db("claiming messages", e))?;
+        let rows = tx
             .query(
                 &self.inner.sql.claim,
                 &[&limit, &lease.token, &millis(lease.duration)],
             )
             .map_err(|e| Error::db("claiming messages", e))?;
+        tx.commit()
+            .map_err(|e| Error::db("committing a claim", e))?;
         let mut out = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
         out.sort_by_key(|m| m.id);
         Ok(out)
