@@ -7,4 +7,7 @@ pub mod ident;
 pub mod redact;
 pub mod retry;
 pub mod rows;
+pub mod sql_mssql;
+pub mod sql_mysql;
 pub mod sql_pg;
+pub mod sql_sqlite;

@@ -5,10 +5,40 @@ use crate::message::{Message, StoredMessage};
 use crate::Result;
 use std::time::Duration;
 
+// The driver crates, re-exported so that callers join transactions with the
+// exact version the store was built against.
+#[cfg(feature = "mysql")]
+pub use ::mysql;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub use ::postgres;
+#[cfg(feature = "sqlite")]
+pub use ::rusqlite;
+#[cfg(feature = "sqlserver")]
+pub use ::tiberius;
+
 #[cfg(feature = "postgres")]
-pub use self::postgres::{PostgresStore, PostgresStoreBuilder};
+#[path = "postgres.rs"]
+mod postgres_store;
+#[cfg(feature = "postgres")]
+pub use self::postgres_store::{PostgresStore, PostgresStoreBuilder};
+
+#[cfg(feature = "mysql")]
+#[path = "mysql.rs"]
+mod mysql_store;
+#[cfg(feature = "mysql")]
+pub use self::mysql_store::{MysqlStore, MysqlStoreBuilder};
+
+#[cfg(feature = "sqlite")]
+#[path = "sqlite.rs"]
+mod sqlite_store;
+#[cfg(feature = "sqlite")]
+pub use self::sqlite_store::{SqliteStore, SqliteStoreBuilder};
+
+#[cfg(feature = "sqlserver")]
+#[path = "sqlserver.rs"]
+mod sqlserver_store;
+#[cfg(feature = "sqlserver")]
+pub use self::sqlserver_store::{SqlServerStore, SqlServerStoreBuilder, SqlServerTx};
 
 /// A claim's ownership token: rows are marked only with the token that claimed them,
 /// so a relay whose lease expired cannot overwrite a newer claim.

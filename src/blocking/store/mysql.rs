@@ -1,0 +1,439 @@
+//! MySQL 8 / MariaDB 10.6+ store on the `mysql` crate: leases with
+//! `FOR UPDATE SKIP LOCKED` in a two-step claim (MariaDB has no `UPDATE .. RETURNING`),
+//! per-key enqueue locks on a small lock table, polling plus the in-process wake.
+
+use super::{FailedAttempt, Lease, Requeue, Stats, Store};
+use crate::core::ident::TableName;
+use crate::core::redact::redact_url;
+use crate::core::rows;
+use crate::core::sql_mysql::{key_bucket, MysqlSql, EXTRA_COLUMNS};
+use crate::message::{Message, MessageId, StoredMessage};
+use crate::{Error, Result};
+use mysql::prelude::Queryable;
+use mysql::{
+    IsolationLevel, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, TxOpts, Value,
+};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// The outbox table in MySQL 8 or MariaDB 10.6+ (both have `SKIP LOCKED`).
+///
+/// Cheap to clone: clones share one connection pool.
+///
+/// ```no_run
+/// # fn main() -> Result<(), outboxer::Error> {
+/// use outboxer::store::MysqlStore;
+/// let store = MysqlStore::builder("mysql://root@127.0.0.1:3306/test").table("event_store").build()?;
+/// store.migrate()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MysqlStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    table: TableName,
+    sql: MysqlSql,
+}
+
+/// Settings of a [`MysqlStore`].
+pub struct MysqlStoreBuilder {
+    opts: Result<Opts>,
+    table: Result<TableName>,
+    max_connections: usize,
+}
+
+impl std::fmt::Debug for MysqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlStore")
+            .field("table", &self.inner.table.plain())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MysqlStore {
+    /// Connects with a URL (`mysql://user[:password]@host[:port]/db`) to the table `event_store`.
+    pub fn connect(url: &str) -> Result<Self> {
+        Self::builder(url).build()
+    }
+
+    /// A builder for table name and pool size.
+    pub fn builder(url: &str) -> MysqlStoreBuilder {
+        MysqlStoreBuilder {
+            opts: Opts::from_url(url).map_err(|e| Error::InvalidUrl {
+                url: redact_url(url),
+                reason: e.to_string(),
+            }),
+            table: Ok(TableName::default()),
+            max_connections: 16,
+        }
+    }
+
+    /// A builder from ready `mysql::Opts` (TLS and other settings are the caller's).
+    pub fn from_opts(opts: Opts) -> MysqlStoreBuilder {
+        MysqlStoreBuilder {
+            opts: Ok(opts),
+            table: Ok(TableName::default()),
+            max_connections: 16,
+        }
+    }
+
+    /// Creates or upgrades the table (same as [`Store::migrate`], without importing the trait).
+    pub fn migrate(&self) -> Result<()> {
+        Store::migrate(self)
+    }
+
+    /// The table this store uses.
+    pub fn table(&self) -> &TableName {
+        &self.inner.table
+    }
+
+    /// The store's own transactions run READ COMMITTED: no gap locks, so relays
+    /// and enqueuers (also in the caller's REPEATABLE READ transactions) do not
+    /// deadlock on the index ranges they touch.
+    fn tx(&self, context: &'static str) -> Result<mysql::Transaction<'static>> {
+        self.inner
+            .pool
+            .start_transaction(
+                TxOpts::default().set_isolation_level(Some(IsolationLevel::ReadCommitted)),
+            )
+            .map_err(|e| Error::db(context, e))
+    }
+
+    /// Runs one statement in its own READ COMMITTED transaction; returns affected rows.
+    fn write(&self, context: &'static str, stmt: String) -> Result<u64> {
+        let mut tx = self.tx(context)?;
+        tx.query_drop(stmt).map_err(|e| Error::db(context, e))?;
+        let n = tx.affected_rows();
+        tx.commit().map_err(|e| Error::db(context, e))?;
+        Ok(n)
+    }
+
+    fn conn(&self) -> Result<mysql::PooledConn> {
+        self.inner
+            .pool
+            .get_conn()
+            .map_err(|e| Error::db("connecting to MySQL", e))
+    }
+
+    fn insert(&self, q: &mut impl Queryable, messages: &[Message]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let sql = &self.inner.sql;
+        let mut buckets: Vec<u32> = messages
+            .iter()
+            .filter_map(|m| m.key())
+            .map(key_bucket)
+            .collect();
+        if !buckets.is_empty() {
+            // Held to commit: enqueues of one key commit in id order.
+            buckets.sort_unstable();
+            buckets.dedup();
+            let _: Vec<u32> = q
+                .query(sql.lock_keys(&buckets))
+                .map_err(|e| Error::db("locking ordering keys", e))?;
+        }
+        // Chunks keep the statement count (and the statement cache) small.
+        for chunk in messages.chunks(500) {
+            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
+            for m in chunk {
+                params.push(Value::Bytes(m.message_id.as_uuid().as_bytes().to_vec()));
+                params.push(Value::Bytes(m.payload.clone()));
+                params.push(Value::from(rows::headers_to_json(&m.headers).to_string()));
+                params.push(Value::from(rows::options_to_json(&m.options).to_string()));
+                params.push(match &m.ordering_key {
+                    Some(k) => Value::from(k.as_str()),
+                    None => Value::NULL,
+                });
+            }
+            q.exec_drop(sql.insert(chunk.len()), params)
+                .map_err(|e| Error::db("inserting messages", e))?;
+        }
+        Ok(())
+    }
+
+    fn migrate_in(&self, conn: &mut mysql::PooledConn) -> Result<()> {
+        let sql = &self.inner.sql;
+        let t = &self.inner.table;
+        let db = |e| Error::db("migrating the table", e);
+        conn.query_drop(&sql.create).map_err(db)?;
+        conn.query_drop(&sql.create_keys).map_err(db)?;
+        conn.query_drop(sql.fill_keys()).map_err(db)?;
+        let existing: Vec<String> = conn
+            .exec(
+                "SELECT column_name FROM information_schema.columns
+                 WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?",
+                (t.schema(), t.table()),
+            )
+            .map_err(db)?;
+        let has = |c: &str| existing.iter().any(|e| e.eq_ignore_ascii_case(c));
+        let missing: Vec<String> = EXTRA_COLUMNS
+            .iter()
+            .filter(|(c, _)| !has(c))
+            .map(|(c, def)| format!("ADD COLUMN {c} {def}"))
+            .collect();
+        if !missing.is_empty() {
+            let go_rows = !has("status");
+            conn.query_drop(format!("ALTER TABLE {} {}", sql.table, missing.join(", ")))
+                .map_err(db)?;
+            conn.query_drop(&sql.widen).map_err(db)?;
+            if go_rows {
+                conn.query_drop(&sql.upgrade_go_rows).map_err(db)?;
+            }
+        }
+        let indexes: Vec<String> = conn
+            .exec(
+                "SELECT DISTINCT index_name FROM information_schema.statistics
+                 WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?",
+                (t.schema(), t.table()),
+            )
+            .map_err(db)?;
+        for (name, cols) in &sql.indexes {
+            if !indexes.iter().any(|i| i.eq_ignore_ascii_case(name)) {
+                conn.query_drop(format!("CREATE INDEX `{name}` ON {} ({cols})", sql.table))
+                    .map_err(db)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MysqlStoreBuilder {
+    /// The table (`name` or `schema.name`, plain identifiers); default `event_store`.
+    pub fn table(mut self, name: &str) -> Self {
+        self.table = TableName::parse(name);
+        self
+    }
+
+    /// Most pooled connections (default 16).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Validates the settings and opens one connection to check the server.
+    pub fn build(self) -> Result<MysqlStore> {
+        let table = self.table?;
+        let constraints = PoolConstraints::new(0, self.max_connections.max(1))
+            .ok_or_else(|| Error::config("max_connections", "must be at least 1"))?;
+        let opts = OptsBuilder::from_opts(self.opts?)
+            .tcp_connect_timeout(Some(Duration::from_secs(10)))
+            .pool_opts(PoolOpts::default().with_constraints(constraints));
+        let pool = Pool::new(opts).map_err(|e| Error::db("connecting to MySQL", e))?;
+        let store = MysqlStore {
+            inner: Arc::new(Inner {
+                sql: MysqlSql::new(&table),
+                table,
+                pool,
+            }),
+        };
+        drop(store.conn()?);
+        Ok(store)
+    }
+}
+
+fn decode(mut row: Row) -> Result<StoredMessage> {
+    let id: i64 = row
+        .take_opt(0)
+        .and_then(|r| r.ok())
+        .ok_or_else(|| Error::db("decoding a claimed row", "no id"))?;
+    let bad = |reason: String| Error::Decode { id, reason };
+    fn col<T: mysql::prelude::FromValue>(
+        row: &mut Row,
+        i: usize,
+    ) -> std::result::Result<T, String> {
+        row.take_opt::<T, usize>(i)
+            .ok_or_else(|| format!("column {i} missing"))?
+            .map_err(|e| e.to_string())
+    }
+    let uuid: Option<Vec<u8>> = col(&mut row, 1).map_err(bad)?;
+    let uuid = uuid
+        .and_then(|b| uuid::Uuid::from_slice(&b).ok())
+        .ok_or_else(|| bad("message_id is not 16 bytes".into()))?;
+    // JSON arrives as text bytes (MariaDB stores it as LONGTEXT).
+    let json = |b: Option<Vec<u8>>| -> std::result::Result<Option<serde_json::Value>, String> {
+        b.map(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .transpose()
+    };
+    let headers = json(col(&mut row, 3).map_err(bad)?).map_err(bad)?;
+    let options = json(col(&mut row, 4).map_err(bad)?).map_err(bad)?;
+    let attempts: i64 = col(&mut row, 6).map_err(bad)?;
+    let micros: i64 = col(&mut row, 7).map_err(bad)?;
+    Ok(StoredMessage {
+        id,
+        message_id: MessageId::from_uuid(uuid),
+        payload: col(&mut row, 2).map_err(bad)?,
+        headers: rows::headers_from_json(headers).map_err(bad)?,
+        options: rows::options_from_json(options).map_err(bad)?,
+        ordering_key: col(&mut row, 5).map_err(bad)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        created_at: UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0)),
+    })
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Store for MysqlStore {
+    type Tx<'a> = mysql::Transaction<'a>;
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        // One migrator at a time per table, across processes (DDL commits implicitly,
+        // so a session lock, released below, not a transaction).
+        let name = format!("outboxer:{}", self.inner.table.plain());
+        let got: Option<i64> = conn
+            .exec_first("SELECT GET_LOCK(?, 60)", (&name,))
+            .map_err(|e| Error::db("locking for migrate", e))?;
+        if got != Some(1) {
+            return Err(Error::db(
+                "locking for migrate",
+                "GET_LOCK timed out after 60 s",
+            ));
+        }
+        let r = self.migrate_in(&mut conn);
+        let _ = conn.exec_drop("DO RELEASE_LOCK(?)", (&name,));
+        r
+    }
+
+    fn enqueue(&self, messages: &[Message]) -> Result<()> {
+        let mut tx = self.tx("beginning a transaction")?;
+        self.insert(&mut tx, messages)?;
+        tx.commit().map_err(|e| Error::db("committing messages", e))
+    }
+
+    fn enqueue_in_tx(&self, tx: &mut mysql::Transaction<'_>, messages: &[Message]) -> Result<()> {
+        self.insert(tx, messages)
+    }
+
+    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut mysql::Transaction<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        let mut tx = self
+            .inner
+            .pool
+            .start_transaction(TxOpts::default())
+            .map_err(|e| Error::db("beginning a transaction", e))?;
+        match f(&mut tx) {
+            Ok(r) => {
+                tx.commit().map_err(|e| Error::db("committing", e))?;
+                Ok(r)
+            }
+            Err(e) => {
+                if let Err(re) = tx.rollback() {
+                    log::warn!("outboxer: rollback failed: {re}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn claim(&self, lease: &Lease, limit: usize) -> Result<Vec<StoredMessage>> {
+        let sql = &self.inner.sql;
+        let db = |e| Error::db("claiming messages", e);
+        let mut tx = self.tx("claiming messages")?;
+        // 1. Candidates by a consistent read: the key check sees every pending row,
+        //    also those other relays hold locks on, so SKIP LOCKED cannot reorder a key.
+        let candidates: Vec<i64> = tx
+            .exec(
+                &sql.claim_candidates,
+                (u64::try_from(limit).unwrap_or(u64::MAX),),
+            )
+            .map_err(db)?;
+        if candidates.is_empty() {
+            tx.commit().map_err(db)?;
+            return Ok(Vec::new());
+        }
+        // 2. Lock those still free; rows another relay is claiming are skipped.
+        let ids: Vec<i64> = tx.query(sql.claim_lock(&candidates)).map_err(db)?;
+        if ids.is_empty() {
+            tx.commit().map_err(db)?;
+            return Ok(Vec::new());
+        }
+        // 3. Lease, 4. read.
+        let token = lease.token.as_bytes();
+        tx.query_drop(sql.claim_update(&ids, token, micros(lease.duration)))
+            .map_err(db)?;
+        let rows: Vec<Row> = tx.query(sql.claim_read(&ids)).map_err(db)?;
+        tx.commit().map_err(db)?;
+        rows.into_iter().map(decode).collect()
+    }
+
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let stmt = self.inner.sql.mark_dispatched(ids, lease.token.as_bytes());
+        Ok(self.write("marking messages dispatched", stmt)? as usize)
+    }
+
+    fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {
+        if failures.is_empty() {
+            return Ok(0);
+        }
+        let db = |e| Error::db("recording failed attempts", e);
+        let mut tx = self.tx("recording failed attempts")?;
+        let mut n = 0;
+        for f in failures {
+            let stmt = self.inner.sql.mark_failed(
+                f.id,
+                lease.token.as_bytes(),
+                micros(f.retry_in),
+                f.park,
+            );
+            tx.exec_drop(stmt, (&f.error,)).map_err(db)?;
+            n += tx.affected_rows() as usize;
+        }
+        tx.commit().map_err(db)?;
+        Ok(n)
+    }
+
+    fn release(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let stmt = self.inner.sql.release(ids, lease.token.as_bytes());
+        Ok(self.write("releasing messages", stmt)? as usize)
+    }
+
+    fn cleanup(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let context = "cleaning up dispatched messages";
+        let mut tx = self.tx(context)?;
+        tx.exec_drop(&self.inner.sql.cleanup, (micros(older_than), limit as u64))
+            .map_err(|e| Error::db(context, e))?;
+        let n = tx.affected_rows();
+        tx.commit().map_err(|e| Error::db(context, e))?;
+        Ok(n)
+    }
+
+    fn requeue(&self, which: &Requeue) -> Result<u64> {
+        let stmt = match which {
+            Requeue::AllParked => self.inner.sql.requeue(None),
+            Requeue::Ids(ids) if ids.is_empty() => return Ok(0),
+            Requeue::Ids(ids) => self.inner.sql.requeue(Some(ids)),
+        };
+        self.write("requeueing parked messages", stmt)
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        let row: Option<(i64, i64, i64, i64, i64)> = self
+            .conn()?
+            .query_first(&self.inner.sql.stats)
+            .map_err(|e| Error::db("reading stats", e))?;
+        let (pending, dispatched, parked, leased, age_us) = row.unwrap_or_default();
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(Stats {
+            pending: count(pending),
+            dispatched: count(dispatched),
+            parked: count(parked),
+            leased: count(leased),
+            oldest_pending_age: Duration::from_micros(count(age_us)),
+        })
+    }
+}

@@ -1,0 +1,446 @@
+//! One conformance suite for every store. A store's test module implements
+//! [`Harness`] and expands `store_conformance!(TheHarness)`.
+
+use outboxer::store::{FailedAttempt, Lease, Requeue, Store};
+use outboxer::{Error, Message, MessageId, StoredMessage};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// What the suite needs from a store's test module.
+pub trait Harness {
+    type S: Store + Clone;
+    /// A store on `table` (not migrated), or the error its builder gives.
+    fn try_store(table: &str) -> Result<Self::S, Error>;
+    /// The same store type pointed at a server that is not there.
+    fn unreachable() -> Result<Self::S, Error>;
+    /// Runs raw SQL statements (to create a Go outboxer table, to drop tables).
+    fn exec(statements: &[String]);
+    /// Statements creating the Go outboxer's table for this database, with one
+    /// dispatched and one pending row (payload 'from go', headers {"n": 1}).
+    fn go_table(table: &str) -> Vec<String>;
+    /// Drops the table.
+    fn drop_table(table: &str);
+}
+
+pub fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}_{}_{}", std::process::id(), n % 1_000_000_000_000)
+}
+
+pub fn store<H: Harness>(table: &str) -> H::S {
+    let s = H::try_store(table).expect("store");
+    s.migrate().expect("migrate");
+    s
+}
+
+fn lease(secs: u64) -> Lease {
+    Lease::new(Duration::from_secs(secs))
+}
+
+fn msg(i: usize) -> Message {
+    Message::new(format!("m{i}").into_bytes())
+}
+
+fn ids(v: &[StoredMessage]) -> Vec<MessageId> {
+    v.iter().map(|m| m.message_id).collect()
+}
+
+pub fn send_claim_mark_roundtrip<H: Harness>() {
+    let t = unique("c_rt");
+    let s = store::<H>(&t);
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 256) as u8).collect();
+    let sent = vec![
+        Message::new(big.clone())
+            .header("ключ", "значение 🎉")
+            .header("tenant", "acme")
+            .option("exchange.name", "orders")
+            .option("exchange.durable", true)
+            .ordering_key("k1"),
+        Message::new(vec![0u8, 159, 146, 150, 255]),
+        msg(3),
+    ];
+    s.enqueue(&sent).expect("enqueue");
+    let got = s.claim(&lease(30), 10).expect("claim");
+    assert_eq!(
+        ids(&got),
+        sent.iter().map(|m| m.message_id()).collect::<Vec<_>>(),
+        "id order"
+    );
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(got[0].payload, big, "1 MiB byte-exact");
+    assert_eq!(got[0].headers, *sent[0].headers());
+    assert_eq!(got[0].options, *sent[0].options());
+    assert_eq!(got[0].ordering_key.as_deref(), Some("k1"));
+    assert_eq!(got[1].payload, vec![0u8, 159, 146, 150, 255], "non-UTF-8");
+    assert_eq!(got[0].attempts, 0);
+    let st = s.stats().expect("stats");
+    assert_eq!(
+        (st.pending, st.leased, st.dispatched, st.parked),
+        (3, 3, 0, 0)
+    );
+    let l = lease(30);
+    assert!(
+        s.claim(&l, 10).expect("claim").is_empty(),
+        "leased rows are not claimed again"
+    );
+    H::drop_table(&t);
+}
+
+pub fn mark_fail_park_requeue<H: Harness>() {
+    let t = unique("c_fail");
+    let s = store::<H>(&t);
+    s.enqueue(&[msg(1), msg(2), msg(3)]).expect("enqueue");
+    let l = lease(30);
+    let got = s.claim(&l, 10).expect("claim");
+    let (a, b, c) = (got[0].id, got[1].id, got[2].id);
+    assert_eq!(s.mark_dispatched(&l, &[a]).expect("mark"), 1);
+    let fails = [
+        FailedAttempt {
+            id: b,
+            error: "nack".into(),
+            retry_in: Duration::ZERO,
+            park: false,
+        },
+        FailedAttempt {
+            id: c,
+            error: "poison".into(),
+            retry_in: Duration::ZERO,
+            park: true,
+        },
+    ];
+    assert_eq!(s.mark_failed(&l, &fails).expect("fail"), 2);
+    let st = s.stats().expect("stats");
+    assert_eq!(
+        (st.pending, st.dispatched, st.parked, st.leased),
+        (1, 1, 1, 0),
+        "{st:?}"
+    );
+    let l2 = lease(30);
+    let again = s.claim(&l2, 10).expect("claim");
+    assert_eq!(
+        again.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(),
+        vec![(b, 1)]
+    );
+    // Backoff: a retry scheduled later is not claimable before its time.
+    let later = [FailedAttempt {
+        id: b,
+        error: "again".into(),
+        retry_in: Duration::from_secs(3600),
+        park: false,
+    }];
+    assert_eq!(s.mark_failed(&l2, &later).expect("fail"), 1);
+    assert!(
+        s.claim(&lease(30), 10).expect("claim").is_empty(),
+        "backing off"
+    );
+    // Requeue brings the parked one back with a fresh budget; only parked rows move.
+    assert_eq!(s.requeue(&Requeue::Ids(vec![a, b, c])).expect("requeue"), 1);
+    let back = s.claim(&lease(30), 10).expect("claim");
+    assert_eq!(
+        back.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(),
+        vec![(c, 0)]
+    );
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.dispatched, st.parked), (2, 1, 0), "{st:?}");
+    assert!(st.oldest_pending_age < Duration::from_secs(600));
+    H::drop_table(&t);
+}
+
+pub fn lease_expiry_and_token_checked_marks<H: Harness>() {
+    let t = unique("c_lease");
+    let s = store::<H>(&t);
+    s.enqueue(&(0..10).map(msg).collect::<Vec<_>>())
+        .expect("enqueue");
+    let a = lease(1);
+    let first = s.claim(&a, 4).expect("claim");
+    assert_eq!(first.len(), 4);
+    assert_eq!(
+        s.claim(&lease(60), 100).expect("claim").len(),
+        6,
+        "leased rows skipped"
+    );
+    std::thread::sleep(Duration::from_millis(1300));
+    let c = lease(60);
+    let taken = s.claim(&c, 100).expect("claim");
+    assert_eq!(ids(&taken), ids(&first), "expired lease taken over");
+    let rows: Vec<i64> = first.iter().map(|m| m.id).collect();
+    assert_eq!(
+        s.mark_dispatched(&a, &rows).expect("mark"),
+        0,
+        "late holder cannot mark"
+    );
+    let f = [FailedAttempt {
+        id: rows[0],
+        error: "x".into(),
+        retry_in: Duration::ZERO,
+        park: true,
+    }];
+    assert_eq!(s.mark_failed(&a, &f).expect("fail"), 0);
+    assert_eq!(s.release(&a, &rows).expect("release"), 0);
+    assert_eq!(s.mark_dispatched(&c, &rows).expect("mark"), 4);
+    H::drop_table(&t);
+}
+
+pub fn concurrent_claimers_never_share_a_row<H: Harness>() {
+    let t = unique("c_conc");
+    let s = store::<H>(&t);
+    let msgs: Vec<Message> = (0..600).map(msg).collect();
+    for chunk in msgs.chunks(200) {
+        s.enqueue(chunk).expect("enqueue");
+    }
+    let results: Vec<Vec<i64>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| {
+                let s = s.clone();
+                sc.spawn(move || {
+                    let mut mine = Vec::new();
+                    loop {
+                        let l = lease(60);
+                        let got = s.claim(&l, 7).expect("claim");
+                        if got.is_empty() {
+                            break;
+                        }
+                        let ids: Vec<i64> = got.iter().map(|m| m.id).collect();
+                        assert_eq!(s.mark_dispatched(&l, &ids).expect("mark"), ids.len());
+                        mine.extend(ids);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("claimer")).collect()
+    });
+    let all: Vec<i64> = results.iter().flatten().copied().collect();
+    let distinct: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 600, "every row claimed once");
+    assert_eq!(distinct.len(), 600, "no row claimed twice");
+    H::drop_table(&t);
+}
+
+pub fn per_key_fifo<H: Harness>() {
+    let t = unique("c_key");
+    let s = store::<H>(&t);
+    let k1a = Message::new(b"k1a".to_vec()).ordering_key("k1");
+    let k1b = Message::new(b"k1b".to_vec()).ordering_key("k1");
+    let k2a = Message::new(b"k2a".to_vec()).ordering_key("k2");
+    let free = Message::new(b"free".to_vec());
+    s.enqueue(&[k1a.clone(), k1b.clone(), k2a.clone(), free.clone()])
+        .expect("enqueue");
+    let l = lease(60);
+    let got = s.claim(&l, 10).expect("claim");
+    assert_eq!(
+        ids(&got),
+        vec![k1a.message_id(), k2a.message_id(), free.message_id()],
+        "one head per key"
+    );
+    // While k1's head is leased (by anyone), k1's next message is not claimable.
+    assert!(s.claim(&lease(60), 10).expect("claim").is_empty());
+    // k1's head fails and backs off: still nothing of k1, other keys unaffected.
+    let k1a_id = got[0].id;
+    let f = [FailedAttempt {
+        id: k1a_id,
+        error: "x".into(),
+        retry_in: Duration::from_millis(600),
+        park: false,
+    }];
+    s.mark_failed(&l, &f).expect("fail");
+    s.mark_dispatched(&l, &[got[1].id, got[2].id])
+        .expect("mark");
+    assert!(
+        s.claim(&lease(60), 10).expect("claim").is_empty(),
+        "k1b waits behind k1a"
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let l2 = lease(60);
+    let retry = s.claim(&l2, 10).expect("claim");
+    assert_eq!(
+        ids(&retry),
+        vec![k1a.message_id()],
+        "the head again, not k1b"
+    );
+    s.mark_dispatched(&l2, &[k1a_id]).expect("mark");
+    let next = s.claim(&lease(60), 10).expect("claim");
+    assert_eq!(ids(&next), vec![k1b.message_id()]);
+    H::drop_table(&t);
+}
+
+pub fn rollback_stores_nothing<H: Harness>() {
+    let t = unique("c_rb");
+    let s = store::<H>(&t);
+    let r: Result<(), Error> = s.with_transaction(|tx| {
+        s.enqueue_in_tx(tx, &[msg(1), msg(2)])?;
+        Err(Error::Rejected("user error".into()))
+    });
+    assert!(matches!(r, Err(Error::Rejected(_))));
+    let kept = msg(3);
+    let r: Result<(), Error> =
+        s.with_transaction(|tx| s.enqueue_in_tx(tx, std::slice::from_ref(&kept)));
+    r.expect("commit");
+    let got = s.claim(&lease(30), 10).expect("claim");
+    assert_eq!(ids(&got), vec![kept.message_id()]);
+    H::drop_table(&t);
+}
+
+pub fn cleanup_only_old_dispatched<H: Harness>() {
+    let t = unique("c_clean");
+    let s = store::<H>(&t);
+    s.enqueue(&(0..6).map(msg).collect::<Vec<_>>())
+        .expect("enqueue");
+    let l = lease(60);
+    let got = s.claim(&l, 10).expect("claim");
+    let old: Vec<i64> = got[..3].iter().map(|m| m.id).collect();
+    s.mark_dispatched(&l, &old).expect("mark");
+    let park = [FailedAttempt {
+        id: got[3].id,
+        error: "x".into(),
+        retry_in: Duration::ZERO,
+        park: true,
+    }];
+    s.mark_failed(&l, &park).expect("park");
+    std::thread::sleep(Duration::from_millis(2100));
+    s.mark_dispatched(&l, &[got[4].id]).expect("mark");
+    // Batches of 2: the cutoff is the database clock at each call.
+    assert_eq!(s.cleanup(Duration::from_secs(2), 2).expect("cleanup"), 2);
+    assert_eq!(s.cleanup(Duration::from_secs(2), 2).expect("cleanup"), 1);
+    assert_eq!(s.cleanup(Duration::from_secs(2), 2).expect("cleanup"), 0);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.dispatched, st.parked, st.pending), (1, 1, 1), "{st:?}");
+    H::drop_table(&t);
+}
+
+pub fn migrate_concurrently_and_upgrade_go_table<H: Harness>() {
+    let t = unique("c_mig");
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let t = t.clone();
+                sc.spawn(move || {
+                    let s = H::try_store(&t)?;
+                    s.migrate()?;
+                    s.migrate()
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().expect("thread").expect("migrate");
+        }
+    });
+    H::drop_table(&t);
+
+    let g = unique("c_go");
+    H::exec(&H::go_table(&g));
+    let s = store::<H>(&g);
+    s.migrate().expect("migrate again");
+    let got = s.claim(&lease(30), 10).expect("claim");
+    assert_eq!(got.len(), 1, "only the undispatched Go row");
+    assert_eq!(got[0].payload, b"from go");
+    assert_eq!(got[0].headers.get("n").map(String::as_str), Some("1"));
+    let st = s.stats().expect("stats");
+    assert_eq!((st.dispatched, st.pending), (1, 1));
+    H::drop_table(&g);
+}
+
+pub fn bad_names_and_unreachable_servers_are_typed_errors<H: Harness>() {
+    for bad in ["x; DROP TABLE users", "a\"b", "", "1x", "a.b.c", "a-b"] {
+        match H::try_store(bad) {
+            Err(Error::InvalidIdentifier { .. }) => {}
+            Err(e) => panic!("{bad:?}: {e}"),
+            Ok(_) => panic!("{bad:?} accepted"),
+        }
+    }
+    match H::unreachable() {
+        Err(Error::Database { .. }) => {}
+        Err(e) => panic!("unreachable: {e}"),
+        Ok(s) => match s.migrate() {
+            Err(Error::Database { .. }) => {}
+            other => panic!("unreachable server: {other:?}"),
+        },
+    }
+}
+
+/// The relay end to end on this store: two relays, keyed and unkeyed messages,
+/// consumed from a bound RabbitMQ queue: all delivered once, per-key order kept.
+#[cfg(all(feature = "postgres", feature = "amqp"))]
+pub fn relay_end_to_end_with_amqp<H: Harness>() {
+    use crate::common::{counts, Sink};
+    use outboxer::stream::{amqp, AmqpStream};
+    use outboxer::Outbox;
+    let t = unique("c_e2e");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let outboxes: Vec<_> = (0..2)
+        .map(|_| {
+            Outbox::builder()
+                .store(store::<H>(&t))
+                .stream(AmqpStream::connect(&crate::common::amqp_url()).expect("RabbitMQ"))
+                .batch_size(50)
+                .check_interval(Duration::from_millis(20))
+                .build()
+                .expect("outbox")
+        })
+        .collect();
+    let relays: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
+    const N: usize = 400;
+    let msgs: Vec<Message> = (0..N)
+        .map(|i| {
+            let m = Message::new(format!("{}:{i}", i % 8).into_bytes())
+                .route(amqp::topic(&ex, "e2e"))
+                .header("n", i.to_string());
+            if i % 2 == 0 {
+                m.ordering_key(format!("key-{}", i % 8))
+            } else {
+                m
+            }
+        })
+        .collect();
+    for chunk in msgs.chunks(40) {
+        outboxes[0].send_batch(chunk).expect("send");
+    }
+    let got = sink.collect(N, Duration::from_secs(120));
+    let c = counts(&got);
+    assert_eq!(c.len(), N, "all delivered");
+    assert!(c.values().all(|n| *n == 1), "no duplicates");
+    let mut last = std::collections::HashMap::new();
+    for g in &got {
+        let body = String::from_utf8(g.body.clone()).expect("utf8");
+        let (k, i) = body.split_once(':').expect("k:i");
+        let i: usize = i.parse().expect("i");
+        assert_eq!(g.headers.get("n"), Some(&i.to_string()));
+        if i % 2 == 0 {
+            let prev = last.insert(k.to_string(), i);
+            assert!(prev.is_none_or(|p| p < i), "key {k}: {i} after {prev:?}");
+        }
+    }
+    for r in &relays {
+        r.stop().expect("stop");
+    }
+    H::drop_table(&t);
+}
+
+/// Expands the whole suite as `#[test]`s for a harness; extra attributes (e.g. `#[ignore]`) mark tests
+/// that need a server this machine may not have.
+#[macro_export]
+macro_rules! store_conformance {
+    ($h:ty $(, #[$attr:meta])*) => {
+        $crate::store_conformance!(@tests $h, [$(#[$attr])*],
+            send_claim_mark_roundtrip mark_fail_park_requeue lease_expiry_and_token_checked_marks
+            concurrent_claimers_never_share_a_row per_key_fifo rollback_stores_nothing
+            cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table
+            bad_names_and_unreachable_servers_are_typed_errors);
+    };
+    (@tests $h:ty, $attrs:tt, $($name:ident)*) => {
+        #[cfg(all(feature = "postgres", feature = "amqp"))]
+        $crate::store_conformance!(@one $h, $attrs, relay_end_to_end_with_amqp);
+        $( $crate::store_conformance!(@one $h, $attrs, $name); )*
+    };
+    (@one $h:ty, [$(#[$m:meta])*], $name:ident) => {
+        #[test]
+        $(#[$m])*
+        fn $name() {
+            $crate::conformance::$name::<$h>();
+        }
+    };
+}
