@@ -1,11 +1,17 @@
-//! Throughput and latency benchmark of outboxer against a real PostgreSQL and RabbitMQ.
+//! Throughput and latency benchmark of outboxer against a real database and RabbitMQ.
 //!
 //! ```text
 //! cargo run --release --example bench --features postgres,amqp -- --messages 20000
+//! cargo run --release --example bench --features postgres,mysql,amqp -- --store mysql
 //! ```
 //!
-//! Servers: `OUTBOXER_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`) and
-//! `OUTBOXER_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+//! `--store postgres|mysql|sqlite|sqlserver` (default `postgres`) picks the database;
+//! each store other than PostgreSQL needs its cargo feature as well. Servers:
+//! `OUTBOXER_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`),
+//! `OUTBOXER_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`, MySQL 8 or
+//! MariaDB), `OUTBOXER_SQLITE_PATH` (a file path; default a file in the temporary
+//! directory, removed at the end), `OUTBOXER_MSSQL_URL` (an ADO.NET connection string;
+//! no default) and `OUTBOXER_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 //!
 //! Every message is the same shape: a 200-byte payload, no user headers, routed with
 //! `amqp::topic(<exchange>, "bench")` to a durable topic exchange that has one durable
@@ -15,10 +21,15 @@
 //!
 //! Phases, in order, each on its own table named after the process id:
 //!
-//! 1. `insert_per_s` — the raw PostgreSQL ceiling: `INSERT .. SELECT * FROM unnest(..)` of
-//!    the same rows (message_id uuid, payload bytea, headers jsonb, options jsonb) into a
-//!    plain table with only a primary key, 1000 rows per transaction, prepared once, on
-//!    a `postgres::Client` of our own. Best of three runs, each on a fresh table.
+//! 1. `insert_per_s` — the raw database ceiling: the same rows, in the same column
+//!    types as that store's outbox table, inserted into a plain table with only a
+//!    primary key, 1000 rows per transaction, statements prepared once, on a client of
+//!    our own. PostgreSQL: `INSERT .. SELECT * FROM unnest(..)` (uuid, bytea, jsonb,
+//!    jsonb). MySQL/MariaDB: one multi-row `INSERT .. VALUES (?, ?, ?, ?), ..` (BINARY(16),
+//!    LONGBLOB, JSON, JSON). SQLite: a prepared single-row INSERT run 1000 times in one
+//!    `BEGIN IMMEDIATE` transaction, with the store's pragmas. SQL Server: two multi-row
+//!    `INSERT .. VALUES` of 500 rows (the 2100-parameter limit) per transaction
+//!    (UNIQUEIDENTIFIER, VARBINARY(MAX) x 3). Best of three runs, each on a fresh table.
 //! 2. `enqueue_per_s` — the library's `Outbox::send_batch` of 1000 messages per call into
 //!    a freshly migrated outbox table, no relay running. Best of three runs, each on a
 //!    fresh table. `enqueue_ratio` is `insert_per_s / enqueue_per_s` (1.0 = no overhead
@@ -37,16 +48,20 @@
 //!    2000 messages sent one by one with `Outbox::send`; per message, the time from
 //!    `send` returning to its `Delivered` arriving on `relay.ok()`.
 //!
+//! Phases 2 and 4 to 6 are the same code for every store (generic over [`Store`]).
 //! With `--breakdown`, phases 3 to 5 also print the machine's CPU use per process
-//! (from `/proc`, Linux), and phases 4 and 5 wrap the store and the stream in timing
+//! (from `/proc`, Linux; also as CPU time per message), phases 4 and 5 wrap the store and the stream in timing
 //! decorators (through the public `Store` and `Stream` traits) to show how busy the
-//! relay's claim, publish and mark steps were. The default run measures the plain
-//! `PostgresStore` and `AmqpStream`.
+//! relay's claim, publish and mark steps were, and what the database wrote (PostgreSQL:
+//! WAL bytes; MySQL/MariaDB: redo bytes, fsyncs, statements and index reads from
+//! `SHOW GLOBAL STATUS`, server-wide). The default run measures the plain stores and
+//! `AmqpStream`.
 //!
 //! Tables are used fresh, as `migrate()` leaves them (never analyzed). At 20000 messages
 //! each run lasts one or two seconds, so single results vary by ±20% from run to run.
 //!
-//! The last line of output is machine-readable:
+//! The last line of output is machine-readable, the same for every store (the line
+//! before it names the store):
 //! `RESULT relay_per_s=.. ceiling_per_s=.. ratio=.. relay2_per_s=.. enqueue_per_s=..
 //! insert_per_s=.. enqueue_ratio=.. p50_ms=.. p99_ms=..`.
 //! Tables, the exchange and the queue are removed at the end, also after an error.
@@ -57,7 +72,7 @@ use amiquip::{
     ExchangeType, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions,
 };
 use outboxer::core::rows;
-use outboxer::store::{FailedAttempt, Lease, PostgresStore, Requeue, Stats, WakeListener};
+use outboxer::store::{FailedAttempt, Lease, Requeue, Stats, WakeListener};
 use outboxer::stream::{amqp, AmqpStream, Validate};
 use outboxer::{
     Message, MessageId, Outbox, RelayCounters, Store, StoredMessage, Stream, MESSAGE_ID_HEADER,
@@ -65,6 +80,7 @@ use outboxer::{
 use std::collections::HashMap;
 use std::error::Error;
 use std::net::ToSocketAddrs;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -89,23 +105,152 @@ const LATENCY_RATE_PER_S: u64 = 200;
 /// Longest wait for a relay run or for the consumer to catch up.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let (messages, breakdown) = parse_args()?;
-    let env = Env::new(messages, breakdown);
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Picks the store: a store not compiled in or a missing setting fails here, before
+/// RabbitMQ is touched.
+fn try_main() -> BoxResult<()> {
+    let args = parse_args()?;
+    let env = Env::new(&args);
+    match args.store {
+        StoreKind::Postgres => bench(&env, &pg::Postgres::from_env()),
+        #[cfg(feature = "mysql")]
+        StoreKind::Mysql => bench(&env, &my::Mysql::from_env()?),
+        #[cfg(feature = "sqlite")]
+        StoreKind::Sqlite => bench(&env, &lite::Sqlite::from_env(env.pid)),
+        #[cfg(feature = "sqlserver")]
+        StoreKind::SqlServer => bench(&env, &mssql::SqlServer::from_env()?),
+        #[allow(unreachable_patterns)]
+        other => Err(format!(
+            "--store {0} is not compiled in: add the `{0}` feature \
+             (cargo run --release --example bench --features postgres,{0},amqp -- --store {0})",
+            other.feature()
+        )
+        .into()),
+    }
+}
+
+/// Command line: `--messages N` (default 20000), `--store NAME`, `--breakdown`.
+struct Args {
+    messages: usize,
+    store: StoreKind,
+    breakdown: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreKind {
+    Postgres,
+    Mysql,
+    Sqlite,
+    SqlServer,
+}
+
+impl StoreKind {
+    fn parse(name: &str) -> Result<StoreKind, String> {
+        match name {
+            "postgres" | "postgresql" | "pg" => Ok(StoreKind::Postgres),
+            "mysql" | "mariadb" => Ok(StoreKind::Mysql),
+            "sqlite" => Ok(StoreKind::Sqlite),
+            "sqlserver" | "mssql" => Ok(StoreKind::SqlServer),
+            _ => Err(format!(
+                "--store {name:?}: expected postgres, mysql, sqlite or sqlserver"
+            )),
+        }
+    }
+
+    /// The cargo feature of this store.
+    fn feature(self) -> &'static str {
+        match self {
+            StoreKind::Postgres => "postgres",
+            StoreKind::Mysql => "mysql",
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::SqlServer => "sqlserver",
+        }
+    }
+}
+
+fn parse_args() -> Result<Args, String> {
+    const USAGE: &str = "usage: --messages N --store postgres|mysql|sqlite|sqlserver [--breakdown]";
+    let mut parsed = Args {
+        messages: 20_000,
+        store: StoreKind::Postgres,
+        breakdown: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--breakdown" {
+            parsed.breakdown = true;
+            continue;
+        }
+        // `--name value` or `--name=value`.
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name.to_string(), Some(value.to_string())),
+            None => (arg.clone(), None),
+        };
+        if name != "--messages" && name != "--store" {
+            return Err(format!("unknown argument {arg:?} ({USAGE})"));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => args
+                .next()
+                .ok_or_else(|| format!("{name} needs a value ({USAGE})"))?,
+        };
+        if name == "--store" {
+            parsed.store = StoreKind::parse(&value)?;
+        } else {
+            parsed.messages = value
+                .parse()
+                .map_err(|_| format!("--messages {value:?} is not a number"))?;
+        }
+    }
+    if parsed.messages == 0 {
+        return Err("--messages must be at least 1".into());
+    }
+    Ok(parsed)
+}
+
+/// Everything measured, for the RESULT line.
+struct Results {
+    insert_per_s: f64,
+    enqueue_per_s: f64,
+    ceiling_per_s: f64,
+    relay_per_s: f64,
+    relay2_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Sets up the broker, runs every phase on `db`, cleans up and prints the RESULT line.
+fn bench<B: Backend>(env: &Env, db: &B) -> BoxResult<()> {
     println!(
-        "bench: {messages} messages of {PAYLOAD_SIZE} bytes; tables bench_{}_*, exchange {}, queue {}",
-        env.pid, env.exchange, env.queue
+        "bench: {} messages of {PAYLOAD_SIZE} bytes on {}; tables {}*, exchange {}, queue {}",
+        env.messages,
+        db.version()?,
+        env.prefix(),
+        env.exchange,
+        env.queue
     );
-    let broker = Broker::setup(&env)?;
-    let result = run(&env, &broker);
+    let broker = Broker::setup(env)?;
+    let result = run(env, db, &broker);
     // Clean up whatever happened; a cleanup failure must not hide the run's error.
     if let Err(e) = broker.teardown() {
         eprintln!("bench: cleaning up RabbitMQ failed: {e}");
     }
-    if let Err(e) = env.drop_all_tables() {
+    if let Err(e) = db.drop_tables_like(&env.prefix()) {
         eprintln!("bench: dropping tables failed: {e}");
     }
+    db.finish();
     let r = result?;
+    println!("bench: store {}", env.store.feature());
     println!(
         "RESULT relay_per_s={:.2} ceiling_per_s={:.2} ratio={:.2} relay2_per_s={:.2} \
          enqueue_per_s={:.2} insert_per_s={:.2} enqueue_ratio={:.2} p50_ms={:.2} p99_ms={:.2}",
@@ -122,59 +267,22 @@ fn main() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// `--messages N` (default 20000) and `--breakdown`.
-fn parse_args() -> Result<(usize, bool), String> {
-    let mut messages = 20_000;
-    let mut breakdown = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = match arg.split_once('=') {
-            Some(("--messages", v)) => v.to_string(),
-            _ if arg == "--messages" => args.next().ok_or("--messages needs a number")?,
-            _ if arg == "--breakdown" => {
-                breakdown = true;
-                continue;
-            }
-            _ => {
-                return Err(format!(
-                    "unknown argument {arg:?} (usage: --messages N [--breakdown])"
-                ))
-            }
-        };
-        messages = value
-            .parse()
-            .map_err(|_| format!("--messages {value:?} is not a number"))?;
-    }
-    if messages == 0 {
-        return Err("--messages must be at least 1".into());
-    }
-    Ok((messages, breakdown))
-}
-
-/// Everything measured, for the RESULT line.
-struct Results {
-    insert_per_s: f64,
-    enqueue_per_s: f64,
-    ceiling_per_s: f64,
-    relay_per_s: f64,
-    relay2_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn run(env: &Env, broker: &Broker) -> BoxResult<Results> {
+fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
     let n = env.messages;
 
     let mut insert_per_s: f64 = 0.0;
     for i in 1..=RUNS {
-        let r = rate(n, insert_phase(env)?);
-        println!("[1] insert    {r:>10.2} rows/s  (plain table, unnest, {CHUNK} rows/tx, run {i}/{RUNS})");
+        let r = rate(n, insert_phase(env, db)?);
+        println!(
+            "[1] insert    {r:>10.2} rows/s  (plain table, {}, {CHUNK} rows/tx, run {i}/{RUNS})",
+            B::INSERT_HOW
+        );
         insert_per_s = insert_per_s.max(r);
     }
 
     let mut enqueue_per_s: f64 = 0.0;
     for i in 1..=RUNS {
-        let r = rate(n, enqueue_phase(env)?);
+        let r = rate(n, enqueue_phase(env, db)?);
         println!("[2] enqueue   {r:>10.2} msg/s   (send_batch of {CHUNK}, run {i}/{RUNS})");
         enqueue_per_s = enqueue_per_s.max(r);
     }
@@ -189,7 +297,7 @@ fn run(env: &Env, broker: &Broker) -> BoxResult<Results> {
 
     let mut relay_per_s: f64 = 0.0;
     for batch in BATCH_SIZES {
-        let r = rate(n, relay_phase(env, broker, 1, batch)?);
+        let r = rate(n, relay_phase(env, db, broker, 1, batch)?);
         println!(
             "[4] relay     {r:>10.2} msg/s   (1 relay, batch_size {batch}; {:.2} of ceiling)",
             r / ceiling_per_s
@@ -197,13 +305,13 @@ fn run(env: &Env, broker: &Broker) -> BoxResult<Results> {
         relay_per_s = relay_per_s.max(r);
     }
 
-    let relay2_per_s = rate(n, relay_phase(env, broker, 2, BATCH_SIZES[1])?);
+    let relay2_per_s = rate(n, relay_phase(env, db, broker, 2, BATCH_SIZES[1])?);
     println!(
         "[5] relay x2  {relay2_per_s:>10.2} msg/s   (2 relays on one table, batch_size {})",
         BATCH_SIZES[1]
     );
 
-    let (p50_ms, p99_ms) = latency_phase(env, broker)?;
+    let (p50_ms, p99_ms) = latency_phase(env, db, broker)?;
     println!(
         "[6] latency   p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms  ({LATENCY_MESSAGES} sends at {LATENCY_RATE_PER_S} msg/s)"
     );
@@ -223,10 +331,10 @@ fn rate(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64().max(1e-9)
 }
 
-/// Settings and names of this run.
+/// Settings and names of this run (the store's own settings live in its [`Backend`]).
 struct Env {
-    pg_url: String,
     amqp_url: String,
+    store: StoreKind,
     pid: u32,
     exchange: String,
     queue: String,
@@ -236,24 +344,28 @@ struct Env {
 }
 
 impl Env {
-    fn new(messages: usize, breakdown: bool) -> Env {
+    fn new(args: &Args) -> Env {
         let pid = std::process::id();
         Env {
-            pg_url: std::env::var("OUTBOXER_PG_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
             amqp_url: std::env::var("OUTBOXER_AMQP_URL")
                 .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            store: args.store,
             pid,
             exchange: format!("bench_{pid}_ex"),
             queue: format!("bench_{pid}_q"),
-            messages,
-            breakdown,
+            messages: args.messages,
+            breakdown: args.breakdown,
         }
+    }
+
+    /// Every table of this run starts with this: `bench_<pid>_`.
+    fn prefix(&self) -> String {
+        format!("bench_{}_", self.pid)
     }
 
     /// The table of one phase: `bench_<pid>_<suffix>`.
     fn table(&self, suffix: &str) -> String {
-        format!("bench_{}_{suffix}", self.pid)
+        format!("{}{suffix}", self.prefix())
     }
 
     /// `n` fresh messages: 200-byte payloads routed to the bench exchange.
@@ -267,93 +379,65 @@ impl Env {
             })
             .collect()
     }
-
-    fn pg(&self) -> BoxResult<postgres::Client> {
-        postgres::Client::connect(&self.pg_url, postgres::NoTls)
-            .map_err(|e| format!("connecting to PostgreSQL: {e}").into())
-    }
-
-    /// A migrated store on a fresh table.
-    fn store(&self, table: &str) -> BoxResult<PostgresStore> {
-        let store = PostgresStore::builder(&self.pg_url).table(table).build()?;
-        store.migrate()?;
-        Ok(store)
-    }
-
-    fn drop_table(&self, table: &str) -> BoxResult<()> {
-        self.pg()?
-            .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))?;
-        Ok(())
-    }
-
-    /// Drops every `bench_<pid>_*` table (all phases, also after an error).
-    fn drop_all_tables(&self) -> BoxResult<()> {
-        let mut pg = self.pg()?;
-        let pattern = format!("bench\\_{}\\_%", self.pid);
-        let tables = pg.query(
-            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE $1",
-            &[&pattern],
-        )?;
-        for row in tables {
-            let table: String = row.try_get(0)?;
-            pg.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))?;
-        }
-        Ok(())
-    }
 }
 
-/// Phase 1: plain `INSERT .. SELECT * FROM unnest(..)`, 1000 rows per transaction.
-fn insert_phase(env: &Env) -> BoxResult<Duration> {
-    let table = env.table("raw");
-    let mut pg = env.pg()?;
-    pg.batch_execute(&format!(
-        "DROP TABLE IF EXISTS \"{table}\";
-         CREATE TABLE \"{table}\" (
-             id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-             message_id UUID NOT NULL,
-             payload BYTEA NOT NULL,
-             headers JSONB,
-             options JSONB
-         )"
-    ))?;
-    let insert = pg.prepare(&format!(
-        "INSERT INTO \"{table}\" (message_id, payload, headers, options) \
-         SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::jsonb[], $4::jsonb[])"
-    ))?;
-    let messages = env.make_messages(env.messages);
-    let start = Instant::now();
-    for chunk in messages.chunks(CHUNK) {
-        let ids: Vec<uuid::Uuid> = chunk.iter().map(|m| *m.message_id().as_uuid()).collect();
-        let payloads: Vec<&[u8]> = chunk.iter().map(|m| m.payload()).collect();
-        let headers: Vec<serde_json::Value> = chunk
-            .iter()
-            .map(|m| rows::headers_to_json(m.headers()))
-            .collect();
-        let options: Vec<serde_json::Value> = chunk
-            .iter()
-            .map(|m| rows::options_to_json(m.options()))
-            .collect();
-        let mut tx = pg.transaction()?;
-        tx.execute(&insert, &[&ids, &payloads, &headers, &options])?;
-        tx.commit()?;
+/// One database: what the phases need beyond the [`Store`] trait.
+trait Backend {
+    type S: Store;
+    /// How phase 1 inserts, for its output line.
+    const INSERT_HOW: &'static str;
+
+    /// The server and its version, for the first line.
+    fn version(&self) -> BoxResult<String>;
+    /// Phase 1's timed part: (re)creates the plain table `table` (only a primary key,
+    /// the outbox table's column types) and inserts `messages`, [`CHUNK`] rows per
+    /// transaction, statements prepared before the clock starts.
+    fn plain_insert(&self, table: &str, messages: &[Message]) -> BoxResult<Duration>;
+    /// Rows in `table`.
+    fn count(&self, table: &str) -> BoxResult<u64>;
+    /// A store on `table`, migrated.
+    fn store(&self, table: &str) -> BoxResult<Self::S>;
+    /// Drops `table` and whatever the store created with it.
+    fn drop_table(&self, table: &str) -> BoxResult<()>;
+    /// Drops every table whose name starts with `prefix` (all phases, also after an error).
+    fn drop_tables_like(&self, prefix: &str) -> BoxResult<()>;
+    /// `--breakdown`: starts measuring what the database writes during a relay run.
+    fn log_meter(&self) -> BoxResult<Option<Box<dyn LogMeter>>> {
+        Ok(None)
     }
-    let took = start.elapsed();
-    let count: i64 = pg
-        .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])?
-        .try_get(0)?;
-    if count != env.messages as i64 {
+    /// Last cleanup once the tables are gone (a database file of our own, say).
+    fn finish(&self) {}
+}
+
+/// What the database wrote between [`Backend::log_meter`] and `report`.
+trait LogMeter {
+    fn report(self: Box<Self>, messages: u64) -> BoxResult<String>;
+}
+
+/// `bench\_123\_%`: a LIKE pattern (backslash escapes) for names starting with `prefix`.
+fn like_prefix(prefix: &str) -> String {
+    format!("{}%", prefix.replace('_', "\\_"))
+}
+
+/// Phase 1: plain inserts into a plain table; returns the time taken.
+fn insert_phase<B: Backend>(env: &Env, db: &B) -> BoxResult<Duration> {
+    let table = env.table("raw");
+    let messages = env.make_messages(env.messages);
+    let took = db.plain_insert(&table, &messages)?;
+    let count = db.count(&table)?;
+    if count != env.messages as u64 {
         return Err(format!("plain insert: {count} rows, expected {}", env.messages).into());
     }
-    env.drop_table(&table)?;
+    db.drop_table(&table)?;
     Ok(took)
 }
 
 /// Phase 2: `send_batch` of 1000 messages into a fresh outbox table, no relay.
-fn enqueue_phase(env: &Env) -> BoxResult<Duration> {
+fn enqueue_phase<B: Backend>(env: &Env, db: &B) -> BoxResult<Duration> {
     let table = env.table("enqueue");
-    env.drop_table(&table)?;
+    db.drop_table(&table)?;
     let outbox = Outbox::builder()
-        .store(env.store(&table)?)
+        .store(db.store(&table)?)
         // Not connected: `build()` only gives `send` the stream's validator.
         .stream(AmqpStream::builder(&env.amqp_url).build()?)
         .build()?;
@@ -367,7 +451,8 @@ fn enqueue_phase(env: &Env) -> BoxResult<Duration> {
     if pending != env.messages as u64 {
         return Err(format!("enqueue: {pending} pending, expected {}", env.messages).into());
     }
-    env.drop_table(&table)?;
+    drop(outbox);
+    db.drop_table(&table)?;
     Ok(took)
 }
 
@@ -378,14 +463,7 @@ fn ceiling_phase(env: &Env) -> BoxResult<Duration> {
     let returns = channel.listen_for_returns()?;
     let confirms = channel.listen_for_publisher_confirms()?;
     channel.enable_publisher_confirms()?;
-    channel.exchange_declare(
-        ExchangeType::Topic,
-        env.exchange.clone(),
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-    )?;
+    declare_exchange(&channel, &env.exchange)?;
     let messages = env.make_messages(env.messages);
     let cpu = env.breakdown.then(CpuSample::take).flatten();
     let mut smoother = ConfirmSmoother::new();
@@ -431,7 +509,10 @@ fn ceiling_phase(env: &Env) -> BoxResult<Duration> {
     }
     let took = start.elapsed();
     if env.breakdown {
-        println!("    {} during the ceiling run", CpuSample::since(&cpu));
+        println!(
+            "    {} during the ceiling run",
+            CpuSample::since(&cpu, published)
+        );
     }
     channel.close()?;
     connection.close()?;
@@ -446,26 +527,32 @@ fn unix_now() -> u64 {
 }
 
 /// Phases 4 and 5: enqueue N messages, then time `relays` relays until all are published.
-fn relay_phase(env: &Env, broker: &Broker, relays: usize, batch: usize) -> BoxResult<Duration> {
+fn relay_phase<B: Backend>(
+    env: &Env,
+    db: &B,
+    broker: &Broker,
+    relays: usize,
+    batch: usize,
+) -> BoxResult<Duration> {
     let table = if relays == 1 {
         env.table(&format!("relay{batch}"))
     } else {
         env.table(&format!("relay{relays}"))
     };
-    env.drop_table(&table)?;
+    db.drop_table(&table)?;
     if !env.breakdown {
         let mut outboxes = Vec::with_capacity(relays);
         for _ in 0..relays {
             let stream = AmqpStream::connect(&env.amqp_url)?;
-            outboxes.push(relay_outbox(env.store(&table)?, stream, batch)?);
+            outboxes.push(relay_outbox(db.store(&table)?, stream, batch)?);
         }
-        return time_relays(env, broker, &table, outboxes);
+        return time_relays(env, db, broker, &table, outboxes);
     }
     let timings = Arc::new(Timings::default());
     let mut outboxes = Vec::with_capacity(relays);
     for _ in 0..relays {
         let store = TimedStore {
-            inner: env.store(&table)?,
+            inner: db.store(&table)?,
             timings: Arc::clone(&timings),
         };
         let stream = TimedStream {
@@ -474,7 +561,7 @@ fn relay_phase(env: &Env, broker: &Broker, relays: usize, batch: usize) -> BoxRe
         };
         outboxes.push(relay_outbox(store, stream, batch)?);
     }
-    let took = time_relays(env, broker, &table, outboxes)?;
+    let took = time_relays(env, db, broker, &table, outboxes)?;
     timings.print(took, relays);
     Ok(took)
 }
@@ -495,8 +582,9 @@ fn relay_outbox<S: Store>(
 }
 
 /// Enqueues N messages, starts every outbox's relay and times them until all are published.
-fn time_relays<S: Store>(
+fn time_relays<B: Backend, S: Store>(
     env: &Env,
+    db: &B,
     broker: &Broker,
     table: &str,
     outboxes: Vec<Outbox<S>>,
@@ -507,11 +595,7 @@ fn time_relays<S: Store>(
         outboxes[0].send_batch(chunk)?;
     }
 
-    let wal = if env.breakdown {
-        Some(WalMeter::start(env)?)
-    } else {
-        None
-    };
+    let meter = if env.breakdown { db.log_meter()? } else { None };
     let cpu = env.breakdown.then(CpuSample::take).flatten();
     let start = Instant::now();
     let mut running = Vec::with_capacity(relays);
@@ -540,11 +624,14 @@ fn time_relays<S: Store>(
         }
         std::thread::sleep(Duration::from_millis(2));
     };
-    if let Some(wal) = wal {
+    if env.breakdown {
+        let written = match meter {
+            Some(m) => format!("; {}", m.report(n)?),
+            None => String::new(),
+        };
         println!(
-            "    {} during the relay run; {}",
-            CpuSample::since(&cpu),
-            wal.report(n)?
+            "    {} during the relay run{written}",
+            CpuSample::since(&cpu, n)
         );
     }
     let mut total = RelayCounters::default();
@@ -571,258 +658,16 @@ fn time_relays<S: Store>(
     drop(running);
     drop(outboxes);
     broker.settle(total.published)?;
-    env.drop_table(table)?;
+    db.drop_table(table)?;
     Ok(took)
 }
 
-/// Busy time of the relays' claim, mark and publish calls (`--breakdown`).
-#[derive(Default)]
-struct Timings {
-    claim: Timer,
-    mark: Timer,
-    publish: Timer,
-}
-
-#[derive(Default)]
-struct Timer {
-    nanos: AtomicU64,
-    calls: AtomicU64,
-}
-
-impl Timer {
-    fn time<R>(&self, f: impl FnOnce() -> R) -> R {
-        let start = Instant::now();
-        let r = f();
-        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.fetch_add(nanos, Ordering::Relaxed);
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        r
-    }
-
-    fn describe(&self, name: &str, wall: Duration, relays: usize) -> String {
-        let secs = self.nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let calls = self.calls.load(Ordering::Relaxed).max(1);
-        let busy = secs / (wall.as_secs_f64() * relays as f64).max(1e-9) * 100.0;
-        format!(
-            "{name} {secs:.2} s / {calls} calls = {:.1} ms each, {busy:.0}% busy",
-            secs * 1000.0 / calls as f64
-        )
-    }
-}
-
-impl Timings {
-    fn print(&self, wall: Duration, relays: usize) {
-        println!(
-            "    breakdown over {:.2} s x {relays} relay(s): {}; {}; {}",
-            wall.as_secs_f64(),
-            self.publish.describe("publish", wall, relays),
-            self.claim.describe("claim", wall, relays),
-            self.mark.describe("mark_dispatched", wall, relays),
-        );
-    }
-}
-
-/// CPU time per process name and for the whole machine, from `/proc` (Linux,
-/// `--breakdown` only), in clock ticks.
-struct CpuSample {
-    /// pid -> (name, ticks); kernel threads change their name, so keyed by pid.
-    by_pid: HashMap<u32, (String, u64)>,
-    machine_busy: u64,
-    machine_total: u64,
-}
-
-impl CpuSample {
-    fn take() -> Option<CpuSample> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let line = stat.lines().next()?.strip_prefix("cpu ")?;
-        // user nice system idle iowait irq softirq steal
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .take(8)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let machine_total: u64 = v.iter().sum();
-        let machine_busy = machine_total - v.get(3)? - v.get(4)?;
-        let mut by_pid = HashMap::new();
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ... utime stime: fields 14 and 15.
-            let (Some(open), Some(close)) = (text.find('('), text.rfind(')')) else {
-                continue;
-            };
-            let name = text[open + 1..close]
-                .split(['/', '-'])
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
-            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-            if let (Some(u), Some(s)) = (ticks(11), ticks(12)) {
-                by_pid.insert(pid, (name, u + s));
-            }
-        }
-        Some(CpuSample {
-            by_pid,
-            machine_busy,
-            machine_total,
-        })
-    }
-
-    /// "cpu 190% of 200%: beam.smp 95%, postgres 60%, bench 30%" since `before`.
-    fn since(before: &Option<CpuSample>) -> String {
-        let (Some(a), Some(b)) = (before, CpuSample::take()) else {
-            return "cpu use unknown".into();
-        };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let total = (b.machine_total - a.machine_total).max(1) as f64;
-        let pct = |ticks: u64| ticks as f64 / total * 100.0 * cores;
-        let mut by_name: HashMap<&str, u64> = HashMap::new();
-        for (pid, (name, t)) in &b.by_pid {
-            let before = a.by_pid.get(pid).map_or(0, |(_, t0)| *t0);
-            *by_name.entry(name).or_insert(0) += t.saturating_sub(before);
-        }
-        let mut used: Vec<(u64, &str)> = by_name
-            .into_iter()
-            .filter(|(_, t)| *t > 0)
-            .map(|(name, t)| (t, name))
-            .collect();
-        used.sort_by(|x, y| y.cmp(x));
-        let top: Vec<String> = used
-            .iter()
-            .take(4)
-            .map(|(t, name)| format!("{name} {:.0}%", pct(*t)))
-            .collect();
-        format!(
-            "cpu {:.0}% of {:.0}%: {}",
-            pct(b.machine_busy - a.machine_busy),
-            cores * 100.0,
-            top.join(", ")
-        )
-    }
-}
-
-/// WAL written by PostgreSQL during a run (`--breakdown`).
-struct WalMeter {
-    pg: postgres::Client,
-    start: String,
-}
-
-impl WalMeter {
-    fn start(env: &Env) -> BoxResult<WalMeter> {
-        let mut pg = env.pg()?;
-        let start: String = pg
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])?
-            .try_get(0)?;
-        Ok(WalMeter { pg, start })
-    }
-
-    fn report(mut self, messages: u64) -> BoxResult<String> {
-        let bytes: f64 = self
-            .pg
-            .query_one(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::float8",
-                &[&self.start],
-            )?
-            .try_get(0)?;
-        Ok(format!(
-            "WAL {:.1} MB = {:.0} bytes/message",
-            bytes / 1e6,
-            bytes / messages.max(1) as f64
-        ))
-    }
-}
-
-/// A [`PostgresStore`] that times `claim` and `mark_dispatched`.
-struct TimedStore {
-    inner: PostgresStore,
-    timings: Arc<Timings>,
-}
-
-impl Store for TimedStore {
-    type Tx<'a> = postgres::Transaction<'a>;
-
-    fn migrate(&self) -> outboxer::Result<()> {
-        Store::migrate(&self.inner)
-    }
-    fn enqueue(&self, messages: &[Message]) -> outboxer::Result<()> {
-        self.inner.enqueue(messages)
-    }
-    fn enqueue_in_tx(
-        &self,
-        tx: &mut postgres::Transaction<'_>,
-        messages: &[Message],
-    ) -> outboxer::Result<()> {
-        self.inner.enqueue_in_tx(tx, messages)
-    }
-    fn with_transaction<R, E, F>(&self, f: F) -> Result<R, E>
-    where
-        F: FnOnce(&mut postgres::Transaction<'_>) -> Result<R, E>,
-        E: From<outboxer::Error>,
-    {
-        self.inner.with_transaction(f)
-    }
-    fn claim(&self, lease: &Lease, limit: usize) -> outboxer::Result<Vec<StoredMessage>> {
-        self.timings.claim.time(|| self.inner.claim(lease, limit))
-    }
-    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<usize> {
-        self.timings
-            .mark
-            .time(|| self.inner.mark_dispatched(lease, ids))
-    }
-    fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> outboxer::Result<usize> {
-        self.inner.mark_failed(lease, failures)
-    }
-    fn release(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<usize> {
-        self.inner.release(lease, ids)
-    }
-    fn cleanup(&self, older_than: Duration, limit: usize) -> outboxer::Result<u64> {
-        self.inner.cleanup(older_than, limit)
-    }
-    fn requeue(&self, which: &Requeue) -> outboxer::Result<u64> {
-        self.inner.requeue(which)
-    }
-    fn stats(&self) -> outboxer::Result<Stats> {
-        self.inner.stats()
-    }
-    fn wake_listener(&self) -> outboxer::Result<Option<Box<dyn WakeListener>>> {
-        self.inner.wake_listener()
-    }
-}
-
-/// An [`AmqpStream`] that times `publish` (publishes plus waiting for confirms).
-struct TimedStream {
-    inner: AmqpStream,
-    timings: Arc<Timings>,
-}
-
-impl Stream for TimedStream {
-    fn validator(&self) -> Arc<dyn Validate> {
-        self.inner.validator()
-    }
-    fn publish(&mut self, batch: &[StoredMessage]) -> Vec<outboxer::Result<()>> {
-        let inner = &mut self.inner;
-        self.timings.publish.time(|| inner.publish(batch))
-    }
-    fn close(&mut self) {
-        self.inner.close();
-    }
-}
-
 /// Phase 6: commit-to-publish latency at a steady rate; returns (p50, p99) in ms.
-fn latency_phase(env: &Env, broker: &Broker) -> BoxResult<(f64, f64)> {
+fn latency_phase<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<(f64, f64)> {
     let table = env.table("latency");
-    env.drop_table(&table)?;
+    db.drop_table(&table)?;
     let outbox = Outbox::builder()
-        .store(env.store(&table)?)
+        .store(db.store(&table)?)
         .stream(AmqpStream::connect(&env.amqp_url)?)
         .check_interval(Duration::from_secs(1))
         .no_cleanup()
@@ -895,17 +740,848 @@ fn latency_phase(env: &Env, broker: &Broker) -> BoxResult<(f64, f64)> {
     drop(relay);
     drop(outbox);
     broker.settle(c.published)?;
-    env.drop_table(&table)?;
+    db.drop_table(&table)?;
     Ok((percentile(&latencies, 0.50), percentile(&latencies, 0.99)))
 }
 
-/// Nearest-rank percentile of sorted values.
+/// Nearest-rank percentile of sorted, non-empty values.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    sorted
+        .get(rank.clamp(1, sorted.len().max(1)) - 1)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// PostgreSQL (always built: the example requires the `postgres` feature).
+mod pg {
+    use super::*;
+    use outboxer::store::PostgresStore;
+
+    pub struct Postgres {
+        url: String,
+    }
+
+    impl Postgres {
+        pub fn from_env() -> Postgres {
+            Postgres {
+                url: std::env::var("OUTBOXER_PG_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+            }
+        }
+
+        fn client(&self) -> BoxResult<postgres::Client> {
+            postgres::Client::connect(&self.url, postgres::NoTls)
+                .map_err(|e| format!("connecting to PostgreSQL: {e}").into())
+        }
+    }
+
+    impl Backend for Postgres {
+        type S = PostgresStore;
+        const INSERT_HOW: &'static str = "INSERT .. SELECT FROM unnest(..)";
+
+        fn version(&self) -> BoxResult<String> {
+            let v: String = self
+                .client()?
+                .query_one("SHOW server_version", &[])?
+                .try_get(0)?;
+            Ok(format!("PostgreSQL {v}"))
+        }
+
+        fn plain_insert(&self, table: &str, messages: &[Message]) -> BoxResult<Duration> {
+            let mut pg = self.client()?;
+            pg.batch_execute(&format!(
+                "DROP TABLE IF EXISTS \"{table}\";
+                 CREATE TABLE \"{table}\" (
+                     id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+                     message_id UUID NOT NULL,
+                     payload BYTEA NOT NULL,
+                     headers JSONB,
+                     options JSONB
+                 )"
+            ))?;
+            let insert = pg.prepare(&format!(
+                "INSERT INTO \"{table}\" (message_id, payload, headers, options) \
+                 SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::jsonb[], $4::jsonb[])"
+            ))?;
+            let start = Instant::now();
+            for chunk in messages.chunks(CHUNK) {
+                let ids: Vec<uuid::Uuid> =
+                    chunk.iter().map(|m| *m.message_id().as_uuid()).collect();
+                let payloads: Vec<&[u8]> = chunk.iter().map(|m| m.payload()).collect();
+                let headers: Vec<serde_json::Value> = chunk
+                    .iter()
+                    .map(|m| rows::headers_to_json(m.headers()))
+                    .collect();
+                let options: Vec<serde_json::Value> = chunk
+                    .iter()
+                    .map(|m| rows::options_to_json(m.options()))
+                    .collect();
+                let mut tx = pg.transaction()?;
+                tx.execute(&insert, &[&ids, &payloads, &headers, &options])?;
+                tx.commit()?;
+            }
+            Ok(start.elapsed())
+        }
+
+        fn count(&self, table: &str) -> BoxResult<u64> {
+            let n: i64 = self
+                .client()?
+                .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])?
+                .try_get(0)?;
+            Ok(u64::try_from(n)?)
+        }
+
+        fn store(&self, table: &str) -> BoxResult<PostgresStore> {
+            let store = PostgresStore::builder(&self.url).table(table).build()?;
+            store.migrate()?;
+            Ok(store)
+        }
+
+        fn drop_table(&self, table: &str) -> BoxResult<()> {
+            self.client()?
+                .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))?;
+            Ok(())
+        }
+
+        fn drop_tables_like(&self, prefix: &str) -> BoxResult<()> {
+            let mut pg = self.client()?;
+            let tables = pg.query(
+                "SELECT tablename::text FROM pg_tables \
+                 WHERE schemaname = current_schema() AND tablename LIKE $1",
+                &[&like_prefix(prefix)],
+            )?;
+            for row in tables {
+                let table: String = row.try_get(0)?;
+                pg.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))?;
+            }
+            Ok(())
+        }
+
+        fn log_meter(&self) -> BoxResult<Option<Box<dyn LogMeter>>> {
+            let mut pg = self.client()?;
+            let start: String = pg
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])?
+                .try_get(0)?;
+            Ok(Some(Box::new(WalMeter { pg, start })))
+        }
+    }
+
+    /// WAL written by PostgreSQL (the whole server) during a run.
+    struct WalMeter {
+        pg: postgres::Client,
+        start: String,
+    }
+
+    impl LogMeter for WalMeter {
+        fn report(mut self: Box<Self>, messages: u64) -> BoxResult<String> {
+            let bytes: f64 = self
+                .pg
+                .query_one(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::float8",
+                    &[&self.start],
+                )?
+                .try_get(0)?;
+            Ok(format!(
+                "WAL {:.1} MB = {:.0} bytes/message",
+                bytes / 1e6,
+                bytes / messages.max(1) as f64
+            ))
+        }
+    }
+}
+
+/// MySQL 8 / MariaDB, on the `mysql` crate directly for phase 1.
+#[cfg(feature = "mysql")]
+mod my {
+    use super::*;
+    use mysql::prelude::Queryable;
+    use mysql::{Conn, IsolationLevel, Opts, TxOpts, Value};
+    use outboxer::store::MysqlStore;
+
+    pub struct Mysql {
+        url: String,
+        opts: Opts,
+    }
+
+    impl Mysql {
+        pub fn from_env() -> BoxResult<Mysql> {
+            let url = std::env::var("OUTBOXER_MYSQL_URL")
+                .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+            let opts = Opts::from_url(&url).map_err(|e| format!("OUTBOXER_MYSQL_URL: {e}"))?;
+            Ok(Mysql { url, opts })
+        }
+
+        fn conn(&self) -> BoxResult<Conn> {
+            Conn::new(self.opts.clone()).map_err(|e| format!("connecting to MySQL: {e}").into())
+        }
+    }
+
+    /// `INSERT` of `rows` rows, 4 parameters each.
+    fn insert_sql(table: &str, rows: usize) -> String {
+        let values = vec!["(?, ?, ?, ?)"; rows].join(", ");
+        format!("INSERT INTO `{table}` (message_id, payload, headers, options) VALUES {values}")
+    }
+
+    impl Backend for Mysql {
+        type S = MysqlStore;
+        const INSERT_HOW: &'static str = "multi-row INSERT .. VALUES (?, ?, ?, ?), ..";
+
+        fn version(&self) -> BoxResult<String> {
+            let v: String = self
+                .conn()?
+                .query_first("SELECT VERSION()")?
+                .unwrap_or_default();
+            let server = if v.contains("MariaDB") {
+                "MariaDB"
+            } else {
+                "MySQL"
+            };
+            Ok(format!("{server} {v}"))
+        }
+
+        fn plain_insert(&self, table: &str, messages: &[Message]) -> BoxResult<Duration> {
+            let mut conn = self.conn()?;
+            conn.query_drop(format!("DROP TABLE IF EXISTS `{table}`"))?;
+            // The outbox table's column types (see src/core/sql_mysql.rs).
+            conn.query_drop(format!(
+                "CREATE TABLE `{table}` (
+                     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                     message_id BINARY(16) NOT NULL,
+                     payload LONGBLOB NOT NULL,
+                     headers JSON NULL,
+                     options JSON NULL
+                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            ))?;
+            let full = conn.prep(insert_sql(table, CHUNK))?;
+            let tail = match messages.len() % CHUNK {
+                0 => None,
+                rest => Some(conn.prep(insert_sql(table, rest))?),
+            };
+            // READ COMMITTED, as the store's own transactions.
+            let tx_opts =
+                TxOpts::default().set_isolation_level(Some(IsolationLevel::ReadCommitted));
+            let start = Instant::now();
+            for chunk in messages.chunks(CHUNK) {
+                let stmt = match &tail {
+                    Some(tail) if chunk.len() < CHUNK => tail,
+                    _ => &full,
+                };
+                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 4);
+                for m in chunk {
+                    params.push(Value::Bytes(m.message_id().as_uuid().as_bytes().to_vec()));
+                    params.push(Value::Bytes(m.payload().to_vec()));
+                    params.push(Value::from(rows::headers_to_json(m.headers()).to_string()));
+                    params.push(Value::from(rows::options_to_json(m.options()).to_string()));
+                }
+                let mut tx = conn.start_transaction(tx_opts)?;
+                tx.exec_drop(stmt, params)?;
+                tx.commit()?;
+            }
+            Ok(start.elapsed())
+        }
+
+        fn count(&self, table: &str) -> BoxResult<u64> {
+            let n: Option<u64> = self
+                .conn()?
+                .query_first(format!("SELECT COUNT(*) FROM `{table}`"))?;
+            Ok(n.ok_or("COUNT(*) returned no row")?)
+        }
+
+        fn store(&self, table: &str) -> BoxResult<MysqlStore> {
+            let store = MysqlStore::builder(&self.url).table(table).build()?;
+            store.migrate()?;
+            Ok(store)
+        }
+
+        fn drop_table(&self, table: &str) -> BoxResult<()> {
+            // The store keeps its per-key locks in `<table>_keys`.
+            self.conn()?
+                .query_drop(format!("DROP TABLE IF EXISTS `{table}`, `{table}_keys`"))?;
+            Ok(())
+        }
+
+        fn drop_tables_like(&self, prefix: &str) -> BoxResult<()> {
+            let mut conn = self.conn()?;
+            let tables: Vec<String> = conn.exec(
+                "SELECT table_name FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name LIKE ?",
+                (like_prefix(prefix),),
+            )?;
+            for table in tables {
+                conn.query_drop(format!("DROP TABLE IF EXISTS `{table}`"))?;
+            }
+            Ok(())
+        }
+
+        fn log_meter(&self) -> BoxResult<Option<Box<dyn LogMeter>>> {
+            let mut conn = self.conn()?;
+            let start = status(&mut conn)?;
+            Ok(Some(Box::new(StatusMeter { conn, start })))
+        }
+    }
+
+    /// Server-wide counters read for `--breakdown`.
+    const COUNTERS: [&str; 6] = [
+        "Innodb_lsn_current",
+        "Innodb_row_lock_waits",
+        "Innodb_data_fsyncs",
+        "Questions",
+        "Handler_read_key",
+        "Handler_read_next",
+    ];
+
+    fn status(conn: &mut Conn) -> BoxResult<HashMap<String, u64>> {
+        let list = COUNTERS.map(|c| format!("'{c}'")).join(", ");
+        let rows: Vec<(String, String)> = conn.query(format!(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ({list})"
+        ))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, v)| Some((name, v.parse().ok()?)))
+            .collect())
+    }
+
+    /// Redo bytes, fsyncs, statements and index reads of the whole server during a run
+    /// (other clients of the server count too).
+    struct StatusMeter {
+        conn: Conn,
+        start: HashMap<String, u64>,
+    }
+
+    impl LogMeter for StatusMeter {
+        fn report(mut self: Box<Self>, messages: u64) -> BoxResult<String> {
+            let end = status(&mut self.conn)?;
+            let delta = |name: &str| end.get(name)?.checked_sub(*self.start.get(name)?);
+            let per = |name: &str| Some(delta(name)? as f64 / messages.max(1) as f64);
+            let show = |v: Option<f64>, digits: usize| match v {
+                Some(v) => format!("{v:.digits$}"),
+                None => "?".into(),
+            };
+            Ok(format!(
+                "per message: redo {} bytes, {} fsyncs, {} statements, \
+                 {} index lookups + {} index steps; {} row lock waits",
+                show(per("Innodb_lsn_current"), 0),
+                show(per("Innodb_data_fsyncs"), 3),
+                show(per("Questions"), 3),
+                show(per("Handler_read_key"), 2),
+                show(per("Handler_read_next"), 1),
+                show(delta("Innodb_row_lock_waits").map(|d| d as f64), 0),
+            ))
+        }
+    }
+}
+
+/// SQLite, on `rusqlite` directly for phase 1.
+#[cfg(feature = "sqlite")]
+mod lite {
+    use super::*;
+    use outboxer::store::SqliteStore;
+    use rusqlite::Connection;
+    use std::path::PathBuf;
+
+    pub struct Sqlite {
+        path: PathBuf,
+        /// The file is ours (the default path): removed at the end.
+        ours: bool,
+    }
+
+    impl Sqlite {
+        pub fn from_env(pid: u32) -> Sqlite {
+            match std::env::var_os("OUTBOXER_SQLITE_PATH") {
+                Some(p) if !p.is_empty() => Sqlite {
+                    path: p.into(),
+                    ours: false,
+                },
+                _ => Sqlite {
+                    path: std::env::temp_dir().join(format!("outboxer-bench-{pid}.db")),
+                    ours: true,
+                },
+            }
+        }
+
+        /// A connection set up as the store sets up its own: WAL, `synchronous = NORMAL`.
+        fn conn(&self) -> BoxResult<Connection> {
+            let c = Connection::open(&self.path)
+                .map_err(|e| format!("opening {}: {e}", self.path.display()))?;
+            c.busy_timeout(Duration::from_secs(5))?;
+            let _mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            Ok(c)
+        }
+    }
+
+    impl Backend for Sqlite {
+        type S = SqliteStore;
+        const INSERT_HOW: &'static str = "prepared single-row INSERT in BEGIN IMMEDIATE";
+
+        fn version(&self) -> BoxResult<String> {
+            Ok(format!(
+                "SQLite {} ({})",
+                rusqlite::version(),
+                self.path.display()
+            ))
+        }
+
+        fn plain_insert(&self, table: &str, messages: &[Message]) -> BoxResult<Duration> {
+            let conn = self.conn()?;
+            // The outbox table's column types (see src/core/sql_sqlite.rs).
+            conn.execute_batch(&format!(
+                "DROP TABLE IF EXISTS \"{table}\";
+                 CREATE TABLE \"{table}\" (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     message_id BLOB NOT NULL,
+                     payload BLOB NOT NULL,
+                     headers TEXT,
+                     options TEXT
+                 )"
+            ))?;
+            let mut insert = conn.prepare(&format!(
+                "INSERT INTO \"{table}\" (message_id, payload, headers, options) \
+                 VALUES (?1, ?2, ?3, ?4)"
+            ))?;
+            let start = Instant::now();
+            for chunk in messages.chunks(CHUNK) {
+                conn.execute_batch("BEGIN IMMEDIATE")?;
+                for m in chunk {
+                    insert.execute(rusqlite::params![
+                        m.message_id().as_uuid().as_bytes().as_slice(),
+                        m.payload(),
+                        rows::headers_to_json(m.headers()).to_string(),
+                        rows::options_to_json(m.options()).to_string(),
+                    ])?;
+                }
+                conn.execute_batch("COMMIT")?;
+            }
+            Ok(start.elapsed())
+        }
+
+        fn count(&self, table: &str) -> BoxResult<u64> {
+            let n: i64 =
+                self.conn()?
+                    .query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| {
+                        r.get(0)
+                    })?;
+            Ok(u64::try_from(n)?)
+        }
+
+        fn store(&self, table: &str) -> BoxResult<SqliteStore> {
+            let store = SqliteStore::builder(&self.path).table(table).build()?;
+            store.migrate()?;
+            Ok(store)
+        }
+
+        fn drop_table(&self, table: &str) -> BoxResult<()> {
+            self.conn()?
+                .execute_batch(&format!("DROP TABLE IF EXISTS \"{table}\""))?;
+            Ok(())
+        }
+
+        fn drop_tables_like(&self, prefix: &str) -> BoxResult<()> {
+            let conn = self.conn()?;
+            let tables = conn
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ?1 ESCAPE '\\'",
+                )?
+                .query_map([like_prefix(prefix)], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            for table in tables {
+                conn.execute_batch(&format!("DROP TABLE IF EXISTS \"{table}\""))?;
+            }
+            Ok(())
+        }
+
+        fn finish(&self) {
+            if self.ours {
+                for ext in ["", "-wal", "-shm"] {
+                    let mut file = self.path.clone().into_os_string();
+                    file.push(ext);
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+        }
+    }
+}
+
+/// SQL Server; phase 1 runs its own SQL through the store's transactions
+/// ([`SqlServerStore::begin`]), so the bench needs no async runtime of its own.
+#[cfg(feature = "sqlserver")]
+mod mssql {
+    use super::*;
+    use outboxer::store::SqlServerStore;
+    use tiberius::ToSql;
+
+    /// Rows per `INSERT`: 4 parameters each, under SQL Server's 2100-parameter limit
+    /// (two statements per 1000-row transaction).
+    const ROWS_PER_INSERT: usize = 500;
+
+    pub struct SqlServer {
+        conn_str: String,
+        /// Only its pooled connections are used (no table of its own).
+        client: SqlServerStore,
+    }
+
+    impl SqlServer {
+        pub fn from_env() -> BoxResult<SqlServer> {
+            let conn_str = std::env::var("OUTBOXER_MSSQL_URL").map_err(|_| {
+                "--store sqlserver needs OUTBOXER_MSSQL_URL (no default), an ADO.NET \
+                 connection string such as \
+                 \"server=tcp:127.0.0.1,1433;user=sa;password=..;TrustServerCertificate=true\""
+            })?;
+            let client = SqlServerStore::builder(&conn_str).build()?;
+            Ok(SqlServer { conn_str, client })
+        }
+
+        /// Runs `sql` in a transaction of its own; returns the first result set.
+        fn run(&self, sql: &str) -> BoxResult<Vec<tiberius::Row>> {
+            let mut tx = self.client.begin()?;
+            let rows = tx.query(sql, &[])?;
+            tx.commit()?;
+            Ok(rows)
+        }
+    }
+
+    /// `INSERT` of `rows` rows: parameters `@P1..@P{4 * rows}`.
+    fn insert_sql(table: &str, rows: usize) -> String {
+        let values: Vec<String> = (0..rows)
+            .map(|r| {
+                let p = r * 4;
+                format!("(@P{}, @P{}, @P{}, @P{})", p + 1, p + 2, p + 3, p + 4)
+            })
+            .collect();
+        format!(
+            "INSERT INTO [{table}] (message_id, payload, headers, options) VALUES {}",
+            values.join(", ")
+        )
+    }
+
+    impl Backend for SqlServer {
+        type S = SqlServerStore;
+        const INSERT_HOW: &'static str = "multi-row INSERT .. VALUES (@P1, ..), 500 rows each";
+
+        fn version(&self) -> BoxResult<String> {
+            let rows = self.run("SELECT @@VERSION")?;
+            let version = match rows.first() {
+                Some(row) => row.try_get::<&str, _>(0)?.unwrap_or_default(),
+                None => "",
+            };
+            Ok(version
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string())
+        }
+
+        fn plain_insert(&self, table: &str, messages: &[Message]) -> BoxResult<Duration> {
+            // The outbox table's column types (see src/core/sql_mssql.rs).
+            self.run(&format!(
+                "DROP TABLE IF EXISTS [{table}];
+                 CREATE TABLE [{table}] (
+                     id BIGINT IDENTITY PRIMARY KEY,
+                     message_id UNIQUEIDENTIFIER NOT NULL,
+                     payload VARBINARY(MAX) NOT NULL,
+                     headers VARBINARY(MAX) NULL,
+                     options VARBINARY(MAX) NULL
+                 )"
+            ))?;
+            // Parameterized text: SQL Server caches the plan of each shape.
+            let full = insert_sql(table, ROWS_PER_INSERT);
+            let tail = insert_sql(table, messages.len() % ROWS_PER_INSERT);
+            let start = Instant::now();
+            for chunk in messages.chunks(CHUNK) {
+                let mut tx = self.client.begin()?;
+                for part in chunk.chunks(ROWS_PER_INSERT) {
+                    let ids: Vec<uuid::Uuid> =
+                        part.iter().map(|m| *m.message_id().as_uuid()).collect();
+                    let payloads: Vec<&[u8]> = part.iter().map(|m| m.payload()).collect();
+                    let headers: Vec<Vec<u8>> = part
+                        .iter()
+                        .map(|m| rows::headers_to_json(m.headers()).to_string().into_bytes())
+                        .collect();
+                    let options: Vec<Vec<u8>> = part
+                        .iter()
+                        .map(|m| rows::options_to_json(m.options()).to_string().into_bytes())
+                        .collect();
+                    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(part.len() * 4);
+                    for i in 0..part.len() {
+                        params.extend([
+                            &ids[i] as &dyn ToSql,
+                            &payloads[i],
+                            &headers[i],
+                            &options[i],
+                        ]);
+                    }
+                    let sql = if part.len() == ROWS_PER_INSERT {
+                        &full
+                    } else {
+                        &tail
+                    };
+                    tx.execute(sql, &params)?;
+                }
+                tx.commit()?;
+            }
+            Ok(start.elapsed())
+        }
+
+        fn count(&self, table: &str) -> BoxResult<u64> {
+            let rows = self.run(&format!("SELECT COUNT_BIG(*) FROM [{table}]"))?;
+            let n = rows
+                .first()
+                .map(|row| row.try_get::<i64, _>(0))
+                .transpose()?
+                .flatten()
+                .ok_or("COUNT_BIG(*) returned no row")?;
+            Ok(u64::try_from(n)?)
+        }
+
+        fn store(&self, table: &str) -> BoxResult<SqlServerStore> {
+            let store = SqlServerStore::builder(&self.conn_str)
+                .table(table)
+                .build()?;
+            store.migrate()?;
+            Ok(store)
+        }
+
+        fn drop_table(&self, table: &str) -> BoxResult<()> {
+            self.run(&format!("DROP TABLE IF EXISTS [{table}]"))?;
+            Ok(())
+        }
+
+        fn drop_tables_like(&self, prefix: &str) -> BoxResult<()> {
+            let mut tx = self.client.begin()?;
+            let rows = tx.query(
+                "SELECT name FROM sys.tables WHERE schema_id = SCHEMA_ID() \
+                 AND name LIKE @P1 ESCAPE '\\'",
+                &[&like_prefix(prefix)],
+            )?;
+            tx.commit()?;
+            for row in &rows {
+                if let Some(table) = row.try_get::<&str, _>(0)? {
+                    self.drop_table(table)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A store that times `claim` and `mark_dispatched` (`--breakdown`).
+struct TimedStore<S> {
+    inner: S,
+    timings: Arc<Timings>,
+}
+
+impl<S: Store> Store for TimedStore<S> {
+    type Tx<'a> = S::Tx<'a>;
+
+    fn migrate(&self) -> outboxer::Result<()> {
+        self.inner.migrate()
+    }
+    fn enqueue(&self, messages: &[Message]) -> outboxer::Result<()> {
+        self.inner.enqueue(messages)
+    }
+    fn enqueue_in_tx(&self, tx: &mut S::Tx<'_>, messages: &[Message]) -> outboxer::Result<()> {
+        self.inner.enqueue_in_tx(tx, messages)
+    }
+    fn with_transaction<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut S::Tx<'_>) -> Result<R, E>,
+        E: From<outboxer::Error>,
+    {
+        self.inner.with_transaction(f)
+    }
+    fn claim(&self, lease: &Lease, limit: usize) -> outboxer::Result<Vec<StoredMessage>> {
+        self.timings.claim.time(|| self.inner.claim(lease, limit))
+    }
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<usize> {
+        self.timings
+            .mark
+            .time(|| self.inner.mark_dispatched(lease, ids))
+    }
+    fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> outboxer::Result<usize> {
+        self.inner.mark_failed(lease, failures)
+    }
+    fn release(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<usize> {
+        self.inner.release(lease, ids)
+    }
+    fn cleanup(&self, older_than: Duration, limit: usize) -> outboxer::Result<u64> {
+        self.inner.cleanup(older_than, limit)
+    }
+    fn requeue(&self, which: &Requeue) -> outboxer::Result<u64> {
+        self.inner.requeue(which)
+    }
+    fn stats(&self) -> outboxer::Result<Stats> {
+        self.inner.stats()
+    }
+    fn wake_listener(&self) -> outboxer::Result<Option<Box<dyn WakeListener>>> {
+        self.inner.wake_listener()
+    }
+}
+
+/// An [`AmqpStream`] that times `publish` (publishes plus waiting for confirms).
+struct TimedStream {
+    inner: AmqpStream,
+    timings: Arc<Timings>,
+}
+
+impl Stream for TimedStream {
+    fn validator(&self) -> Arc<dyn Validate> {
+        self.inner.validator()
+    }
+    fn publish(&mut self, batch: &[StoredMessage]) -> Vec<outboxer::Result<()>> {
+        let inner = &mut self.inner;
+        self.timings.publish.time(|| inner.publish(batch))
+    }
+    fn close(&mut self) {
+        self.inner.close();
+    }
+}
+
+/// Busy time of the relays' claim, mark and publish calls (`--breakdown`).
+#[derive(Default)]
+struct Timings {
+    claim: Timer,
+    mark: Timer,
+    publish: Timer,
+}
+
+#[derive(Default)]
+struct Timer {
+    nanos: AtomicU64,
+    calls: AtomicU64,
+}
+
+impl Timer {
+    fn time<R>(&self, f: impl FnOnce() -> R) -> R {
+        let start = Instant::now();
+        let r = f();
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    fn describe(&self, name: &str, wall: Duration, relays: usize) -> String {
+        let secs = self.nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let calls = self.calls.load(Ordering::Relaxed).max(1);
+        let busy = secs / (wall.as_secs_f64() * relays as f64).max(1e-9) * 100.0;
+        format!(
+            "{name} {secs:.2} s / {calls} calls = {:.1} ms each, {busy:.0}% busy",
+            secs * 1000.0 / calls as f64
+        )
+    }
+}
+
+impl Timings {
+    fn print(&self, wall: Duration, relays: usize) {
+        println!(
+            "    breakdown over {:.2} s x {relays} relay(s): {}; {}; {}",
+            wall.as_secs_f64(),
+            self.publish.describe("publish", wall, relays),
+            self.claim.describe("claim", wall, relays),
+            self.mark.describe("mark_dispatched", wall, relays),
+        );
+    }
+}
+
+/// CPU time per process name and for the whole machine, from `/proc` (Linux,
+/// `--breakdown` only), in clock ticks.
+struct CpuSample {
+    /// pid -> (name, ticks); kernel threads change their name, so keyed by pid.
+    by_pid: HashMap<u32, (String, u64)>,
+    machine_busy: u64,
+    machine_total: u64,
+    at: Instant,
+}
+
+impl CpuSample {
+    fn take() -> Option<CpuSample> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        // user nice system idle iowait irq softirq steal
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .take(8)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let machine_total: u64 = v.iter().sum();
+        let machine_busy = machine_total.saturating_sub(v.get(3)? + v.get(4)?);
+        let mut by_pid = HashMap::new();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ... utime stime: fields 14 and 15.
+            let (Some(open), Some(close)) = (text.find('('), text.rfind(')')) else {
+                continue;
+            };
+            let name = text[open + 1..close]
+                .split(['/', '-'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            if let (Some(u), Some(s)) = (ticks(11), ticks(12)) {
+                by_pid.insert(pid, (name, u + s));
+            }
+        }
+        Some(CpuSample {
+            by_pid,
+            machine_busy,
+            machine_total,
+            at: Instant::now(),
+        })
+    }
+
+    /// "cpu 190% of 200%: beam.smp 95% = 50 µs/msg, postgres 60% = 31 µs/msg, .." since
+    /// `before`, for a run of `messages` messages.
+    fn since(before: &Option<CpuSample>, messages: u64) -> String {
+        let (Some(a), Some(b)) = (before, CpuSample::take()) else {
+            return "cpu use unknown".into();
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let total = b.machine_total.saturating_sub(a.machine_total).max(1) as f64;
+        let pct = |ticks: u64| ticks as f64 / total * 100.0 * cores;
+        // CPU time per message: the share of all cores' time, times the wall time.
+        let wall = b.at.duration_since(a.at).as_secs_f64();
+        let us_per_msg = |ticks: u64| pct(ticks) / 100.0 * wall * 1e6 / messages.max(1) as f64;
+        let mut by_name: HashMap<&str, u64> = HashMap::new();
+        for (pid, (name, t)) in &b.by_pid {
+            let before = a.by_pid.get(pid).map_or(0, |(_, t0)| *t0);
+            *by_name.entry(name).or_insert(0) += t.saturating_sub(before);
+        }
+        let mut used: Vec<(u64, &str)> = by_name
+            .into_iter()
+            .filter(|(_, t)| *t > 0)
+            .map(|(name, t)| (t, name))
+            .collect();
+        used.sort_by(|x, y| y.cmp(x));
+        let top: Vec<String> = used
+            .iter()
+            .take(4)
+            .map(|(t, name)| format!("{name} {:.0}% = {:.0} µs/msg", pct(*t), us_per_msg(*t)))
+            .collect();
+        format!(
+            "cpu {:.0}% of {:.0}%: {}",
+            pct(b.machine_busy.saturating_sub(a.machine_busy)),
+            cores * 100.0,
+            top.join(", ")
+        )
+    }
 }
 
 /// Opens an AMQP connection as the library does: TCP_NODELAY socket, mio stream.
+/// This mirrors `parse_target` and the connect code of src/blocking/stream/amqp.rs on
+/// purpose: the ceiling must use the library's socket setup, which it does not export.
 fn open_amqp(url: &str) -> BoxResult<Connection> {
     let url = url::Url::parse(url)?;
     let host = url.host_str().ok_or("AMQP URL without host")?;
@@ -965,6 +1641,17 @@ fn percent_decode(s: &str) -> BoxResult<String> {
     Ok(String::from_utf8(out)?)
 }
 
+/// The bench's durable topic exchange (declared by the broker setup and the ceiling).
+fn declare_exchange(channel: &Channel, name: &str) -> amiquip::Result<()> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(ExchangeType::Topic, name, options)
+        .map(|_| ())
+}
+
 /// The exchange, the bound queue and a consumer thread that drains it.
 struct Broker {
     // Field order: the channel closes before its connection.
@@ -988,14 +1675,7 @@ impl Broker {
             println!("bench: RabbitMQ {v}");
         }
         let ch = admin.open_channel(None)?;
-        ch.exchange_declare(
-            ExchangeType::Topic,
-            env.exchange.clone(),
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-        )?;
+        declare_exchange(&ch, &env.exchange)?;
         ch.queue_declare(
             env.queue.clone(),
             QueueDeclareOptions {
