@@ -110,3 +110,178 @@ fn rabbitmq_restart_mid_stream_loses_nothing() {
     relay.stop().expect("stop");
     drop_table(&table);
 }
+
+#[test]
+fn postgres_connections_terminated_mid_stream_lose_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let table = unique("term");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    // The relay's connections carry their own application_name, so only they are cut.
+    let app = unique("ob_fault");
+    let relay_store =
+        outboxer::store::PostgresStore::builder(&format!("{}?application_name={app}", pg_url()))
+            .table(&table)
+            .build()
+            .expect("store");
+    relay_store.migrate().expect("migrate");
+    let outbox = Outbox::builder()
+        .store(relay_store)
+        .stream(stream())
+        .batch_size(100)
+        .check_interval(Duration::from_millis(50))
+        .lease(Duration::from_secs(3))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let sender = Outbox::builder()
+        .store(store(&table))
+        .build()
+        .expect("sender");
+    const N: usize = 3000;
+    let mut sent = Vec::new();
+    let msgs: Vec<Message> = (0..N)
+        .map(|i| Message::new(format!("m{i}").into_bytes()).route(amqp::topic(&ex, "k")))
+        .collect();
+    let mut pg = pg();
+    let mut all = Vec::new();
+    let mut terminated = 0i64;
+    for chunk in msgs.chunks(300) {
+        sent.extend(sender.send_batch(chunk).expect("send"));
+        sink.collect_into(&mut all, 100.min(sent.len()), Duration::from_secs(20));
+        let row = pg
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .expect("terminate");
+        terminated += row.get::<_, i64>(0);
+    }
+    sink.collect_into(&mut all, N, Duration::from_secs(120));
+    let got: HashSet<String> = counts(&all).keys().cloned().collect();
+    let missing = ids_of(&sent)
+        .into_iter()
+        .filter(|i| !got.contains(i))
+        .count();
+    assert!(terminated > 0, "the relay's connections were cut");
+    assert_eq!(
+        missing, 0,
+        "all {N} delivered although connections were cut {terminated} times"
+    );
+    let mut db_errors = 0;
+    while let Ok(f) = relay.err().try_recv() {
+        if matches!(f.error, outboxer::Error::Database { .. }) {
+            db_errors += 1;
+        }
+    }
+    assert!(db_errors > 0, "the cut connections were reported on err()");
+    relay.stop().expect("stop");
+    drop_table(&table);
+}
+
+fn pg_cluster() -> String {
+    std::fs::read_dir("/etc/postgresql")
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .unwrap_or_else(|| "15".into())
+}
+
+fn pg_ready() -> bool {
+    run("pg_isready", &["-q", "-h", "127.0.0.1", "-p", "5432"])
+}
+
+/// Starts PostgreSQL again when dropped, also when the test panics.
+struct PgGuard;
+impl Drop for PgGuard {
+    fn drop(&mut self) {
+        if !pg_ready() {
+            run(
+                "pg_ctlcluster",
+                &["--skip-systemctl-redirect", &pg_cluster(), "main", "start"],
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pg_ready() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+fn postgres_restart_mid_stream_loses_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let table = unique("pgrestart");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(stream())
+        .batch_size(100)
+        .check_interval(Duration::from_millis(50))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    const N: usize = 2000;
+    let sender = {
+        let outbox = outbox.clone();
+        let ex = ex.clone();
+        std::thread::spawn(move || {
+            let mut ids = Vec::new();
+            let mut refused = 0;
+            for i in 0..N {
+                let m = Message::new(format!("m{i}").into_bytes()).route(amqp::topic(&ex, "k"));
+                // While the database is down, send fails and stores nothing: retry it.
+                loop {
+                    match outbox.send(m.clone()) {
+                        Ok(id) => {
+                            ids.push(id);
+                            break;
+                        }
+                        Err(_) => {
+                            refused += 1;
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+                if i % 50 == 0 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            (ids, refused)
+        })
+    };
+    let mut all = sink.collect(100, Duration::from_secs(30));
+    assert!(all.len() >= 100, "relay publishes before the restart");
+    {
+        let _guard = PgGuard;
+        assert!(
+            run(
+                "pg_ctlcluster",
+                &[
+                    "--skip-systemctl-redirect",
+                    &pg_cluster(),
+                    "main",
+                    "restart",
+                    "-m",
+                    "fast"
+                ]
+            ),
+            "restart PostgreSQL"
+        );
+    }
+    let (sent, refused) = sender.join().expect("sender");
+    sink.collect_into(&mut all, N, Duration::from_secs(120));
+    let got: HashSet<String> = counts(&all).keys().cloned().collect();
+    let missing = ids_of(&sent)
+        .into_iter()
+        .filter(|i| !got.contains(i))
+        .count();
+    assert_eq!(
+        missing, 0,
+        "all {N} delivered after the restart ({refused} sends refused meanwhile)"
+    );
+    relay.stop().expect("stop");
+    drop_table(&table);
+}
