@@ -227,30 +227,7 @@ fn postgres_restart_mid_stream_loses_nothing() {
     let sender = {
         let outbox = outbox.clone();
         let ex = ex.clone();
-        std::thread::spawn(move || {
-            let mut ids = Vec::new();
-            let mut refused = 0;
-            for i in 0..N {
-                let m = Message::new(format!("m{i}").into_bytes()).route(amqp::topic(&ex, "k"));
-                // While the database is down, send fails and stores nothing: retry it.
-                loop {
-                    match outbox.send(m.clone()) {
-                        Ok(id) => {
-                            ids.push(id);
-                            break;
-                        }
-                        Err(_) => {
-                            refused += 1;
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-                if i % 50 == 0 {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-            (ids, refused)
-        })
+        std::thread::spawn(move || send_retrying(&outbox, &ex, N))
     };
     let mut all = sink.collect(100, Duration::from_secs(30));
     assert!(all.len() >= 100, "relay publishes before the restart");
@@ -284,4 +261,161 @@ fn postgres_restart_mid_stream_loses_nothing() {
     );
     relay.stop().expect("stop");
     drop_table(&table);
+}
+
+/// Sends `n` messages, retrying a send that failed (a failed send stores nothing).
+fn send_retrying<S: outboxer::Store>(
+    outbox: &Outbox<S>,
+    ex: &str,
+    n: usize,
+) -> (Vec<outboxer::MessageId>, usize) {
+    let mut ids = Vec::new();
+    let mut refused = 0;
+    for i in 0..n {
+        let m = Message::new(format!("m{i}").into_bytes()).route(amqp::topic(ex, "k"));
+        loop {
+            match outbox.send(m.clone()) {
+                Ok(id) => {
+                    ids.push(id);
+                    break;
+                }
+                Err(_) => {
+                    refused += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    (ids, refused)
+}
+
+#[test]
+fn rabbitmq_connections_closed_by_the_broker_lose_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let table = unique("cut");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(stream())
+        .batch_size(100)
+        .check_interval(Duration::from_millis(50))
+        .backoff(Duration::from_millis(100), Duration::from_secs(1))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    const N: usize = 2000;
+    let sender = {
+        let outbox = outbox.clone();
+        let ex = ex.clone();
+        std::thread::spawn(move || send_retrying(&outbox, &ex, N))
+    };
+    let mut all = sink.collect(100, Duration::from_secs(30));
+    let mut cuts = 0;
+    for _ in 0..3 {
+        if run(
+            "rabbitmqctl",
+            &["-q", "close_all_connections", "outboxer fault test"],
+        ) {
+            cuts += 1;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_eq!(cuts, 3, "rabbitmqctl close_all_connections");
+    let (sent, _) = sender.join().expect("sender");
+    sink.collect_into(&mut all, N, Duration::from_secs(120));
+    let got: HashSet<String> = counts(&all).keys().cloned().collect();
+    let missing = ids_of(&sent)
+        .into_iter()
+        .filter(|i| !got.contains(i))
+        .count();
+    assert_eq!(
+        missing, 0,
+        "all {N} delivered although the broker closed the connections"
+    );
+    let mut reported = 0;
+    while let Ok(f) = relay.err().try_recv() {
+        if f.error.is_transient() {
+            reported += 1;
+        }
+    }
+    assert!(
+        reported > 0,
+        "the closed connections were reported on err()"
+    );
+    assert_eq!(
+        outbox.stats().expect("stats").parked,
+        0,
+        "an outage parks nothing"
+    );
+    relay.stop().expect("stop");
+    drop_table(&table);
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn mariadb_connections_killed_mid_stream_lose_nothing() {
+    use mysql::prelude::Queryable;
+    use outboxer::store::MysqlStore;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let url = std::env::var("OUTBOXER_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let table = unique("mykill");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let store = MysqlStore::builder(&url)
+        .table(&table)
+        .build()
+        .expect("store");
+    store.migrate().expect("migrate");
+    let outbox = Outbox::builder()
+        .store(store)
+        .stream(stream())
+        .batch_size(100)
+        .check_interval(Duration::from_millis(50))
+        .lease(Duration::from_secs(3))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    const N: usize = 2000;
+    let sender = {
+        let outbox = outbox.clone();
+        let ex = ex.clone();
+        std::thread::spawn(move || send_retrying(&outbox, &ex, N))
+    };
+    let mut all = sink.collect(100, Duration::from_secs(30));
+    let pool = mysql::Pool::new(url.as_str()).expect("pool");
+    let mut admin = pool.get_conn().expect("admin connection");
+    let mut killed = 0usize;
+    for _ in 0..5 {
+        // Every other session on the test database: the relay's and the sender's.
+        let ids: Vec<u64> = admin
+            .query("SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()")
+            .expect("processlist");
+        for id in ids {
+            if admin.query_drop(format!("KILL CONNECTION {id}")).is_ok() {
+                killed += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(killed > 0, "connections were killed");
+    let (sent, refused) = sender.join().expect("sender");
+    sink.collect_into(&mut all, N, Duration::from_secs(120));
+    let got: HashSet<String> = counts(&all).keys().cloned().collect();
+    let missing = ids_of(&sent)
+        .into_iter()
+        .filter(|i| !got.contains(i))
+        .count();
+    assert_eq!(
+        missing, 0,
+        "all {N} delivered although {killed} connections were killed ({refused} sends refused)"
+    );
+    relay.stop().expect("stop");
+    drop(admin);
+    let mut c = pool.get_conn().expect("conn");
+    let _ = c.query_drop(format!("DROP TABLE IF EXISTS `{table}`, `{table}_keys`"));
 }
