@@ -82,13 +82,7 @@ fn rabbitmq_restart_mid_stream_loses_nothing() {
     }
     let sent = sender.join().expect("sender");
     let mut all = early;
-    sink.collect_into(&mut all, N, Duration::from_secs(120));
-    let c = counts(&all);
-    let got: HashSet<String> = c.keys().cloned().collect();
-    let missing = ids_of(&sent)
-        .into_iter()
-        .filter(|i| !got.contains(i))
-        .count();
+    let missing = missing_after_wait(&sink, &mut all, &sent);
     assert_eq!(missing, 0, "all {N} delivered after the restart");
     // The outage was reported on err(), as released (not counted) attempts.
     let mut released = 0;
@@ -125,11 +119,7 @@ fn postgres_connections_terminated_mid_stream_lose_nothing() {
             .build()
             .expect("store");
     relay_store.migrate().expect("migrate");
-    let outbox = Outbox::builder()
-        .store(relay_store)
-        .stream(stream())
-        .batch_size(100)
-        .check_interval(Duration::from_millis(50))
+    let outbox = fault_outbox(relay_store)
         .lease(Duration::from_secs(3))
         .build()
         .expect("outbox");
@@ -157,12 +147,7 @@ fn postgres_connections_terminated_mid_stream_lose_nothing() {
             .expect("terminate");
         terminated += row.get::<_, i64>(0);
     }
-    sink.collect_into(&mut all, N, Duration::from_secs(120));
-    let got: HashSet<String> = counts(&all).keys().cloned().collect();
-    let missing = ids_of(&sent)
-        .into_iter()
-        .filter(|i| !got.contains(i))
-        .count();
+    let missing = missing_after_wait(&sink, &mut all, &sent);
     assert!(terminated > 0, "the relay's connections were cut");
     assert_eq!(
         missing, 0,
@@ -177,6 +162,25 @@ fn postgres_connections_terminated_mid_stream_lose_nothing() {
     assert!(db_errors > 0, "the cut connections were reported on err()");
     relay.stop().expect("stop");
     drop_table(&table);
+}
+
+/// Waits until every sent id arrived (at most 120 s); returns how many did not.
+fn missing_after_wait(sink: &Sink, all: &mut Vec<Got>, sent: &[outboxer::MessageId]) -> usize {
+    sink.collect_into(all, sent.len(), Duration::from_secs(120));
+    let got: HashSet<String> = counts(all).keys().cloned().collect();
+    ids_of(sent)
+        .into_iter()
+        .filter(|i| !got.contains(i))
+        .count()
+}
+
+/// A relay builder tuned for fault tests: small batches, quick polling.
+fn fault_outbox<S: outboxer::Store>(store: S) -> outboxer::OutboxBuilder<S> {
+    Outbox::builder()
+        .store(store)
+        .stream(stream())
+        .batch_size(100)
+        .check_interval(Duration::from_millis(50))
 }
 
 fn pg_cluster() -> String {
@@ -215,13 +219,7 @@ fn postgres_restart_mid_stream_loses_nothing() {
     let table = unique("pgrestart");
     let ex = unique("ex");
     let sink = Sink::new(&ex, "#");
-    let outbox = Outbox::builder()
-        .store(store(&table))
-        .stream(stream())
-        .batch_size(100)
-        .check_interval(Duration::from_millis(50))
-        .build()
-        .expect("outbox");
+    let outbox = fault_outbox(store(&table)).build().expect("outbox");
     let relay = outbox.start().expect("start");
     const N: usize = 2000;
     let sender = {
@@ -249,12 +247,7 @@ fn postgres_restart_mid_stream_loses_nothing() {
         );
     }
     let (sent, refused) = sender.join().expect("sender");
-    sink.collect_into(&mut all, N, Duration::from_secs(120));
-    let got: HashSet<String> = counts(&all).keys().cloned().collect();
-    let missing = ids_of(&sent)
-        .into_iter()
-        .filter(|i| !got.contains(i))
-        .count();
+    let missing = missing_after_wait(&sink, &mut all, &sent);
     assert_eq!(
         missing, 0,
         "all {N} delivered after the restart ({refused} sends refused meanwhile)"
@@ -298,11 +291,7 @@ fn rabbitmq_connections_closed_by_the_broker_lose_nothing() {
     let table = unique("cut");
     let ex = unique("ex");
     let sink = Sink::new(&ex, "#");
-    let outbox = Outbox::builder()
-        .store(store(&table))
-        .stream(stream())
-        .batch_size(100)
-        .check_interval(Duration::from_millis(50))
+    let outbox = fault_outbox(store(&table))
         .backoff(Duration::from_millis(100), Duration::from_secs(1))
         .build()
         .expect("outbox");
@@ -326,12 +315,7 @@ fn rabbitmq_connections_closed_by_the_broker_lose_nothing() {
     }
     assert_eq!(cuts, 3, "rabbitmqctl close_all_connections");
     let (sent, _) = sender.join().expect("sender");
-    sink.collect_into(&mut all, N, Duration::from_secs(120));
-    let got: HashSet<String> = counts(&all).keys().cloned().collect();
-    let missing = ids_of(&sent)
-        .into_iter()
-        .filter(|i| !got.contains(i))
-        .count();
+    let missing = missing_after_wait(&sink, &mut all, &sent);
     assert_eq!(
         missing, 0,
         "all {N} delivered although the broker closed the connections"
@@ -371,11 +355,7 @@ fn mariadb_connections_killed_mid_stream_lose_nothing() {
         .build()
         .expect("store");
     store.migrate().expect("migrate");
-    let outbox = Outbox::builder()
-        .store(store)
-        .stream(stream())
-        .batch_size(100)
-        .check_interval(Duration::from_millis(50))
+    let outbox = fault_outbox(store)
         .lease(Duration::from_secs(3))
         .build()
         .expect("outbox");
@@ -404,12 +384,7 @@ fn mariadb_connections_killed_mid_stream_lose_nothing() {
     }
     assert!(killed > 0, "connections were killed");
     let (sent, refused) = sender.join().expect("sender");
-    sink.collect_into(&mut all, N, Duration::from_secs(120));
-    let got: HashSet<String> = counts(&all).keys().cloned().collect();
-    let missing = ids_of(&sent)
-        .into_iter()
-        .filter(|i| !got.contains(i))
-        .count();
+    let missing = missing_after_wait(&sink, &mut all, &sent);
     assert_eq!(
         missing, 0,
         "all {N} delivered although {killed} connections were killed ({refused} sends refused)"
