@@ -1,0 +1,12 @@
+//! The stream conformance suite, run against every stream compiled in.
+#![cfg(all(feature = "postgres", feature = "amqp"))]
+
+#[path = "common/mod.rs"]
+mod common;
+
+#[path = "streams/conformance.rs"]
+#[macro_use]
+mod conformance;
+
+#[path = "streams/amqp.rs"]
+mod amqp;

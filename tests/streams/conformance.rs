@@ -1,0 +1,241 @@
+//! One conformance suite for every stream. A stream's test module implements
+//! [`StreamHarness`] and expands `stream_conformance!(TheHarness)`. The cases
+//! drive the `Stream` trait directly (as the relay does) and check what a real
+//! consumer of the broker received.
+
+use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime};
+
+/// Cases that cut every connection take this lock for writing; all others for reading.
+pub static DISRUPTION: RwLock<()> = RwLock::new(());
+
+/// What a consumer received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A consumer on one destination.
+pub trait Consumer {
+    /// Receives until `n` messages arrived or `within` passed.
+    fn receive(&self, n: usize, within: Duration) -> Vec<Received>;
+}
+
+/// What the suite needs from a stream's test module.
+pub trait StreamHarness {
+    type S: Stream;
+    type C: Consumer;
+    /// A connected stream.
+    fn stream() -> Self::S;
+    /// The same stream type pointed at a server that is not there (not yet connected).
+    fn unreachable() -> Self::S;
+    /// A fresh destination with a consumer attached; returns its routing options.
+    fn destination(name: &str) -> (Options, Self::C);
+    /// Routing options that this broker refuses per message (e.g. unroutable).
+    fn refused_destination(name: &str) -> Options;
+    /// Options the stream rejects as invalid (unknown key or wrong type).
+    fn invalid_options() -> Options;
+    /// The stream's size limit at `send`.
+    fn max_message_size() -> usize;
+    /// Cuts every connection the broker has (the stream must reconnect by itself).
+    fn cut_connections();
+}
+
+pub fn unique(prefix: &str) -> String {
+    let n = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}_{}_{}", std::process::id(), n % 1_000_000_000_000)
+}
+
+fn stored(id: i64, payload: Vec<u8>, options: &Options, key: Option<&str>) -> StoredMessage {
+    StoredMessage {
+        id,
+        message_id: MessageId::new(),
+        payload,
+        headers: Headers::new(),
+        options: options.clone(),
+        ordering_key: key.map(str::to_string),
+        attempts: 0,
+        created_at: SystemTime::now(),
+    }
+}
+
+fn read() -> std::sync::RwLockReadGuard<'static, ()> {
+    DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn batch_roundtrip_byte_exact<H: StreamHarness>() {
+    let _g = read();
+    let (dest, consumer) = H::destination(&unique("s_rt"));
+    let mut s = H::stream();
+    let mut a = stored(1, vec![0, 159, 146, 150, 255, b'\n', 0], &dest, None);
+    a.headers.insert("ключ".into(), "значение 🎉".into());
+    a.headers.insert("tenant".into(), "acme".into());
+    let b = stored(2, b"plain".to_vec(), &dest, None);
+    let c = stored(3, vec![7u8; 64 * 1024], &dest, None);
+    let batch = vec![a.clone(), b.clone(), c.clone()];
+    let out = s.publish(&batch);
+    assert!(out.iter().all(|o| o.is_ok()), "{out:?}");
+    let got = consumer.receive(3, Duration::from_secs(20));
+    assert_eq!(got.len(), 3);
+    for m in &batch {
+        let r = got
+            .iter()
+            .find(|r| r.headers.get(MESSAGE_ID_HEADER) == Some(&m.message_id.to_string()))
+            .expect("message id on the wire");
+        assert_eq!(r.payload, m.payload, "byte-exact");
+        for (k, v) in &m.headers {
+            assert_eq!(r.headers.get(k), Some(v), "header {k}");
+        }
+    }
+    s.close();
+}
+
+pub fn per_message_outcomes_in_a_batch<H: StreamHarness>() {
+    let _g = read();
+    let (dest, consumer) = H::destination(&unique("s_out"));
+    let refused = H::refused_destination(&unique("s_ref"));
+    let mut s = H::stream();
+    let batch = vec![
+        stored(1, b"ok 1".to_vec(), &dest, None),
+        stored(2, b"refused".to_vec(), &refused, None),
+        stored(3, b"invalid".to_vec(), &H::invalid_options(), None),
+        stored(4, b"ok 2".to_vec(), &dest, None),
+    ];
+    let out = s.publish(&batch);
+    assert_eq!(out.len(), 4);
+    assert!(out[0].is_ok() && out[3].is_ok(), "{out:?}");
+    assert!(
+        matches!(&out[1], Err(e) if !e.is_transient()),
+        "refused: {:?}",
+        out[1]
+    );
+    assert!(
+        matches!(&out[2], Err(Error::InvalidOption { .. })),
+        "invalid: {:?}",
+        out[2]
+    );
+    let got = consumer.receive(2, Duration::from_secs(20));
+    let mut bodies: Vec<Vec<u8>> = got.into_iter().map(|r| r.payload).collect();
+    bodies.sort();
+    assert_eq!(bodies, vec![b"ok 1".to_vec(), b"ok 2".to_vec()]);
+    // The stream stays usable after refusals.
+    let again = s.publish(&[stored(5, b"after".to_vec(), &dest, None)]);
+    assert!(again[0].is_ok(), "{again:?}");
+    s.close();
+}
+
+pub fn per_key_order_in_a_batch<H: StreamHarness>() {
+    let _g = read();
+    let (dest, consumer) = H::destination(&unique("s_key"));
+    let mut s = H::stream();
+    let batch: Vec<StoredMessage> = (0..60)
+        .map(|i| {
+            let key = format!("k{}", i % 3);
+            stored(i, format!("{key}:{i}").into_bytes(), &dest, Some(&key))
+        })
+        .collect();
+    assert!(s.publish(&batch).iter().all(|o| o.is_ok()));
+    let got = consumer.receive(60, Duration::from_secs(20));
+    assert_eq!(got.len(), 60);
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for r in got {
+        let body = String::from_utf8(r.payload).expect("utf8");
+        let (k, i) = body.split_once(':').expect("k:i");
+        let i: i64 = i.parse().expect("i");
+        let prev = last.insert(k.to_string(), i).unwrap_or(-1);
+        assert!(i > prev, "key {k}: {i} after {prev}");
+    }
+    s.close();
+}
+
+pub fn oversize_and_invalid_rejected_at_send<H: StreamHarness>() {
+    let s = H::stream();
+    let v = s.validator();
+    let (dest, _consumer) = H::destination(&unique("s_big"));
+    let limit = H::max_message_size();
+    let ok = vec![0u8; limit.min(1024)];
+    assert!(v.validate(&ok, &Headers::new(), &dest).is_ok());
+    let big = vec![0u8; limit + 1];
+    assert!(matches!(
+        v.validate(&big, &Headers::new(), &dest),
+        Err(Error::PayloadTooLarge { .. })
+    ));
+    assert!(matches!(
+        v.validate(b"x", &Headers::new(), &H::invalid_options()),
+        Err(Error::InvalidOption { .. })
+    ));
+}
+
+pub fn server_down_is_a_transient_error<H: StreamHarness>() {
+    let (dest, _consumer) = H::destination(&unique("s_down"));
+    let mut s = H::unreachable();
+    let out = s.publish(&[
+        stored(1, b"x".to_vec(), &dest, None),
+        stored(2, b"y".to_vec(), &dest, None),
+    ]);
+    assert_eq!(out.len(), 2);
+    for o in &out {
+        assert!(matches!(o, Err(e) if e.is_transient()), "{o:?}");
+    }
+}
+
+pub fn delivery_resumes_after_connections_are_cut<H: StreamHarness>() {
+    let _g = DISRUPTION.write().unwrap_or_else(|e| e.into_inner());
+    let (dest, consumer) = H::destination(&unique("s_cut"));
+    let mut s = H::stream();
+    assert!(s.publish(&[stored(1, b"before".to_vec(), &dest, None)])[0].is_ok());
+    H::cut_connections();
+    std::thread::sleep(Duration::from_millis(500));
+    // The first publish after the cut may fail (transient); the stream reconnects by itself.
+    let mut delivered = false;
+    let mut failures = 0;
+    for i in 0..20 {
+        match &s.publish(&[stored(2 + i, b"after".to_vec(), &dest, None)])[0] {
+            Ok(()) => {
+                delivered = true;
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_transient(), "a cut connection is transient: {e}");
+                failures += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    assert!(
+        delivered,
+        "delivery resumed ({failures} transient failures first)"
+    );
+    let got = consumer.receive(2, Duration::from_secs(30));
+    let bodies: Vec<&[u8]> = got.iter().map(|r| r.payload.as_slice()).collect();
+    assert!(
+        bodies.contains(&b"before".as_slice()) && bodies.contains(&b"after".as_slice()),
+        "{bodies:?}"
+    );
+    s.close();
+}
+
+/// Expands the suite as `#[test]`s for a harness.
+#[macro_export]
+macro_rules! stream_conformance {
+    ($h:ty) => {
+        $crate::stream_conformance!(@tests $h,
+            batch_roundtrip_byte_exact per_message_outcomes_in_a_batch per_key_order_in_a_batch
+            oversize_and_invalid_rejected_at_send server_down_is_a_transient_error
+            delivery_resumes_after_connections_are_cut);
+    };
+    (@tests $h:ty, $($name:ident)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::conformance::$name::<$h>();
+            }
+        )*
+    };
+}
