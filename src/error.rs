@@ -35,6 +35,14 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A message header the stream cannot carry (name too long, headers too large).
+    #[error("invalid header `{name}`: {reason}")]
+    InvalidHeader {
+        /// The header name (shortened), empty when it is about all headers.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A connection URL that cannot be used. The URL is shown with its password redacted.
     #[error("invalid url `{url}`: {reason}")]
     InvalidUrl {
@@ -120,7 +128,10 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Error::InvalidOption { .. } | Error::PayloadTooLarge { .. } | Error::Decode { .. }
+            Error::InvalidOption { .. }
+                | Error::InvalidHeader { .. }
+                | Error::PayloadTooLarge { .. }
+                | Error::Decode { .. }
         )
     }
 

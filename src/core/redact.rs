@@ -4,7 +4,14 @@
 /// Input that does not parse as a URL is reduced to its scheme, which is never secret.
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
+        // Without `//` (e.g. `amqp:user:pw@host`) the url crate sees an opaque path
+        // that may hold anything: keep only the scheme.
+        Ok(url) if url.cannot_be_a_base() || url.host().is_none() => {
+            format!("{}:<redacted>", url.scheme())
+        }
         Ok(mut url) => {
+            // A `#` inside a password starts a "fragment": never show one.
+            url.set_fragment(None);
             if url.password().is_some() {
                 let _ = url.set_password(Some("***"));
             }
@@ -59,5 +66,12 @@ mod tests {
         let r = redact_url("postgres://u:s3cret@[bad");
         assert!(!r.contains("s3cret"), "{r}");
         assert!(!redact_url("user=u password=s3cret").contains("s3cret"));
+        for raw in [
+            "amqp:guest:s3cret@h/%2f",
+            "amqp://guest:1234#s3cret@h/",
+            "localhost:5432 password=s3cret",
+        ] {
+            assert!(!redact_url(raw).contains("s3cret"), "{raw}");
+        }
     }
 }

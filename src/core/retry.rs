@@ -40,10 +40,16 @@ impl Backoff {
 
     /// The delay without jitter: `min(max, base * 2^(attempt-1))`.
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(40);
-        self.base
-            .checked_mul(1u32 << exp.min(31))
-            .map_or(self.max, |d| d.min(self.max))
+        let exp = attempt.saturating_sub(1);
+        let nanos = (exp < 64)
+            .then(|| self.base.as_nanos().checked_mul(1u128 << exp))
+            .flatten();
+        match nanos {
+            Some(n) if n < self.max.as_nanos() => {
+                Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
+            }
+            _ => self.max,
+        }
     }
 
     /// The base delay.

@@ -186,8 +186,19 @@ impl PgSql {
                         coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8, 0)
                  FROM {t}"
             ),
-            channel: format!("outboxer_{}", table.plain().replace('.', "_")),
+            channel: channel_name(table),
         }
+    }
+}
+
+/// The LISTEN/NOTIFY channel: readable when it fits PostgreSQL's 63-byte
+/// identifiers, else a hash of the name (channels are wake-up hints only).
+fn channel_name(table: &TableName) -> String {
+    let readable = format!("outboxer_{}", table.plain().replace('.', "_"));
+    if readable.len() <= 63 {
+        readable
+    } else {
+        format!("outboxer_{:08x}", table.lock_space() as u32)
     }
 }
 
@@ -206,6 +217,9 @@ mod tests {
         assert!(sql.mark_dispatched.contains("locked_by = $2"));
         assert!(sql.mark_failed.contains("u.locked_by = $5"));
         assert_eq!(sql.channel, "outboxer_app_events");
+        let long =
+            TableName::parse(&format!("{}.{}", "s".repeat(40), "t".repeat(40))).expect("valid");
+        assert!(PgSql::new(&long).channel.len() <= 63);
         assert!(sql.migrate.iter().all(|s| !s.contains("$1")));
     }
 }

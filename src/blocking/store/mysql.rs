@@ -285,7 +285,11 @@ impl Store for MysqlStore {
         let mut conn = self.conn()?;
         // One migrator at a time per table, across processes (DDL commits implicitly,
         // so a session lock, released below, not a transaction).
-        let name = format!("outboxer:{}", self.inner.table.plain());
+        // MySQL 8 refuses lock names over 64 characters.
+        let mut name = format!("outboxer:{}", self.inner.table.plain());
+        if name.len() > 64 {
+            name = format!("outboxer:{:08x}", self.inner.table.lock_space() as u32);
+        }
         let got: Option<i64> = conn
             .exec_first("SELECT GET_LOCK(?, 60)", (&name,))
             .map_err(|e| Error::db("locking for migrate", e))?;

@@ -17,6 +17,10 @@ use crate::{Error, Result};
 /// RabbitMQ 3.x refuses messages above `max_message_size`, 128 MiB by default.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
 
+/// Headers travel in the content header frame, which must fit one frame
+/// (amiquip negotiates 128 KiB); keep well below it for the other properties.
+pub const MAX_HEADERS_SIZE: usize = 64 * 1024;
+
 /// Checks AMQP options and size at `send`.
 #[derive(Clone, Debug)]
 pub struct AmqpValidator {
@@ -27,6 +31,23 @@ pub struct AmqpValidator {
 impl Validate for AmqpValidator {
     fn validate(&self, payload: &[u8], headers: &Headers, options: &Options) -> Result<()> {
         AmqpRoute::parse(options)?;
+        // A header the broker cannot take would fail every publish and, counted as a
+        // connection failure, be retried forever: refuse it here, as a permanent error.
+        if let Some(name) = headers.keys().find(|k| k.len() > 255) {
+            return Err(Error::InvalidHeader {
+                name: name.chars().take(64).collect(),
+                reason: "AMQP header names are at most 255 bytes".into(),
+            });
+        }
+        let headers_size: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
+        if headers_size > MAX_HEADERS_SIZE {
+            return Err(Error::InvalidHeader {
+                name: String::new(),
+                reason: format!(
+                    "headers take {headers_size} bytes, AMQP allows {MAX_HEADERS_SIZE} (one frame)"
+                ),
+            });
+        }
         let size = wire_size(payload, headers);
         if size > self.max_message_size {
             return Err(Error::PayloadTooLarge {
