@@ -174,6 +174,22 @@ fn missing_after_wait(sink: &Sink, all: &mut Vec<Got>, sent: &[outboxer::Message
         .count()
 }
 
+/// The outage was reported on `err()` as transient, and parked nothing.
+fn assert_outage_reported<S: outboxer::Store>(relay: &outboxer::Relay, outbox: &Outbox<S>) {
+    let mut transient = 0;
+    while let Ok(f) = relay.err().try_recv() {
+        if f.error.is_transient() {
+            transient += 1;
+        }
+    }
+    assert!(transient > 0, "the outage was reported on err()");
+    assert_eq!(
+        outbox.stats().expect("stats").parked,
+        0,
+        "an outage parks nothing"
+    );
+}
+
 /// A relay builder tuned for fault tests: small batches, quick polling.
 fn fault_outbox<S: outboxer::Store>(store: S) -> outboxer::OutboxBuilder<S> {
     Outbox::builder()
@@ -252,6 +268,7 @@ fn postgres_restart_mid_stream_loses_nothing() {
         missing, 0,
         "all {N} delivered after the restart ({refused} sends refused meanwhile)"
     );
+    assert_outage_reported(&relay, &outbox);
     relay.stop().expect("stop");
     drop_table(&table);
 }
@@ -389,6 +406,7 @@ fn mariadb_connections_killed_mid_stream_lose_nothing() {
         missing, 0,
         "all {N} delivered although {killed} connections were killed ({refused} sends refused)"
     );
+    assert_outage_reported(&relay, &outbox);
     relay.stop().expect("stop");
     drop(admin);
     let mut c = pool.get_conn().expect("conn");
