@@ -10,3 +10,7 @@ mod conformance;
 
 #[path = "streams/amqp.rs"]
 mod amqp;
+
+#[cfg(feature = "kafka")]
+#[path = "streams/kafka.rs"]
+mod kafka;

@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod config;
 pub mod ident;
+pub mod kafka;
 pub mod redact;
 pub mod retry;
 pub mod rows;

@@ -8,6 +8,9 @@ use std::sync::Arc;
 pub mod amqp;
 #[cfg(feature = "amqp")]
 pub use amqp::AmqpStream;
+pub mod kafka;
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaStream;
 
 /// Checks a message against a stream's rules at `send`, so that bad options or
 /// oversized payloads are refused before they reach the table.

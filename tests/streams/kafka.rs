@@ -1,0 +1,541 @@
+//! Kafka (OUTBOXER_KAFKA_URL, default the local Tansu broker that
+//! `scripts/test-services up` starts; see `scripts/kafka-broker`).
+//!
+//! Tansu keeps everything in memory and creates no topics by itself: every
+//! destination creates its topic, and `cut_connections` (a broker restart)
+//! creates them again.
+
+use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
+use outboxer::stream::kafka::{self, KafkaStream, DEFAULT_MAX_MESSAGE_SIZE};
+use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+const PARTITIONS: i32 = 3;
+
+fn kafka_url() -> String {
+    std::env::var("OUTBOXER_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into())
+}
+
+fn brokers() -> String {
+    kafka_url()
+        .trim_start_matches("kafka://")
+        .split(['?', '/'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn broker_script() -> String {
+    format!("{}/scripts/kafka-broker", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Creates a topic (retrying while the broker restarts under another test).
+fn create_topic(name: &str, partitions: i32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("bash")
+            .args([&broker_script(), "topic", name, &partitions.to_string()])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => return,
+            other if Instant::now() > deadline => panic!("creating topic {name}: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Topics and consumers alive in this process, for `cut_connections`.
+struct Registered {
+    topic: String,
+    state: Weak<SinkState>,
+}
+static REGISTRY: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
+/// Odd while the broker restarts: consumers then drop their client (librdkafka
+/// 2.12 crashes on the metadata of a topic that vanished) and create a new one,
+/// reading from the start, once the count is even again.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Default)]
+struct SinkState {
+    received: AtomicUsize,
+    /// The odd generation at which this sink dropped its client.
+    parked: AtomicU64,
+}
+
+/// What a test consumer got, with Kafka's own fields.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads every partition of one topic from the start, in a background thread.
+pub struct Sink {
+    rx: crossbeam_channel::Receiver<Record>,
+    stop: Arc<AtomicBool>,
+    _state: Arc<SinkState>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn consumer() -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("outboxer_test"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("kafka consumer")
+}
+
+fn assign_from_start(c: &BaseConsumer, topic: &str) {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+}
+
+impl Sink {
+    fn new(topic: &str) -> Sink {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(SinkState::default());
+        REGISTRY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Registered {
+                topic: topic.to_string(),
+                state: Arc::downgrade(&state),
+            });
+        let (topic, stop2, st) = (topic.to_string(), stop.clone(), state.clone());
+        std::thread::spawn(move || {
+            let mut client: Option<BaseConsumer> = None;
+            while !stop2.load(Ordering::Relaxed) {
+                let generation = GENERATION.load(Ordering::SeqCst);
+                if generation % 2 == 1 {
+                    client = None;
+                    st.parked.store(generation, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                let c = client.get_or_insert_with(|| {
+                    let c = consumer();
+                    assign_from_start(&c, &topic);
+                    c
+                });
+                let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let mut headers = BTreeMap::new();
+                if let Some(hs) = m.headers() {
+                    for h in hs.iter() {
+                        let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                        headers.insert(h.key.to_string(), v.unwrap_or_default());
+                    }
+                }
+                st.received.fetch_add(1, Ordering::SeqCst);
+                let r = Record {
+                    partition: m.partition(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                };
+                if tx.send(r).is_err() {
+                    break;
+                }
+            }
+        });
+        Sink {
+            rx,
+            stop,
+            _state: state,
+        }
+    }
+
+    /// Receives until `n` records arrived or `within` passed.
+    pub fn records(&self, n: usize, within: Duration) -> Vec<Record> {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n {
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(r) => got.push(r),
+                Err(_) => break,
+            }
+        }
+        got
+    }
+}
+
+impl Consumer for Sink {
+    fn receive(&self, n: usize, within: Duration) -> Vec<Received> {
+        self.records(n, within)
+            .into_iter()
+            .map(|r| Received {
+                payload: r.payload,
+                headers: r.headers,
+            })
+            .collect()
+    }
+}
+
+pub struct Kafka;
+
+impl StreamHarness for Kafka {
+    type S = KafkaStream;
+    type C = Sink;
+    fn stream() -> KafkaStream {
+        // A short delivery timeout: after a restart Tansu has lost the producer's
+        // state, and the stream recovers with a new producer after one timeout.
+        KafkaStream::builder(&kafka_url())
+            .delivery_timeout(Duration::from_secs(5))
+            .build()
+            .expect("Kafka (Tansu) on 127.0.0.1:9092")
+    }
+    fn unreachable() -> KafkaStream {
+        KafkaStream::builder("kafka://user:secret@127.0.0.1:1")
+            .metadata_timeout(Duration::from_secs(2))
+            .build()
+            .expect("valid URL")
+    }
+    fn destination(name: &str) -> (Options, Sink) {
+        create_topic(name, PARTITIONS);
+        let sink = Sink::new(name);
+        (kafka::topic(name).into(), sink)
+    }
+    fn refused_destination(name: &str) -> Options {
+        // Never created: the broker knows no such topic.
+        kafka::topic(name).into()
+    }
+    fn invalid_options() -> Options {
+        Options::from([
+            ("topic".to_string(), serde_json::json!("t")),
+            ("topik".to_string(), serde_json::json!("typo")),
+        ])
+    }
+    fn max_message_size() -> usize {
+        DEFAULT_MAX_MESSAGE_SIZE
+    }
+    fn cut_connections() {
+        let alive: Vec<(String, Arc<SinkState>)> = REGISTRY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|r| r.state.upgrade().map(|c| (r.topic.clone(), c)))
+            .collect();
+        // The broker forgets everything on restart: let the consumers read what is there first.
+        let probe = consumer();
+        for (topic, state) in &alive {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let high: i64 = (0..PARTITIONS)
+                    .map(|p| {
+                        probe
+                            .fetch_watermarks(topic, p, Duration::from_secs(5))
+                            .map(|(_, h)| h)
+                            .unwrap_or(0)
+                    })
+                    .sum();
+                if state.received.load(Ordering::SeqCst) as i64 >= high || Instant::now() > deadline
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        drop(probe);
+        let parked = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && alive
+                .iter()
+                .any(|(_, s)| Arc::strong_count(s) > 1 && s.parked.load(Ordering::SeqCst) != parked)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let restarted = Command::new("bash")
+            .args([&broker_script(), "restart"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !restarted {
+            // Whatever happened, the broker must be up again for the other tests.
+            let _ = Command::new("bash")
+                .args([&broker_script(), "start"])
+                .status();
+        }
+        for (topic, _) in &alive {
+            create_topic(topic, PARTITIONS);
+        }
+        GENERATION.fetch_add(1, Ordering::SeqCst);
+        assert!(restarted, "scripts/kafka-broker restart");
+    }
+}
+
+stream_conformance!(Kafka);
+
+// Kafka-specific cases.
+
+fn stored(id: i64, payload: &[u8], options: &Options, key: Option<&str>) -> StoredMessage {
+    StoredMessage {
+        id,
+        message_id: MessageId::new(),
+        payload: payload.to_vec(),
+        headers: Headers::new(),
+        options: options.clone(),
+        ordering_key: key.map(str::to_string),
+        attempts: 0,
+        created_at: SystemTime::now(),
+    }
+}
+
+fn read() -> std::sync::RwLockReadGuard<'static, ()> {
+    DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn key_maps_to_one_partition_and_options_route() {
+    let _g = read();
+    let name = unique("k_part");
+    let (dest, sink) = Kafka::destination(&name);
+    let mut s = Kafka::stream();
+    let mut batch: Vec<StoredMessage> = (0..30)
+        .map(|i| {
+            let key = format!("key-{}", i % 5);
+            stored(i, format!("{key}:{i}").as_bytes(), &dest, Some(&key))
+        })
+        .collect();
+    let explicit: Options = kafka::topic(&name).partition(2).key("record-key").into();
+    batch.push(stored(100, b"explicit", &explicit, Some("key-0")));
+    let out = s.publish(&batch);
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    let got = sink.records(31, Duration::from_secs(20));
+    assert_eq!(got.len(), 31);
+    let mut partition_of: HashMap<Vec<u8>, i32> = HashMap::new();
+    for r in &got {
+        if r.payload == b"explicit" {
+            assert_eq!(r.partition, 2);
+            assert_eq!(r.key.as_deref(), Some(b"record-key".as_slice()));
+            continue;
+        }
+        let key = r.key.clone().expect("the ordering key is the record key");
+        let body = String::from_utf8_lossy(&r.payload).into_owned();
+        assert!(body.starts_with(&*String::from_utf8_lossy(&key)), "{body}");
+        let p = *partition_of.entry(key).or_insert(r.partition);
+        assert_eq!(p, r.partition, "one key, one partition");
+    }
+    assert_eq!(partition_of.len(), 5);
+    s.close();
+}
+
+#[test]
+fn no_duplicates_in_normal_operation() {
+    let _g = read();
+    let (dest, sink) = Kafka::destination(&unique("k_dup"));
+    let mut s = KafkaStream::connect(&kafka_url()).expect("Kafka (Tansu) on 127.0.0.1:9092");
+    let mut ids = HashSet::new();
+    for round in 0..4 {
+        let batch: Vec<StoredMessage> = (0..250)
+            .map(|i| {
+                stored(
+                    round * 250 + i,
+                    format!("{round}/{i}").as_bytes(),
+                    &dest,
+                    None,
+                )
+            })
+            .collect();
+        ids.extend(batch.iter().map(|m| m.message_id.to_string()));
+        let out = s.publish(&batch);
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+    }
+    s.close();
+    let got = sink.records(1000, Duration::from_secs(30));
+    // Anything beyond 1000 would be a duplicate: wait a little for one to show up.
+    let extra = sink.records(1, Duration::from_secs(1));
+    assert!(extra.is_empty(), "duplicate: {extra:?}");
+    let seen: HashSet<String> = got
+        .iter()
+        .map(|r| r.headers[MESSAGE_ID_HEADER].clone())
+        .collect();
+    assert_eq!(got.len(), 1000);
+    assert_eq!(seen, ids);
+}
+
+#[test]
+fn a_failed_message_holds_back_the_rest_of_its_key() {
+    let _g = read();
+    let (dest, sink) = Kafka::destination(&unique("k_hold"));
+    let missing = Kafka::refused_destination(&unique("k_missing"));
+    let mut s = Kafka::stream();
+    let batch = vec![
+        stored(1, b"a1", &dest, Some("a")),
+        stored(2, b"b1", &missing, Some("b")),
+        stored(3, b"a2", &dest, Some("a")),
+        stored(4, b"b2", &dest, Some("b")),
+        stored(5, b"free", &dest, None),
+    ];
+    let out = s.publish(&batch);
+    assert!(
+        out[0].is_ok() && out[2].is_ok() && out[4].is_ok(),
+        "{out:?}"
+    );
+    assert!(
+        matches!(&out[1], Err(e) if !e.is_transient()),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(&out[3], Err(e) if e.is_transient()),
+        "b2 must not overtake b1: {:?}",
+        out[3]
+    );
+    let got = sink.records(3, Duration::from_secs(20));
+    let mut bodies: Vec<Vec<u8>> = got.into_iter().map(|r| r.payload).collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        vec![b"a1".to_vec(), b"a2".to_vec(), b"free".to_vec()]
+    );
+    assert!(sink.records(1, Duration::from_millis(500)).is_empty());
+    s.close();
+}
+
+#[test]
+fn bad_settings_and_urls_are_typed_errors() {
+    for url in ["kafka://", "amqp://h", "kafka://h?acks=1", "kafka://h:0"] {
+        assert!(
+            matches!(
+                KafkaStream::builder(url).build(),
+                Err(Error::InvalidUrl { .. })
+            ),
+            "{url}"
+        );
+    }
+    let err = KafkaStream::builder("kafka://u:hunter2@h?sasl.password=hunter2&x=1")
+        .build()
+        .expect_err("bad property");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(matches!(
+        KafkaStream::builder("kafka://h")
+            .set("enable.idempotence", "false")
+            .build(),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        KafkaStream::builder("kafka://h")
+            .set("no.such.property", "1")
+            .build(),
+        Err(Error::Config { .. })
+    ));
+    assert!(KafkaStream::builder("kafka://h")
+        .linger(Duration::from_millis(2))
+        .batch_num_messages(500)
+        .compression(kafka::Compression::Gzip)
+        .set("client.id", "me")
+        .build()
+        .is_ok());
+}
+
+#[test]
+fn compressed_batches_round_trip() {
+    let _g = read();
+    let (dest, sink) = Kafka::destination(&unique("k_gzip"));
+    let mut s = KafkaStream::builder(&kafka_url())
+        .compression(kafka::Compression::Gzip)
+        .linger(Duration::from_millis(20))
+        .build()
+        .expect("stream");
+    let batch: Vec<StoredMessage> = (0..50)
+        .map(|i| stored(i, &vec![b'x'; 1000 + i as usize], &dest, None))
+        .collect();
+    assert!(s.publish(&batch).iter().all(Result::is_ok));
+    let got = sink.records(50, Duration::from_secs(20));
+    assert_eq!(got.len(), 50);
+    s.close();
+}
+
+/// The whole path: messages committed in PostgreSQL, two relays, Kafka consumers:
+/// every message once, message ids and headers on the records, per-key order.
+#[test]
+fn relay_end_to_end_from_postgres() {
+    use crate::common::{store, unique as table_name};
+    use outboxer::{Message, Outbox};
+    let _g = read();
+    let topic = unique("e2e");
+    create_topic(&topic, PARTITIONS);
+    let sink = Sink::new(&topic);
+    let table = table_name("kafka_e2e");
+    let outboxes: Vec<_> = (0..2)
+        .map(|_| {
+            Outbox::builder()
+                .store(store(&table))
+                .stream(KafkaStream::connect(&kafka_url()).expect("Kafka stream"))
+                .batch_size(50)
+                .check_interval(Duration::from_millis(20))
+                .build()
+                .expect("outbox")
+        })
+        .collect();
+    let relays: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
+    const N: usize = 300;
+    let msgs: Vec<Message> = (0..N)
+        .map(|i| {
+            Message::new(format!("{}:{i}", i % 6).into_bytes())
+                .route(kafka::topic(&topic))
+                .header("n", i.to_string())
+                .ordering_key(format!("key-{}", i % 6))
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for chunk in msgs.chunks(30) {
+        sent.extend(outboxes[0].send_batch(chunk).expect("send"));
+    }
+    let got = sink.records(N, Duration::from_secs(120));
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| {
+            r.headers
+                .get(MESSAGE_ID_HEADER)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(got.len(), N, "every message delivered");
+    assert_eq!(distinct.len(), N, "no duplicates");
+    assert!(sent.iter().all(|id| distinct.contains(&id.to_string())));
+    let mut last: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &got {
+        let body = String::from_utf8(r.payload.clone()).expect("utf8");
+        let (k, i) = body.split_once(':').expect("k:i");
+        let i: usize = i.parse().expect("i");
+        assert_eq!(r.headers.get("n"), Some(&i.to_string()));
+        if let Some(prev) = last.insert(k.to_string(), i) {
+            assert!(i > prev, "key {k}: {i} after {prev}");
+        }
+    }
+    for r in &relays {
+        r.stop().expect("stop");
+    }
+    let _ = crate::common::pg().batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""));
+}
