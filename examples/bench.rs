@@ -3,7 +3,20 @@
 //! ```text
 //! cargo run --release --example bench --features postgres,amqp -- --messages 20000
 //! cargo run --release --example bench --features postgres,mysql,amqp -- --store mysql
+//! cargo run --release --example bench --features postgres,amqp,kafka -- --stream kafka
 //! ```
+//!
+//! `--stream amqp|kafka` (default `amqp`) picks the broker. Kafka needs the `kafka`
+//! feature and `OUTBOXER_KAFKA_URL` (default `kafka://127.0.0.1:9092`, the Tansu broker
+//! of `scripts/kafka-broker start`). With Kafka, every message is routed with
+//! `kafka::topic(<topic>).key("bench")` to a topic of one partition that the bench
+//! creates (rdkafka's admin client) and deletes at the end; phase 3 is the raw rdkafka
+//! ceiling: a `BaseProducer` with `enable.idempotence=true`, `acks=all` (the settings
+//! `KafkaStream` uses), the same records (payload, key, timestamp, message-id header),
+//! 1000 sends then poll (1 ms steps: rdkafka 0.39's `BaseProducer::poll` always
+//! blocks for its whole timeout) until all 1000 delivery reports arrived, repeated. There is no
+//! consumer-side check with Kafka: the ceiling and the relays count delivery reports
+//! (acks=all); the topic's high watermark is printed at the end, not checked.
 //!
 //! `--store postgres|mysql|sqlite|sqlserver` (default `postgres`) picks the database;
 //! each store other than PostgreSQL needs its cargo feature as well. Servers:
@@ -73,7 +86,7 @@ use amiquip::{
 };
 use outboxer::core::rows;
 use outboxer::store::{FailedAttempt, Lease, Requeue, Stats, WakeListener};
-use outboxer::stream::{amqp, AmqpStream, Validate};
+use outboxer::stream::{amqp, kafka, AmqpStream, Validate};
 use outboxer::{
     Message, MessageId, Outbox, RelayCounters, Store, StoredMessage, Stream, MESSAGE_ID_HEADER,
 };
@@ -119,6 +132,14 @@ fn main() -> ExitCode {
 /// RabbitMQ is touched.
 fn try_main() -> BoxResult<()> {
     let args = parse_args()?;
+    if args.stream == StreamKind::Kafka && !cfg!(feature = "kafka") {
+        return Err(format!(
+            "--stream kafka is not compiled in: add the `kafka` feature \
+             (cargo run --release --example bench --features {},amqp,kafka -- --stream kafka)",
+            args.store.feature()
+        )
+        .into());
+    }
     let env = Env::new(&args);
     match args.store {
         StoreKind::Postgres => bench(&env, &pg::Postgres::from_env()),
@@ -138,11 +159,30 @@ fn try_main() -> BoxResult<()> {
     }
 }
 
-/// Command line: `--messages N` (default 20000), `--store NAME`, `--breakdown`.
+/// Command line: `--messages N` (default 20000), `--store NAME`, `--stream NAME`,
+/// `--breakdown`.
 struct Args {
     messages: usize,
     store: StoreKind,
+    stream: StreamKind,
     breakdown: bool,
+}
+
+/// The broker of phases 3 to 6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamKind {
+    Amqp,
+    Kafka,
+}
+
+impl StreamKind {
+    fn parse(name: &str) -> Result<StreamKind, String> {
+        match name {
+            "amqp" | "rabbitmq" => Ok(StreamKind::Amqp),
+            "kafka" => Ok(StreamKind::Kafka),
+            _ => Err(format!("--stream {name:?}: expected amqp or kafka")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,10 +218,12 @@ impl StoreKind {
 }
 
 fn parse_args() -> Result<Args, String> {
-    const USAGE: &str = "usage: --messages N --store postgres|mysql|sqlite|sqlserver [--breakdown]";
+    const USAGE: &str = "usage: --messages N --store postgres|mysql|sqlite|sqlserver \
+                         --stream amqp|kafka [--breakdown]";
     let mut parsed = Args {
         messages: 20_000,
         store: StoreKind::Postgres,
+        stream: StreamKind::Amqp,
         breakdown: false,
     };
     let mut args = std::env::args().skip(1);
@@ -195,7 +237,7 @@ fn parse_args() -> Result<Args, String> {
             Some((name, value)) => (name.to_string(), Some(value.to_string())),
             None => (arg.clone(), None),
         };
-        if name != "--messages" && name != "--store" {
+        if name != "--messages" && name != "--store" && name != "--stream" {
             return Err(format!("unknown argument {arg:?} ({USAGE})"));
         }
         let value = match inline {
@@ -206,6 +248,8 @@ fn parse_args() -> Result<Args, String> {
         };
         if name == "--store" {
             parsed.store = StoreKind::parse(&value)?;
+        } else if name == "--stream" {
+            parsed.stream = StreamKind::parse(&value)?;
         } else {
             parsed.messages = value
                 .parse()
@@ -231,26 +275,35 @@ struct Results {
 
 /// Sets up the broker, runs every phase on `db`, cleans up and prints the RESULT line.
 fn bench<B: Backend>(env: &Env, db: &B) -> BoxResult<()> {
+    let destination = match env.stream {
+        StreamKind::Amqp => format!("exchange {}, queue {}", env.exchange, env.queue),
+        StreamKind::Kafka => format!("Kafka topic {} (1 partition)", env.topic),
+    };
     println!(
-        "bench: {} messages of {PAYLOAD_SIZE} bytes on {}; tables {}*, exchange {}, queue {}",
+        "bench: {} messages of {PAYLOAD_SIZE} bytes on {}; tables {}*, {destination}",
         env.messages,
         db.version()?,
         env.prefix(),
-        env.exchange,
-        env.queue
     );
     let broker = Broker::setup(env)?;
     let result = run(env, db, &broker);
     // Clean up whatever happened; a cleanup failure must not hide the run's error.
     if let Err(e) = broker.teardown() {
-        eprintln!("bench: cleaning up RabbitMQ failed: {e}");
+        eprintln!("bench: cleaning up the broker failed: {e}");
     }
     if let Err(e) = db.drop_tables_like(&env.prefix()) {
         eprintln!("bench: dropping tables failed: {e}");
     }
     db.finish();
     let r = result?;
-    println!("bench: store {}", env.store.feature());
+    println!(
+        "bench: store {}, stream {}",
+        env.store.feature(),
+        match env.stream {
+            StreamKind::Amqp => "amqp",
+            StreamKind::Kafka => "kafka",
+        }
+    );
     println!(
         "RESULT relay_per_s={:.2} ceiling_per_s={:.2} ratio={:.2} relay2_per_s={:.2} \
          enqueue_per_s={:.2} insert_per_s={:.2} enqueue_ratio={:.2} p50_ms={:.2} p99_ms={:.2}",
@@ -289,9 +342,13 @@ fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
 
     let mut ceiling_per_s: f64 = 0.0;
     for i in 1..=RUNS {
-        let r = rate(n, ceiling_phase(env)?);
+        let r = rate(n, broker.ceiling(env)?);
         broker.settle(n as u64)?;
-        println!("[3] ceiling   {r:>10.2} msg/s   (raw amiquip, confirm windows of {CHUNK}, run {i}/{RUNS})");
+        let how = match env.stream {
+            StreamKind::Amqp => "raw amiquip, confirm windows",
+            StreamKind::Kafka => "raw rdkafka, acks=all idempotent, delivery-report windows",
+        };
+        println!("[3] ceiling   {r:>10.2} msg/s   ({how} of {CHUNK}, run {i}/{RUNS})");
         ceiling_per_s = ceiling_per_s.max(r);
     }
 
@@ -334,6 +391,11 @@ fn rate(n: usize, took: Duration) -> f64 {
 /// Settings and names of this run (the store's own settings live in its [`Backend`]).
 struct Env {
     amqp_url: String,
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    kafka_url: String,
+    stream: StreamKind,
+    /// The Kafka topic (`--stream kafka`).
+    topic: String,
     store: StoreKind,
     pid: u32,
     exchange: String,
@@ -349,6 +411,10 @@ impl Env {
         Env {
             amqp_url: std::env::var("OUTBOXER_AMQP_URL")
                 .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            kafka_url: std::env::var("OUTBOXER_KAFKA_URL")
+                .unwrap_or_else(|_| "kafka://127.0.0.1:9092".into()),
+            stream: args.stream,
+            topic: format!("bench_{pid}_{}", unix_now()),
             store: args.store,
             pid,
             exchange: format!("bench_{pid}_ex"),
@@ -375,9 +441,32 @@ impl Env {
                 let payload: Vec<u8> = (0..PAYLOAD_SIZE)
                     .map(|j| b'a' + ((i + j) % 26) as u8)
                     .collect();
-                Message::new(payload).route(amqp::topic(&self.exchange, ROUTING_KEY))
+                let message = Message::new(payload);
+                match self.stream {
+                    StreamKind::Amqp => message.route(amqp::topic(&self.exchange, ROUTING_KEY)),
+                    StreamKind::Kafka => message.route(kafka::topic(&self.topic).key(ROUTING_KEY)),
+                }
             })
             .collect()
+    }
+
+    /// The library's stream for `--stream`: connected (a broker must answer), or only
+    /// built (phase 2 needs just its validator).
+    fn stream(&self, connect: bool) -> BoxResult<Box<dyn Stream>> {
+        match self.stream {
+            StreamKind::Amqp if connect => Ok(Box::new(AmqpStream::connect(&self.amqp_url)?)),
+            StreamKind::Amqp => Ok(Box::new(AmqpStream::builder(&self.amqp_url).build()?)),
+            #[cfg(feature = "kafka")]
+            StreamKind::Kafka if connect => Ok(Box::new(outboxer::stream::KafkaStream::connect(
+                &self.kafka_url,
+            )?)),
+            #[cfg(feature = "kafka")]
+            StreamKind::Kafka => Ok(Box::new(
+                outboxer::stream::KafkaStream::builder(&self.kafka_url).build()?,
+            )),
+            #[cfg(not(feature = "kafka"))]
+            StreamKind::Kafka => Err("--stream kafka needs the `kafka` feature".into()),
+        }
     }
 }
 
@@ -439,7 +528,7 @@ fn enqueue_phase<B: Backend>(env: &Env, db: &B) -> BoxResult<Duration> {
     let outbox = Outbox::builder()
         .store(db.store(&table)?)
         // Not connected: `build()` only gives `send` the stream's validator.
-        .stream(AmqpStream::builder(&env.amqp_url).build()?)
+        .stream(env.stream(false)?)
         .build()?;
     let messages = env.make_messages(env.messages);
     let start = Instant::now();
@@ -543,7 +632,7 @@ fn relay_phase<B: Backend>(
     if !env.breakdown {
         let mut outboxes = Vec::with_capacity(relays);
         for _ in 0..relays {
-            let stream = AmqpStream::connect(&env.amqp_url)?;
+            let stream = env.stream(true)?;
             outboxes.push(relay_outbox(db.store(&table)?, stream, batch)?);
         }
         return time_relays(env, db, broker, &table, outboxes);
@@ -556,7 +645,7 @@ fn relay_phase<B: Backend>(
             timings: Arc::clone(&timings),
         };
         let stream = TimedStream {
-            inner: AmqpStream::connect(&env.amqp_url)?,
+            inner: env.stream(true)?,
             timings: Arc::clone(&timings),
         };
         outboxes.push(relay_outbox(store, stream, batch)?);
@@ -668,7 +757,7 @@ fn latency_phase<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<(f
     db.drop_table(&table)?;
     let outbox = Outbox::builder()
         .store(db.store(&table)?)
-        .stream(AmqpStream::connect(&env.amqp_url)?)
+        .stream(env.stream(true)?)
         .check_interval(Duration::from_secs(1))
         .no_cleanup()
         .build()?;
@@ -1419,9 +1508,9 @@ impl<S: Store> Store for TimedStore<S> {
     }
 }
 
-/// An [`AmqpStream`] that times `publish` (publishes plus waiting for confirms).
+/// A stream that times `publish` (publishes plus waiting for confirms).
 struct TimedStream {
-    inner: AmqpStream,
+    inner: Box<dyn Stream>,
     timings: Arc<Timings>,
 }
 
@@ -1652,8 +1741,55 @@ fn declare_exchange(channel: &Channel, name: &str) -> amiquip::Result<()> {
         .map(|_| ())
 }
 
+/// The broker of `--stream`: set up, ceiling (phase 3), end-to-end check, teardown.
+/// One per run: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Broker {
+    Amqp(AmqpBroker),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka_bench::KafkaBroker),
+}
+
+impl Broker {
+    fn setup(env: &Env) -> BoxResult<Broker> {
+        match env.stream {
+            StreamKind::Amqp => Ok(Broker::Amqp(AmqpBroker::setup(env)?)),
+            #[cfg(feature = "kafka")]
+            StreamKind::Kafka => Ok(Broker::Kafka(kafka_bench::KafkaBroker::setup(env)?)),
+            #[cfg(not(feature = "kafka"))]
+            StreamKind::Kafka => Err("--stream kafka needs the `kafka` feature".into()),
+        }
+    }
+
+    /// Phase 3's timed part.
+    fn ceiling(&self, env: &Env) -> BoxResult<Duration> {
+        match self {
+            Broker::Amqp(_) => ceiling_phase(env),
+            #[cfg(feature = "kafka")]
+            Broker::Kafka(k) => k.ceiling(env),
+        }
+    }
+
+    /// Waits until the broker has everything published so far (`published` more).
+    fn settle(&self, published: u64) -> BoxResult<()> {
+        match self {
+            Broker::Amqp(a) => a.settle(published),
+            #[cfg(feature = "kafka")]
+            Broker::Kafka(k) => k.settle(published),
+        }
+    }
+
+    fn teardown(self) -> BoxResult<()> {
+        match self {
+            Broker::Amqp(a) => a.teardown(),
+            #[cfg(feature = "kafka")]
+            Broker::Kafka(k) => k.teardown(),
+        }
+    }
+}
+
 /// The exchange, the bound queue and a consumer thread that drains it.
-struct Broker {
+struct AmqpBroker {
     // Field order: the channel closes before its connection.
     channel: Channel,
     admin: Connection,
@@ -1668,8 +1804,8 @@ struct Broker {
     verbose: bool,
 }
 
-impl Broker {
-    fn setup(env: &Env) -> BoxResult<Broker> {
+impl AmqpBroker {
+    fn setup(env: &Env) -> BoxResult<AmqpBroker> {
         let mut admin = open_amqp(&env.amqp_url)?;
         if let Some(AmqpValue::LongString(v)) = admin.server_properties().get("version") {
             println!("bench: RabbitMQ {v}");
@@ -1726,7 +1862,7 @@ impl Broker {
         ready_rx
             .recv_timeout(Duration::from_secs(20))
             .map_err(|_| "the consumer did not start")?;
-        Ok(Broker {
+        Ok(AmqpBroker {
             channel: ch,
             admin,
             queue: env.queue.clone(),
@@ -1774,7 +1910,7 @@ impl Broker {
                 Err(_) => eprintln!("bench: consumer thread panicked"),
             }
         }
-        let Broker {
+        let AmqpBroker {
             channel,
             admin,
             queue,
@@ -1786,5 +1922,246 @@ impl Broker {
         channel.close()?;
         admin.close()?;
         Ok(())
+    }
+}
+
+/// `--stream kafka`: the topic, the raw rdkafka ceiling and the high-watermark check.
+#[cfg(feature = "kafka")]
+mod kafka_bench {
+    use super::*;
+    use outboxer::stream::kafka::KafkaUrl;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+    use rdkafka::ClientContext;
+    use std::future::Future;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    /// Partitions of the bench topic.
+    const PARTITIONS: i32 = 1;
+
+    /// The client settings of `url`: brokers plus its properties (SASL and the like).
+    fn client_config(url: &str) -> BoxResult<ClientConfig> {
+        let parsed = KafkaUrl::parse(url).map_err(|e| format!("OUTBOXER_KAFKA_URL: {e}"))?;
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", parsed.brokers.join(","));
+        for (k, v) in &parsed.settings {
+            config.set(k, v);
+        }
+        Ok(config)
+    }
+
+    /// Runs an admin future to completion on this thread (rdkafka's admin client
+    /// completes it from its own thread).
+    fn block_on<F: Future>(future: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            match future.as_mut().poll(&mut cx) {
+                Poll::Ready(v) => return v,
+                Poll::Pending => std::thread::park(),
+            }
+        }
+    }
+
+    /// The bench topic.
+    pub struct KafkaBroker {
+        admin: AdminClient<DefaultClientContext>,
+        topic: String,
+        /// Records delivered so far (for the closing note).
+        expected: AtomicU64,
+    }
+
+    impl KafkaBroker {
+        pub fn setup(env: &Env) -> BoxResult<KafkaBroker> {
+            let admin: AdminClient<DefaultClientContext> = client_config(&env.kafka_url)?
+                .create()
+                .map_err(|e| format!("Kafka admin client: {e}"))?;
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let new = NewTopic::new(&env.topic, PARTITIONS, TopicReplication::Fixed(1));
+            let results = block_on(admin.create_topics([&new], &options))
+                .map_err(|e| format!("creating Kafka topic {}: {e}", env.topic))?;
+            for r in results {
+                if let Err((topic, code)) = r {
+                    return Err(format!("creating Kafka topic {topic}: {code:?}").into());
+                }
+            }
+            let broker = KafkaBroker {
+                admin,
+                topic: env.topic.clone(),
+                expected: AtomicU64::new(0),
+            };
+            // The topic must be visible before the first phase.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while broker.high_watermark().is_err() {
+                if Instant::now() > deadline {
+                    return Err(format!("Kafka topic {} did not appear", env.topic).into());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            println!(
+                "bench: Kafka at {} (no consumer-side check: the ceiling and the relays count \
+                 delivery reports, acks=all)",
+                KafkaUrl::redact(&env.kafka_url)
+            );
+            Ok(broker)
+        }
+
+        /// Records in the topic: the sum of its partitions' high watermarks.
+        fn high_watermark(&self) -> BoxResult<u64> {
+            let mut sum = 0i64;
+            for p in 0..PARTITIONS {
+                let (_, high) =
+                    self.admin
+                        .inner()
+                        .fetch_watermarks(&self.topic, p, Duration::from_secs(5))?;
+                sum += high;
+            }
+            Ok(u64::try_from(sum).unwrap_or(0))
+        }
+
+        /// No end-to-end check with Kafka (no consumer): the relay phases count
+        /// delivery reports (acks=all), the ceiling too. Only tallies what was published.
+        pub fn settle(&self, published: u64) -> BoxResult<()> {
+            self.expected.fetch_add(published, Ordering::Relaxed);
+            Ok(())
+        }
+
+        pub fn teardown(self) -> BoxResult<()> {
+            // For information only: Tansu's high watermark is not a record count (it
+            // lags by the size of the last record batch).
+            if let Ok(high) = self.high_watermark() {
+                println!(
+                    "bench: Kafka topic high watermark {high} after {} delivered records \
+                     (not checked)",
+                    self.expected.load(Ordering::Relaxed)
+                );
+            }
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let results = block_on(self.admin.delete_topics(&[&self.topic], &options))?;
+            for r in results {
+                if let Err((topic, code)) = r {
+                    return Err(format!("deleting Kafka topic {topic}: {code:?}").into());
+                }
+            }
+            Ok(())
+        }
+
+        /// Phase 3 with Kafka: raw rdkafka, the producer settings of `KafkaStream`.
+        pub fn ceiling(&self, env: &Env) -> BoxResult<Duration> {
+            let mut config = client_config(&env.kafka_url)?;
+            config
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("max.in.flight.requests.per.connection", "5")
+                .set("message.timeout.ms", "15000")
+                .set("allow.auto.create.topics", "false")
+                .set("client.id", "outboxer-bench");
+            let producer: BaseProducer<Counting> = config
+                .create_with_context(Counting::default())
+                .map_err(|e| format!("Kafka producer: {e}"))?;
+            // Connected, with the topic's metadata, before the clock starts.
+            producer
+                .client()
+                .fetch_metadata(Some(&self.topic), Duration::from_secs(10))?;
+            let messages = env.make_messages(env.messages);
+            let cpu = env.breakdown.then(CpuSample::take).flatten();
+            let mut sent = 0u64;
+            let start = Instant::now();
+            for window in messages.chunks(CHUNK) {
+                for m in window {
+                    let id = m.message_id().to_string();
+                    let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+                        key: MESSAGE_ID_HEADER,
+                        value: Some(id.as_bytes()),
+                    });
+                    let ts = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0);
+                    let mut record: BaseRecord<'_, str, [u8], ()> = BaseRecord::to(&self.topic)
+                        .payload(m.payload())
+                        .key(ROUTING_KEY)
+                        .headers(headers)
+                        .timestamp(ts);
+                    loop {
+                        match producer.send(record) {
+                            Ok(()) => break,
+                            Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                r,
+                            )) => {
+                                record = r;
+                                producer.poll(Duration::from_millis(10));
+                            }
+                            Err((e, _)) => return Err(format!("ceiling: send: {e}").into()),
+                        }
+                    }
+                    sent += 1;
+                }
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while producer.context().delivered.load(Ordering::Relaxed) < sent {
+                    if let Some(e) = producer
+                        .context()
+                        .failed
+                        .lock()
+                        .map_err(|_| "poisoned")?
+                        .take()
+                    {
+                        return Err(format!("ceiling: delivery failed: {e}").into());
+                    }
+                    if Instant::now() > deadline {
+                        return Err("ceiling: no delivery reports within 30 s".into());
+                    }
+                    // rdkafka 0.39's `poll` (and `flush`) blocks for its whole timeout
+                    // (flush: 100 ms steps) even once the reports are in: short steps.
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+            let took = start.elapsed();
+            if env.breakdown {
+                println!(
+                    "    {} during the ceiling run",
+                    CpuSample::since(&cpu, sent)
+                );
+            }
+            Ok(took)
+        }
+    }
+
+    /// Counts delivery reports (the ceiling's confirms).
+    #[derive(Default)]
+    struct Counting {
+        delivered: AtomicU64,
+        failed: Mutex<Option<String>>,
+    }
+
+    impl ClientContext for Counting {}
+
+    impl ProducerContext for Counting {
+        type DeliveryOpaque = ();
+        fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+            match result {
+                Ok(_) => {
+                    self.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err((e, _)) => {
+                    if let Ok(mut f) = self.failed.lock() {
+                        f.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+        }
     }
 }
