@@ -11,10 +11,7 @@
 
 mod common;
 
-use amiquip::{
-    Connection, ConsumerMessage, ConsumerOptions, ExchangeDeclareOptions, ExchangeType, FieldTable,
-    QueueDeclareOptions,
-};
+use amiquip::{Connection, ConsumerMessage, ConsumerOptions};
 use common::{amqp_url, pg_url, stream, unique};
 use outboxer::store::{PostgresStore, Store};
 use outboxer::stream::amqp;
@@ -367,23 +364,7 @@ fn consume(
 ) -> amiquip::Result<()> {
     let mut conn = Connection::insecure_open(&amqp_url())?;
     let ch = conn.open_channel(None)?;
-    ch.exchange_declare(
-        ExchangeType::Topic,
-        ex,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-    )?;
-    let queue = ch.queue_declare(
-        q,
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-    )?;
-    ch.queue_bind(q, ex, "#", FieldTable::new())?;
-    ch.qos(0, 500, false)?;
+    let queue = common::bound_queue(&ch, ex, q, "#")?;
     let consumer = queue.consume(ConsumerOptions::default())?;
     if let Some(r) = ready.take() {
         let _ = r.send(());

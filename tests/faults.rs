@@ -238,11 +238,7 @@ fn postgres_restart_mid_stream_loses_nothing() {
     let outbox = fault_outbox(store(&table)).build().expect("outbox");
     let relay = outbox.start().expect("start");
     const N: usize = 2000;
-    let sender = {
-        let outbox = outbox.clone();
-        let ex = ex.clone();
-        std::thread::spawn(move || send_retrying(&outbox, &ex, N))
-    };
+    let sender = spawn_sender(&outbox, &ex, N);
     let mut all = sink.collect(100, Duration::from_secs(30));
     assert!(all.len() >= 100, "relay publishes before the restart");
     {
@@ -271,6 +267,16 @@ fn postgres_restart_mid_stream_loses_nothing() {
     assert_outage_reported(&relay, &outbox);
     relay.stop().expect("stop");
     drop_table(&table);
+}
+
+/// `send_retrying` on a thread of its own, so the test can cause faults meanwhile.
+fn spawn_sender<S: outboxer::Store>(
+    outbox: &Outbox<S>,
+    ex: &str,
+    n: usize,
+) -> std::thread::JoinHandle<(Vec<outboxer::MessageId>, usize)> {
+    let (outbox, ex) = (outbox.clone(), ex.to_string());
+    std::thread::spawn(move || send_retrying(&outbox, &ex, n))
 }
 
 /// Sends `n` messages, retrying a send that failed (a failed send stores nothing).
@@ -314,11 +320,7 @@ fn rabbitmq_connections_closed_by_the_broker_lose_nothing() {
         .expect("outbox");
     let relay = outbox.start().expect("start");
     const N: usize = 2000;
-    let sender = {
-        let outbox = outbox.clone();
-        let ex = ex.clone();
-        std::thread::spawn(move || send_retrying(&outbox, &ex, N))
-    };
+    let sender = spawn_sender(&outbox, &ex, N);
     let mut all = sink.collect(100, Duration::from_secs(30));
     let mut cuts = 0;
     for _ in 0..3 {
@@ -378,11 +380,7 @@ fn mariadb_connections_killed_mid_stream_lose_nothing() {
         .expect("outbox");
     let relay = outbox.start().expect("start");
     const N: usize = 2000;
-    let sender = {
-        let outbox = outbox.clone();
-        let ex = ex.clone();
-        std::thread::spawn(move || send_retrying(&outbox, &ex, N))
-    };
+    let sender = spawn_sender(&outbox, &ex, N);
     let mut all = sink.collect(100, Duration::from_secs(30));
     let pool = mysql::Pool::new(url.as_str()).expect("pool");
     let mut admin = pool.get_conn().expect("admin connection");

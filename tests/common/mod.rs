@@ -159,15 +159,14 @@ pub fn drop_table(table: &str) {
     let _ = pg().batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""));
 }
 
-fn consume(
+/// A durable queue `q` bound with `binding` to the durable topic exchange `ex`
+/// (both declared), with a prefetch window for acked consumption.
+pub fn bound_queue<'a>(
+    ch: &'a amiquip::Channel,
     ex: &str,
     q: &str,
     binding: &str,
-    tx: &crossbeam_channel::Sender<Got>,
-    ready: &mut Option<crossbeam_channel::Sender<()>>,
-) -> amiquip::Result<()> {
-    let mut conn = Connection::insecure_open(&amqp_url())?;
-    let ch = conn.open_channel(None)?;
+) -> amiquip::Result<amiquip::Queue<'a>> {
     ch.exchange_declare(
         ExchangeType::Topic,
         ex,
@@ -185,6 +184,19 @@ fn consume(
     )?;
     ch.queue_bind(q, ex, binding, FieldTable::new())?;
     ch.qos(0, 500, false)?;
+    Ok(queue)
+}
+
+fn consume(
+    ex: &str,
+    q: &str,
+    binding: &str,
+    tx: &crossbeam_channel::Sender<Got>,
+    ready: &mut Option<crossbeam_channel::Sender<()>>,
+) -> amiquip::Result<()> {
+    let mut conn = Connection::insecure_open(&amqp_url())?;
+    let ch = conn.open_channel(None)?;
+    let queue = bound_queue(&ch, ex, q, binding)?;
     let consumer = queue.consume(ConsumerOptions::default())?;
     if let Some(r) = ready.take() {
         let _ = r.send(());
