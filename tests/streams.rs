@@ -14,3 +14,7 @@ mod amqp;
 #[cfg(feature = "kafka")]
 #[path = "streams/kafka.rs"]
 mod kafka;
+
+#[cfg(any(feature = "sqs", feature = "kinesis", feature = "pubsub"))]
+#[path = "streams/fault_proxy.rs"]
+mod fault_proxy;

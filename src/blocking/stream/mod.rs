@@ -11,6 +11,9 @@ pub use amqp::AmqpStream;
 pub mod kafka;
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaStream;
+#[cfg(feature = "_http")]
+#[allow(dead_code)] // until the cloud streams use all of it
+pub(crate) mod http;
 
 /// Checks a message against a stream's rules at `send`, so that bad options or
 /// oversized payloads are refused before they reach the table.

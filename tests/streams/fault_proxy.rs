@@ -1,0 +1,178 @@
+//! A small HTTP/1.1 proxy for fault injection in front of a local service
+//! (moto, the Pub/Sub emulator, a token endpoint): each request takes the next
+//! scripted fault, if any, and is otherwise forwarded unchanged. Used to prove
+//! retries and backoff of the cloud streams against the real server behind.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the proxy does with one request.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with this status and body; the upstream never sees the request.
+    Status(u16, &'static str),
+    /// Wait, then forward (a slow server).
+    Delay(Duration),
+    /// Close the connection without an answer.
+    Drop,
+}
+
+/// A running proxy; stops accepting when dropped.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    faults: Arc<Mutex<VecDeque<Fault>>>,
+    requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultProxy {
+    /// A proxy to `upstream` (`host:port`) on a free loopback port.
+    pub fn start(upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fault proxy");
+        let addr = listener.local_addr().expect("local addr");
+        let faults = Arc::new(Mutex::new(VecDeque::new()));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, r, s, up) = (
+            faults.clone(),
+            requests.clone(),
+            stop.clone(),
+            upstream.to_string(),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (f, r, up) = (f.clone(), r.clone(), up.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &up, &f, &r);
+                });
+            }
+        });
+        FaultProxy {
+            addr,
+            faults,
+            requests,
+            stop,
+        }
+    }
+
+    /// `http://127.0.0.1:port`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:port`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Queues faults for the next requests, in order.
+    pub fn inject(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(faults);
+    }
+
+    /// Faults not yet used.
+    pub fn pending_faults(&self) -> usize {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Requests received so far (faulted or forwarded).
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// One request: its head (request line + headers, CRLF-terminated) and body.
+fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let mut head = String::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if k.trim().eq_ignore_ascii_case("connection") {
+                continue; // replaced below
+            }
+        }
+        head.push_str(&line);
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok(Some((head, body)))
+}
+
+fn serve(
+    conn: TcpStream,
+    upstream: &str,
+    faults: &Mutex<VecDeque<Fault>>,
+    requests: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut writer = conn.try_clone()?;
+    let mut reader = BufReader::new(conn);
+    while let Some((head, body)) = read_request(&mut reader)? {
+        requests.fetch_add(1, Ordering::SeqCst);
+        let fault = faults.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        match fault {
+            Some(Fault::Status(code, text)) => {
+                let answer = format!(
+                    "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
+                );
+                writer.write_all(answer.as_bytes())?;
+                continue;
+            }
+            Some(Fault::Drop) => return Ok(()),
+            Some(Fault::Delay(d)) => std::thread::sleep(d),
+            None => {}
+        }
+        // Forward on a fresh connection that the upstream closes after answering.
+        let mut up = TcpStream::connect(upstream)?;
+        up.write_all(head.as_bytes())?;
+        up.write_all(b"Connection: close\r\n\r\n")?;
+        up.write_all(&body)?;
+        let mut answer = Vec::new();
+        up.read_to_end(&mut answer)?;
+        // The client keeps its connection: drop the upstream's `Connection: close`.
+        let text_end = find(&answer, b"\r\n\r\n").map_or(answer.len(), |i| i + 4);
+        let head = String::from_utf8_lossy(&answer[..text_end])
+            .lines()
+            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>();
+        writer.write_all(head.trim_end_matches("\r\n").as_bytes())?;
+        writer.write_all(b"\r\n\r\n")?;
+        writer.write_all(&answer[text_end..])?;
+    }
+    Ok(())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
