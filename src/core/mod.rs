@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod config;
 pub mod ident;
 pub mod kafka;
+pub mod pubsub;
 pub mod redact;
 pub mod retry;
 pub mod rows;

@@ -11,6 +11,9 @@ pub use amqp::AmqpStream;
 pub mod kafka;
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaStream;
+pub mod pubsub;
+#[cfg(feature = "pubsub")]
+pub use pubsub::PubSubStream;
 #[cfg(feature = "_http")]
 #[allow(dead_code)] // until the cloud streams use all of it
 pub(crate) mod http;
