@@ -15,6 +15,10 @@ mod amqp;
 #[path = "streams/kafka.rs"]
 mod kafka;
 
+#[cfg(feature = "pubsub")]
+#[path = "streams/pubsub.rs"]
+mod pubsub;
+
 #[cfg(any(feature = "sqs", feature = "kinesis", feature = "pubsub"))]
 #[path = "streams/fault_proxy.rs"]
 mod fault_proxy;

@@ -27,6 +27,7 @@ pub struct FaultProxy {
     addr: SocketAddr,
     faults: Arc<Mutex<VecDeque<Fault>>>,
     requests: Arc<AtomicUsize>,
+    authorizations: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -37,10 +38,12 @@ impl FaultProxy {
         let addr = listener.local_addr().expect("local addr");
         let faults = Arc::new(Mutex::new(VecDeque::new()));
         let requests = Arc::new(AtomicUsize::new(0));
+        let authorizations = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (f, r, s, up) = (
+        let (f, r, a, s, up) = (
             faults.clone(),
             requests.clone(),
+            authorizations.clone(),
             stop.clone(),
             upstream.to_string(),
         );
@@ -50,9 +53,9 @@ impl FaultProxy {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (f, r, up) = (f.clone(), r.clone(), up.clone());
+                let (f, r, a, up) = (f.clone(), r.clone(), a.clone(), up.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &up, &f, &r);
+                    let _ = serve(conn, &up, &f, &r, &a);
                 });
             }
         });
@@ -60,6 +63,7 @@ impl FaultProxy {
             addr,
             faults,
             requests,
+            authorizations,
             stop,
         }
     }
@@ -85,6 +89,14 @@ impl FaultProxy {
     /// Faults not yet used.
     pub fn pending_faults(&self) -> usize {
         self.faults.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The `Authorization` header of every request so far (empty when absent).
+    pub fn authorizations(&self) -> Vec<String> {
+        self.authorizations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Requests received so far (faulted or forwarded).
@@ -133,10 +145,21 @@ fn serve(
     upstream: &str,
     faults: &Mutex<VecDeque<Fault>>,
     requests: &AtomicUsize,
+    authorizations: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let mut writer = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
     while let Some((head, body)) = read_request(&mut reader)? {
+        let auth = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        authorizations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(auth);
         requests.fetch_add(1, Ordering::SeqCst);
         let fault = faults.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         match fault {
@@ -157,8 +180,8 @@ fn serve(
         up.write_all(head.as_bytes())?;
         up.write_all(b"Connection: close\r\n\r\n")?;
         up.write_all(&body)?;
-        let mut answer = Vec::new();
-        up.read_to_end(&mut answer)?;
+        // Some servers (the Pub/Sub emulator) ignore `Connection: close`: read by length.
+        let answer = read_response(&mut BufReader::new(up))?;
         // The client keeps its connection: drop the upstream's `Connection: close`.
         let text_end = find(&answer, b"\r\n\r\n").map_or(answer.len(), |i| i + 4);
         let head = String::from_utf8_lossy(&answer[..text_end])
@@ -171,6 +194,56 @@ fn serve(
         writer.write_all(&answer[text_end..])?;
     }
     Ok(())
+}
+
+/// One response: its head, then a Content-Length or chunked body, else until EOF.
+fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
+    let mut answer = Vec::new();
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(answer);
+        }
+        answer.extend_from_slice(line.as_bytes());
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            let k = k.trim();
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse::<usize>().ok();
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = v.to_ascii_lowercase().contains("chunked");
+            }
+        }
+    }
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            answer.extend_from_slice(size.as_bytes());
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                .unwrap_or(0);
+            let mut chunk = vec![0u8; n + 2];
+            reader.read_exact(&mut chunk)?;
+            answer.extend_from_slice(&chunk);
+            if n == 0 {
+                return Ok(answer);
+            }
+        }
+    }
+    match length {
+        Some(n) => {
+            let mut body = vec![0u8; n];
+            reader.read_exact(&mut body)?;
+            answer.extend_from_slice(&body);
+        }
+        None => {
+            reader.read_to_end(&mut answer)?;
+        }
+    }
+    Ok(answer)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

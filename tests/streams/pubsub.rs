@@ -1,0 +1,883 @@
+//! Google Pub/Sub against the local emulator (OUTBOXER_PUBSUB_EMULATOR, default
+//! 127.0.0.1:8086, started by `scripts/test-services up`, see
+//! `scripts/pubsub-emulator`).
+//!
+//! Every destination is a fresh topic with an ordering-enabled pull subscription.
+//! The harness's stream goes through one process-wide FaultProxy, so that
+//! `cut_connections` drops its connections without disturbing other tests; the
+//! auth tests put a real RS256 verifying token endpoint (and a metadata server)
+//! on loopback and check the `Authorization` header that reaches the proxy.
+
+use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
+use crate::fault_proxy::{Fault, FaultProxy};
+use base64::Engine as _;
+use outboxer::stream::pubsub::{
+    self, MetadataServer, PubSubStream, ServiceAccount, StaticToken, MAX_MESSAGE_SIZE,
+    METADATA_TOKEN_PATH, PUBSUB_SCOPE,
+};
+use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+const PROJECT: &str = "outboxer-test";
+
+fn emulator() -> String {
+    std::env::var("OUTBOXER_PUBSUB_EMULATOR").unwrap_or_else(|_| "127.0.0.1:8086".into())
+}
+
+fn url() -> String {
+    format!("pubsub://{PROJECT}")
+}
+
+/// The harness's proxy in front of the emulator (one per test process).
+fn proxy() -> &'static FaultProxy {
+    static PROXY: OnceLock<FaultProxy> = OnceLock::new();
+    PROXY.get_or_init(|| FaultProxy::start(&emulator()))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+/// One REST call to the emulator; panics unless it answers 2xx.
+fn rest(method: &str, path: &str, body: Value) -> Value {
+    let url = format!("http://{}/v1/{path}", emulator());
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(url.as_str())
+        .header("content-type", "application/json")
+        .body(body.to_string().into_bytes())
+        .expect("request");
+    let mut resp = agent().run(req).unwrap_or_else(|e| {
+        panic!(
+            "Pub/Sub emulator on {} ({e}); see scripts/pubsub-emulator",
+            emulator()
+        )
+    });
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {text}"
+    );
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// A pull subscription (message ordering on) of a new topic.
+pub struct Sub {
+    name: String,
+}
+
+fn create_topic(name: &str) {
+    rest(
+        "PUT",
+        &format!("projects/{PROJECT}/topics/{name}"),
+        json!({}),
+    );
+}
+
+impl Sub {
+    fn new(topic: &str) -> Sub {
+        let name = format!("{topic}-sub");
+        rest(
+            "PUT",
+            &format!("projects/{PROJECT}/subscriptions/{name}"),
+            json!({
+                "topic": format!("projects/{PROJECT}/topics/{topic}"),
+                "enableMessageOrdering": true,
+                "ackDeadlineSeconds": 60,
+            }),
+        );
+        Sub { name }
+    }
+
+    /// Pulls (and acks) until `n` messages arrived or `within` passed.
+    pub fn pull(&self, n: usize, within: Duration) -> Vec<Pulled> {
+        self.pull_at_most(n, within, 1000)
+    }
+
+    /// `pull` with `max` messages per pull request (the emulator returns nothing
+    /// when a pull response would be too large).
+    pub fn pull_at_most(&self, n: usize, within: Duration, max: usize) -> Vec<Pulled> {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            let v = rest(
+                "POST",
+                &format!("projects/{PROJECT}/subscriptions/{}:pull", self.name),
+                json!({"maxMessages": max, "returnImmediately": true}),
+            );
+            let received = v["receivedMessages"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if received.is_empty() {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            let mut acks = Vec::new();
+            for r in received {
+                acks.push(r["ackId"].clone());
+                let m = &r["message"];
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(m["data"].as_str().unwrap_or_default())
+                    .expect("base64 data");
+                let attributes = m["attributes"]
+                    .as_object()
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                got.push(Pulled {
+                    data,
+                    attributes,
+                    ordering_key: m["orderingKey"].as_str().map(str::to_string),
+                });
+            }
+            rest(
+                "POST",
+                &format!("projects/{PROJECT}/subscriptions/{}:acknowledge", self.name),
+                json!({ "ackIds": acks }),
+            );
+        }
+        got
+    }
+}
+
+/// A message as the subscriber got it.
+#[derive(Clone, Debug)]
+pub struct Pulled {
+    pub data: Vec<u8>,
+    pub attributes: BTreeMap<String, String>,
+    pub ordering_key: Option<String>,
+}
+
+impl Consumer for Sub {
+    fn receive(&self, n: usize, within: Duration) -> Vec<Received> {
+        self.pull(n, within)
+            .into_iter()
+            .map(|p| Received {
+                payload: p.data,
+                headers: p.attributes,
+            })
+            .collect()
+    }
+}
+
+pub struct PubSub;
+
+impl StreamHarness for PubSub {
+    type S = PubSubStream;
+    type C = Sub;
+    fn stream() -> PubSubStream {
+        PubSubStream::builder(&url())
+            .emulator(&proxy().host())
+            .build()
+            .expect("Pub/Sub stream")
+    }
+    fn unreachable() -> PubSubStream {
+        PubSubStream::builder("pubsub://outboxer-test?emulator=127.0.0.1:1")
+            .attempts(2)
+            .build()
+            .expect("valid URL")
+    }
+    fn destination(name: &str) -> (Options, Sub) {
+        let topic = name.replace('_', "-");
+        create_topic(&topic);
+        let sub = Sub::new(&topic);
+        (pubsub::topic(&topic).into(), sub)
+    }
+    fn refused_destination(name: &str) -> Options {
+        // Never created: NOT_FOUND.
+        pubsub::topic(&name.replace('_', "-")).into()
+    }
+    fn invalid_options() -> Options {
+        Options::from([
+            ("topic_name".to_string(), json!("abc")),
+            ("topik".to_string(), json!("typo")),
+        ])
+    }
+    fn max_message_size() -> usize {
+        MAX_MESSAGE_SIZE
+    }
+    fn cut_connections() {
+        // More drops than one publish has tries: the next publish fails (transient),
+        // a later one gets through on new connections.
+        proxy().inject(std::iter::repeat_n(Fault::Drop, 6));
+    }
+}
+
+stream_conformance!(PubSub);
+
+// Pub/Sub-specific cases.
+
+fn stored(id: i64, payload: &[u8], options: &Options, key: Option<&str>) -> StoredMessage {
+    StoredMessage {
+        id,
+        message_id: MessageId::new(),
+        payload: payload.to_vec(),
+        headers: Headers::new(),
+        options: options.clone(),
+        ordering_key: key.map(str::to_string),
+        attempts: 0,
+        created_at: SystemTime::now(),
+    }
+}
+
+fn read() -> std::sync::RwLockReadGuard<'static, ()> {
+    DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A stream through its own proxy (faults here touch no other test).
+fn via(proxy: &FaultProxy) -> pubsub::PubSubStreamBuilder {
+    PubSubStream::builder(&url()).emulator(&proxy.host())
+}
+
+#[test]
+fn throttling_and_server_errors_are_retried_and_delivered_once() {
+    let (dest, sub) = PubSub::destination(&unique("p_retry"));
+    for status in [429, 500, 503] {
+        let proxy = FaultProxy::start(&emulator());
+        let mut s = via(&proxy).build().expect("stream");
+        proxy.inject([
+            Fault::Status(status, r#"{"error":{"code":0,"status":"INJECTED"}}"#),
+            Fault::Status(status, r#"{"error":{"code":0,"status":"INJECTED"}}"#),
+        ]);
+        let m = stored(1, format!("after {status}").as_bytes(), &dest, None);
+        let out = s.publish(std::slice::from_ref(&m));
+        assert!(out[0].is_ok(), "{status}: {out:?}");
+        assert_eq!(proxy.requests(), 3, "two faults, one forwarded try");
+        let got = sub.pull(2, Duration::from_secs(3));
+        assert_eq!(got.len(), 1, "{status}: exactly once: {got:?}");
+        assert_eq!(
+            got[0].attributes[MESSAGE_ID_HEADER],
+            m.message_id.to_string()
+        );
+    }
+}
+
+#[test]
+fn persistent_server_errors_are_transient_and_nothing_is_lost() {
+    let (dest, _sub) = PubSub::destination(&unique("p_503"));
+    let proxy = FaultProxy::start(&emulator());
+    let mut s = via(&proxy).attempts(2).build().expect("stream");
+    proxy.inject([Fault::Status(503, "busy"), Fault::Status(503, "busy")]);
+    let out = s.publish(&[stored(1, b"x", &dest, None), stored(2, b"y", &dest, None)]);
+    for o in &out {
+        assert!(matches!(o, Err(e) if e.is_transient()), "{o:?}");
+    }
+    let bad = FaultProxy::start(&emulator());
+    let mut s = via(&bad).build().expect("stream");
+    bad.inject([Fault::Status(
+        400,
+        r#"{"error":{"status":"INVALID_ARGUMENT"}}"#,
+    )]);
+    let out = s.publish(&[stored(1, b"x", &dest, None)]);
+    assert!(matches!(&out[0], Err(Error::Rejected(_))), "{out:?}");
+    assert_eq!(bad.requests(), 1, "a 400 is not retried");
+}
+
+#[test]
+fn a_slow_response_beyond_the_timeout_is_a_transient_timeout() {
+    let (dest, _sub) = PubSub::destination(&unique("p_slow"));
+    let proxy = FaultProxy::start(&emulator());
+    let mut s = via(&proxy)
+        .timeout(Duration::from_millis(500))
+        .attempts(1)
+        .build()
+        .expect("stream");
+    proxy.inject([Fault::Delay(Duration::from_secs(2))]);
+    let started = Instant::now();
+    let out = s.publish(&[stored(1, b"slow", &dest, None)]);
+    assert!(matches!(&out[0], Err(Error::Timeout(_))), "{out:?}");
+    assert!(out[0].as_ref().is_err_and(Error::is_transient));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_failed_key_pauses_only_itself() {
+    let _g = read();
+    let (dest, sub) = PubSub::destination(&unique("p_hold"));
+    let missing = PubSub::refused_destination(&unique("p_missing"));
+    let mut s = PubSub::stream();
+    let batch = vec![
+        stored(1, b"a1", &dest, Some("a")),
+        stored(2, b"b1", &missing, Some("b")),
+        stored(3, b"a2", &dest, Some("a")),
+        stored(4, b"b2", &dest, Some("b")),
+        stored(5, b"free", &dest, None),
+        stored(6, b"b3", &dest, Some("b")),
+    ];
+    let out = s.publish(&batch);
+    assert!(
+        out[0].is_ok() && out[2].is_ok() && out[4].is_ok(),
+        "{out:?}"
+    );
+    assert!(
+        matches!(&out[1], Err(e) if !e.is_transient()),
+        "{:?}",
+        out[1]
+    );
+    for i in [3, 5] {
+        assert!(
+            matches!(&out[i], Err(e) if e.is_transient()),
+            "must not overtake b1: {:?}",
+            out[i]
+        );
+    }
+    let got = sub.pull(4, Duration::from_secs(3));
+    let mut bodies: Vec<Vec<u8>> = got.into_iter().map(|r| r.data).collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        vec![b"a1".to_vec(), b"a2".to_vec(), b"free".to_vec()]
+    );
+}
+
+#[test]
+fn ordering_keys_arrive_in_order_across_batches() {
+    let _g = read();
+    let name = unique("p_order");
+    let (dest, sub) = PubSub::destination(&name);
+    let mut s = PubSub::stream();
+    let own_key: Options = pubsub::topic(&name.replace('_', "-"))
+        .ordering_key("explicit")
+        .into();
+    let mut n = 0;
+    for _batch in 0..3 {
+        let mut batch: Vec<StoredMessage> = (0..100)
+            .map(|_| {
+                n += 1;
+                let key = format!("k{}", n % 5);
+                stored(n, format!("{key}:{n}").as_bytes(), &dest, Some(&key))
+            })
+            .collect();
+        batch.push(stored(1000 + n, b"explicit", &own_key, Some("k0")));
+        let out = s.publish(&batch);
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+    }
+    let got = sub.pull(303, Duration::from_secs(30));
+    assert_eq!(got.len(), 303);
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for r in got {
+        if r.data == b"explicit" {
+            assert_eq!(r.ordering_key.as_deref(), Some("explicit"), "option wins");
+            continue;
+        }
+        let body = String::from_utf8(r.data).expect("utf8");
+        let (k, i) = body.split_once(':').expect("k:i");
+        assert_eq!(
+            r.ordering_key.as_deref(),
+            Some(k),
+            "the message's key is sent"
+        );
+        let i: i64 = i.parse().expect("i");
+        let prev = last.insert(k.to_string(), i).unwrap_or(-1);
+        assert!(i > prev, "key {k}: {i} after {prev}");
+    }
+}
+
+#[test]
+fn large_batches_split_within_request_limits() {
+    let _g = read();
+    let (dest, sub) = PubSub::destination(&unique("p_big"));
+    let mut s = PubSub::stream();
+    // 1500 small messages (> 1000 per request) and 3 x 4 MB (> 10 MB per request).
+    let mut batch: Vec<StoredMessage> = (0..1500)
+        .map(|i| stored(i, format!("m{i}").as_bytes(), &dest, None))
+        .collect();
+    for i in 0..3u8 {
+        batch.push(stored(
+            3000 + i64::from(i),
+            &vec![i; 4_000_000],
+            &dest,
+            None,
+        ));
+    }
+    let out = s.publish(&batch);
+    assert!(
+        out.iter().all(Result::is_ok),
+        "{:?}",
+        out.iter().find(|o| o.is_err())
+    );
+    let got = sub.pull_at_most(1503, Duration::from_secs(60), 2);
+    assert_eq!(got.len(), 1503);
+    let ids: HashSet<&String> = got
+        .iter()
+        .map(|r| &r.attributes[MESSAGE_ID_HEADER])
+        .collect();
+    assert_eq!(ids.len(), 1503);
+    assert_eq!(got.iter().filter(|r| r.data.len() == 4_000_000).count(), 3);
+}
+
+#[test]
+fn bad_input_is_refused_at_send_and_nothing_is_stored() {
+    use outboxer::{Message, Outbox};
+    let table = crate::common::unique("pubsub_bad");
+    let outbox = Outbox::builder()
+        .store(crate::common::store(&table))
+        .stream(PubSub::stream())
+        .build()
+        .expect("outbox");
+    let route = pubsub::topic("orders");
+    type Expected = fn(&Error) -> bool;
+    let cases: Vec<(Message, Expected)> = vec![
+        (
+            Message::new(b"x".to_vec())
+                .route(route.clone())
+                .header("goog-reserved", "v"),
+            |e| matches!(e, Error::InvalidHeader { .. }),
+        ),
+        (
+            Message::new(b"x".to_vec())
+                .route(route.clone())
+                .header("k".repeat(257), "v"),
+            |e| matches!(e, Error::InvalidHeader { .. }),
+        ),
+        (
+            Message::new(b"x".to_vec())
+                .route(route.clone())
+                .header("k", "v".repeat(1025)),
+            |e| matches!(e, Error::InvalidHeader { .. }),
+        ),
+        (
+            (0..100).fold(Message::new(b"x".to_vec()).route(route.clone()), |m, i| {
+                m.header(format!("h{i}"), "v")
+            }),
+            |e| matches!(e, Error::InvalidHeader { .. }),
+        ),
+        (
+            Message::new(vec![0u8; MAX_MESSAGE_SIZE]).route(route.clone()),
+            |e| matches!(e, Error::PayloadTooLarge { .. }),
+        ),
+        (Message::new(b"x".to_vec()).option("topic_name", 5), |e| {
+            matches!(e, Error::InvalidOption { .. })
+        }),
+        (
+            Message::new(b"x".to_vec()).route(pubsub::topic("goog-topic")),
+            |e| matches!(e, Error::InvalidOption { .. }),
+        ),
+        (
+            Message::new(b"x".to_vec())
+                .route(route.clone())
+                .option("exchange.name", "x"),
+            |e| matches!(e, Error::InvalidOption { .. }),
+        ),
+    ];
+    for (i, (m, expected)) in cases.into_iter().enumerate() {
+        match outbox.send(m) {
+            Err(e) => assert!(expected(&e), "case {i}: {e:?}"),
+            Ok(_) => panic!("case {i} was accepted"),
+        }
+    }
+    let rows: i64 = crate::common::pg()
+        .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0, "nothing stored");
+    crate::common::drop_table(&table);
+}
+
+// --- Auth: a real RS256-verifying token endpoint and a metadata server on loopback.
+
+/// A fresh RSA key pair from the openssl CLI: (PKCS#8 PEM, PKCS#1 public key DER).
+fn key_pair() -> (String, Vec<u8>) {
+    let dir = std::env::temp_dir().join(unique("outboxer_key"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let key = dir.join("key.pem");
+    let run = |args: &[&str]| {
+        let st = std::process::Command::new("openssl")
+            .args(args)
+            .status()
+            .expect("the openssl CLI (the auth tests generate their key pair with it)");
+        assert!(st.success(), "openssl {args:?}");
+    };
+    let key_s = key.to_str().expect("utf8 path");
+    let public = dir.join("pub.der");
+    let public_s = public.to_str().expect("utf8 path");
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        key_s,
+    ]);
+    run(&[
+        "rsa",
+        "-in",
+        key_s,
+        "-RSAPublicKey_out",
+        "-outform",
+        "DER",
+        "-out",
+        public_s,
+    ]);
+    let pem = std::fs::read_to_string(&key).expect("key");
+    let der = std::fs::read(&public).expect("public key");
+    let _ = std::fs::remove_dir_all(&dir);
+    (pem, der)
+}
+
+const EMAIL: &str = "relay@outboxer-test.iam.gserviceaccount.com";
+
+/// A tiny HTTP server: `handle(method, path, headers, body) -> (status, body)`.
+fn serve(
+    handle: impl Fn(&str, &str, &BTreeMap<String, String>, &[u8]) -> (u16, String)
+        + Send
+        + Sync
+        + 'static,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                let mut writer = conn.try_clone().expect("clone");
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let method = parts.next().unwrap_or_default().to_string();
+                    let path = parts.next().unwrap_or_default().to_string();
+                    let mut headers = BTreeMap::new();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                        }
+                    }
+                    let len = headers
+                        .get("content-length")
+                        .and_then(|l| l.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let (status, text) = handle(&method, &path, &headers, &body);
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    if writer.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A token endpoint that verifies the JWT like Google's: RS256 signature with the
+/// given public key, and iss / scope / aud / iat / exp. Tokens are `tok-N`.
+fn token_endpoint(public_der: Vec<u8>, lifetime: u64) -> (String, Arc<AtomicUsize>) {
+    let issued = Arc::new(AtomicUsize::new(0));
+    let count = issued.clone();
+    let aud: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let aud2 = aud.clone();
+    let base = serve(move |method, path, headers, body| {
+        let verdict = (|| -> Result<(), String> {
+            if method != "POST" || path != "/token" {
+                return Err(format!("{method} {path}"));
+            }
+            if headers.get("content-type").map(String::as_str)
+                != Some("application/x-www-form-urlencoded")
+            {
+                return Err("content-type".into());
+            }
+            let form: BTreeMap<String, String> = String::from_utf8_lossy(body)
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            if form.get("grant_type").map(String::as_str)
+                != Some("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
+            {
+                return Err("grant_type".into());
+            }
+            let jwt = form.get("assertion").ok_or("assertion")?;
+            let (input, sig) = jwt.rsplit_once('.').ok_or("jwt")?;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let sig = b64.decode(sig).map_err(|_| "sig b64")?;
+            ring::signature::UnparsedPublicKey::new(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                &public_der,
+            )
+            .verify(input.as_bytes(), &sig)
+            .map_err(|_| "bad signature")?;
+            let (h, c) = input.split_once('.').ok_or("jwt parts")?;
+            let header: Value = serde_json::from_slice(&b64.decode(h).map_err(|_| "h")?)
+                .map_err(|_| "header json")?;
+            let claims: Value = serde_json::from_slice(&b64.decode(c).map_err(|_| "c")?)
+                .map_err(|_| "claims json")?;
+            if header["alg"] != "RS256" {
+                return Err("alg".into());
+            }
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let (iat, exp) = (
+                claims["iat"].as_u64().ok_or("iat")?,
+                claims["exp"].as_u64().ok_or("exp")?,
+            );
+            if claims["iss"] != EMAIL
+                || claims["scope"] != PUBSUB_SCOPE
+                || Some(claims["aud"].as_str().unwrap_or_default())
+                    != aud2.get().map(String::as_str)
+                || iat > now + 5
+                || exp <= now
+                || exp - iat > 3600
+            {
+                return Err(format!("claims {claims}"));
+            }
+            Ok(())
+        })();
+        match verdict {
+            Ok(()) => {
+                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                (
+                    200,
+                    json!({"access_token": format!("tok-{n}"), "expires_in": lifetime, "token_type": "Bearer"})
+                        .to_string(),
+                )
+            }
+            Err(why) => (
+                400,
+                json!({"error": "invalid_grant", "error_description": why}).to_string(),
+            ),
+        }
+    });
+    let token_uri = format!("{base}/token");
+    let _ = aud.set(token_uri.clone());
+    (token_uri, issued)
+}
+
+fn key_json(pem: &str, token_uri: &str) -> String {
+    json!({
+        "type": "service_account",
+        "project_id": PROJECT,
+        "private_key_id": "test-key-1",
+        "private_key": pem,
+        "client_email": EMAIL,
+        "token_uri": token_uri,
+    })
+    .to_string()
+}
+
+#[test]
+fn service_account_tokens_are_exchanged_sent_and_refreshed() {
+    let (pem, public) = key_pair();
+    // Tokens live 2 s: the stream refreshes halfway, before they expire.
+    let (token_uri, issued) = token_endpoint(public, 2);
+    let (dest, sub) = PubSub::destination(&unique("p_auth"));
+    let front = FaultProxy::start(&emulator());
+    let dir = std::env::temp_dir().join(unique("outboxer_sa"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key_file = dir.join("key.json");
+    std::fs::write(&key_file, key_json(&pem, &token_uri)).expect("write key");
+    // An explicit endpoint with a key file: the service-account path of the builder.
+    let mut s = PubSubStream::builder(&url())
+        .endpoint(&front.url())
+        .credentials_file(&key_file)
+        .build()
+        .expect("stream");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(s.publish(&[stored(1, b"one", &dest, None)])[0].is_ok());
+    assert!(s.publish(&[stored(2, b"two", &dest, None)])[0].is_ok());
+    assert_eq!(issued.load(Ordering::SeqCst), 1, "cached");
+    std::thread::sleep(Duration::from_millis(1300));
+    assert!(s.publish(&[stored(3, b"three", &dest, None)])[0].is_ok());
+    assert_eq!(issued.load(Ordering::SeqCst), 2, "refreshed before expiry");
+    assert_eq!(
+        front.authorizations(),
+        vec!["Bearer tok-1", "Bearer tok-1", "Bearer tok-2"]
+    );
+    assert_eq!(sub.pull(3, Duration::from_secs(10)).len(), 3);
+    let shown = format!("{s:?}");
+    assert!(
+        !shown.contains("PRIVATE KEY") && !shown.contains("tok-"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_wrongly_signed_jwt_is_refused_and_no_secret_leaks() {
+    let (_pem, public) = key_pair();
+    let (other_pem, _) = key_pair();
+    let (token_uri, issued) = token_endpoint(public, 3600);
+    let sa = ServiceAccount::from_json(key_json(&other_pem, &token_uri).as_bytes()).expect("key");
+    let shown = format!("{sa:?}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    let front = FaultProxy::start(&emulator());
+    let err = PubSubStream::builder(&url())
+        .endpoint(&front.url())
+        .token_provider(sa)
+        .build()
+        .and_then(|mut s| {
+            s.publish(&[stored(1, b"x", &pubsub::topic("abc").into(), None)])
+                .remove(0)
+        })
+        .expect_err("bad signature");
+    assert!(err.is_transient(), "credentials can be fixed: {err:?}");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("bad signature"), "{text}");
+    assert!(
+        !text.contains("PRIVATE KEY") && !text.contains("eyJ"),
+        "{text}"
+    );
+    assert_eq!(issued.load(Ordering::SeqCst), 0);
+    assert_eq!(front.requests(), 0, "nothing published without a token");
+    // A broken key file is a typed error that does not quote the key.
+    let broken = key_json(
+        "-----BEGIN PRIVATE KEY-----\nSECRETSECRET\n-----END PRIVATE KEY-----\n",
+        &token_uri,
+    );
+    let err = ServiceAccount::from_json(broken.as_bytes()).expect_err("not a key");
+    assert!(
+        matches!(err, Error::Config { .. }) && !err.to_string().contains("SECRET"),
+        "{err}"
+    );
+}
+
+#[test]
+fn metadata_server_and_static_tokens_are_sent() {
+    let meta = serve(|method, path, headers, _| {
+        if method == "GET"
+            && path == METADATA_TOKEN_PATH
+            && headers.get("metadata-flavor").map(String::as_str) == Some("Google")
+        {
+            (
+                200,
+                json!({"access_token": "meta-tok", "expires_in": 3599}).to_string(),
+            )
+        } else {
+            (403, "{}".into())
+        }
+    });
+    let (dest, sub) = PubSub::destination(&unique("p_meta"));
+    let front = FaultProxy::start(&emulator());
+    let mut s = PubSubStream::builder(&url())
+        .endpoint(&front.url())
+        .token_provider(MetadataServer::with_base_url(&meta))
+        .build()
+        .expect("stream");
+    assert!(s.publish(&[stored(1, b"m", &dest, None)])[0].is_ok());
+    let mut s = PubSubStream::builder(&url())
+        .endpoint(&front.url())
+        .token_provider(StaticToken::new("static-tok"))
+        .build()
+        .expect("stream");
+    assert!(s.publish(&[stored(2, b"s", &dest, None)])[0].is_ok());
+    assert_eq!(
+        front.authorizations(),
+        vec!["Bearer meta-tok", "Bearer static-tok"]
+    );
+    assert_eq!(sub.pull(2, Duration::from_secs(10)).len(), 2);
+}
+
+#[test]
+fn the_emulator_gets_no_authorization() {
+    let (dest, _sub) = PubSub::destination(&unique("p_noauth"));
+    let front = FaultProxy::start(&emulator());
+    let mut s = PubSubStream::connect(&format!("pubsub://{PROJECT}?emulator={}", front.host()))
+        .expect("stream");
+    assert!(s.publish(&[stored(1, b"x", &dest, None)])[0].is_ok());
+    assert_eq!(front.authorizations(), vec![String::new()]);
+}
+
+/// The whole path: messages committed in PostgreSQL, two relays, a Pub/Sub
+/// subscriber: every message once, message ids and headers as attributes, per-key order.
+#[test]
+fn relay_end_to_end_from_postgres() {
+    use crate::common::{store, unique as table_name};
+    use outboxer::{Message, Outbox};
+    let _g = read();
+    let name = unique("p_e2e");
+    let (_, sub) = PubSub::destination(&name);
+    let topic = name.replace('_', "-");
+    let table = table_name("pubsub_e2e");
+    let outboxes: Vec<_> = (0..2)
+        .map(|_| {
+            Outbox::builder()
+                .store(store(&table))
+                .stream(
+                    PubSubStream::connect(&format!("pubsub://{PROJECT}?emulator={}", emulator()))
+                        .expect("Pub/Sub stream"),
+                )
+                .batch_size(50)
+                .check_interval(Duration::from_millis(20))
+                .build()
+                .expect("outbox")
+        })
+        .collect();
+    let relays: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
+    const N: usize = 300;
+    let msgs: Vec<Message> = (0..N)
+        .map(|i| {
+            Message::new(format!("{}:{i}", i % 6).into_bytes())
+                .route(pubsub::topic(&topic))
+                .header("n", i.to_string())
+                .ordering_key(format!("key-{}", i % 6))
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for chunk in msgs.chunks(30) {
+        sent.extend(outboxes[0].send_batch(chunk).expect("send"));
+    }
+    let got = sub.pull(N, Duration::from_secs(120));
+    // Anything beyond N would be a duplicate: wait a little for one to show up.
+    let extra = sub.pull(1, Duration::from_secs(1));
+    assert!(extra.is_empty(), "duplicate: {extra:?}");
+    let ids: HashSet<&String> = got
+        .iter()
+        .map(|r| &r.attributes[MESSAGE_ID_HEADER])
+        .collect();
+    assert_eq!(got.len(), N, "every message delivered");
+    assert_eq!(ids.len(), N, "no duplicates");
+    assert!(sent.iter().all(|id| ids.contains(&id.to_string())));
+    let mut last: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &got {
+        let body = String::from_utf8(r.data.clone()).expect("utf8");
+        let (k, i) = body.split_once(':').expect("k:i");
+        let i: usize = i.parse().expect("i");
+        assert_eq!(r.attributes.get("n"), Some(&i.to_string()));
+        assert_eq!(r.ordering_key.as_deref(), Some(format!("key-{k}").as_str()));
+        if let Some(prev) = last.insert(k.to_string(), i) {
+            assert!(i > prev, "key {k}: {i} after {prev}");
+        }
+    }
+    for r in &relays {
+        r.stop().expect("stop");
+    }
+    crate::common::drop_table(&table);
+}
