@@ -18,6 +18,15 @@
 //! consumer-side check with Kafka: the ceiling and the relays count delivery reports
 //! (acks=all); the topic's high watermark is printed at the end, not checked.
 //!
+//! `--stream pubsub` needs the `pubsub` feature and the Pub/Sub emulator at
+//! `OUTBOXER_PUBSUB_EMULATOR` (default `127.0.0.1:8086`, `scripts/pubsub-emulator
+//! start`). Messages are routed with `pubsub::topic(<topic>)` (no ordering key) to a
+//! topic that the bench creates and deletes; phase 3 is the raw REST ceiling of the
+//! emulator: `POST projects/P/topics/T:publish` with 1000 messages per request (the
+//! same JSON as `PubSubStream`: base64 data, the message-id attribute), one request
+//! after the other on one keep-alive connection (ureq), each checked for 1000 message
+//! ids. No consumer-side check: the ceiling and the relays count publish responses.
+//!
 //! `--store postgres|mysql|sqlite|sqlserver` (default `postgres`) picks the database;
 //! each store other than PostgreSQL needs its cargo feature as well. Servers:
 //! `OUTBOXER_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`),
@@ -86,7 +95,7 @@ use amiquip::{
 };
 use outboxer::core::rows;
 use outboxer::store::{FailedAttempt, Lease, Requeue, Stats, WakeListener};
-use outboxer::stream::{amqp, kafka, AmqpStream, Validate};
+use outboxer::stream::{amqp, kafka, pubsub, AmqpStream, Validate};
 use outboxer::{
     Message, MessageId, Outbox, RelayCounters, Store, StoredMessage, Stream, MESSAGE_ID_HEADER,
 };
@@ -132,6 +141,14 @@ fn main() -> ExitCode {
 /// RabbitMQ is touched.
 fn try_main() -> BoxResult<()> {
     let args = parse_args()?;
+    if args.stream == StreamKind::PubSub && !cfg!(feature = "pubsub") {
+        return Err(format!(
+            "--stream pubsub is not compiled in: add the `pubsub` feature \
+             (cargo run --release --example bench --features {},amqp,pubsub -- --stream pubsub)",
+            args.store.feature()
+        )
+        .into());
+    }
     if args.stream == StreamKind::Kafka && !cfg!(feature = "kafka") {
         return Err(format!(
             "--stream kafka is not compiled in: add the `kafka` feature \
@@ -173,6 +190,7 @@ struct Args {
 enum StreamKind {
     Amqp,
     Kafka,
+    PubSub,
 }
 
 impl StreamKind {
@@ -180,7 +198,8 @@ impl StreamKind {
         match name {
             "amqp" | "rabbitmq" => Ok(StreamKind::Amqp),
             "kafka" => Ok(StreamKind::Kafka),
-            _ => Err(format!("--stream {name:?}: expected amqp or kafka")),
+            "pubsub" => Ok(StreamKind::PubSub),
+            _ => Err(format!("--stream {name:?}: expected amqp, kafka or pubsub")),
         }
     }
 }
@@ -219,7 +238,7 @@ impl StoreKind {
 
 fn parse_args() -> Result<Args, String> {
     const USAGE: &str = "usage: --messages N --store postgres|mysql|sqlite|sqlserver \
-                         --stream amqp|kafka [--breakdown]";
+                         --stream amqp|kafka|pubsub [--breakdown]";
     let mut parsed = Args {
         messages: 20_000,
         store: StoreKind::Postgres,
@@ -278,6 +297,7 @@ fn bench<B: Backend>(env: &Env, db: &B) -> BoxResult<()> {
     let destination = match env.stream {
         StreamKind::Amqp => format!("exchange {}, queue {}", env.exchange, env.queue),
         StreamKind::Kafka => format!("Kafka topic {} (1 partition)", env.topic),
+        StreamKind::PubSub => format!("Pub/Sub topic {}", env.topic),
     };
     println!(
         "bench: {} messages of {PAYLOAD_SIZE} bytes on {}; tables {}*, {destination}",
@@ -302,6 +322,7 @@ fn bench<B: Backend>(env: &Env, db: &B) -> BoxResult<()> {
         match env.stream {
             StreamKind::Amqp => "amqp",
             StreamKind::Kafka => "kafka",
+            StreamKind::PubSub => "pubsub",
         }
     );
     println!(
@@ -347,6 +368,7 @@ fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
         let how = match env.stream {
             StreamKind::Amqp => "raw amiquip, confirm windows",
             StreamKind::Kafka => "raw rdkafka, acks=all idempotent, delivery-report windows",
+            StreamKind::PubSub => "raw REST publish requests",
         };
         println!("[3] ceiling   {r:>10.2} msg/s   ({how} of {CHUNK}, run {i}/{RUNS})");
         ceiling_per_s = ceiling_per_s.max(r);
@@ -393,6 +415,8 @@ struct Env {
     amqp_url: String,
     #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     kafka_url: String,
+    #[cfg_attr(not(feature = "pubsub"), allow(dead_code))]
+    pubsub_emulator: String,
     stream: StreamKind,
     /// The Kafka topic (`--stream kafka`).
     topic: String,
@@ -413,6 +437,8 @@ impl Env {
                 .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             kafka_url: std::env::var("OUTBOXER_KAFKA_URL")
                 .unwrap_or_else(|_| "kafka://127.0.0.1:9092".into()),
+            pubsub_emulator: std::env::var("OUTBOXER_PUBSUB_EMULATOR")
+                .unwrap_or_else(|_| "127.0.0.1:8086".into()),
             stream: args.stream,
             topic: format!("bench_{pid}_{}", unix_now()),
             store: args.store,
@@ -445,6 +471,7 @@ impl Env {
                 match self.stream {
                     StreamKind::Amqp => message.route(amqp::topic(&self.exchange, ROUTING_KEY)),
                     StreamKind::Kafka => message.route(kafka::topic(&self.topic).key(ROUTING_KEY)),
+                    StreamKind::PubSub => message.route(pubsub::topic(&self.topic)),
                 }
             })
             .collect()
@@ -466,6 +493,12 @@ impl Env {
             )),
             #[cfg(not(feature = "kafka"))]
             StreamKind::Kafka => Err("--stream kafka needs the `kafka` feature".into()),
+            #[cfg(feature = "pubsub")]
+            StreamKind::PubSub => Ok(Box::new(outboxer::stream::PubSubStream::connect(
+                &pubsub_bench::url(self),
+            )?)),
+            #[cfg(not(feature = "pubsub"))]
+            StreamKind::PubSub => Err("--stream pubsub needs the `pubsub` feature".into()),
         }
     }
 }
@@ -1748,6 +1781,8 @@ enum Broker {
     Amqp(AmqpBroker),
     #[cfg(feature = "kafka")]
     Kafka(kafka_bench::KafkaBroker),
+    #[cfg(feature = "pubsub")]
+    PubSub(pubsub_bench::PubSubBroker),
 }
 
 impl Broker {
@@ -1758,6 +1793,10 @@ impl Broker {
             StreamKind::Kafka => Ok(Broker::Kafka(kafka_bench::KafkaBroker::setup(env)?)),
             #[cfg(not(feature = "kafka"))]
             StreamKind::Kafka => Err("--stream kafka needs the `kafka` feature".into()),
+            #[cfg(feature = "pubsub")]
+            StreamKind::PubSub => Ok(Broker::PubSub(pubsub_bench::PubSubBroker::setup(env)?)),
+            #[cfg(not(feature = "pubsub"))]
+            StreamKind::PubSub => Err("--stream pubsub needs the `pubsub` feature".into()),
         }
     }
 
@@ -1767,6 +1806,8 @@ impl Broker {
             Broker::Amqp(_) => ceiling_phase(env),
             #[cfg(feature = "kafka")]
             Broker::Kafka(k) => k.ceiling(env),
+            #[cfg(feature = "pubsub")]
+            Broker::PubSub(p) => p.ceiling(env),
         }
     }
 
@@ -1776,6 +1817,8 @@ impl Broker {
             Broker::Amqp(a) => a.settle(published),
             #[cfg(feature = "kafka")]
             Broker::Kafka(k) => k.settle(published),
+            #[cfg(feature = "pubsub")]
+            Broker::PubSub(p) => p.settle(published),
         }
     }
 
@@ -1784,6 +1827,8 @@ impl Broker {
             Broker::Amqp(a) => a.teardown(),
             #[cfg(feature = "kafka")]
             Broker::Kafka(k) => k.teardown(),
+            #[cfg(feature = "pubsub")]
+            Broker::PubSub(p) => p.teardown(),
         }
     }
 }
@@ -2162,6 +2207,146 @@ mod kafka_bench {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(feature = "pubsub")]
+mod pubsub_bench {
+    use super::*;
+    use base64::Engine as _;
+
+    /// The project of the bench topic (the emulator takes any).
+    const PROJECT: &str = "outboxer-bench";
+
+    /// The stream URL of this run.
+    pub fn url(env: &Env) -> String {
+        format!("pubsub://{PROJECT}?emulator={}", env.pubsub_emulator)
+    }
+
+    /// The bench topic on the emulator.
+    pub struct PubSubBroker {
+        agent: ureq::Agent,
+        /// `http://host:port/v1/projects/P/topics/T`
+        topic_url: String,
+        /// Messages published so far (for the closing note).
+        expected: AtomicU64,
+    }
+
+    impl PubSubBroker {
+        fn call(&self, method: &str, url: &str, body: Vec<u8>) -> BoxResult<(u16, Vec<u8>)> {
+            let req = ureq::http::Request::builder()
+                .method(method)
+                .uri(url)
+                .header("content-type", "application/json")
+                .body(body)?;
+            let mut resp = self.agent.run(req)?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(64 * 1024 * 1024)
+                .read_to_vec()?;
+            Ok((status, body))
+        }
+
+        pub fn setup(env: &Env) -> BoxResult<PubSubBroker> {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .into();
+            let broker = PubSubBroker {
+                agent,
+                topic_url: format!(
+                    "http://{}/v1/projects/{PROJECT}/topics/{}",
+                    env.pubsub_emulator, env.topic
+                ),
+                expected: AtomicU64::new(0),
+            };
+            let (status, body) = broker
+                .call("PUT", &broker.topic_url, b"{}".to_vec())
+                .map_err(|e| format!("Pub/Sub emulator at {}: {e}", env.pubsub_emulator))?;
+            if status != 200 {
+                return Err(format!(
+                    "creating Pub/Sub topic {}: HTTP {status}: {}",
+                    env.topic,
+                    String::from_utf8_lossy(&body)
+                )
+                .into());
+            }
+            println!(
+                "bench: Pub/Sub emulator at {} (no consumer-side check: the ceiling and the \
+                 relays count publish responses)",
+                env.pubsub_emulator
+            );
+            Ok(broker)
+        }
+
+        pub fn settle(&self, published: u64) -> BoxResult<()> {
+            self.expected.fetch_add(published, Ordering::Relaxed);
+            Ok(())
+        }
+
+        pub fn teardown(self) -> BoxResult<()> {
+            println!(
+                "bench: {} messages published to the Pub/Sub topic (not pulled)",
+                self.expected.load(Ordering::Relaxed)
+            );
+            let (status, body) = self.call("DELETE", &self.topic_url, Vec::new())?;
+            if status != 200 {
+                return Err(format!(
+                    "deleting the Pub/Sub topic: HTTP {status}: {}",
+                    String::from_utf8_lossy(&body)
+                )
+                .into());
+            }
+            Ok(())
+        }
+
+        /// Phase 3 with Pub/Sub: raw REST publish requests of `CHUNK` messages, one
+        /// after the other, the same JSON as the stream.
+        pub fn ceiling(&self, env: &Env) -> BoxResult<Duration> {
+            let messages = env.make_messages(env.messages);
+            let url = format!("{}:publish", self.topic_url);
+            // One request before the clock starts: the connection is open.
+            self.call("POST", &url, br#"{"messages":[{"data":"AA=="}]}"#.to_vec())?;
+            self.expected.fetch_add(1, Ordering::Relaxed);
+            let cpu = env.breakdown.then(CpuSample::take).flatten();
+            let start = Instant::now();
+            for window in messages.chunks(CHUNK) {
+                let body = serde_json::json!({
+                    "messages": window
+                        .iter()
+                        .map(|m| serde_json::json!({
+                            "data": base64::engine::general_purpose::STANDARD.encode(m.payload()),
+                            "attributes": { MESSAGE_ID_HEADER: m.message_id().to_string() },
+                        }))
+                        .collect::<Vec<_>>()
+                });
+                let (status, resp) = self.call("POST", &url, body.to_string().into_bytes())?;
+                let ids = serde_json::from_slice::<serde_json::Value>(&resp)
+                    .ok()
+                    .and_then(|v| v["messageIds"].as_array().map(Vec::len));
+                if status != 200 || ids != Some(window.len()) {
+                    return Err(format!(
+                        "ceiling: publish: HTTP {status}: {}",
+                        String::from_utf8_lossy(&resp)
+                            .chars()
+                            .take(300)
+                            .collect::<String>()
+                    )
+                    .into());
+                }
+            }
+            let took = start.elapsed();
+            if env.breakdown {
+                println!(
+                    "    {} during the ceiling run",
+                    CpuSample::since(&cpu, messages.len() as u64)
+                );
+            }
+            Ok(took)
         }
     }
 }

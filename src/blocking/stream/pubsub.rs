@@ -319,9 +319,11 @@ mod driver {
                 let fetched_at = Instant::now();
                 let token = self.provider.fetch_token()?;
                 // Refresh before expiry: 5 minutes early, or halfway for short tokens.
-                let refresh_at = token
-                    .expires_in()
-                    .map(|life| fetched_at + life - (life / 2).min(Duration::from_secs(300)));
+                // A server's absurd lifetime must not overflow the clock: at most a day.
+                let refresh_at = token.expires_in().map(|life| {
+                    let life = life.min(Duration::from_secs(86_400));
+                    fetched_at + (life - (life / 2).min(Duration::from_secs(300)))
+                });
                 *cur = Some((token, refresh_at));
             }
             match &*cur {
@@ -605,11 +607,14 @@ mod driver {
                     m.ordering_key.as_deref(),
                     self.max_message_size,
                 );
-                let key = match &parsed {
-                    Ok(r) => effective_ordering_key(r, m.ordering_key.as_deref()),
-                    Err(_) => m.ordering_key.as_deref(),
-                }
-                .map(str::to_string);
+                // The relay's order is by the message's key; the Pub/Sub ordering key
+                // (the option, if set) only labels the message on the wire.
+                let key = m
+                    .ordering_key
+                    .as_deref()
+                    .filter(|k| !k.is_empty())
+                    .or_else(|| parsed.as_ref().ok().and_then(|r| r.ordering_key.as_deref()))
+                    .map(str::to_string);
                 if let Some(k) = key.as_ref().filter(|k| failed_keys.contains(*k)) {
                     out[i] = Some(Err(held_back(k)));
                     continue;
@@ -618,7 +623,11 @@ mod driver {
                     Ok(route) => items.push(PlanItem {
                         index: i,
                         topic: route.resource(&self.project),
-                        size: message_size(&m.payload, &m.headers, key.as_deref()),
+                        size: message_size(
+                            &m.payload,
+                            &m.headers,
+                            effective_ordering_key(&route, m.ordering_key.as_deref()),
+                        ),
                         key,
                     }),
                     Err(e) => {
@@ -872,6 +881,21 @@ mod driver {
             ] {
                 assert!(matches!(b.build(), Err(Error::Config { .. })));
             }
+        }
+
+        #[derive(Debug)]
+        struct Forever;
+        impl TokenProvider for Forever {
+            fn fetch_token(&self) -> Result<AccessToken> {
+                Ok(AccessToken::new("t", Some(Duration::MAX)))
+            }
+        }
+
+        #[test]
+        fn an_absurd_token_lifetime_does_not_panic() {
+            let cache = TokenCache::new(Arc::new(Forever));
+            assert_eq!(cache.bearer().ok().as_deref(), Some("Bearer t"));
+            assert_eq!(cache.bearer().ok().as_deref(), Some("Bearer t"));
         }
 
         #[test]
