@@ -503,6 +503,7 @@ fn key_pair() -> (String, Vec<u8>) {
     let run = |args: &[&str]| {
         let st = std::process::Command::new("openssl")
             .args(args)
+            .stderr(std::process::Stdio::null())
             .status()
             .expect("the openssl CLI (the auth tests generate their key pair with it)");
         assert!(st.success(), "openssl {args:?}");
@@ -599,10 +600,15 @@ fn serve(
 
 /// A token endpoint that verifies the JWT like Google's: RS256 signature with the
 /// given public key, and iss / scope / aud / iat / exp. Tokens are `tok-N`.
-fn token_endpoint(public_der: Vec<u8>, lifetime: u64) -> (String, Arc<AtomicUsize>) {
+/// Returns the token URI, the count of issued tokens and the expected `aud` (the
+/// token URI unless a test puts a proxy in front).
+fn token_endpoint(
+    public_der: Vec<u8>,
+    lifetime: u64,
+) -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<String>>) {
     let issued = Arc::new(AtomicUsize::new(0));
     let count = issued.clone();
-    let aud: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let aud: Arc<std::sync::Mutex<String>> = Arc::default();
     let aud2 = aud.clone();
     let base = serve(move |method, path, headers, body| {
         let verdict = (|| -> Result<(), String> {
@@ -652,8 +658,8 @@ fn token_endpoint(public_der: Vec<u8>, lifetime: u64) -> (String, Arc<AtomicUsiz
             );
             if claims["iss"] != EMAIL
                 || claims["scope"] != PUBSUB_SCOPE
-                || Some(claims["aud"].as_str().unwrap_or_default())
-                    != aud2.get().map(String::as_str)
+                || claims["aud"].as_str()
+                    != Some(aud2.lock().unwrap_or_else(|e| e.into_inner()).as_str())
                 || iat > now + 5
                 || exp <= now
                 || exp - iat > 3600
@@ -678,8 +684,8 @@ fn token_endpoint(public_der: Vec<u8>, lifetime: u64) -> (String, Arc<AtomicUsiz
         }
     });
     let token_uri = format!("{base}/token");
-    let _ = aud.set(token_uri.clone());
-    (token_uri, issued)
+    *aud.lock().unwrap_or_else(|e| e.into_inner()) = token_uri.clone();
+    (token_uri, issued, aud)
 }
 
 fn key_json(pem: &str, token_uri: &str) -> String {
@@ -698,7 +704,7 @@ fn key_json(pem: &str, token_uri: &str) -> String {
 fn service_account_tokens_are_exchanged_sent_and_refreshed() {
     let (pem, public) = key_pair();
     // Tokens live 2 s: the stream refreshes halfway, before they expire.
-    let (token_uri, issued) = token_endpoint(public, 2);
+    let (token_uri, issued, _) = token_endpoint(public, 2);
     let (dest, sub) = PubSub::destination(&unique("p_auth"));
     let front = FaultProxy::start(&emulator());
     let dir = std::env::temp_dir().join(unique("outboxer_sa"));
@@ -734,7 +740,7 @@ fn service_account_tokens_are_exchanged_sent_and_refreshed() {
 fn a_wrongly_signed_jwt_is_refused_and_no_secret_leaks() {
     let (_pem, public) = key_pair();
     let (other_pem, _) = key_pair();
-    let (token_uri, issued) = token_endpoint(public, 3600);
+    let (token_uri, issued, _) = token_endpoint(public, 3600);
     let sa = ServiceAccount::from_json(key_json(&other_pem, &token_uri).as_bytes()).expect("key");
     let shown = format!("{sa:?}");
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
@@ -880,4 +886,103 @@ fn relay_end_to_end_from_postgres() {
         r.stop().expect("stop");
     }
     crate::common::drop_table(&table);
+}
+
+/// Every log record of this test process up to debug level (the tests of this binary
+/// set no other logger).
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{} {}", record.target(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+fn captured_logs() -> &'static Capture {
+    static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let c: &'static Capture = Box::leak(Box::new(Capture(std::sync::Mutex::new(Vec::new()))));
+        log::set_logger(c).expect("the only logger of this test binary");
+        // Debug: ureq's trace level dumps raw wire bytes (tokens included); see README.
+        log::set_max_level(log::LevelFilter::Debug);
+        c
+    })
+}
+
+#[test]
+fn a_refused_token_is_replaced_and_secrets_stay_out_of_logs_and_errors() {
+    let logs = captured_logs();
+    let (pem, public) = key_pair();
+    let (token_uri, issued, aud) = token_endpoint(public, 3600);
+    // The token endpoint answers 503 once (a retry that gets logged).
+    let token_host = token_uri
+        .trim_start_matches("http://")
+        .trim_end_matches("/token")
+        .to_string();
+    let token_proxy = FaultProxy::start(&token_host);
+    token_proxy.inject([Fault::Status(503, r#"{"error":"busy"}"#)]);
+    // The key's token_uri is the proxy: that is the audience the JWT must name.
+    *aud.lock().unwrap_or_else(|e| e.into_inner()) = format!("{}/token", token_proxy.url());
+    let sa = ServiceAccount::from_json(
+        key_json(&pem, &format!("{}/token", token_proxy.url())).as_bytes(),
+    )
+    .expect("key");
+    let (dest, sub) = PubSub::destination(&unique("p_401"));
+    let front = FaultProxy::start(&emulator());
+    let mut s = PubSubStream::builder(&url())
+        .endpoint(&front.url())
+        .token_provider(sa)
+        .build()
+        .expect("stream");
+    front.inject([Fault::Status(
+        401,
+        r#"{"error":{"status":"UNAUTHENTICATED"}}"#,
+    )]);
+    let first = s.publish(&[stored(1, b"x", &dest, None)]).remove(0);
+    let err = first.expect_err("401");
+    assert!(
+        err.is_transient() && err.to_string().contains("HTTP 401"),
+        "{err:?}"
+    );
+    let second = s.publish(&[stored(2, b"y", &dest, None)]);
+    assert!(second[0].is_ok(), "{second:?}");
+    assert_eq!(
+        issued.load(Ordering::SeqCst),
+        2,
+        "a new token after the 401"
+    );
+    assert_eq!(
+        token_proxy.requests(),
+        3,
+        "one 503 retried, then two exchanges"
+    );
+    assert_eq!(front.authorizations(), vec!["Bearer tok-1", "Bearer tok-2"]);
+    assert_eq!(sub.pull(1, Duration::from_secs(10)).len(), 1);
+    let key_body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("");
+    let text = format!(
+        "{}\n{err}\n{err:?}\n{s:?}",
+        logs.0.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+    );
+    assert!(text.contains("HTTP 503"), "the retry was logged: {text}");
+    for secret in [
+        "tok-1",
+        "tok-2",
+        "PRIVATE KEY",
+        "eyJ",
+        &key_body[..40],
+        &key_body[200..240],
+    ] {
+        assert!(!text.contains(secret), "{secret:?} leaked: {text}");
+    }
 }

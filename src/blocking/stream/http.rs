@@ -84,6 +84,13 @@ impl std::fmt::Debug for HttpClient {
     }
 }
 
+/// Headers whose values are credentials.
+const SECRET_HEADERS: [&str; 3] = [
+    "authorization",
+    "proxy-authorization",
+    "x-amz-security-token",
+];
+
 /// Largest response body read (service responses are small JSON documents;
 /// Pub/Sub pulls in tests stay well below).
 const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
@@ -114,7 +121,17 @@ impl HttpClient {
             .method(req.method)
             .uri(req.url.as_str());
         for (k, v) in &req.headers {
-            builder = builder.header(k.as_str(), v.as_str());
+            let mut value =
+                ureq::http::HeaderValue::from_str(v).map_err(|_| Error::InvalidUrl {
+                    url: crate::core::redact::redact_url(&req.url),
+                    reason: format!("header {k:?} has a value that is not valid in HTTP"),
+                })?;
+            // Any `Debug` of the request (ureq logs its state) shows a sensitive value
+            // as `Sensitive`. ureq's trace level still dumps raw wire bytes (README).
+            if SECRET_HEADERS.iter().any(|h| k.eq_ignore_ascii_case(h)) {
+                value.set_sensitive(true);
+            }
+            builder = builder.header(k.as_str(), value);
         }
         let request = builder
             .body(req.body.clone())
