@@ -38,6 +38,10 @@ pub struct PgSql {
     pub requeue_all: String,
     /// counts by status, leased count, oldest pending age in seconds
     pub stats: String,
+    /// (attempts, count) of pending and parked rows, ascending attempts
+    pub attempts_histogram: String,
+    /// ($1 limit) parked rows: id, message_id, attempts, last_error
+    pub parked: String,
     /// The LISTEN/NOTIFY channel name (unquoted).
     pub channel: String,
 }
@@ -186,6 +190,14 @@ impl PgSql {
                         coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8, 0)
                  FROM {t}"
             ),
+            attempts_histogram: format!(
+                "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked') \
+                 GROUP BY attempts ORDER BY attempts"
+            ),
+            parked: format!(
+                "SELECT id, message_id, attempts, last_error FROM {t} WHERE status = 'parked' \
+                 ORDER BY id LIMIT $1"
+            ),
             channel: channel_name(table),
         }
     }
@@ -221,5 +233,7 @@ mod tests {
             TableName::parse(&format!("{}.{}", "s".repeat(40), "t".repeat(40))).expect("valid");
         assert!(PgSql::new(&long).channel.len() <= 63);
         assert!(sql.migrate.iter().all(|s| !s.contains("$1")));
+        assert!(sql.parked.contains("status = 'parked'") && sql.parked.contains("LIMIT $1"));
+        assert!(sql.attempts_histogram.contains("GROUP BY attempts"));
     }
 }

@@ -97,6 +97,27 @@ pub struct Stats {
     pub oldest_pending_age: Duration,
 }
 
+/// A parked message, as listed by [`Store::parked`]: what an operator needs to
+/// decide whether to requeue it.
+///
+/// ```
+/// use outboxer::store::ParkedMessage;
+/// let p = ParkedMessage { id: 7, message_id: None, attempts: 10, last_error: Some("nack".into()) };
+/// assert_eq!(p.attempts, 10);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkedMessage {
+    /// Row id (what `requeue` takes).
+    pub id: i64,
+    /// The id sent on the wire (`None` only for rows without one, e.g. hand-written
+    /// rows on a store whose column allows NULL).
+    pub message_id: Option<crate::MessageId>,
+    /// Failed attempts.
+    pub attempts: u32,
+    /// The error of the last attempt.
+    pub last_error: Option<String>,
+}
+
 /// Wake-ups from other processes (PostgreSQL LISTEN/NOTIFY). A hint only:
 /// the table stays the source of truth.
 pub trait WakeListener: Send {
@@ -150,6 +171,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts by status and the age of the oldest pending message.
     fn stats(&self) -> Result<Stats>;
+
+    /// How many undelivered (pending or parked) messages have made how many failed
+    /// attempts: `(attempts, count)` pairs in ascending order of attempts, only
+    /// non-zero counts.
+    fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>>;
+
+    /// Up to `limit` parked messages, oldest (lowest id) first, with their last error.
+    fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>>;
 
     /// A listener for wake-ups sent by other processes, if the database has them.
     fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
