@@ -71,6 +71,9 @@ pub fn run<S: Store>(
     let summary = tick(s.log_interval);
     let started = Instant::now();
     let (mut ok, mut failed, mut parked) = (0u64, 0u64, 0u64);
+    // Broker or database outages release whole batches: one warning per summary
+    // interval, the rest at debug level, so an outage does not flood the log.
+    let mut released_quiet = 0u64;
     let (mut last_ok, mut last_failed) = (0u64, 0u64);
     loop {
         select! {
@@ -91,16 +94,31 @@ pub fn run<S: Store>(
                         .message_id
                         .map(|m| format!("message {m} (row {})", f.id.unwrap_or_default()))
                         .unwrap_or_else(|| "relay".to_string());
-                    log::warn!("{msg}: {} ({})", f.error, action(f.action));
+                    if f.action == FailureAction::Released {
+                        released_quiet += 1;
+                        if released_quiet == 1 {
+                            log::warn!(
+                                "{msg}: {} ({}; more of these until the next summary are logged at debug level)",
+                                f.error,
+                                action(f.action)
+                            );
+                        } else {
+                            log::debug!("{msg}: {} ({})", f.error, action(f.action));
+                        }
+                    } else {
+                        log::warn!("{msg}: {} ({})", f.error, action(f.action));
+                    }
                 }
                 Err(_) => break,
             },
             recv(summary) -> _ => {
                 if ok != last_ok || failed != last_failed {
                     log::info!(
-                        "published {} failed {} in the last {:?} (total: published {ok}, failed {failed}, parked {parked})",
+                        "published {} failed {} (released {released_quiet}) in the last {:?} \
+                         (total: published {ok}, failed {failed}, parked {parked})",
                         ok - last_ok, failed - last_failed, s.log_interval
                     );
+                    released_quiet = 0;
                     last_ok = ok;
                     last_failed = failed;
                 }
