@@ -619,3 +619,33 @@ fn bench_prints_the_result_line() {
     assert!(out.contains("500 of 500 messages"), "{out}");
     drop_table(&table);
 }
+
+#[test]
+fn relay_delivers_plain_sql_rows_from_sqlite() {
+    let dir = std::env::temp_dir().join(unique("cli_sqlite_relay"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let store = format!("sqlite:{}", dir.join("app.db").display());
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    ok(&["migrate", "--store", &store]);
+    // The README's INSERT for SQLite: 16 random bytes as message_id, Unix milliseconds.
+    let db = outboxer::store::rusqlite::Connection::open(dir.join("app.db")).expect("open");
+    for i in 1..=50 {
+        db.execute(
+            "INSERT INTO event_store (message_id, payload, headers, options, created_at, available_at)
+             VALUES (randomblob(16), CAST(?1 AS BLOB), '{\"source\": \"sql\"}', ?2,
+                     CAST(unixepoch('subsec') * 1000 AS INTEGER), CAST(unixepoch('subsec') * 1000 AS INTEGER))",
+            (
+                format!("m{i}"),
+                format!(r#"{{"exchange.name": "{ex}", "routing_key": "k"}}"#),
+            ),
+        )
+        .expect("plain SQL insert");
+    }
+    let relay = RelayProc::spawn(relay_cmd(&store, "event_store", &[]));
+    let got = sink.collect(50, Duration::from_secs(60));
+    assert_eq!(all_delivered(&got, 50), 1);
+    relay.terminate();
+    assert_eq!(counts(&stats_json(&store, "event_store")), (0, 0, 50, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,12 +19,18 @@ use settings::{FileConfig, RelaySettings};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+/// The default log filter (`env_logger` syntax, like `RUST_LOG`).
+const DEFAULT_LOG: &str = "warn,outboxer=info,outboxer::blocking::relay=error";
+
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with code 2
-                            // Logs go to stderr; OUTBOXER_LOG (or RUST_LOG) overrides the default level.
+                            // Logs go to stderr; OUTBOXER_LOG overrides the default. By default: info for
+                            // outboxer, warnings for the drivers (no PostgreSQL NOTICEs), and the library
+                            // relay's own per-failure warnings left out, because the command logs every
+                            // failure from the relay's err() channel itself (rate-limited during outages).
     env_logger::Builder::from_env(
         env_logger::Env::default()
-            .filter_or("OUTBOXER_LOG", "info")
+            .filter_or("OUTBOXER_LOG", DEFAULT_LOG)
             .write_style("OUTBOXER_LOG_STYLE"),
     )
     .format_target(false)

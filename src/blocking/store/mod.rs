@@ -175,9 +175,28 @@ pub trait Store: Send + Sync + 'static {
     /// How many undelivered (pending or parked) messages have made how many failed
     /// attempts: `(attempts, count)` pairs in ascending order of attempts, only
     /// non-zero counts.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// for (attempts, count) in store.attempts_histogram()? {
+    ///     println!("{count} message(s) failed {attempts} time(s)");
+    /// }
+    /// # Ok(()) }
+    /// ```
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>>;
 
     /// Up to `limit` parked messages, oldest (lowest id) first, with their last error.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// use outboxer::store::Requeue;
+    /// let parked = store.parked(20)?;
+    /// for p in &parked {
+    ///     println!("row {} after {} attempts: {:?}", p.id, p.attempts, p.last_error);
+    /// }
+    /// store.requeue(&Requeue::Ids(parked.iter().map(|p| p.id).collect()))?;
+    /// # Ok(()) }
+    /// ```
     fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>>;
 
     /// A listener for wake-ups sent by other processes, if the database has them.
