@@ -254,6 +254,19 @@ fn migrate_is_idempotent_and_stats_json_counts() {
     assert_eq!(parked["last_error"], "NOT_FOUND - no exchange");
     assert_eq!(parked["message_id"].as_str().map(str::len), Some(36));
 
+    // Flags win over OUTBOXER_* variables.
+    let o = outboxer()
+        .args(["stats", "--json", "--table", &table])
+        .env("OUTBOXER_STORE", &store)
+        .env("OUTBOXER_TABLE", "no_such_table")
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(
+        (v["table"].as_str(), counts(&v)),
+        (Some(table.as_str()), (3, 1, 2, 1))
+    );
+
     // The human form and --watch (one JSON line per refresh).
     let human = ok(&["stats", "--store", &store, "--table", &table]);
     assert!(
