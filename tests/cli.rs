@@ -453,6 +453,35 @@ fn requeue_and_purge_change_the_counts_mariadb() {
     ]);
     assert!(out.contains("purged 1 "), "{out}");
     assert_eq!(counts(&stats_json(&store, &table)), (4, 0, 0, 0));
+
+    // Parked rows go only with --include-parked, and only old enough ones.
+    my_conn()
+        .query_drop(format!(
+            "UPDATE `{table}` SET status = 'parked', attempts = 10 WHERE payload IN ('m1', 'm2');
+             UPDATE `{table}` SET created_at = NOW(6) - INTERVAL 10 DAY WHERE payload IN ('m1', 'm3')"
+        ))
+        .expect("park");
+    let out = ok(&[
+        "purge", "--store", &store, "--table", &table, "--before", "7d",
+    ]);
+    assert!(
+        out.contains("purged 0 dispatched") && !out.contains("parked"),
+        "{out}"
+    );
+    assert_eq!(counts(&stats_json(&store, &table)), (2, 0, 0, 2));
+    let out = ok(&[
+        "purge",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--before",
+        "7d",
+        "--include-parked",
+    ]);
+    assert!(out.contains("purged 1 parked"), "{out}");
+    // m3 is old but pending: it stays.
+    assert_eq!(counts(&stats_json(&store, &table)), (2, 0, 0, 1));
     my_drop(&table);
 }
 

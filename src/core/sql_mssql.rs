@@ -117,6 +117,8 @@ pub struct MssqlSql {
     pub stats: String,
     /// (attempts, count) of pending and parked rows, ascending attempts.
     pub attempts_histogram: String,
+    /// (@P1 older than ms, @P2 rows) delete parked rows by created_at.
+    pub purge_parked: String,
     /// (@P1 limit) parked rows: id, message_id, attempts, last_error.
     pub parked: String,
     /// `sp_getapplock` resource of `migrate` for this table.
@@ -338,6 +340,15 @@ impl MssqlSql {
                     ISNULL((SELECT DATEDIFF_BIG(MICROSECOND, MIN(created_at), SYSUTCDATETIME())
                             FROM {t} WITH (NOLOCK) WHERE status = 'pending'), 0)
                  FROM {t} WITH (NOLOCK)"
+            ),
+            purge_parked: format!(
+                "WITH d AS (
+                    SELECT TOP (@P2) id FROM {t} WITH (ROWLOCK, READPAST)
+                    WHERE status = 'parked' AND created_at < {cutoff}
+                    ORDER BY id
+                 )
+                 DELETE FROM d",
+                cutoff = utc_minus_ms("@P1"),
             ),
             attempts_histogram: format!(
                 "SELECT attempts, CAST(COUNT(*) AS BIGINT) FROM {t} WITH (NOLOCK) \
@@ -626,6 +637,7 @@ mod tests {
             s.stats.clone(),
             s.attempts_histogram.clone(),
             s.parked.clone(),
+            s.purge_parked.clone(),
             s.enqueue(2, 3, true),
             s.enqueue(0, 1, false),
             s.mark_dispatched(4),

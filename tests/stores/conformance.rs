@@ -211,6 +211,42 @@ pub fn attempts_histogram_and_parked_list<H: Harness>() {
     H::drop_table(&t);
 }
 
+/// Parked rows are deleted only on request, by age and in batches; nothing else is.
+pub fn purge_parked_only_touches_parked<H: Harness>() {
+    let t = unique("c_purge");
+    let s = store::<H>(&t);
+    s.enqueue(&(0..5).map(msg).collect::<Vec<_>>())
+        .expect("enqueue");
+    let l = lease(30);
+    let got = s.claim(&l, 10).expect("claim");
+    assert_eq!(s.mark_dispatched(&l, &[got[0].id]).expect("mark"), 1);
+    let park = |m: &StoredMessage| FailedAttempt {
+        id: m.id,
+        error: "poison".into(),
+        retry_in: Duration::ZERO,
+        park: true,
+    };
+    let parks = [park(&got[1]), park(&got[2]), park(&got[3])];
+    assert_eq!(s.mark_failed(&l, &parks).expect("park"), 3);
+    assert_eq!(s.release(&l, &[got[4].id]).expect("release"), 1);
+    std::thread::sleep(Duration::from_millis(20));
+    // Younger than an hour: nothing goes.
+    assert_eq!(
+        s.purge_parked(Duration::from_secs(3600), 100)
+            .expect("purge"),
+        0
+    );
+    assert_eq!(
+        s.purge_parked(Duration::ZERO, 2).expect("purge"),
+        2,
+        "limit"
+    );
+    assert_eq!(s.purge_parked(Duration::ZERO, 100).expect("purge"), 1);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.dispatched, st.parked), (1, 1, 0), "{st:?}");
+    H::drop_table(&t);
+}
+
 pub fn lease_expiry_and_token_checked_marks<H: Harness>() {
     let t = unique("c_lease");
     let s = store::<H>(&t);
@@ -489,6 +525,7 @@ macro_rules! store_conformance {
     ($h:ty $(, #[$attr:meta])*) => {
         $crate::store_conformance!(@tests $h, [$(#[$attr])*],
             send_claim_mark_roundtrip mark_fail_park_requeue attempts_histogram_and_parked_list
+            purge_parked_only_touches_parked
             lease_expiry_and_token_checked_marks
             concurrent_claimers_never_share_a_row per_key_fifo rollback_stores_nothing
             cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table

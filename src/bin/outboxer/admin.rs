@@ -164,17 +164,25 @@ pub fn requeue<S: Store>(store: &S, which: &Requeue) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Deletes dispatched rows older than `age`, in batches; pending and parked rows stay.
-pub fn purge<S: Store>(store: &S, age: Duration, before: &str) -> Result<(), Fail> {
+/// Deletes dispatched rows older than `age` (and with `parked`, parked rows enqueued
+/// before then), in batches; pending rows always stay.
+pub fn purge<S: Store>(store: &S, age: Duration, before: &str, parked: bool) -> Result<(), Fail> {
     const BATCH: usize = 5000;
-    let mut total = 0u64;
-    loop {
-        let n = store.cleanup(age, BATCH)?;
-        total += n;
-        if n < BATCH as u64 {
-            break;
+    let in_batches = |f: &dyn Fn() -> outboxer::Result<u64>| -> Result<u64, Fail> {
+        let mut total = 0u64;
+        loop {
+            let n = f()?;
+            total += n;
+            if n < BATCH as u64 {
+                return Ok(total);
+            }
         }
-    }
+    };
+    let total = in_batches(&|| store.cleanup(age, BATCH))?;
     println!("purged {total} dispatched message(s) dispatched before {before}");
+    if parked {
+        let total = in_batches(&|| store.purge_parked(age, BATCH))?;
+        println!("purged {total} parked message(s) enqueued before {before}");
+    }
     Ok(())
 }

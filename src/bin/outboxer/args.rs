@@ -132,10 +132,14 @@ pub struct PurgeArgs {
     #[command(flatten)]
     pub common: Common,
     /// Delete dispatched rows dispatched before this: an RFC 3339 time
-    /// (2026-11-20T00:00:00Z) or an age (7d, 12h, 30m, 10s). Pending and parked rows
-    /// are never deleted.
+    /// (2026-11-20T00:00:00Z) or an age (7d, 12h, 30m, 10s). Pending rows are never
+    /// deleted; parked rows only with --include-parked.
     #[arg(long, value_name = "TIME|AGE")]
     pub before: String,
+    /// Also delete parked messages enqueued before that time (read their errors
+    /// with `outboxer stats` first)
+    #[arg(long)]
+    pub include_parked: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -138,7 +138,7 @@ fn run(command: Command) -> Result<(), Fail> {
             let age = parse::age_or_time(&a.before, SystemTime::now())
                 .map_err(|e| Fail::usage(format!("--before: {e}")))?;
             let o = open(&a.common, &file, "event_store")?;
-            with_store!(o.store, s => admin::purge(&s, age, &a.before))
+            with_store!(o.store, s => admin::purge(&s, age, &a.before, a.include_parked))
         }
         Command::Bench(a) => {
             let file = FileConfig::load(&a.common)?;

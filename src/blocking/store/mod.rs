@@ -169,6 +169,20 @@ pub trait Store: Send + Sync + 'static {
     /// Moves parked messages back to pending with a fresh attempt budget.
     fn requeue(&self, which: &Requeue) -> Result<u64>;
 
+    /// Deletes up to `limit` parked messages enqueued (`created_at`) more than
+    /// `older_than` ago, by the database clock; returns how many were deleted.
+    /// Pending and dispatched rows are never touched. For operators who have read
+    /// the parked messages' errors and decided not to requeue them.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// use std::time::Duration;
+    /// let deleted = store.purge_parked(Duration::from_secs(30 * 24 * 3600), 1000)?;
+    /// println!("deleted {deleted} parked message(s) older than 30 days");
+    /// # Ok(()) }
+    /// ```
+    fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64>;
+
     /// Counts by status and the age of the oldest pending message.
     fn stats(&self) -> Result<Stats>;
 

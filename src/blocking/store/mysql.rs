@@ -425,6 +425,19 @@ impl Store for MysqlStore {
         self.write("requeueing parked messages", stmt)
     }
 
+    fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let context = "purging parked messages";
+        let mut tx = self.tx(context)?;
+        tx.exec_drop(
+            &self.inner.sql.purge_parked,
+            (micros(older_than), limit as u64),
+        )
+        .map_err(|e| Error::db(context, e))?;
+        let n = tx.affected_rows();
+        tx.commit().map_err(|e| Error::db(context, e))?;
+        Ok(n)
+    }
+
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {
         let rows: Vec<(i64, i64)> = self
             .conn()?

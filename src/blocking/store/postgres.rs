@@ -473,6 +473,13 @@ impl Store for PostgresStore {
         })
     }
 
+    fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn()?
+            .execute(&self.inner.sql.purge_parked, &[&millis(older_than), &limit])
+            .map_err(|e| Error::db("purging parked messages", e))
+    }
+
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {
         let rows = self
             .conn()?

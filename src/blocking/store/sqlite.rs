@@ -681,6 +681,19 @@ impl Store for SqliteStore {
         })
     }
 
+    fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ctx = "purging parked messages";
+        self.write(ctx, |tx, now| {
+            let cutoff = now.saturating_sub(millis(older_than));
+            let n = tx
+                .prepare_cached(&self.inner.sql.purge_parked)
+                .and_then(|mut s| s.execute(params![cutoff, limit]))
+                .map_err(db(ctx))?;
+            Ok(n as u64)
+        })
+    }
+
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {
         let ctx = "reading the attempts histogram";
         self.with_conn(|c| {

@@ -957,6 +957,25 @@ impl Store for SqlServerStore {
         }
     }
 
+    fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let mut conn = self.conn()?;
+        let mut total = 0u64;
+        let mut remaining = limit;
+        while remaining > 0 {
+            let n = remaining.min(q::MAX_DELETE_ROWS);
+            let mut query = Query::new(self.inner.sql.purge_parked.as_str());
+            query.bind(q::delay_ms(older_than));
+            query.bind(i64::try_from(n).unwrap_or(i64::MAX));
+            let deleted = conn.exec("purging parked messages", query)?;
+            total += deleted;
+            if deleted < n as u64 {
+                break;
+            }
+            remaining -= n;
+        }
+        Ok(total)
+    }
+
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {
         let ctx = "reading the attempts histogram";
         let rows = self
