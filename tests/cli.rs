@@ -582,6 +582,19 @@ fn bad_flags_urls_and_servers_fail_clearly() {
             "invalid identifier",
         ),
         (
+            vec![
+                "relay",
+                "--store",
+                &pg,
+                "--table",
+                "cli_never_migrated",
+                "--stream",
+                &amqp,
+            ],
+            1,
+            "run `outboxer migrate` or pass --migrate",
+        ),
+        (
             vec!["purge", "--store", &pg, "--before", "yesterday"],
             2,
             "--before",

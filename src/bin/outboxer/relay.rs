@@ -65,6 +65,14 @@ pub fn run<S: Store>(
         outbox.migrate()?;
         log::info!("table migrated");
     }
+    // A missing table or an unreachable database is a start-up error, not a warning
+    // repeated at every check interval.
+    if let Err(e) = outbox.stats() {
+        let mut f = Fail::from(e);
+        f.message
+            .push_str(" (is the table there? run `outboxer migrate` or pass --migrate)");
+        return Err(f);
+    }
     let stop = stop_signals()?;
     let relay = outbox.start()?;
     log::info!("relay started: {what}");
