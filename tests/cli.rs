@@ -704,3 +704,116 @@ fn relay_delivers_plain_sql_rows_from_sqlite() {
     assert_eq!(counts(&stats_json(&store, "event_store")), (0, 0, 50, 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TCP proxy in front of RabbitMQ that can cut every connection and refuse new
+/// ones, so that this test's relay sees an outage without touching the shared broker.
+struct TcpProxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl TcpProxy {
+    fn start(upstream: &str) -> TcpProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (up2, conns2, upstream) = (Arc::clone(&up), Arc::clone(&conns), upstream.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let pairs = [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ];
+                if let Ok(mut c) = conns2.lock() {
+                    c.push(client);
+                    c.push(server);
+                }
+                for pair in pairs {
+                    if let (Ok(mut from), Ok(mut to)) = pair {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            }
+        });
+        TcpProxy { port, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut c) = self.conns.lock() {
+            for s in c.drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn broker_outage_is_logged_once_per_interval_and_nothing_is_lost() {
+    let table = unique("cli_outage");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    let proxy = TcpProxy::start("127.0.0.1:5672");
+    let mut cmd = outboxer();
+    cmd.args([
+        "relay",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--check-interval",
+        "50ms",
+        "--log-interval",
+        "500ms",
+        "--stream",
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port),
+    ]);
+    let relay = RelayProc::spawn(cmd);
+    pg_insert(&table, &ex, 100);
+    let mut got = sink.collect(100, Duration::from_secs(30));
+    assert_eq!(got.len(), 100);
+    proxy.cut();
+    pg().execute(
+        &format!(
+            "INSERT INTO \"{table}\" (payload, options)
+             SELECT convert_to('m' || g, 'UTF8'), jsonb_build_object('exchange.name', $1::text, 'routing_key', 'k')
+             FROM generate_series(101, 600) AS g"
+        ),
+        &[&ex],
+    )
+    .expect("insert during the outage");
+    std::thread::sleep(Duration::from_secs(3));
+    proxy.restore();
+    sink.collect_into(&mut got, 600, Duration::from_secs(60));
+    all_delivered(&got, 600);
+    let log = relay.terminate();
+    let outage_warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("released"))
+        .count();
+    assert!(
+        (1..=12).contains(&outage_warnings),
+        "{outage_warnings} outage warnings for a 3 s outage:\n{log}"
+    );
+    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, 600, 0));
+    drop_table(&table);
+}
