@@ -28,7 +28,7 @@ pub enum Command {
     Stats(StatsArgs),
     /// Move parked messages back to pending with a fresh attempt budget.
     Requeue(RequeueArgs),
-    /// Delete dispatched messages older than a time or an age.
+    /// Delete dispatched messages (with --include-parked also parked ones) older than a time or an age.
     Purge(PurgeArgs),
     /// Enqueue N messages through the library while a relay publishes them;
     /// prints throughput and latency.
