@@ -1536,6 +1536,15 @@ impl<S: Store> Store for TimedStore<S> {
     fn stats(&self) -> outboxer::Result<Stats> {
         self.inner.stats()
     }
+    fn purge_parked(&self, older_than: Duration, limit: usize) -> outboxer::Result<u64> {
+        self.inner.purge_parked(older_than, limit)
+    }
+    fn attempts_histogram(&self) -> outboxer::Result<Vec<(u32, u64)>> {
+        self.inner.attempts_histogram()
+    }
+    fn parked(&self, limit: usize) -> outboxer::Result<Vec<outboxer::store::ParkedMessage>> {
+        self.inner.parked(limit)
+    }
     fn wake_listener(&self) -> outboxer::Result<Option<Box<dyn WakeListener>>> {
         self.inner.wake_listener()
     }

@@ -115,6 +115,12 @@ pub struct MssqlSql {
     /// One row: pending, dispatched, parked, leased (BIGINT), oldest pending age in
     /// microseconds (BIGINT).
     pub stats: String,
+    /// (attempts, count) of pending and parked rows, ascending attempts.
+    pub attempts_histogram: String,
+    /// (@P1 older than ms, @P2 rows) delete parked rows by created_at.
+    pub purge_parked: String,
+    /// (@P1 limit) parked rows: id, message_id, attempts, last_error.
+    pub parked: String,
     /// `sp_getapplock` resource of `migrate` for this table.
     pub migrate_resource: String,
 }
@@ -334,6 +340,23 @@ impl MssqlSql {
                     ISNULL((SELECT DATEDIFF_BIG(MICROSECOND, MIN(created_at), SYSUTCDATETIME())
                             FROM {t} WITH (NOLOCK) WHERE status = 'pending'), 0)
                  FROM {t} WITH (NOLOCK)"
+            ),
+            purge_parked: format!(
+                "WITH d AS (
+                    SELECT TOP (@P2) id FROM {t} WITH (ROWLOCK, READPAST)
+                    WHERE status = 'parked' AND created_at < {cutoff}
+                    ORDER BY id
+                 )
+                 DELETE FROM d",
+                cutoff = utc_minus_ms("@P1"),
+            ),
+            attempts_histogram: format!(
+                "SELECT attempts, CAST(COUNT(*) AS BIGINT) FROM {t} WITH (NOLOCK) \
+                 WHERE status IN ('pending', 'parked') GROUP BY attempts ORDER BY attempts"
+            ),
+            parked: format!(
+                "SELECT TOP (@P1) id, message_id, attempts, last_error FROM {t} WITH (NOLOCK) \
+                 WHERE status = 'parked' ORDER BY id"
             ),
             migrate_resource: format!("outboxer:migrate:{}", table.plain()),
             plain: table.plain(),
@@ -612,6 +635,9 @@ mod tests {
             s.cleanup.clone(),
             s.requeue_all.clone(),
             s.stats.clone(),
+            s.attempts_histogram.clone(),
+            s.parked.clone(),
+            s.purge_parked.clone(),
             s.enqueue(2, 3, true),
             s.enqueue(0, 1, false),
             s.mark_dispatched(4),
@@ -724,7 +750,8 @@ mod tests {
             for lit in literals(&stmt) {
                 assert!(allowed.contains(&lit.as_str()), "literal {lit:?} in {stmt}");
             }
-            let takes_values = stmt != s.requeue_all && stmt != s.stats;
+            let takes_values =
+                stmt != s.requeue_all && stmt != s.stats && stmt != s.attempts_histogram;
             assert_eq!(stmt.contains("@P"), takes_values, "{stmt}");
         }
         assert!(s

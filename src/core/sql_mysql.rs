@@ -64,6 +64,12 @@ pub struct MysqlSql {
     pub columns: &'static str,
     /// Counts and oldest pending age (microseconds).
     pub stats: String,
+    /// (attempts, count) of pending and parked rows, ascending attempts.
+    pub attempts_histogram: String,
+    /// (? older than µs, ? limit) delete parked rows by created_at.
+    pub purge_parked: String,
+    /// (? limit) parked rows: id, message_id, attempts, last_error.
+    pub parked: String,
     /// ($1 older-than microseconds, $2 limit)
     pub cleanup: String,
 }
@@ -136,6 +142,19 @@ impl MysqlSql {
                         CAST(COALESCE(TIMESTAMPDIFF(MICROSECOND,
                             MIN(CASE WHEN status = 'pending' THEN created_at END), NOW(6)), 0) AS SIGNED)
                  FROM {t}"
+            ),
+            purge_parked: format!(
+                "DELETE FROM {t} WHERE status = 'parked'
+                   AND created_at < NOW(6) - INTERVAL ? MICROSECOND
+                 ORDER BY id LIMIT ?"
+            ),
+            attempts_histogram: format!(
+                "SELECT CAST(attempts AS SIGNED), CAST(COUNT(*) AS SIGNED) FROM {t} \
+                 WHERE status IN ('pending', 'parked') GROUP BY attempts ORDER BY attempts"
+            ),
+            parked: format!(
+                "SELECT id, message_id, CAST(attempts AS SIGNED), last_error FROM {t} \
+                 WHERE status = 'parked' ORDER BY id LIMIT ?"
             ),
             cleanup: format!(
                 "DELETE FROM {t} WHERE status = 'dispatched'

@@ -38,6 +38,12 @@ pub struct PgSql {
     pub requeue_all: String,
     /// counts by status, leased count, oldest pending age in seconds
     pub stats: String,
+    /// (attempts, count) of pending and parked rows, ascending attempts
+    pub attempts_histogram: String,
+    /// ($1 older than ms, $2 limit) delete parked rows by created_at
+    pub purge_parked: String,
+    /// ($1 limit) parked rows: id, message_id, attempts, last_error
+    pub parked: String,
     /// The LISTEN/NOTIFY channel name (unquoted).
     pub channel: String,
 }
@@ -186,6 +192,20 @@ impl PgSql {
                         coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8, 0)
                  FROM {t}"
             ),
+            purge_parked: format!(
+                "DELETE FROM {t} WHERE id IN (
+                    SELECT id FROM {t} WHERE status = 'parked'
+                      AND created_at < now() - $1::float8 * interval '1 millisecond'
+                    ORDER BY id LIMIT $2)"
+            ),
+            attempts_histogram: format!(
+                "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked') \
+                 GROUP BY attempts ORDER BY attempts"
+            ),
+            parked: format!(
+                "SELECT id, message_id, attempts, last_error FROM {t} WHERE status = 'parked' \
+                 ORDER BY id LIMIT $1"
+            ),
             channel: channel_name(table),
         }
     }
@@ -221,5 +241,8 @@ mod tests {
             TableName::parse(&format!("{}.{}", "s".repeat(40), "t".repeat(40))).expect("valid");
         assert!(PgSql::new(&long).channel.len() <= 63);
         assert!(sql.migrate.iter().all(|s| !s.contains("$1")));
+        assert!(sql.parked.contains("status = 'parked'") && sql.parked.contains("LIMIT $1"));
+        assert!(sql.attempts_histogram.contains("GROUP BY attempts"));
+        assert!(sql.purge_parked.contains("status = 'parked'"));
     }
 }

@@ -53,6 +53,12 @@ pub struct SqliteSql {
     /// Counts (pending, dispatched, parked, leased) and the oldest pending
     /// `created_at` (NULL when none): (?1 now ms)
     pub stats: String,
+    /// (attempts, count) of pending and parked rows, ascending attempts.
+    pub attempts_histogram: String,
+    /// (?1 cutoff ms, ?2 limit) delete parked rows created before the cutoff.
+    pub purge_parked: String,
+    /// (?1 limit) parked rows: id, message_id, attempts, last_error.
+    pub parked: String,
 }
 
 /// What a claim returns, in the order the store decodes it.
@@ -226,6 +232,19 @@ impl SqliteSql {
                         (SELECT count(*) FROM {t} WHERE status = 'parked'),
                         (SELECT count(*) FROM {t} WHERE status = 'pending' AND locked_until > ?1),
                         (SELECT min(created_at) FROM {t} WHERE status = 'pending')"
+            ),
+            purge_parked: format!(
+                "DELETE FROM {t} WHERE id IN (
+                    SELECT id FROM {t} WHERE status = 'parked' AND created_at < ?1
+                    ORDER BY id LIMIT ?2)"
+            ),
+            attempts_histogram: format!(
+                "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked') \
+                 GROUP BY attempts ORDER BY attempts"
+            ),
+            parked: format!(
+                "SELECT id, message_id, attempts, last_error FROM {t} WHERE status = 'parked' \
+                 ORDER BY id LIMIT ?1"
             ),
         }
     }

@@ -149,6 +149,104 @@ pub fn mark_fail_park_requeue<H: Harness>() {
     H::drop_table(&t);
 }
 
+/// The operator's view: attempts histogram of undelivered rows and the parked list.
+pub fn attempts_histogram_and_parked_list<H: Harness>() {
+    let t = unique("c_hist");
+    let s = store::<H>(&t);
+    assert!(s.attempts_histogram().expect("histogram").is_empty());
+    assert!(s.parked(10).expect("parked").is_empty());
+    let sent: Vec<Message> = (0..5).map(msg).collect();
+    s.enqueue(&sent).expect("enqueue");
+    let l = lease(30);
+    let got = s.claim(&l, 10).expect("claim");
+    assert_eq!(got.len(), 5);
+    let fail = |m: &StoredMessage, error: &str, park: bool| FailedAttempt {
+        id: m.id,
+        error: error.into(),
+        retry_in: Duration::from_secs(3600),
+        park,
+    };
+    // m0 dispatched (not counted), m1 pending with 0 attempts, m2 one failure,
+    // m3 and m4 parked after one failure each.
+    assert_eq!(s.mark_dispatched(&l, &[got[0].id]).expect("mark"), 1);
+    assert_eq!(s.release(&l, &[got[1].id]).expect("release"), 1);
+    let fails = [
+        fail(&got[2], "nack", false),
+        fail(&got[3], "poison: exchange 'x' not found", true),
+        fail(&got[4], "too big ✗", true),
+    ];
+    assert_eq!(s.mark_failed(&l, &fails).expect("fail"), 3);
+    assert_eq!(
+        s.attempts_histogram().expect("histogram"),
+        vec![(0, 1), (1, 3)]
+    );
+    let parked = s.parked(10).expect("parked");
+    assert_eq!(
+        parked
+            .iter()
+            .map(|p| (p.id, p.message_id, p.attempts, p.last_error.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (
+                got[3].id,
+                Some(got[3].message_id),
+                1,
+                Some("poison: exchange 'x' not found".to_string())
+            ),
+            (
+                got[4].id,
+                Some(got[4].message_id),
+                1,
+                Some("too big ✗".to_string())
+            ),
+        ]
+    );
+    assert_eq!(s.parked(1).expect("parked").len(), 1, "limit");
+    assert_eq!(s.requeue(&Requeue::AllParked).expect("requeue"), 2);
+    assert!(s.parked(10).expect("parked").is_empty());
+    assert_eq!(
+        s.attempts_histogram().expect("histogram"),
+        vec![(0, 3), (1, 1)]
+    );
+    H::drop_table(&t);
+}
+
+/// Parked rows are deleted only on request, by age and in batches; nothing else is.
+pub fn purge_parked_only_touches_parked<H: Harness>() {
+    let t = unique("c_purge");
+    let s = store::<H>(&t);
+    s.enqueue(&(0..5).map(msg).collect::<Vec<_>>())
+        .expect("enqueue");
+    let l = lease(30);
+    let got = s.claim(&l, 10).expect("claim");
+    assert_eq!(s.mark_dispatched(&l, &[got[0].id]).expect("mark"), 1);
+    let park = |m: &StoredMessage| FailedAttempt {
+        id: m.id,
+        error: "poison".into(),
+        retry_in: Duration::ZERO,
+        park: true,
+    };
+    let parks = [park(&got[1]), park(&got[2]), park(&got[3])];
+    assert_eq!(s.mark_failed(&l, &parks).expect("park"), 3);
+    assert_eq!(s.release(&l, &[got[4].id]).expect("release"), 1);
+    std::thread::sleep(Duration::from_millis(20));
+    // Younger than an hour: nothing goes.
+    assert_eq!(
+        s.purge_parked(Duration::from_secs(3600), 100)
+            .expect("purge"),
+        0
+    );
+    assert_eq!(
+        s.purge_parked(Duration::ZERO, 2).expect("purge"),
+        2,
+        "limit"
+    );
+    assert_eq!(s.purge_parked(Duration::ZERO, 100).expect("purge"), 1);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.dispatched, st.parked), (1, 1, 0), "{st:?}");
+    H::drop_table(&t);
+}
+
 pub fn lease_expiry_and_token_checked_marks<H: Harness>() {
     let t = unique("c_lease");
     let s = store::<H>(&t);
@@ -426,7 +524,9 @@ pub fn relay_end_to_end_with_amqp<H: Harness>() {
 macro_rules! store_conformance {
     ($h:ty $(, #[$attr:meta])*) => {
         $crate::store_conformance!(@tests $h, [$(#[$attr])*],
-            send_claim_mark_roundtrip mark_fail_park_requeue lease_expiry_and_token_checked_marks
+            send_claim_mark_roundtrip mark_fail_park_requeue attempts_histogram_and_parked_list
+            purge_parked_only_touches_parked
+            lease_expiry_and_token_checked_marks
             concurrent_claimers_never_share_a_row per_key_fifo rollback_stores_nothing
             cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table
             bad_names_and_unreachable_servers_are_typed_errors);

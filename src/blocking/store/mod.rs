@@ -97,6 +97,27 @@ pub struct Stats {
     pub oldest_pending_age: Duration,
 }
 
+/// A parked message, as listed by [`Store::parked`]: what an operator needs to
+/// decide whether to requeue it.
+///
+/// ```
+/// use outboxer::store::ParkedMessage;
+/// let p = ParkedMessage { id: 7, message_id: None, attempts: 10, last_error: Some("nack".into()) };
+/// assert_eq!(p.attempts, 10);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkedMessage {
+    /// Row id (what `requeue` takes).
+    pub id: i64,
+    /// The id sent on the wire (`None` only for rows without one, e.g. hand-written
+    /// rows on a store whose column allows NULL).
+    pub message_id: Option<crate::MessageId>,
+    /// Failed attempts.
+    pub attempts: u32,
+    /// The error of the last attempt.
+    pub last_error: Option<String>,
+}
+
 /// Wake-ups from other processes (PostgreSQL LISTEN/NOTIFY). A hint only:
 /// the table stays the source of truth.
 pub trait WakeListener: Send {
@@ -148,8 +169,49 @@ pub trait Store: Send + Sync + 'static {
     /// Moves parked messages back to pending with a fresh attempt budget.
     fn requeue(&self, which: &Requeue) -> Result<u64>;
 
+    /// Deletes up to `limit` parked messages enqueued (`created_at`) more than
+    /// `older_than` ago, by the database clock; returns how many were deleted.
+    /// Pending and dispatched rows are never touched. For operators who have read
+    /// the parked messages' errors and decided not to requeue them.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// use std::time::Duration;
+    /// let deleted = store.purge_parked(Duration::from_secs(30 * 24 * 3600), 1000)?;
+    /// println!("deleted {deleted} parked message(s) older than 30 days");
+    /// # Ok(()) }
+    /// ```
+    fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64>;
+
     /// Counts by status and the age of the oldest pending message.
     fn stats(&self) -> Result<Stats>;
+
+    /// How many undelivered (pending or parked) messages have made how many failed
+    /// attempts: `(attempts, count)` pairs in ascending order of attempts, only
+    /// non-zero counts.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// for (attempts, count) in store.attempts_histogram()? {
+    ///     println!("{count} message(s) failed {attempts} time(s)");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>>;
+
+    /// Up to `limit` parked messages, oldest (lowest id) first, with their last error.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// use outboxer::store::Requeue;
+    /// let parked = store.parked(20)?;
+    /// for p in &parked {
+    ///     println!("row {} after {} attempts: {:?}", p.id, p.attempts, p.last_error);
+    /// }
+    /// store.requeue(&Requeue::Ids(parked.iter().map(|p| p.id).collect()))?;
+    /// # Ok(()) }
+    /// ```
+    fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>>;
 
     /// A listener for wake-ups sent by other processes, if the database has them.
     fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {

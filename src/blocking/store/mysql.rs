@@ -2,7 +2,7 @@
 //! `FOR UPDATE SKIP LOCKED` in a two-step claim (MariaDB has no `UPDATE .. RETURNING`),
 //! per-key enqueue locks on a small lock table, polling plus the in-process wake.
 
-use super::{FailedAttempt, Lease, Requeue, Stats, Store};
+use super::{FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
@@ -423,6 +423,49 @@ impl Store for MysqlStore {
             Requeue::Ids(ids) => self.inner.sql.requeue(Some(ids)),
         };
         self.write("requeueing parked messages", stmt)
+    }
+
+    fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let context = "purging parked messages";
+        let mut tx = self.tx(context)?;
+        tx.exec_drop(
+            &self.inner.sql.purge_parked,
+            (micros(older_than), limit as u64),
+        )
+        .map_err(|e| Error::db(context, e))?;
+        let n = tx.affected_rows();
+        tx.commit().map_err(|e| Error::db(context, e))?;
+        Ok(n)
+    }
+
+    fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {
+        let rows: Vec<(i64, i64)> = self
+            .conn()?
+            .query(&self.inner.sql.attempts_histogram)
+            .map_err(|e| Error::db("reading the attempts histogram", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(a, n)| (u32::try_from(a).unwrap_or(0), u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
+    fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>> {
+        type Row = (i64, Option<Vec<u8>>, i64, Option<Vec<u8>>);
+        let rows: Vec<Row> = self
+            .conn()?
+            .exec(&self.inner.sql.parked, (limit as u64,))
+            .map_err(|e| Error::db("listing parked messages", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, message_id, attempts, last_error)| ParkedMessage {
+                id,
+                message_id: message_id
+                    .and_then(|b| uuid::Uuid::from_slice(&b).ok())
+                    .map(MessageId::from_uuid),
+                attempts: u32::try_from(attempts).unwrap_or(0),
+                last_error: last_error.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            })
+            .collect())
     }
 
     fn stats(&self) -> Result<Stats> {

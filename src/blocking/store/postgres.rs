@@ -1,7 +1,7 @@
 //! PostgreSQL store on the `postgres` crate: leases with `FOR UPDATE SKIP LOCKED`,
 //! LISTEN/NOTIFY wake-ups, a small connection pool of its own.
 
-use super::{FailedAttempt, Lease, Requeue, Stats, Store, WakeListener};
+use super::{FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store, WakeListener};
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
@@ -471,6 +471,52 @@ impl Store for PostgresStore {
             leased: count(3),
             oldest_pending_age: Duration::try_from_secs_f64(age.max(0.0)).unwrap_or_default(),
         })
+    }
+
+    fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn()?
+            .execute(&self.inner.sql.purge_parked, &[&millis(older_than), &limit])
+            .map_err(|e| Error::db("purging parked messages", e))
+    }
+
+    fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {
+        let rows = self
+            .conn()?
+            .query(&self.inner.sql.attempts_histogram, &[])
+            .map_err(|e| Error::db("reading the attempts histogram", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let attempts: i32 = r.get(0);
+                let n: i64 = r.get(1);
+                (
+                    u32::try_from(attempts).unwrap_or(0),
+                    u64::try_from(n).unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
+    fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .conn()?
+            .query(&self.inner.sql.parked, &[&limit])
+            .map_err(|e| Error::db("listing parked messages", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let message_id: Option<uuid::Uuid> = r.get(1);
+                let attempts: i32 = r.get(2);
+                ParkedMessage {
+                    id: r.get(0),
+                    message_id: message_id.map(MessageId::from_uuid),
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    last_error: r.get(3),
+                }
+            })
+            .collect())
     }
 
     fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {

@@ -1,7 +1,7 @@
 //! SQLite store on `rusqlite` with its bundled SQLite: WAL mode, `BEGIN IMMEDIATE`
 //! writes, leases claimed with `UPDATE .. RETURNING`, a small pool of connections.
 
-use super::{FailedAttempt, Lease, Requeue, Stats, Store};
+use super::{FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
 use crate::core::ident::TableName;
 use crate::core::rows;
 use crate::core::sql_sqlite::{millis, sqlite_table, SqliteSql};
@@ -678,6 +678,68 @@ impl Store for SqliteStore {
                 }
             };
             Ok(n as u64)
+        })
+    }
+
+    fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ctx = "purging parked messages";
+        self.write(ctx, |tx, now| {
+            let cutoff = now.saturating_sub(millis(older_than));
+            let n = tx
+                .prepare_cached(&self.inner.sql.purge_parked)
+                .and_then(|mut s| s.execute(params![cutoff, limit]))
+                .map_err(db(ctx))?;
+            Ok(n as u64)
+        })
+    }
+
+    fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {
+        let ctx = "reading the attempts histogram";
+        self.with_conn(|c| {
+            let mut stmt = c
+                .prepare_cached(&self.inner.sql.attempts_histogram)
+                .map_err(db(ctx))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(db(ctx))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (a, n) = row.map_err(db(ctx))?;
+                out.push((u32::try_from(a).unwrap_or(0), u64::try_from(n).unwrap_or(0)));
+            }
+            Ok(out)
+        })
+    }
+
+    fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>> {
+        let ctx = "listing parked messages";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(&self.inner.sql.parked).map_err(db(ctx))?;
+            let rows = stmt
+                .query_map([limit], |r| {
+                    // A 16-byte blob as the store writes it, or UUID text from a hand-written row.
+                    let message_id = match r.get_ref(1)? {
+                        ValueRef::Blob(b) => uuid::Uuid::from_slice(b).ok(),
+                        ValueRef::Text(t) => std::str::from_utf8(t)
+                            .ok()
+                            .and_then(|s| uuid::Uuid::parse_str(s).ok()),
+                        _ => None,
+                    };
+                    Ok(ParkedMessage {
+                        id: r.get(0)?,
+                        message_id: message_id.map(MessageId::from_uuid),
+                        attempts: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                        last_error: r.get(3)?,
+                    })
+                })
+                .map_err(db(ctx))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(db(ctx))?);
+            }
+            Ok(out)
         })
     }
 

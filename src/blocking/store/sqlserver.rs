@@ -4,7 +4,7 @@
 //!
 //! SQL text lives in [`crate::core::sql_mssql`], which also documents the schema.
 
-use super::{FailedAttempt, Lease, Requeue, Stats, Store};
+use super::{FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
 use crate::core::ident::TableName;
 use crate::core::rows;
 use crate::core::sql_mssql::{self as q, batch, MssqlSql};
@@ -955,6 +955,65 @@ impl Store for SqlServerStore {
                 .exec(ctx, Query::new(self.inner.sql.requeue_all.as_str())),
             Requeue::Ids(ids) => self.by_ids(ctx, ids, None, MssqlSql::requeue_ids),
         }
+    }
+
+    fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let mut conn = self.conn()?;
+        let mut total = 0u64;
+        let mut remaining = limit;
+        while remaining > 0 {
+            let n = remaining.min(q::MAX_DELETE_ROWS);
+            let mut query = Query::new(self.inner.sql.purge_parked.as_str());
+            query.bind(q::delay_ms(older_than));
+            query.bind(i64::try_from(n).unwrap_or(i64::MAX));
+            let deleted = conn.exec("purging parked messages", query)?;
+            total += deleted;
+            if deleted < n as u64 {
+                break;
+            }
+            remaining -= n;
+        }
+        Ok(total)
+    }
+
+    fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {
+        let ctx = "reading the attempts histogram";
+        let rows = self
+            .conn()?
+            .rows(ctx, Query::new(self.inner.sql.attempts_histogram.as_str()))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let attempts: i32 = row.try_get(0).map_err(|e| Error::db(ctx, e))?.unwrap_or(0);
+            let n: i64 = row.try_get(1).map_err(|e| Error::db(ctx, e))?.unwrap_or(0);
+            out.push((
+                u32::try_from(attempts).unwrap_or(0),
+                u64::try_from(n).unwrap_or(0),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>> {
+        let ctx = "listing parked messages";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .conn()?
+            .rows_dyn(ctx, &self.inner.sql.parked, &[&limit])?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let e = |e: tiberius::error::Error| Error::db(ctx, e);
+            let id: i64 = row.try_get(0).map_err(e)?.unwrap_or(0);
+            let message_id: Option<uuid::Uuid> = row.try_get(1).map_err(e)?;
+            let attempts: i32 = row.try_get(2).map_err(e)?.unwrap_or(0);
+            let last_error: Option<&str> = row.try_get(3).map_err(e)?;
+            out.push(ParkedMessage {
+                id,
+                message_id: message_id.map(MessageId::from_uuid),
+                attempts: u32::try_from(attempts).unwrap_or(0),
+                last_error: last_error.map(str::to_string),
+            });
+        }
+        Ok(out)
     }
 
     fn stats(&self) -> Result<Stats> {

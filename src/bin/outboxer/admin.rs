@@ -1,0 +1,188 @@
+//! The operator's commands: migrate, stats, requeue, purge.
+
+use crate::fail::Fail;
+use crate::parse;
+use outboxer::store::{ParkedMessage, Requeue, Stats};
+use outboxer::Store;
+use serde_json::json;
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+pub fn migrate<S: Store>(store: &S, what: &str) -> Result<(), Fail> {
+    store.migrate()?;
+    println!("migrated {what}");
+    Ok(())
+}
+
+/// One look at the table.
+pub struct Snapshot {
+    pub stats: Stats,
+    pub histogram: Vec<(u32, u64)>,
+    pub parked: Vec<ParkedMessage>,
+}
+
+pub fn snapshot<S: Store>(store: &S, parked_limit: usize) -> Result<Snapshot, Fail> {
+    Ok(Snapshot {
+        stats: store.stats()?,
+        histogram: store.attempts_histogram()?,
+        parked: if parked_limit == 0 {
+            Vec::new()
+        } else {
+            store.parked(parked_limit)?
+        },
+    })
+}
+
+/// The `--json` form; field names are stable (documented in the README).
+pub fn to_json(s: &Snapshot, store: &str, table: &str) -> serde_json::Value {
+    json!({
+        "store": store,
+        "table": table,
+        "pending": s.stats.pending,
+        "leased": s.stats.leased,
+        "dispatched": s.stats.dispatched,
+        "parked": s.stats.parked,
+        "oldest_pending_age_secs": s.stats.oldest_pending_age.as_secs_f64(),
+        "attempts_histogram": s.histogram.iter()
+            .map(|(attempts, count)| json!({"attempts": attempts, "count": count}))
+            .collect::<Vec<_>>(),
+        "parked_messages": s.parked.iter()
+            .map(|p| json!({
+                "id": p.id,
+                "message_id": p.message_id.map(|m| m.to_string()),
+                "attempts": p.attempts,
+                "last_error": p.last_error,
+            }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() > max {
+        let mut cut: String = flat.chars().take(max).collect();
+        cut.push('…');
+        cut
+    } else {
+        flat
+    }
+}
+
+pub fn to_text(s: &Snapshot, store: &str, table: &str) -> String {
+    let st = &s.stats;
+    let mut out = format!(
+        "store       {store}\ntable       {table}\n\
+         pending     {} (leased {})\ndispatched  {}\nparked      {}\n\
+         oldest pending  {}\n",
+        st.pending,
+        st.leased,
+        st.dispatched,
+        st.parked,
+        if st.pending == 0 {
+            "-".to_string()
+        } else {
+            parse::human(st.oldest_pending_age)
+        },
+    );
+    out.push_str("attempts of undelivered messages:");
+    if s.histogram.is_empty() {
+        out.push_str(" -\n");
+    } else {
+        out.push('\n');
+        let width = s.histogram.iter().map(|h| h.1).max().unwrap_or(1).max(1);
+        for (attempts, count) in &s.histogram {
+            let bar = "#".repeat(((count * 40).div_ceil(width)) as usize);
+            out.push_str(&format!("  {attempts:>3}  {count:>8}  {bar}\n"));
+        }
+    }
+    if !s.parked.is_empty() {
+        out.push_str(&format!(
+            "parked messages (first {}; `outboxer requeue --id ID` brings one back):\n",
+            s.parked.len()
+        ));
+        for p in &s.parked {
+            out.push_str(&format!(
+                "  id {:<8} message {}  attempts {:<3} {}\n",
+                p.id,
+                p.message_id
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                p.attempts,
+                one_line(p.last_error.as_deref().unwrap_or("-"), 160),
+            ));
+        }
+    }
+    out
+}
+
+pub struct StatsOptions {
+    pub json: bool,
+    pub watch: Option<Duration>,
+    pub count: Option<u64>,
+    pub parked_limit: usize,
+}
+
+pub fn stats<S: Store>(store: &S, o: &StatsOptions, shown: &str, table: &str) -> Result<(), Fail> {
+    let stdout = std::io::stdout();
+    let mut n = 0u64;
+    loop {
+        let snap = snapshot(store, o.parked_limit)?;
+        let text = if o.json {
+            format!("{}\n", to_json(&snap, shown, table))
+        } else if o.watch.is_some() {
+            // Clear the screen and print the time of the refresh.
+            let ts = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            format!(
+                "\x1b[2J\x1b[H(unix time {ts})\n{}",
+                to_text(&snap, shown, table)
+            )
+        } else {
+            to_text(&snap, shown, table)
+        };
+        let mut lock = stdout.lock();
+        lock.write_all(text.as_bytes())
+            .and_then(|_| lock.flush())
+            .map_err(|e| Fail::runtime(format!("writing to stdout: {e}")))?;
+        drop(lock);
+        n += 1;
+        match o.watch {
+            Some(every) if o.count.is_none_or(|c| n < c) => std::thread::sleep(every),
+            _ => return Ok(()),
+        }
+    }
+}
+
+pub fn requeue<S: Store>(store: &S, which: &Requeue) -> Result<(), Fail> {
+    let n = store.requeue(which)?;
+    println!("requeued {n} parked message(s)");
+    Ok(())
+}
+
+/// Deletes dispatched rows older than `age` (and with `parked`, parked rows enqueued
+/// before then), in batches; pending rows always stay.
+pub fn purge<S: Store>(store: &S, age: Duration, before: &str, parked: bool) -> Result<(), Fail> {
+    const BATCH: usize = 5000;
+    let in_batches = |f: &dyn Fn() -> outboxer::Result<u64>| -> Result<u64, Fail> {
+        let mut total = 0u64;
+        loop {
+            let n = f()?;
+            total += n;
+            if n < BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    };
+    let total = in_batches(&|| store.cleanup(age, BATCH))?;
+    println!("purged {total} dispatched message(s) dispatched before {before}");
+    if parked {
+        let total = in_batches(&|| store.purge_parked(age, BATCH))?;
+        println!("purged {total} parked message(s) enqueued before {before}");
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! The command line: subcommands, flags and their `OUTBOXER_*` environment variables.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Runs the outboxer relay next to any application that writes the outbox table,
+/// and gives operators tools to look into it.
+#[derive(Debug, Parser)]
+#[command(name = "outboxer", version, about, long_about = None)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 runtime error (database, broker), \
+    2 usage error (bad flag, URL, setting or config file).\n\
+    Settings come from flags, then OUTBOXER_* environment variables, then the \
+    --config TOML file, then defaults."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the outbox table and its indexes (idempotent).
+    Migrate(Common),
+    /// Run the relay until SIGINT or SIGTERM.
+    Relay(RelayArgs),
+    /// Counts by status, oldest pending age, attempts histogram, parked messages.
+    Stats(StatsArgs),
+    /// Move parked messages back to pending with a fresh attempt budget.
+    Requeue(RequeueArgs),
+    /// Delete dispatched messages (with --include-parked also parked ones) older than a time or an age.
+    Purge(PurgeArgs),
+    /// Enqueue N messages through the library while a relay publishes them;
+    /// prints throughput and latency.
+    Bench(BenchArgs),
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Common {
+    /// Store URL: postgres://, mysql:// (or mariadb://), sqlite:PATH, or sqlserver
+    /// (ADO/JDBC string, when compiled in) [default: sqlite:outboxer.db]
+    #[arg(long, env = "OUTBOXER_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// Outbox table name, optionally schema-qualified [default: event_store]
+    #[arg(long, env = "OUTBOXER_TABLE")]
+    pub table: Option<String>,
+    /// TOML file with settings (flags and environment variables take precedence)
+    #[arg(long, env = "OUTBOXER_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct RelayArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Stream URL: amqp://, kafka://, sqs://, kinesis://, pubsub:// (when compiled in)
+    #[arg(long, env = "OUTBOXER_STREAM", hide_env_values = true)]
+    pub stream: Option<String>,
+    #[command(flatten)]
+    pub relay: RelayOptions,
+}
+
+/// The relay's settings (see the library's `OutboxBuilder`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct RelayOptions {
+    /// Create or upgrade the table before relaying
+    #[arg(long, env = "OUTBOXER_MIGRATE", num_args = 0..=1, default_missing_value = "true")]
+    pub migrate: Option<bool>,
+    /// Most messages claimed and published at once [default: 500]
+    #[arg(long, env = "OUTBOXER_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+    /// Polling interval when no wake-up arrives, e.g. 500ms, 1s [default: 1s]
+    #[arg(long, env = "OUTBOXER_CHECK_INTERVAL")]
+    pub check_interval: Option<String>,
+    /// How long a claim is owned before another relay may take it over [default: 30s]
+    #[arg(long, env = "OUTBOXER_LEASE")]
+    pub lease: Option<String>,
+    /// Failed attempts before a message is parked [default: 10]
+    #[arg(long, env = "OUTBOXER_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+    /// First retry delay, doubling up to --backoff-max [default: 500ms]
+    #[arg(long, env = "OUTBOXER_BACKOFF_BASE")]
+    pub backoff_base: Option<String>,
+    /// Longest retry delay [default: 5m]
+    #[arg(long, env = "OUTBOXER_BACKOFF_MAX")]
+    pub backoff_max: Option<String>,
+    /// How often old dispatched rows are deleted, or "off" [default: 60s]
+    #[arg(long, env = "OUTBOXER_CLEANUP_INTERVAL")]
+    pub cleanup_interval: Option<String>,
+    /// Dispatched rows older than this are deleted by the cleanup [default: 5d]
+    #[arg(long, env = "OUTBOXER_CLEANUP_BEFORE")]
+    pub cleanup_before: Option<String>,
+    /// How often a summary (published / failed) is logged [default: 10s]
+    #[arg(long, env = "OUTBOXER_LOG_INTERVAL")]
+    pub log_interval: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// One JSON object per line on stdout (stable field names)
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every SECS seconds (default 2) until interrupted
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<f64>,
+    /// With --watch: stop after this many refreshes
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
+    /// Most parked messages listed
+    #[arg(long, default_value_t = 20)]
+    pub parked_limit: usize,
+}
+
+#[derive(Debug, Args, Clone)]
+#[group(id = "which", required = true, multiple = false, args = ["id", "all_parked"])]
+pub struct RequeueArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Row id of a parked message (repeatable)
+    #[arg(long = "id", value_name = "ID")]
+    pub id: Vec<i64>,
+    /// Every parked message
+    #[arg(long)]
+    pub all_parked: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Delete dispatched rows dispatched before this: an RFC 3339 time
+    /// (2026-11-20T00:00:00Z) or an age (7d, 12h, 30m, 10s). Pending rows are never
+    /// deleted; parked rows only with --include-parked.
+    #[arg(long, value_name = "TIME|AGE")]
+    pub before: String,
+    /// Also delete parked messages enqueued before that time (read their errors
+    /// with `outboxer stats` first)
+    #[arg(long)]
+    pub include_parked: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Stream URL (amqp:// only)
+    #[arg(long, env = "OUTBOXER_STREAM", hide_env_values = true)]
+    pub stream: Option<String>,
+    /// Messages to send
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: u64,
+    /// Payload size in bytes
+    #[arg(long, default_value_t = 256)]
+    pub payload_size: usize,
+    /// Give up waiting for deliveries after this long
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
+}

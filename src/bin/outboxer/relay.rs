@@ -1,0 +1,160 @@
+//! `outboxer relay`: the library's relay as a long-running process.
+
+use crate::fail::Fail;
+use crate::settings::RelaySettings;
+use crossbeam_channel::{select, tick, Receiver};
+use outboxer::{FailureAction, Outbox, Store, Stream};
+use std::time::Instant;
+
+/// SIGINT and SIGTERM as a channel: the first one asks for a graceful stop; a second
+/// one exits at once (leases then expire and other relays take the rows over).
+pub fn stop_signals() -> Result<Receiver<i32>, Fail> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| Fail::runtime(format!("cannot install signal handlers: {e}")))?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("outboxer-signals".into())
+        .spawn(move || {
+            let mut first = true;
+            for sig in signals.forever() {
+                if first {
+                    first = false;
+                    let _ = tx.try_send(sig);
+                } else {
+                    log::warn!("second signal: exiting without waiting for the relay");
+                    std::process::exit(128 + sig);
+                }
+            }
+        })
+        .map_err(|e| Fail::runtime(format!("cannot start the signal thread: {e}")))?;
+    Ok(rx)
+}
+
+fn action(a: FailureAction) -> &'static str {
+    match a {
+        FailureAction::Retry => "will retry",
+        FailureAction::Parked => "parked",
+        FailureAction::Released => "released",
+        _ => "relay keeps going",
+    }
+}
+
+/// Runs the relay until a stop signal; logs outcomes to stderr.
+pub fn run<S: Store>(
+    store: S,
+    stream: Box<dyn Stream>,
+    s: &RelaySettings,
+    what: &str,
+) -> Result<(), Fail> {
+    let mut b = Outbox::builder()
+        .store(store)
+        .stream(stream)
+        .batch_size(s.batch_size)
+        .check_interval(s.check_interval)
+        .lease(s.lease)
+        .max_attempts(s.max_attempts)
+        .backoff(s.backoff_base, s.backoff_max)
+        .cleanup_before(s.cleanup_before);
+    b = match s.cleanup_interval {
+        Some(i) => b.cleanup_interval(i),
+        None => b.no_cleanup(),
+    };
+    let outbox = b.build()?;
+    if s.migrate {
+        outbox.migrate()?;
+        log::info!("table migrated");
+    }
+    // A missing table or an unreachable database is a start-up error, not a warning
+    // repeated at every check interval.
+    if let Err(e) = outbox.stats() {
+        let mut f = Fail::from(e);
+        f.message
+            .push_str(" (is the table there? run `outboxer migrate` or pass --migrate)");
+        return Err(f);
+    }
+    let stop = stop_signals()?;
+    let relay = outbox.start()?;
+    log::info!("relay started: {what}");
+    let summary = tick(s.log_interval);
+    let started = Instant::now();
+    let (mut ok, mut failed, mut parked) = (0u64, 0u64, 0u64);
+    // Broker or database outages release whole batches: one warning per summary
+    // interval, the rest at debug level, so an outage does not flood the log.
+    let mut released_quiet = 0u64;
+    let (mut last_ok, mut last_failed) = (0u64, 0u64);
+    loop {
+        select! {
+            recv(relay.ok()) -> d => match d {
+                Ok(d) => {
+                    ok += 1;
+                    log::debug!("published {} (row {})", d.message_id, d.id);
+                }
+                Err(_) => break,
+            },
+            recv(relay.err()) -> f => match f {
+                Ok(f) => {
+                    failed += 1;
+                    if f.action == FailureAction::Parked {
+                        parked += 1;
+                    }
+                    let msg = f
+                        .message_id
+                        .map(|m| format!("message {m} (row {})", f.id.unwrap_or_default()))
+                        .unwrap_or_else(|| "relay".to_string());
+                    if f.action == FailureAction::Released {
+                        released_quiet += 1;
+                        if released_quiet == 1 {
+                            log::warn!(
+                                "{msg}: {} ({}; more of these until the next summary are logged at debug level)",
+                                f.error,
+                                action(f.action)
+                            );
+                        } else {
+                            log::debug!("{msg}: {} ({})", f.error, action(f.action));
+                        }
+                    } else {
+                        log::warn!("{msg}: {} ({})", f.error, action(f.action));
+                    }
+                }
+                Err(_) => break,
+            },
+            recv(summary) -> _ => {
+                if ok != last_ok || failed != last_failed {
+                    log::info!(
+                        "published {} failed {} (released {released_quiet}) in the last {:?} \
+                         (total: published {ok}, failed {failed}, parked {parked})",
+                        ok - last_ok, failed - last_failed, s.log_interval
+                    );
+                    released_quiet = 0;
+                    last_ok = ok;
+                    last_failed = failed;
+                }
+            },
+            recv(stop) -> sig => {
+                log::info!(
+                    "signal {}: stopping (finishing the batch in flight, releasing claimed rows)",
+                    sig.unwrap_or_default()
+                );
+                break;
+            },
+        }
+    }
+    relay.stop()?;
+    // Outcomes recorded while stopping.
+    ok += relay.ok().try_iter().count() as u64;
+    for f in relay.err().try_iter() {
+        failed += 1;
+        log::warn!("{} ({})", f.error, action(f.action));
+    }
+    let c = relay.counters();
+    log::info!(
+        "relay stopped after {:.1}s: published {ok}, failed {failed}, parked {parked} \
+         (counters: published {}, failed {}, outcomes dropped {})",
+        started.elapsed().as_secs_f64(),
+        c.published,
+        c.failed,
+        c.dropped_ok + c.dropped_err
+    );
+    Ok(())
+}

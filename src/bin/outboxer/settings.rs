@@ -1,0 +1,162 @@
+//! Settings from flags and `OUTBOXER_*` variables (both through clap), then the
+//! `--config` TOML file, then defaults.
+
+use crate::args::{Common, RelayOptions};
+use crate::fail::Fail;
+use crate::parse;
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// The default store: a SQLite file in the working directory.
+pub const DEFAULT_STORE: &str = "sqlite:outboxer.db";
+
+/// The TOML file. Every key is optional; unknown keys are refused (typos).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub store: Option<String>,
+    pub stream: Option<String>,
+    pub table: Option<String>,
+    pub migrate: Option<bool>,
+    pub batch_size: Option<usize>,
+    pub check_interval: Option<String>,
+    pub lease: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub backoff_base: Option<String>,
+    pub backoff_max: Option<String>,
+    pub cleanup_interval: Option<String>,
+    pub cleanup_before: Option<String>,
+    pub log_interval: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(common: &Common) -> Result<FileConfig, Fail> {
+        match &common.config {
+            None => Ok(FileConfig::default()),
+            Some(path) => Self::read(path),
+        }
+    }
+
+    fn read(path: &Path) -> Result<FileConfig, Fail> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Fail::usage(format!("cannot read config file {}: {e}", path.display())))?;
+        // toml's messages quote the offending line: a password there would be shown,
+        // so only the message's first line (position and reason) is kept.
+        toml::from_str(&text).map_err(|e: toml::de::Error| {
+            let reason = e.message().to_string();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            Fail::usage(format!("config file {}{at}: {reason}", path.display()))
+        })
+    }
+}
+
+/// Where the table lives.
+pub struct Target {
+    pub store: String,
+    pub table: Option<String>,
+}
+
+pub fn target(common: &Common, file: &FileConfig) -> Target {
+    Target {
+        store: common
+            .store
+            .clone()
+            .or_else(|| file.store.clone())
+            .unwrap_or_else(|| DEFAULT_STORE.to_string()),
+        table: common.table.clone().or_else(|| file.table.clone()),
+    }
+}
+
+/// The relay's resolved settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelaySettings {
+    pub migrate: bool,
+    pub batch_size: usize,
+    pub check_interval: Duration,
+    pub lease: Duration,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub cleanup_interval: Option<Duration>,
+    pub cleanup_before: Duration,
+    pub log_interval: Duration,
+}
+
+fn dur(
+    flag: &str,
+    cli: &Option<String>,
+    file: &Option<String>,
+    default: &str,
+) -> Result<Duration, Fail> {
+    let v = cli.as_deref().or(file.as_deref()).unwrap_or(default);
+    parse::duration(v).map_err(|e| Fail::usage(format!("--{flag}: {e}")))
+}
+
+impl RelaySettings {
+    pub fn resolve(o: &RelayOptions, f: &FileConfig) -> Result<RelaySettings, Fail> {
+        let cleanup = o
+            .cleanup_interval
+            .as_deref()
+            .or(f.cleanup_interval.as_deref())
+            .unwrap_or("60s");
+        Ok(RelaySettings {
+            migrate: o.migrate.or(f.migrate).unwrap_or(false),
+            batch_size: o.batch_size.or(f.batch_size).unwrap_or(500),
+            check_interval: dur("check-interval", &o.check_interval, &f.check_interval, "1s")?,
+            lease: dur("lease", &o.lease, &f.lease, "30s")?,
+            max_attempts: o.max_attempts.or(f.max_attempts).unwrap_or(10),
+            backoff_base: dur("backoff-base", &o.backoff_base, &f.backoff_base, "500ms")?,
+            backoff_max: dur("backoff-max", &o.backoff_max, &f.backoff_max, "5m")?,
+            cleanup_interval: if cleanup.eq_ignore_ascii_case("off") {
+                None
+            } else {
+                Some(
+                    parse::duration(cleanup)
+                        .map_err(|e| Fail::usage(format!("--cleanup-interval: {e} (or `off`)")))?,
+                )
+            },
+            cleanup_before: dur("cleanup-before", &o.cleanup_before, &f.cleanup_before, "5d")?,
+            log_interval: dur("log-interval", &o.log_interval, &f.log_interval, "10s")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file: FileConfig = toml::from_str(
+            "store = 'postgres://h/db'\nbatch_size = 50\ncheck_interval = '2s'\ncleanup_interval = 'off'",
+        )
+        .expect("toml");
+        let flags = RelayOptions {
+            batch_size: Some(7),
+            ..Default::default()
+        };
+        let s = RelaySettings::resolve(&flags, &file).expect("settings");
+        assert_eq!(s.batch_size, 7);
+        assert_eq!(s.check_interval, Duration::from_secs(2));
+        assert_eq!(s.cleanup_interval, None);
+        assert_eq!(s.lease, Duration::from_secs(30));
+        let t = target(&Common::default(), &file);
+        assert_eq!(t.store, "postgres://h/db");
+        assert_eq!(
+            target(&Common::default(), &FileConfig::default()).store,
+            DEFAULT_STORE
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<FileConfig>("batchsize = 5").is_err());
+    }
+}

@@ -1,0 +1,819 @@
+//! The `outboxer` command, run as a user runs it: the built binary against the real
+//! PostgreSQL, MariaDB and RabbitMQ on 127.0.0.1. Rows are written with plain SQL,
+//! as a non-Rust application writes them; deliveries are checked with a RabbitMQ
+//! consumer.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use common::*;
+use outboxer::store::mysql::{self, prelude::Queryable};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_outboxer");
+
+fn mysql_url() -> String {
+    std::env::var("OUTBOXER_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// PostgreSQL with a password the server (trust auth) ignores: it must never be printed.
+fn pg_url_with_secret() -> String {
+    pg_url().replacen("postgres@", "postgres:pg-s3cret-pw@", 1)
+}
+
+/// The binary with no OUTBOXER_* variables from the test's environment.
+fn outboxer() -> Command {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OUTBOXER_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("OUTBOXER_LOG", "info");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    outboxer().args(args).output().expect("run outboxer")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs and expects success; returns stdout.
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(o.status.success(), "{args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stats_json(store: &str, table: &str) -> serde_json::Value {
+    let out = ok(&["stats", "--store", store, "--table", table, "--json"]);
+    serde_json::from_str(out.trim()).expect("stats --json is JSON")
+}
+
+fn counts(v: &serde_json::Value) -> (u64, u64, u64, u64) {
+    let n = |k: &str| v[k].as_u64().unwrap_or(u64::MAX);
+    (n("pending"), n("leased"), n("dispatched"), n("parked"))
+}
+
+/// A running `outboxer relay` whose stderr is collected.
+struct RelayProc {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl RelayProc {
+    fn spawn(mut cmd: Command) -> RelayProc {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn relay");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (stderr, sink) = (child.stderr.take().expect("stderr"), Arc::clone(&log));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let r = RelayProc { child, log };
+        r.wait_for_log("relay started", Duration::from_secs(30));
+        r
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn wait_for_log(&self, what: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log().contains(what) {
+            assert!(Instant::now() < deadline, "no `{what}` in:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the log.
+    fn terminate(mut self) -> String {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100)); // the reader thread drains stderr
+        let log = self.log();
+        assert!(status.success(), "exit {status:?}:\n{log}");
+        assert!(log.contains("relay stopped"), "{log}");
+        log
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn relay_cmd(store: &str, table: &str, extra: &[&str]) -> Command {
+    let mut c = outboxer();
+    c.args([
+        "relay",
+        "--store",
+        store,
+        "--table",
+        table,
+        "--stream",
+        &amqp_url(),
+        "--check-interval",
+        "50ms",
+        "--lease",
+        "10s",
+    ])
+    .args(extra);
+    c
+}
+
+/// `n` messages written as a non-Rust application writes them (README, "Writing
+/// messages without the library"): payload `m1..mN`, routed to `exchange`.
+fn pg_insert(table: &str, exchange: &str, n: i64) {
+    pg().execute(
+        &format!(
+            "INSERT INTO \"{table}\" (payload, options, headers)
+             SELECT convert_to('m' || g, 'UTF8'),
+                    jsonb_build_object('exchange.name', $1::text, 'exchange.type', 'topic', 'routing_key', 'orders.paid'),
+                    '{{\"source\": \"sql\"}}'::jsonb
+             FROM generate_series(1, $2::bigint) AS g"
+        ),
+        &[&exchange, &n],
+    )
+    .expect("plain SQL insert");
+}
+
+fn my_conn() -> mysql::PooledConn {
+    mysql::Pool::new(mysql_url().as_str())
+        .and_then(|p| p.get_conn())
+        .expect("MariaDB on 127.0.0.1:3306 (see README)")
+}
+
+fn my_insert(table: &str, exchange: &str, n: usize) {
+    let mut c = my_conn();
+    let rows: Vec<(Vec<u8>, String)> = (1..=n)
+        .map(|i| {
+            (
+                format!("m{i}").into_bytes(),
+                format!(r#"{{"exchange.name": "{exchange}", "routing_key": "orders.paid"}}"#),
+            )
+        })
+        .collect();
+    c.exec_batch(
+        format!(
+            "INSERT INTO `{table}` (message_id, payload, options) \
+             VALUES (UNHEX(REPLACE(UUID(), '-', '')), ?, ?)"
+        ),
+        rows,
+    )
+    .expect("plain SQL insert");
+}
+
+fn my_drop(table: &str) {
+    let _ = my_conn().query_drop(format!("DROP TABLE IF EXISTS `{table}`, `{table}_keys`"));
+}
+
+/// Every body m1..mN delivered at least once; returns the most deliveries of one body.
+fn all_delivered(got: &[Got], n: usize) -> usize {
+    let mut per_body = std::collections::HashMap::new();
+    for g in got {
+        *per_body.entry(g.body.clone()).or_insert(0usize) += 1;
+    }
+    for i in 1..=n {
+        assert!(
+            per_body.contains_key(format!("m{i}").as_bytes()),
+            "m{i} never delivered ({} of {n} bodies)",
+            per_body.len()
+        );
+    }
+    per_body.values().copied().max().unwrap_or(0)
+}
+
+#[test]
+fn migrate_is_idempotent_and_stats_json_counts() {
+    let table = unique("cli_stats");
+    let store = pg_url_with_secret();
+    for _ in 0..2 {
+        let out = ok(&["migrate", "--store", &store, "--table", &table]);
+        assert!(out.contains("migrated table"), "{out}");
+        assert!(
+            !out.contains("pg-s3cret-pw") && out.contains("***"),
+            "{out}"
+        );
+    }
+    pg_insert(&table, "nowhere", 6);
+    pg().batch_execute(&format!(
+        "UPDATE \"{table}\" SET status = 'dispatched', dispatched_at = now() WHERE payload IN ('m1', 'm2');
+         UPDATE \"{table}\" SET status = 'parked', attempts = 10, last_error = 'NOT_FOUND - no exchange' WHERE payload = 'm3';
+         UPDATE \"{table}\" SET attempts = 2, locked_by = gen_random_uuid(), locked_until = now() + interval '1 hour' WHERE payload = 'm4';"
+    ))
+    .expect("shape rows");
+    let v = stats_json(&store, &table);
+    assert_eq!(counts(&v), (3, 1, 2, 1), "{v}");
+    assert_eq!(v["table"], table.as_str());
+    assert!(!v.to_string().contains("pg-s3cret-pw"), "{v}");
+    assert!(v["oldest_pending_age_secs"].as_f64().is_some(), "{v}");
+    assert_eq!(
+        v["attempts_histogram"],
+        serde_json::json!([{"attempts": 0, "count": 2}, {"attempts": 2, "count": 1}, {"attempts": 10, "count": 1}])
+    );
+    let parked = &v["parked_messages"][0];
+    assert_eq!(parked["attempts"], 10);
+    assert_eq!(parked["last_error"], "NOT_FOUND - no exchange");
+    assert_eq!(parked["message_id"].as_str().map(str::len), Some(36));
+
+    // Flags win over OUTBOXER_* variables.
+    let o = outboxer()
+        .args(["stats", "--json", "--table", &table])
+        .env("OUTBOXER_STORE", &store)
+        .env("OUTBOXER_TABLE", "no_such_table")
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(
+        (v["table"].as_str(), counts(&v)),
+        (Some(table.as_str()), (3, 1, 2, 1))
+    );
+
+    // The human form and --watch (one JSON line per refresh).
+    let human = ok(&["stats", "--store", &store, "--table", &table]);
+    assert!(
+        human.contains("parked      1") && human.contains("NOT_FOUND - no exchange"),
+        "{human}"
+    );
+    let watched = ok(&[
+        "stats", "--store", &store, "--table", &table, "--json", "--watch", "0.2", "--count", "3",
+    ]);
+    let lines: Vec<serde_json::Value> = watched
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    drop_table(&table);
+}
+
+#[test]
+fn relay_delivers_plain_sql_rows_with_toml_and_env_settings() {
+    let table = unique("cli_relay");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "orders.#");
+    let dir = std::env::temp_dir().join(unique("cli_cfg"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("outboxer.toml");
+    // The file names the store and a table that the environment overrides.
+    std::fs::write(
+        &config,
+        format!(
+            "store = \"{}\"\ntable = \"not_this_one\"\nmigrate = true\nbatch_size = 100\ncheck_interval = \"50ms\"\nlog_interval = \"200ms\"\n",
+            pg_url_with_secret()
+        ),
+    )
+    .expect("write config");
+    let relay = RelayProc::spawn({
+        let mut c = outboxer();
+        c.arg("relay")
+            .env("OUTBOXER_CONFIG", &config)
+            .env("OUTBOXER_TABLE", &table)
+            .env("OUTBOXER_STREAM", amqp_url());
+        c
+    });
+    pg_insert(&table, &ex, 300);
+    let got = sink.collect(300, Duration::from_secs(60));
+    assert_eq!(all_delivered(&got, 300), 1, "each delivered once");
+    assert_eq!(got[0].routing_key, "orders.paid");
+    assert_eq!(
+        got[0].headers.get("source").map(String::as_str),
+        Some("sql")
+    );
+    relay.wait_for_log("published", Duration::from_secs(10));
+    let log = relay.terminate();
+    assert!(log.contains(&format!("table {table}")), "{log}");
+    assert!(
+        !log.contains("pg-s3cret-pw") && !log.contains("guest:guest"),
+        "{log}"
+    );
+    let v = stats_json(&pg_url(), &table);
+    assert_eq!(counts(&v), (0, 0, 300, 0), "{v}");
+    assert!(
+        !pg()
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_name = 'not_this_one')",
+                &[]
+            )
+            .expect("query")
+            .get::<_, bool>(0),
+        "the environment's table wins over the file's"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    drop_table(&table);
+}
+
+#[test]
+fn sigterm_mid_stream_loses_nothing_mariadb() {
+    let table = unique("cli_term");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let store = mysql_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    let n = 3000;
+    my_insert(&table, &ex, n);
+    // Small batches: the backlog takes a while, so the signal lands mid-stream.
+    let first = RelayProc::spawn(relay_cmd(&store, &table, &["--batch-size", "20"]));
+    let mut got = sink.collect(200, Duration::from_secs(60));
+    assert!(got.len() >= 200, "first relay is publishing");
+    let log = first.terminate();
+    let v = stats_json(&store, &table);
+    let (pending, leased, dispatched, parked) = counts(&v);
+    assert_eq!(leased, 0, "no lease left behind: {v}\n{log}");
+    assert_eq!(parked, 0, "{v}");
+    assert!(pending > 0, "stopped mid-stream: {v}");
+    assert_eq!(pending + dispatched, n as u64, "{v}");
+    let second = RelayProc::spawn(relay_cmd(&store, &table, &[]));
+    sink.collect_into(&mut got, n, Duration::from_secs(120));
+    all_delivered(&got, n);
+    second.terminate();
+    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, n as u64, 0));
+    my_drop(&table);
+}
+
+#[test]
+fn two_relay_processes_cooperate_without_duplicates() {
+    let table = unique("cli_two");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    let n = 4000;
+    let a = RelayProc::spawn(relay_cmd(&store, &table, &["--batch-size", "50"]));
+    let b = RelayProc::spawn(relay_cmd(&store, &table, &["--batch-size", "50"]));
+    pg_insert(&table, &ex, n as i64);
+    let mut got = sink.collect(n, Duration::from_secs(120));
+    got.extend(sink.drain(Duration::from_millis(500)));
+    assert_eq!(all_delivered(&got, n), 1, "no message published twice");
+    assert_eq!(got.len(), n);
+    let (la, lb) = (a.terminate(), b.terminate());
+    // Both took part (each logs its totals when it stops).
+    for log in [&la, &lb] {
+        assert!(!log.contains("published 0,"), "a relay idled:\n{log}");
+    }
+    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, n as u64, 0));
+    drop_table(&table);
+}
+
+#[test]
+fn requeue_and_purge_change_the_counts_mariadb() {
+    let table = unique("cli_admin");
+    let store = mysql_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    my_insert(&table, "nowhere", 6);
+    my_conn()
+        .query_drop(format!(
+            "UPDATE `{table}` SET status = 'parked', attempts = 10, last_error = 'boom' WHERE payload IN ('m1', 'm2', 'm3');
+             UPDATE `{table}` SET status = 'dispatched', dispatched_at = NOW(6) - INTERVAL 10 DAY WHERE payload = 'm4';
+             UPDATE `{table}` SET status = 'dispatched', dispatched_at = NOW(6) - INTERVAL 1 HOUR WHERE payload = 'm5';"
+        ))
+        .expect("shape rows");
+    let v = stats_json(&store, &table);
+    assert_eq!(counts(&v), (1, 0, 2, 3), "{v}");
+    let first_parked = v["parked_messages"][0]["id"].as_i64().expect("id");
+
+    let out = ok(&[
+        "requeue",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--id",
+        &first_parked.to_string(),
+    ]);
+    assert!(out.contains("requeued 1 "), "{out}");
+    assert_eq!(counts(&stats_json(&store, &table)), (2, 0, 2, 2));
+    let out = ok(&[
+        "requeue",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--all-parked",
+    ]);
+    assert!(out.contains("requeued 2 "), "{out}");
+    let v = stats_json(&store, &table);
+    assert_eq!(counts(&v), (4, 0, 2, 0), "{v}");
+    assert_eq!(
+        v["attempts_histogram"],
+        serde_json::json!([{"attempts": 0, "count": 4}])
+    );
+
+    let out = ok(&[
+        "purge", "--store", &store, "--table", &table, "--before", "7d",
+    ]);
+    assert!(out.contains("purged 1 "), "{out}");
+    assert_eq!(counts(&stats_json(&store, &table)), (4, 0, 1, 0));
+    // An RFC 3339 time in the future: every dispatched row, never a pending one.
+    let out = ok(&[
+        "purge",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--before",
+        "2999-01-01T00:00:00Z",
+    ]);
+    assert!(out.contains("purged 1 "), "{out}");
+    assert_eq!(counts(&stats_json(&store, &table)), (4, 0, 0, 0));
+
+    // Parked rows go only with --include-parked, and only old enough ones.
+    my_conn()
+        .query_drop(format!(
+            "UPDATE `{table}` SET status = 'parked', attempts = 10 WHERE payload IN ('m1', 'm2');
+             UPDATE `{table}` SET created_at = NOW(6) - INTERVAL 10 DAY WHERE payload IN ('m1', 'm3')"
+        ))
+        .expect("park");
+    let out = ok(&[
+        "purge", "--store", &store, "--table", &table, "--before", "7d",
+    ]);
+    assert!(
+        out.contains("purged 0 dispatched") && !out.contains("parked"),
+        "{out}"
+    );
+    assert_eq!(counts(&stats_json(&store, &table)), (2, 0, 0, 2));
+    let out = ok(&[
+        "purge",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--before",
+        "7d",
+        "--include-parked",
+    ]);
+    assert!(out.contains("purged 1 parked"), "{out}");
+    // m3 is old but pending: it stays.
+    assert_eq!(counts(&stats_json(&store, &table)), (2, 0, 0, 1));
+    my_drop(&table);
+}
+
+#[test]
+fn sqlite_is_the_default_store() {
+    let dir = std::env::temp_dir().join(unique("cli_sqlite"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let o = outboxer()
+        .arg("migrate")
+        .current_dir(&dir)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.join("outboxer.db").exists());
+    let o = outboxer()
+        .args(["stats", "--json"])
+        .current_dir(&dir)
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["store"], "sqlite:outboxer.db");
+    assert_eq!(counts(&v), (0, 0, 0, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_flags_urls_and_servers_fail_clearly() {
+    let dir = std::env::temp_dir().join(unique("cli_bad"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad_toml = dir.join("bad.toml");
+    std::fs::write(
+        &bad_toml,
+        "store = \"postgres://u:toml-s3cret@h/db\"\nbatchsize = 5\n",
+    )
+    .expect("write");
+    let bad_toml = bad_toml.to_string_lossy().into_owned();
+    let pg = pg_url();
+    let amqp = amqp_url();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["relay", "--batch-size", "many"],
+            2,
+            "invalid value 'many'",
+        ),
+        (vec!["frobnicate"], 2, "unrecognized subcommand"),
+        (vec!["requeue", "--store", &pg], 2, "--all-parked"),
+        (
+            vec!["stats", "--store", "redis://u:s3cret@h/0"],
+            2,
+            "unsupported store `redis://u:***@h/0`",
+        ),
+        (
+            vec!["relay", "--store", &pg, "--stream", "nats://u:s3cret@h"],
+            2,
+            "unsupported stream",
+        ),
+        (vec!["relay", "--store", &pg], 2, "a stream is required"),
+        (
+            vec![
+                "relay",
+                "--store",
+                &pg,
+                "--stream",
+                "sqs://KEY:s3cret@eu-west-1",
+            ],
+            2,
+            "stream `sqs` is not compiled in: build with --features cli,sqs",
+        ),
+        (
+            vec![
+                "relay",
+                "--store",
+                &pg,
+                "--stream",
+                &amqp,
+                "--check-interval",
+                "soon",
+            ],
+            2,
+            "--check-interval",
+        ),
+        (
+            vec![
+                "relay",
+                "--store",
+                &pg,
+                "--stream",
+                &amqp,
+                "--batch-size",
+                "0",
+            ],
+            2,
+            "batch_size",
+        ),
+        (
+            vec!["migrate", "--store", &pg, "--table", "no;such table"],
+            2,
+            "invalid identifier",
+        ),
+        (
+            vec![
+                "relay",
+                "--store",
+                &pg,
+                "--table",
+                "cli_never_migrated",
+                "--stream",
+                &amqp,
+            ],
+            1,
+            "run `outboxer migrate` or pass --migrate",
+        ),
+        (
+            vec!["purge", "--store", &pg, "--before", "yesterday"],
+            2,
+            "--before",
+        ),
+        (
+            vec!["stats", "--config", &bad_toml],
+            2,
+            "unknown field `batchsize`",
+        ),
+        (
+            vec!["stats", "--config", "/nonexistent/outboxer.toml"],
+            2,
+            "cannot read config file",
+        ),
+        (
+            vec!["stats", "--store", "postgres://u:s3cret@127.0.0.1:1/test"],
+            1,
+            "database error",
+        ),
+        (
+            vec![
+                "relay",
+                "--store",
+                &pg,
+                "--stream",
+                "amqp://guest:s3cret@127.0.0.1:1/%2f",
+            ],
+            1,
+            "amqp unavailable",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let o = run(&args);
+        let all = text(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {all}");
+        assert!(
+            all.contains(needle),
+            "{args:?}: expected `{needle}` in: {all}"
+        );
+        assert!(!all.contains("s3cret"), "{args:?} leaked a secret: {all}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_prints_the_result_line() {
+    let table = unique("cli_bench");
+    let o = run(&[
+        "bench",
+        "--store",
+        &pg_url(),
+        "--table",
+        &table,
+        "--stream",
+        &amqp_url(),
+        "--messages",
+        "500",
+    ]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let result = out
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line: {out}"));
+    let keys: Vec<(&str, f64)> = result["RESULT ".len()..]
+        .split(' ')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("key=value");
+            (k, v.parse().expect("number"))
+        })
+        .collect();
+    assert_eq!(
+        keys.iter().map(|k| k.0).collect::<Vec<_>>(),
+        ["relay_per_s", "enqueue_per_s", "p50_ms", "p99_ms"]
+    );
+    assert!(keys.iter().all(|k| k.1 > 0.0), "{result}");
+    assert!(out.contains("500 of 500 messages"), "{out}");
+    drop_table(&table);
+}
+
+#[test]
+fn relay_delivers_plain_sql_rows_from_sqlite() {
+    let dir = std::env::temp_dir().join(unique("cli_sqlite_relay"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let store = format!("sqlite:{}", dir.join("app.db").display());
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    ok(&["migrate", "--store", &store]);
+    // The README's INSERT for SQLite: 16 random bytes as message_id, Unix milliseconds.
+    let db = outboxer::store::rusqlite::Connection::open(dir.join("app.db")).expect("open");
+    for i in 1..=50 {
+        db.execute(
+            "INSERT INTO event_store (message_id, payload, headers, options, created_at, available_at)
+             VALUES (randomblob(16), CAST(?1 AS BLOB), '{\"source\": \"sql\"}', ?2,
+                     CAST(unixepoch('subsec') * 1000 AS INTEGER), CAST(unixepoch('subsec') * 1000 AS INTEGER))",
+            (
+                format!("m{i}"),
+                format!(r#"{{"exchange.name": "{ex}", "routing_key": "k"}}"#),
+            ),
+        )
+        .expect("plain SQL insert");
+    }
+    let relay = RelayProc::spawn(relay_cmd(&store, "event_store", &[]));
+    let got = sink.collect(50, Duration::from_secs(60));
+    assert_eq!(all_delivered(&got, 50), 1);
+    relay.terminate();
+    assert_eq!(counts(&stats_json(&store, "event_store")), (0, 0, 50, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TCP proxy in front of RabbitMQ that can cut every connection and refuse new
+/// ones, so that this test's relay sees an outage without touching the shared broker.
+struct TcpProxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl TcpProxy {
+    fn start(upstream: &str) -> TcpProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (up2, conns2, upstream) = (Arc::clone(&up), Arc::clone(&conns), upstream.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let pairs = [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ];
+                if let Ok(mut c) = conns2.lock() {
+                    c.push(client);
+                    c.push(server);
+                }
+                for pair in pairs {
+                    if let (Ok(mut from), Ok(mut to)) = pair {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            }
+        });
+        TcpProxy { port, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut c) = self.conns.lock() {
+            for s in c.drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn broker_outage_is_logged_once_per_interval_and_nothing_is_lost() {
+    let table = unique("cli_outage");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    let proxy = TcpProxy::start("127.0.0.1:5672");
+    let mut cmd = outboxer();
+    cmd.args([
+        "relay",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--check-interval",
+        "50ms",
+        "--log-interval",
+        "500ms",
+        "--stream",
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port),
+    ]);
+    let relay = RelayProc::spawn(cmd);
+    pg_insert(&table, &ex, 100);
+    let mut got = sink.collect(100, Duration::from_secs(30));
+    assert_eq!(got.len(), 100);
+    proxy.cut();
+    pg().execute(
+        &format!(
+            "INSERT INTO \"{table}\" (payload, options)
+             SELECT convert_to('m' || g, 'UTF8'), jsonb_build_object('exchange.name', $1::text, 'routing_key', 'k')
+             FROM generate_series(101, 600) AS g"
+        ),
+        &[&ex],
+    )
+    .expect("insert during the outage");
+    std::thread::sleep(Duration::from_secs(3));
+    proxy.restore();
+    sink.collect_into(&mut got, 600, Duration::from_secs(60));
+    all_delivered(&got, 600);
+    let log = relay.terminate();
+    let outage_warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("released"))
+        .count();
+    assert!(
+        (1..=12).contains(&outage_warnings),
+        "{outage_warnings} outage warnings for a 3 s outage:\n{log}"
+    );
+    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, 600, 0));
+    drop_table(&table);
+}
