@@ -6,7 +6,9 @@
 //! lost, nothing rolled back is published.
 //!
 //! The root re-exports the blocking API (threads, no runtime). Stores and streams
-//! sit behind cargo features: `postgres`, `amqp`.
+//! sit behind cargo features: `postgres`, `mysql`, `sqlite`, `sqlserver`, `amqp`,
+//! `kafka`, ... With the `async` feature, [`async_impl`] offers the same API on
+//! tokio, in the same build as the blocking one.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), outboxer::Error> {
@@ -36,6 +38,10 @@ mod error;
 mod message;
 
 pub mod blocking;
+
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub mod async_impl;
 
 pub use blocking::store::{self, Store};
 pub use blocking::stream::{self, Stream};
