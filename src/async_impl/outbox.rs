@@ -8,7 +8,7 @@ use crate::blocking::stream::Stream;
 use crate::message::{Message, MessageId};
 use crate::{Error, Result};
 use std::future::Future;
-use std::ops::{Deref, DerefMut};
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,6 +181,11 @@ pub struct OutboxTx<'a, 't, S: Store> {
 }
 
 impl<'t, S: Store> OutboxTx<'_, 't, S> {
+    /// The store's transaction, mutably.
+    pub fn tx(&mut self) -> &mut S::Tx<'t> {
+        self.tx
+    }
+
     /// Enqueues a message in this transaction.
     pub fn send(
         &mut self,
@@ -190,15 +195,11 @@ impl<'t, S: Store> OutboxTx<'_, 't, S> {
     }
 }
 
+/// `tx.execute(..)` reaches the store's transaction (tokio-postgres takes `&self`);
+/// [`OutboxTx::tx`] gives `&mut` access for drivers that need it.
 impl<'t, S: Store> Deref for OutboxTx<'_, 't, S> {
     type Target = S::Tx<'t>;
-    fn deref(&self) -> &Self::Target {
-        self.tx
-    }
-}
-
-impl<'t, S: Store> DerefMut for OutboxTx<'_, 't, S> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
+    fn deref(&self) -> &S::Tx<'t> {
         self.tx
     }
 }

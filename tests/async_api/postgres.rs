@@ -177,7 +177,7 @@ async fn futures_run_in_spawned_tasks() {
                 tx.execute("SELECT 1", &[])
                     .await
                     .map_err(|e| Error::Rejected(e.to_string()))?;
-                o.send_within_tx(tx, Message::new(b"b".to_vec())).await
+                tx.send(Message::new(b"b".to_vec())).await
             })
             .await?;
         Ok::<_, Error>(vec![a, b])

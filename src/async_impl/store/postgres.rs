@@ -139,22 +139,23 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client> {
 
 impl PostgresStoreBuilder {
     /// The table (`name` or `schema.name`, plain identifiers); default `event_store`.
-    pub fn table(mut self, name: &str) -> Self {
-        self.table = name.to_string();
-        self
+    pub fn table(self, name: &str) -> Self {
+        let table = name.to_string();
+        Self { table, ..self }
     }
 
     /// Connections kept open between uses, for sends (default 8; the relay's
     /// blocking store keeps as many of its own).
-    pub fn max_idle(mut self, n: usize) -> Self {
-        self.max_idle = n;
-        self
+    pub fn max_idle(self, n: usize) -> Self {
+        Self {
+            max_idle: n,
+            ..self
+        }
     }
 
     /// Send `NOTIFY` on enqueue so relays in other processes wake at once (default true).
-    pub fn notify(mut self, on: bool) -> Self {
-        self.notify = on;
-        self
+    pub fn notify(self, on: bool) -> Self {
+        Self { notify: on, ..self }
     }
 
     /// Validates the settings, builds the relay's blocking store (on the blocking
@@ -211,13 +212,11 @@ impl Conn<'_> {
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            if !c.is_closed() {
-                let mut idle = self.inner.idle.lock();
-                if idle.len() < self.inner.max_idle {
-                    idle.push(c);
-                }
-            }
+        let mut idle = self.inner.idle.lock();
+        let room = idle.len() < self.inner.max_idle;
+        match self.client.take() {
+            Some(c) if room && !c.is_closed() => idle.push(c),
+            _ => {}
         }
     }
 }
@@ -231,16 +230,9 @@ impl Store for PostgresStore {
     }
 
     async fn enqueue(&self, messages: &[Message]) -> Result<()> {
-        let mut conn = self.conn().await?;
-        let mut tx = conn
-            .client()?
-            .transaction()
+        let target = self.target();
+        self.with_transaction(async |tx| enqueue::insert(tx, &target, messages).await)
             .await
-            .map_err(|e| Error::db("beginning a transaction", e))?;
-        enqueue::insert(&mut tx, &self.target(), messages).await?;
-        tx.commit()
-            .await
-            .map_err(|e| Error::db("committing messages", e))
     }
 
     async fn enqueue_in_tx(&self, tx: &mut Self::Tx<'_>, messages: &[Message]) -> Result<()> {
