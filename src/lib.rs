@@ -53,6 +53,6 @@ pub use message::{
 };
 
 /// The README's examples compile as doctests.
-#[cfg(all(doctest, feature = "postgres", feature = "amqp"))]
+#[cfg(all(doctest, feature = "postgres", feature = "amqp", feature = "async"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

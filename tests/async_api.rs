@@ -19,6 +19,14 @@ mod async_conformance;
 #[path = "async_api/postgres.rs"]
 mod postgres;
 
+#[cfg(feature = "mysql")]
+#[path = "async_api/mysql.rs"]
+mod mysql;
+
+#[cfg(feature = "sqlite")]
+#[path = "async_api/sqlite.rs"]
+mod sqlite;
+
 #[path = "async_api/streams.rs"]
 mod streams;
 

@@ -17,6 +17,20 @@ mod postgres_store;
 #[cfg(feature = "postgres")]
 pub use self::postgres_store::{PostgresStore, PostgresStoreBuilder};
 
+#[cfg(feature = "mysql")]
+pub use ::mysql_async;
+#[cfg(feature = "mysql")]
+#[path = "mysql.rs"]
+mod mysql_store;
+#[cfg(feature = "mysql")]
+pub use self::mysql_store::MysqlStore;
+
+#[cfg(feature = "sqlite")]
+#[path = "sqlite.rs"]
+mod sqlite_store;
+#[cfg(feature = "sqlite")]
+pub use self::sqlite_store::{SqliteStore, SqliteTx};
+
 /// A database that holds the outbox table, seen from async code.
 pub trait Store: Send + Sync + 'static {
     /// The blocking store on the same table and server; the relay runs it on its
@@ -46,4 +60,32 @@ pub trait Store: Send + Sync + 'static {
     where
         F: AsyncFnOnce(&mut Self::Tx<'_>) -> std::result::Result<R, E>,
         E: From<Error>;
+}
+
+/// A driver's transaction, as the closure form ends it.
+pub(crate) trait Finish: Sized + Send {
+    fn commit(self) -> impl Future<Output = Result<()>> + Send;
+    fn rollback(self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Runs `f` with `tx`, then commits on `Ok` and rolls back on `Err` (a failed
+/// rollback is logged: the server rolls back when the connection ends anyway).
+pub(crate) async fn run_in<T, R, E, F>(mut tx: T, f: F) -> std::result::Result<R, E>
+where
+    T: Finish,
+    F: AsyncFnOnce(&mut T) -> std::result::Result<R, E>,
+    E: From<Error>,
+{
+    match f(&mut tx).await {
+        Ok(r) => {
+            tx.commit().await?;
+            Ok(r)
+        }
+        Err(e) => {
+            if let Err(re) = tx.rollback().await {
+                log::warn!("outboxer: rollback failed: {re}");
+            }
+            Err(e)
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! pool of its own; the relay uses the blocking [`crate::store::PostgresStore`] on the
 //! same table. The enqueue statements are the blocking store's, compiled for async.
 
-use super::Store;
+use super::{run_in, Finish, Store};
 use crate::async_impl::{runtime, unblock, Kept};
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
@@ -245,22 +245,22 @@ impl Store for PostgresStore {
         E: From<Error>,
     {
         let mut conn = self.conn().await?;
-        let mut tx = conn
+        let tx = conn
             .client()?
             .transaction()
             .await
             .map_err(|e| Error::db("beginning a transaction", e))?;
-        match f(&mut tx).await {
-            Ok(r) => {
-                tx.commit().await.map_err(|e| Error::db("committing", e))?;
-                Ok(r)
-            }
-            Err(e) => {
-                if let Err(re) = tx.rollback().await {
-                    log::warn!("outboxer: rollback failed: {re}");
-                }
-                Err(e)
-            }
-        }
+        run_in(tx, f).await
+    }
+}
+
+impl Finish for tokio_postgres::Transaction<'_> {
+    async fn commit(self) -> Result<()> {
+        let r = tokio_postgres::Transaction::commit(self).await;
+        r.map_err(|e| Error::db("committing", e))
+    }
+    async fn rollback(self) -> Result<()> {
+        let r = tokio_postgres::Transaction::rollback(self).await;
+        r.map_err(|e| Error::db("rolling back", e))
     }
 }
