@@ -177,3 +177,36 @@ async fn blocking_and_async_apis_in_one_build() {
     assert_eq!(total, 40);
     Pg::drop_table(&t);
 }
+
+/// Nobody reads the outcome receivers: the relay still publishes everything, each
+/// receiver keeps `channel_capacity` outcomes and the rest are dropped and counted.
+#[tokio::test(flavor = "current_thread")]
+async fn unread_receivers_never_block_the_relay() {
+    let t = unique("a_unread");
+    let ex = unique("ex_unread");
+    let sink = {
+        let ex = ex.clone();
+        off(move || Sink::new(&ex, "#")).await
+    };
+    let outbox = outboxer::async_impl::Outbox::builder()
+        .store(Pg::store(&t).await)
+        .stream(off(stream).await)
+        .channel_capacity(2)
+        .check_interval(Duration::from_millis(20))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().await.expect("start");
+    let route = amqp::topic(&ex, "unread");
+    let msgs: Vec<Message> = (0..40)
+        .map(|i| Message::new(format!("{i}").into_bytes()).route(route.clone()))
+        .collect();
+    outbox.send_batch(&msgs).await.expect("send");
+    let got = off(move || sink.collect(40, Duration::from_secs(60))).await;
+    assert_eq!(counts(&got).len(), 40, "all delivered");
+    relay.stop().await.expect("stop");
+    let c = relay.counters();
+    assert_eq!(c.published, 40);
+    assert_eq!(relay.ok().len(), 2, "capacity kept");
+    assert_eq!(c.dropped_ok, 38, "{c:?}");
+    Pg::drop_table(&t);
+}
