@@ -23,6 +23,10 @@ mod postgres;
 #[path = "async_api/mysql.rs"]
 mod mysql;
 
+#[cfg(feature = "sqlserver")]
+#[path = "async_api/sqlserver.rs"]
+mod sqlserver;
+
 #[cfg(feature = "sqlite")]
 #[path = "async_api/sqlite.rs"]
 mod sqlite;

@@ -25,6 +25,12 @@ mod mysql_store;
 #[cfg(feature = "mysql")]
 pub use self::mysql_store::MysqlStore;
 
+#[cfg(feature = "sqlserver")]
+#[path = "sqlserver.rs"]
+mod sqlserver_store;
+#[cfg(feature = "sqlserver")]
+pub use self::sqlserver_store::{SqlServerClient, SqlServerStore};
+
 #[cfg(feature = "sqlite")]
 #[path = "sqlite.rs"]
 mod sqlite_store;
