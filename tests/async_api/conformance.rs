@@ -205,7 +205,6 @@ pub async fn relay_end_to_end_exactly_once<H: AsyncHarness>() {
         published += r.counters().published;
     }
     assert_eq!(published, N as u64, "counters");
-    assert!(relays[0].err().is_empty() && relays[1].err().is_empty());
     H::drop_table(&t);
 }
 
