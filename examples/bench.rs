@@ -4,6 +4,7 @@
 //! cargo run --release --example bench --features postgres,amqp -- --messages 20000
 //! cargo run --release --example bench --features postgres,mysql,amqp -- --store mysql
 //! cargo run --release --example bench --features postgres,amqp,kafka -- --stream kafka
+//! cargo run --release --example bench --features postgres,amqp,async -- --async
 //! ```
 //!
 //! `--stream amqp|kafka` (default `amqp`) picks the broker. Kafka needs the `kafka`
@@ -78,6 +79,12 @@
 //! WAL bytes; MySQL/MariaDB: redo bytes, fsyncs, statements and index reads from
 //! `SHOW GLOBAL STATUS`, server-wide). The default run measures the plain stores and
 //! `AmqpStream`.
+//!
+//! `--async` (PostgreSQL only, needs the `async` feature) runs phases 2 and 4 to 6
+//! through `outboxer::async_impl` on a current-thread tokio runtime: `send_batch` /
+//! `send` over tokio-postgres, the async Outbox's relay (the blocking pipeline on its
+//! own threads, outcomes received from its async channels); phases 1 and 3 are the
+//! same raw ceilings.
 //!
 //! Tables are used fresh, as `migrate()` leaves them (never analyzed). At 20000 messages
 //! each run lasts one or two seconds, so single results vary by ±20% from run to run.
@@ -183,6 +190,7 @@ struct Args {
     store: StoreKind,
     stream: StreamKind,
     breakdown: bool,
+    async_api: bool,
 }
 
 /// The broker of phases 3 to 6.
@@ -238,17 +246,22 @@ impl StoreKind {
 
 fn parse_args() -> Result<Args, String> {
     const USAGE: &str = "usage: --messages N --store postgres|mysql|sqlite|sqlserver \
-                         --stream amqp|kafka|pubsub [--breakdown]";
+                         --stream amqp|kafka|pubsub [--breakdown] [--async]";
     let mut parsed = Args {
         messages: 20_000,
         store: StoreKind::Postgres,
         stream: StreamKind::Amqp,
         breakdown: false,
+        async_api: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--breakdown" {
             parsed.breakdown = true;
+            continue;
+        }
+        if arg == "--async" {
+            parsed.async_api = true;
             continue;
         }
         // `--name value` or `--name=value`.
@@ -277,6 +290,14 @@ fn parse_args() -> Result<Args, String> {
     }
     if parsed.messages == 0 {
         return Err("--messages must be at least 1".into());
+    }
+    if parsed.async_api && !cfg!(feature = "async") {
+        return Err("--async needs the `async` feature \
+                    (cargo run --release --example bench --features postgres,amqp,async -- --async)"
+            .into());
+    }
+    if parsed.async_api && (parsed.store != StoreKind::Postgres || parsed.breakdown) {
+        return Err("--async runs with --store postgres, without --breakdown".into());
     }
     Ok(parsed)
 }
@@ -317,13 +338,14 @@ fn bench<B: Backend>(env: &Env, db: &B) -> BoxResult<()> {
     db.finish();
     let r = result?;
     println!(
-        "bench: store {}, stream {}",
+        "bench: store {}, stream {}, {} API",
         env.store.feature(),
         match env.stream {
             StreamKind::Amqp => "amqp",
             StreamKind::Kafka => "kafka",
             StreamKind::PubSub => "pubsub",
-        }
+        },
+        if env.async_api { "async" } else { "blocking" }
     );
     println!(
         "RESULT relay_per_s={:.2} ceiling_per_s={:.2} ratio={:.2} relay2_per_s={:.2} \
@@ -356,7 +378,7 @@ fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
 
     let mut enqueue_per_s: f64 = 0.0;
     for i in 1..=RUNS {
-        let r = rate(n, enqueue_phase(env, db)?);
+        let r = rate(n, phases::enqueue(env, db)?);
         println!("[2] enqueue   {r:>10.2} msg/s   (send_batch of {CHUNK}, run {i}/{RUNS})");
         enqueue_per_s = enqueue_per_s.max(r);
     }
@@ -376,7 +398,7 @@ fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
 
     let mut relay_per_s: f64 = 0.0;
     for batch in BATCH_SIZES {
-        let r = rate(n, relay_phase(env, db, broker, 1, batch)?);
+        let r = rate(n, phases::relay(env, db, broker, 1, batch)?);
         println!(
             "[4] relay     {r:>10.2} msg/s   (1 relay, batch_size {batch}; {:.2} of ceiling)",
             r / ceiling_per_s
@@ -384,13 +406,13 @@ fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
         relay_per_s = relay_per_s.max(r);
     }
 
-    let relay2_per_s = rate(n, relay_phase(env, db, broker, 2, BATCH_SIZES[1])?);
+    let relay2_per_s = rate(n, phases::relay(env, db, broker, 2, BATCH_SIZES[1])?);
     println!(
         "[5] relay x2  {relay2_per_s:>10.2} msg/s   (2 relays on one table, batch_size {})",
         BATCH_SIZES[1]
     );
 
-    let (p50_ms, p99_ms) = latency_phase(env, db, broker)?;
+    let (p50_ms, p99_ms) = phases::latency(env, db, broker)?;
     println!(
         "[6] latency   p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms  ({LATENCY_MESSAGES} sends at {LATENCY_RATE_PER_S} msg/s)"
     );
@@ -404,6 +426,256 @@ fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
         p50_ms,
         p99_ms,
     })
+}
+
+/// Phases 2 and 4 to 6 through the blocking API or, with `--async`, through
+/// `outboxer::async_impl` (same tables, messages, settings and checks).
+mod phases {
+    use super::*;
+
+    pub fn enqueue<B: Backend>(env: &Env, db: &B) -> BoxResult<Duration> {
+        #[cfg(feature = "async")]
+        if env.async_api {
+            return async_api::enqueue_phase(env, db);
+        }
+        enqueue_phase(env, db)
+    }
+
+    pub fn relay<B: Backend>(
+        env: &Env,
+        db: &B,
+        broker: &Broker,
+        relays: usize,
+        batch: usize,
+    ) -> BoxResult<Duration> {
+        #[cfg(feature = "async")]
+        if env.async_api {
+            return async_api::relay_phase(env, db, broker, relays, batch);
+        }
+        relay_phase(env, db, broker, relays, batch)
+    }
+
+    pub fn latency<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<(f64, f64)> {
+        #[cfg(feature = "async")]
+        if env.async_api {
+            return async_api::latency_phase(env, db, broker);
+        }
+        latency_phase(env, db, broker)
+    }
+}
+
+/// `--async`: the phases on a current-thread tokio runtime. Sends go through
+/// tokio-postgres; each relay is the async Outbox's (the blocking pipeline on its
+/// own threads, outcomes forwarded into async channels). Blocking setup (tables,
+/// broker connections, the consumer check) stays outside the runtime.
+#[cfg(feature = "async")]
+mod async_api {
+    use super::*;
+    use outboxer::async_impl::store::PostgresStore as AsyncPg;
+    use outboxer::async_impl::Outbox as AsyncOutbox;
+
+    fn runtime() -> BoxResult<tokio::runtime::Runtime> {
+        Ok(tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?)
+    }
+
+    async fn store(table: &str) -> BoxResult<AsyncPg> {
+        let url = std::env::var("OUTBOXER_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let store = AsyncPg::builder(&url).table(table).build().await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn enqueue_phase<B: Backend>(env: &Env, db: &B) -> BoxResult<Duration> {
+        let table = env.table("enqueue");
+        db.drop_table(&table)?;
+        let stream = env.stream(false)?;
+        let messages = env.make_messages(env.messages);
+        let took = runtime()?.block_on(async {
+            let outbox = AsyncOutbox::builder()
+                .store(store(&table).await?)
+                .stream(stream)
+                .build()?;
+            let start = Instant::now();
+            for chunk in messages.chunks(CHUNK) {
+                outbox.send_batch(chunk).await?;
+            }
+            let took = start.elapsed();
+            let pending = outbox.stats().await?.pending;
+            if pending != env.messages as u64 {
+                return Err(
+                    format!("enqueue: {pending} pending, expected {}", env.messages).into(),
+                );
+            }
+            BoxResult::Ok(took)
+        })?;
+        db.drop_table(&table)?;
+        Ok(took)
+    }
+
+    pub fn relay_phase<B: Backend>(
+        env: &Env,
+        db: &B,
+        broker: &Broker,
+        relays: usize,
+        batch: usize,
+    ) -> BoxResult<Duration> {
+        let table = if relays == 1 {
+            env.table(&format!("relay{batch}"))
+        } else {
+            env.table(&format!("relay{relays}"))
+        };
+        db.drop_table(&table)?;
+        let streams = (0..relays)
+            .map(|_| env.stream(true))
+            .collect::<BoxResult<Vec<_>>>()?;
+        let messages = env.make_messages(env.messages);
+        let n = env.messages as u64;
+        let (took, published) = runtime()?.block_on(async {
+            let mut outboxes = Vec::with_capacity(relays);
+            for stream in streams {
+                outboxes.push(
+                    AsyncOutbox::builder()
+                        .store(store(&table).await?)
+                        .stream(stream)
+                        .batch_size(batch)
+                        .check_interval(Duration::from_millis(10))
+                        .no_cleanup()
+                        .build()?,
+                );
+            }
+            for chunk in messages.chunks(CHUNK) {
+                outboxes[0].send_batch(chunk).await?;
+            }
+            let start = Instant::now();
+            let mut running = Vec::with_capacity(relays);
+            for outbox in &outboxes {
+                running.push(outbox.start().await?);
+            }
+            let mut failures = 0usize;
+            let took = loop {
+                let published: u64 = running.iter().map(|r| r.counters().published).sum();
+                if published >= n {
+                    break start.elapsed();
+                }
+                for relay in &running {
+                    while let Ok(f) = relay.err().try_recv() {
+                        failures += 1;
+                        if failures <= 3 {
+                            eprintln!("bench: relay failure: {} ({:?})", f.error, f.action);
+                        }
+                    }
+                }
+                if start.elapsed() > PHASE_TIMEOUT {
+                    return Err(format!(
+                        "relay: only {published} of {n} published after {PHASE_TIMEOUT:?}"
+                    )
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            let mut published = 0;
+            for relay in &running {
+                relay.stop().await?;
+                published += relay.counters().published;
+            }
+            let stats = outboxes[0].stats().await?;
+            if stats.pending != 0 || stats.dispatched != n {
+                return Err(format!(
+                    "relay: table has {} pending, {} dispatched after the run",
+                    stats.pending, stats.dispatched
+                )
+                .into());
+            }
+            BoxResult::Ok((took, published))
+        })?;
+        if published != n {
+            println!("    note: published {published} for {n} messages");
+        }
+        broker.settle(published)?;
+        db.drop_table(&table)?;
+        Ok(took)
+    }
+
+    pub fn latency_phase<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<(f64, f64)> {
+        let table = env.table("latency");
+        db.drop_table(&table)?;
+        let stream = env.stream(true)?;
+        let warm = env.make_messages(1).remove(0);
+        let messages = env.make_messages(LATENCY_MESSAGES);
+        let interval = Duration::from_nanos(1_000_000_000 / LATENCY_RATE_PER_S);
+        let (sent, delivered, published) = runtime()?.block_on(async {
+            let outbox = AsyncOutbox::builder()
+                .store(store(&table).await?)
+                .stream(stream)
+                .check_interval(Duration::from_secs(1))
+                .no_cleanup()
+                .build()?;
+            let relay = outbox.start().await?;
+            // Warm up: the first publish declares the exchange.
+            let warm = outbox.send(warm).await?;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), relay.ok().recv()).await {
+                    Ok(Ok(d)) if d.message_id == warm => break,
+                    Ok(Ok(_)) => {}
+                    _ => return Err("latency: warm-up message not delivered".into()),
+                }
+            }
+            let sender = async {
+                let mut sent = Vec::with_capacity(LATENCY_MESSAGES);
+                let start = tokio::time::Instant::now();
+                for (i, m) in messages.into_iter().enumerate() {
+                    tokio::time::sleep_until(start + interval * i as u32).await;
+                    let id = outbox.send(m).await?;
+                    sent.push((id, Instant::now()));
+                }
+                Ok::<_, outboxer::Error>(sent)
+            };
+            let receiver = async {
+                let mut delivered = HashMap::with_capacity(LATENCY_MESSAGES);
+                let deadline = tokio::time::Instant::now()
+                    + interval * LATENCY_MESSAGES as u32
+                    + Duration::from_secs(30);
+                while delivered.len() < LATENCY_MESSAGES {
+                    match tokio::time::timeout_at(deadline, relay.ok().recv()).await {
+                        Ok(Ok(d)) => {
+                            delivered.insert(d.message_id, Instant::now());
+                        }
+                        _ => break,
+                    }
+                }
+                delivered
+            };
+            let (sent, delivered) = tokio::join!(sender, receiver);
+            relay.stop().await?;
+            let c = relay.counters();
+            if c.dropped_ok > 0 || c.failed > 0 {
+                println!(
+                    "    note: {} outcomes dropped, {} failed attempts",
+                    c.dropped_ok, c.failed
+                );
+            }
+            BoxResult::Ok((sent?, delivered, c.published))
+        })?;
+        let mut latencies: Vec<f64> = sent
+            .iter()
+            .filter_map(|(id, at)| delivered.get(id).map(|d| d.saturating_duration_since(*at)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        if latencies.len() < LATENCY_MESSAGES {
+            return Err(format!(
+                "latency: only {} of {LATENCY_MESSAGES} messages delivered",
+                latencies.len()
+            )
+            .into());
+        }
+        latencies.sort_by(f64::total_cmp);
+        broker.settle(published)?;
+        db.drop_table(&table)?;
+        Ok((percentile(&latencies, 0.50), percentile(&latencies, 0.99)))
+    }
 }
 
 fn rate(n: usize, took: Duration) -> f64 {
@@ -427,6 +699,9 @@ struct Env {
     messages: usize,
     /// Time the relay's store and stream calls (phases 4 and 5) and print where time goes.
     breakdown: bool,
+    /// Phases 2, 4, 5 and 6 through `outboxer::async_impl` (`--async`).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    async_api: bool,
 }
 
 impl Env {
@@ -447,6 +722,7 @@ impl Env {
             queue: format!("bench_{pid}_q"),
             messages: args.messages,
             breakdown: args.breakdown,
+            async_api: args.async_api,
         }
     }
 

@@ -6,7 +6,9 @@
 //! lost, nothing rolled back is published.
 //!
 //! The root re-exports the blocking API (threads, no runtime). Stores and streams
-//! sit behind cargo features: `postgres`, `amqp`.
+//! sit behind cargo features: `postgres`, `mysql`, `sqlite`, `sqlserver`, `amqp`,
+//! `kafka`, ... With the `async` feature, [`async_impl`] offers the same API on
+//! tokio, in the same build as the blocking one.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), outboxer::Error> {
@@ -37,6 +39,10 @@ mod message;
 
 pub mod blocking;
 
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub mod async_impl;
+
 pub use blocking::store::{self, Store};
 pub use blocking::stream::{self, Stream};
 pub use blocking::{Outbox, OutboxBuilder, OutboxTx, Relay, RelayCounters};
@@ -47,6 +53,6 @@ pub use message::{
 };
 
 /// The README's examples compile as doctests.
-#[cfg(all(doctest, feature = "postgres", feature = "amqp"))]
+#[cfg(all(doctest, feature = "postgres", feature = "amqp", feature = "async"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -88,7 +88,7 @@ impl<S: Store> Outbox<S> {
         self.shared.store.migrate()
     }
 
-    fn validate(&self, m: &Message) -> Result<()> {
+    pub(crate) fn validate(&self, m: &Message) -> Result<()> {
         match &self.shared.validator {
             Some(v) => v.validate(&m.payload, &m.headers, &m.options),
             None => Ok(()),

@@ -37,6 +37,8 @@ pub use self::sqlite_store::{SqliteStore, SqliteStoreBuilder};
 #[cfg(feature = "sqlserver")]
 #[path = "sqlserver.rs"]
 mod sqlserver_store;
+#[cfg(all(feature = "sqlserver", feature = "async"))]
+pub(crate) use self::sqlserver_store::{open_client, Client as TdsClient};
 #[cfg(feature = "sqlserver")]
 pub use self::sqlserver_store::{SqlServerStore, SqlServerStoreBuilder, SqlServerTx};
 

@@ -6,7 +6,7 @@ use super::{FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
-use crate::core::sql_mysql::{key_bucket, MysqlSql, EXTRA_COLUMNS};
+use crate::core::sql_mysql::{MysqlSql, EXTRA_COLUMNS};
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
 use mysql::prelude::Queryable;
@@ -15,6 +15,11 @@ use mysql::{
 };
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
+
+// The enqueue path shared with the async store (compiled here without `.await`).
+use maybe_async::must_be_sync as maybe;
+#[path = "../../mirrored/mysql_enqueue.rs"]
+mod enqueue;
 
 /// The outbox table in MySQL 8 or MariaDB 10.6+ (both have `SKIP LOCKED`).
 ///
@@ -119,40 +124,7 @@ impl MysqlStore {
     }
 
     fn insert(&self, q: &mut impl Queryable, messages: &[Message]) -> Result<()> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let sql = &self.inner.sql;
-        let mut buckets: Vec<u32> = messages
-            .iter()
-            .filter_map(|m| m.key())
-            .map(key_bucket)
-            .collect();
-        if !buckets.is_empty() {
-            // Held to commit: enqueues of one key commit in id order.
-            buckets.sort_unstable();
-            buckets.dedup();
-            let _: Vec<u32> = q
-                .query(sql.lock_keys(&buckets))
-                .map_err(|e| Error::db("locking ordering keys", e))?;
-        }
-        // Chunks keep the statement count (and the statement cache) small.
-        for chunk in messages.chunks(500) {
-            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
-            for m in chunk {
-                params.push(Value::Bytes(m.message_id.as_uuid().as_bytes().to_vec()));
-                params.push(Value::Bytes(m.payload.clone()));
-                params.push(Value::from(rows::headers_to_json(&m.headers).to_string()));
-                params.push(Value::from(rows::options_to_json(&m.options).to_string()));
-                params.push(match &m.ordering_key {
-                    Some(k) => Value::from(k.as_str()),
-                    None => Value::NULL,
-                });
-            }
-            q.exec_drop(sql.insert(chunk.len()), params)
-                .map_err(|e| Error::db("inserting messages", e))?;
-        }
-        Ok(())
+        enqueue::insert(q, &self.inner.sql, messages)
     }
 
     fn migrate_in(&self, conn: &mut mysql::PooledConn) -> Result<()> {

@@ -17,6 +17,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+// The enqueue path shared with the async store (compiled here without `.await`).
+use maybe_async::must_be_sync as maybe;
+use postgres::GenericClient as PgClient;
+#[path = "../../mirrored/pg_enqueue.rs"]
+mod enqueue;
+
 type Connector = dyn Fn() -> std::result::Result<Client, postgres::Error> + Send + Sync;
 
 /// The outbox table in PostgreSQL (9.5+ for SKIP LOCKED; 13+ for `gen_random_uuid()`).
@@ -108,55 +114,12 @@ impl PostgresStore {
     }
 
     fn insert(&self, client: &mut impl GenericClient, messages: &[Message]) -> Result<()> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let sql = &self.inner.sql;
-        let keys: Vec<&str> = messages.iter().filter_map(|m| m.key()).collect();
-        if !keys.is_empty() {
-            // Serialise enqueues of the same key so ids follow commit order.
-            client
-                .query_one(&sql.lock_keys, &[&self.inner.table.lock_space(), &keys])
-                .map_err(|e| Error::db("locking ordering keys", e))?;
-        }
-        if let [m] = messages {
-            client
-                .execute(
-                    &sql.insert_one,
-                    &[
-                        m.message_id.as_uuid(),
-                        &m.payload,
-                        &rows::headers_to_json(&m.headers),
-                        &rows::options_to_json(&m.options),
-                        &m.ordering_key,
-                    ],
-                )
-                .map_err(|e| Error::db("inserting a message", e))?;
-        } else {
-            let ids: Vec<uuid::Uuid> = messages.iter().map(|m| *m.message_id.as_uuid()).collect();
-            let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-            let headers: Vec<serde_json::Value> = messages
-                .iter()
-                .map(|m| rows::headers_to_json(&m.headers))
-                .collect();
-            let options: Vec<serde_json::Value> = messages
-                .iter()
-                .map(|m| rows::options_to_json(&m.options))
-                .collect();
-            let okeys: Vec<Option<&str>> = messages.iter().map(|m| m.key()).collect();
-            client
-                .execute(
-                    &sql.insert_many,
-                    &[&ids, &payloads, &headers, &options, &okeys],
-                )
-                .map_err(|e| Error::db("inserting messages", e))?;
-        }
-        if self.inner.notify {
-            client
-                .query_one(&sql.notify, &[&sql.channel])
-                .map_err(|e| Error::db("notifying relays", e))?;
-        }
-        Ok(())
+        let target = enqueue::Target {
+            sql: &self.inner.sql,
+            lock_space: self.inner.table.lock_space(),
+            notify: self.inner.notify,
+        };
+        enqueue::insert(client, &target, messages)
     }
 
     fn migrate_in(&self, tx: &mut postgres::Transaction<'_>) -> Result<()> {

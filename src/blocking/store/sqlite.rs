@@ -198,7 +198,14 @@ impl SqliteStore {
         })
     }
 
-    fn insert(&self, conn: &Connection, messages: &[Message]) -> Result<()> {
+    /// A connection with the store's settings, outside the pool (the async API's
+    /// transactions own one each).
+    #[cfg(feature = "async")]
+    pub(crate) fn connection(&self) -> Result<Connection> {
+        self.inner.open()
+    }
+
+    pub(crate) fn insert(&self, conn: &Connection, messages: &[Message]) -> Result<()> {
         if messages.is_empty() {
             return Ok(());
         }

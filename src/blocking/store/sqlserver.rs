@@ -18,8 +18,13 @@ use tiberius::{ColumnData, Query, Row, ToSql};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-type Client = tiberius::Client<Compat<TcpStream>>;
+pub(crate) type Client = tiberius::Client<Compat<TcpStream>>;
 type TdsResult<T> = std::result::Result<T, tiberius::error::Error>;
+
+// The enqueue path shared with the async store (compiled here without `.await`).
+use maybe_async::must_be_sync as maybe;
+#[path = "../../mirrored/mssql_enqueue.rs"]
+mod enqueue;
 
 /// The outbox table in SQL Server 2017 or later (Azure SQL too).
 ///
@@ -176,50 +181,14 @@ impl SqlServerStore {
         })
     }
 
-    /// Inserts `messages` on `conn`: key locks first (so ids follow commit order per
-    /// key), then the rows in order. One request when it fits (with `own_tx`, its own
-    /// transaction), otherwise several inside one transaction.
     fn insert(&self, conn: &mut Conn<'_>, messages: &[Message], own_tx: bool) -> Result<()> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let sql = &self.inner.sql;
-        let rows = messages
-            .iter()
-            .map(Encoded::new)
-            .collect::<Result<Vec<_>>>()?;
-        let mut locks: Vec<String> = messages
-            .iter()
-            .filter_map(Message::key)
-            .map(|k| sql.key_resource(k))
-            .collect();
-        // One lock order for everyone: two enqueues of the same keys cannot deadlock.
-        locks.sort_unstable();
-        locks.dedup();
-        let ctx = "inserting messages";
-        if q::fits_one_request(locks.len(), rows.len()) {
-            let mut query = Query::new(sql.enqueue(locks.len(), rows.len(), own_tx));
-            bind_enqueue(&mut query, &locks, &rows);
-            conn.exec(ctx, query)?;
-            return Ok(());
-        }
-        if own_tx {
-            conn.batch("beginning a transaction", batch::BEGIN)?;
-        }
-        for chunk in locks.chunks(q::MAX_PARAMS) {
-            let mut query = Query::new(sql.enqueue(chunk.len(), 0, false));
-            bind_enqueue(&mut query, chunk, &[]);
-            conn.exec("locking ordering keys", query)?;
-        }
-        for chunk in rows.chunks(q::MAX_INSERT_ROWS) {
-            let mut query = Query::new(sql.enqueue(0, chunk.len(), false));
-            bind_enqueue(&mut query, &[], chunk);
-            conn.exec(ctx, query)?;
-        }
-        if own_tx {
-            conn.batch("committing messages", batch::COMMIT)?;
-        }
-        Ok(())
+        enqueue::insert(conn, &self.inner.sql, messages, own_tx)
+    }
+
+    /// The connection settings (the async store opens its own connections).
+    #[cfg(feature = "async")]
+    pub(crate) fn config(&self) -> (tiberius::Config, Duration) {
+        (self.inner.config.clone(), self.inner.connect_timeout)
     }
 
     /// Runs `stmt(n)` over `ids` in padded chunks with the lease token last; sums the
@@ -320,54 +289,6 @@ impl SqlServerStore {
             );
         }
         Ok(())
-    }
-}
-
-/// A message as bound to the insert statement.
-struct Encoded<'m> {
-    message_id: uuid::Uuid,
-    payload: &'m [u8],
-    headers: Vec<u8>,
-    options: Vec<u8>,
-    key: Option<&'m str>,
-}
-
-impl<'m> Encoded<'m> {
-    fn new(m: &'m Message) -> Result<Self> {
-        if let Some(k) = m.key() {
-            if !q::ordering_key_fits(k) {
-                return Err(Error::option(
-                    "ordering_key",
-                    format!(
-                        "longer than {} UTF-16 code units (SQL Server index key limit)",
-                        q::MAX_ORDERING_KEY_UTF16
-                    ),
-                ));
-            }
-        }
-        let json = |v: serde_json::Value| {
-            serde_json::to_vec(&v).map_err(|e| Error::db("encoding headers and options", e))
-        };
-        Ok(Encoded {
-            message_id: *m.message_id.as_uuid(),
-            payload: &m.payload,
-            headers: json(rows::headers_to_json(&m.headers))?,
-            options: json(rows::options_to_json(&m.options))?,
-            key: m.key(),
-        })
-    }
-}
-
-fn bind_enqueue<'a>(query: &mut Query<'a>, locks: &'a [String], rows: &'a [Encoded<'_>]) {
-    for l in locks {
-        query.bind(l.as_str());
-    }
-    for r in rows {
-        query.bind(r.message_id);
-        query.bind(r.payload);
-        query.bind(r.headers.as_slice());
-        query.bind(r.options.as_slice());
-        query.bind(r.key);
     }
 }
 
@@ -513,7 +434,7 @@ async fn tcp(addr: String) -> TdsResult<Compat<TcpStream>> {
     Ok(tcp.compat_write())
 }
 
-async fn open_client(config: tiberius::Config) -> TdsResult<Client> {
+pub(crate) async fn open_client(config: tiberius::Config) -> TdsResult<Client> {
     let stream = tcp(config.get_addr()).await?;
     match Client::connect(config.clone(), stream).await {
         // Azure SQL's gateway may send the client to another node.

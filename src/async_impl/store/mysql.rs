@@ -1,0 +1,144 @@
+//! MySQL 8 / MariaDB 10.6+ from async code: messages are enqueued with `mysql_async`
+//! (no TLS, pure-Rust deflate); the relay uses the blocking
+//! [`crate::store::MysqlStore`] on the same table. The enqueue statements are the
+//! blocking store's, compiled for async.
+
+use super::{run_in, Finish, Store};
+use crate::async_impl::unblock;
+use crate::core::redact::redact_url;
+use crate::core::sql_mysql::MysqlSql;
+use crate::message::Message;
+use crate::{Error, Result};
+use mysql_async::{IsolationLevel, Opts, Pool, TxOpts};
+use std::sync::Arc;
+
+// The enqueue path shared with the blocking store (compiled here with `.await`).
+use maybe_async::must_be_async as maybe;
+use mysql_async::prelude::Queryable;
+use mysql_async::Value;
+// Compiled twice on purpose: once blocking, once async (maybe-async).
+#[allow(clippy::duplicate_mod)]
+#[path = "../../mirrored/mysql_enqueue.rs"]
+mod enqueue;
+
+/// The outbox table in MySQL 8 or MariaDB 10.6+, for async code.
+///
+/// Cheap to clone: clones share one `mysql_async` pool, whose connections belong
+/// to the runtime that opened them (use one store per runtime).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), outboxer::Error> {
+/// use outboxer::async_impl::store::MysqlStore;
+/// let store = MysqlStore::connect("mysql://root@127.0.0.1:3306/test").await?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MysqlStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    blocking: crate::store::MysqlStore,
+    pool: Pool,
+    sql: MysqlSql,
+}
+
+impl std::fmt::Debug for MysqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlStore")
+            .field("table", &self.inner.blocking.table().plain())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MysqlStore {
+    /// Connects with a URL (`mysql://user[:password]@host[:port]/db`) to the table
+    /// `event_store`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::with_table(url, "event_store").await
+    }
+
+    /// Connects to `table` (`name` or `schema.name`, plain identifiers). The relay's
+    /// blocking store is built on the blocking pool; one async connection checks
+    /// the server.
+    pub async fn with_table(url: &str, table: &str) -> Result<Self> {
+        let opts = Opts::from_url(url).map_err(|e| Error::InvalidUrl {
+            url: redact_url(url),
+            reason: e.to_string(),
+        })?;
+        let (url, name) = (url.to_string(), table.to_string());
+        let blocking = unblock("connecting to MySQL", move || {
+            crate::store::MysqlStore::builder(&url).table(&name).build()
+        })
+        .await?;
+        let store = MysqlStore {
+            inner: Arc::new(Inner {
+                sql: MysqlSql::new(blocking.table()),
+                blocking,
+                pool: Pool::new(opts),
+            }),
+        };
+        let conn = store.inner.pool.get_conn().await;
+        drop(conn.map_err(|e| Error::db("connecting to MySQL", e))?);
+        Ok(store)
+    }
+
+    /// Creates or upgrades the table (see [`crate::Store::migrate`]), on the blocking pool.
+    pub async fn migrate(&self) -> Result<()> {
+        let store = self.inner.blocking.clone();
+        unblock("migrating the table", move || store.migrate()).await
+    }
+
+    /// Runs `f` in a transaction of `options`: commit on `Ok`, rollback on `Err`.
+    async fn in_tx<R, E, F>(&self, options: TxOpts, f: F) -> std::result::Result<R, E>
+    where
+        F: AsyncFnOnce(&mut mysql_async::Transaction<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        let tx = self.inner.pool.start_transaction(options).await;
+        let tx = tx.map_err(|e| Error::db("beginning a transaction", e))?;
+        run_in(tx, f).await
+    }
+}
+
+impl Store for MysqlStore {
+    type Blocking = crate::store::MysqlStore;
+    type Tx<'a> = mysql_async::Transaction<'a>;
+
+    fn blocking(&self) -> &crate::store::MysqlStore {
+        &self.inner.blocking
+    }
+
+    /// READ COMMITTED, as the blocking store's own transactions (no gap locks).
+    async fn enqueue(&self, messages: &[Message]) -> Result<()> {
+        let mut options = TxOpts::default();
+        options.with_isolation_level(IsolationLevel::ReadCommitted);
+        let sql = &self.inner.sql;
+        self.in_tx(options, async |tx| enqueue::insert(tx, sql, messages).await)
+            .await
+    }
+
+    async fn enqueue_in_tx(&self, tx: &mut Self::Tx<'_>, messages: &[Message]) -> Result<()> {
+        enqueue::insert(tx, &self.inner.sql, messages).await
+    }
+
+    async fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: AsyncFnOnce(&mut mysql_async::Transaction<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        self.in_tx(TxOpts::default(), f).await
+    }
+}
+
+impl Finish for mysql_async::Transaction<'_> {
+    async fn commit(self) -> Result<()> {
+        let r = mysql_async::Transaction::commit(self).await;
+        r.map_err(|e| Error::db("committing", e))
+    }
+    async fn rollback(self) -> Result<()> {
+        let r = mysql_async::Transaction::rollback(self).await;
+        r.map_err(|e| Error::db("rolling back", e))
+    }
+}
