@@ -2,9 +2,11 @@
 //! row mapping, retry policy, relay settings, option parsing, redaction.
 
 pub mod amqp;
+pub mod aws;
 pub mod config;
 pub mod ident;
 pub mod kafka;
+pub mod kinesis;
 pub mod redact;
 pub mod retry;
 pub mod rows;
@@ -12,3 +14,4 @@ pub mod sql_mssql;
 pub mod sql_mysql;
 pub mod sql_pg;
 pub mod sql_sqlite;
+pub mod sqs;

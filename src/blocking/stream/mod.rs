@@ -11,9 +11,16 @@ pub use amqp::AmqpStream;
 pub mod kafka;
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaStream;
+pub mod aws;
 #[cfg(feature = "_http")]
 #[allow(dead_code)] // until the cloud streams use all of it
 pub(crate) mod http;
+pub mod kinesis;
+#[cfg(feature = "kinesis")]
+pub use kinesis::KinesisStream;
+pub mod sqs;
+#[cfg(feature = "sqs")]
+pub use sqs::SqsStream;
 
 /// Checks a message against a stream's rules at `send`, so that bad options or
 /// oversized payloads are refused before they reach the table.
