@@ -18,6 +18,15 @@
 //! consumer-side check with Kafka: the ceiling and the relays count delivery reports
 //! (acks=all); the topic's high watermark is printed at the end, not checked.
 //!
+//! `--stream sqs|kinesis` (features `sqs` / `kinesis`) publishes to moto
+//! (`scripts/moto-server start`; `OUTBOXER_AWS_URL`, default `http://127.0.0.1:4566`,
+//! region us-east-1, key test:test): a standard queue (keyless messages, batches of
+//! 10) or a stream of one shard (`partition_key("bench")`, up to 500 records a call).
+//! Phase 3 is the raw ceiling of that server: signed `SendMessageBatch` /
+//! `PutRecords` calls, one after the other like the stream's, with the same bodies
+//! and attributes (SQS) or envelopes (Kinesis). With SQS every phase checks the
+//! queue's message count (moto's is exact); with Kinesis there is no consumer-side check.
+//!
 //! `--store postgres|mysql|sqlite|sqlserver` (default `postgres`) picks the database;
 //! each store other than PostgreSQL needs its cargo feature as well. Servers:
 //! `OUTBOXER_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`),
@@ -140,6 +149,17 @@ fn try_main() -> BoxResult<()> {
         )
         .into());
     }
+    for (kind, on, feature) in [
+        (StreamKind::Sqs, cfg!(feature = "sqs"), "sqs"),
+        (StreamKind::Kinesis, cfg!(feature = "kinesis"), "kinesis"),
+    ] {
+        if args.stream == kind && !on {
+            return Err(format!(
+                "--stream {feature} is not compiled in: add the `{feature}` feature"
+            )
+            .into());
+        }
+    }
     let env = Env::new(&args);
     match args.store {
         StoreKind::Postgres => bench(&env, &pg::Postgres::from_env()),
@@ -173,6 +193,8 @@ struct Args {
 enum StreamKind {
     Amqp,
     Kafka,
+    Sqs,
+    Kinesis,
 }
 
 impl StreamKind {
@@ -180,7 +202,11 @@ impl StreamKind {
         match name {
             "amqp" | "rabbitmq" => Ok(StreamKind::Amqp),
             "kafka" => Ok(StreamKind::Kafka),
-            _ => Err(format!("--stream {name:?}: expected amqp or kafka")),
+            "sqs" => Ok(StreamKind::Sqs),
+            "kinesis" => Ok(StreamKind::Kinesis),
+            _ => Err(format!(
+                "--stream {name:?}: expected amqp, kafka, sqs or kinesis"
+            )),
         }
     }
 }
@@ -219,7 +245,7 @@ impl StoreKind {
 
 fn parse_args() -> Result<Args, String> {
     const USAGE: &str = "usage: --messages N --store postgres|mysql|sqlite|sqlserver \
-                         --stream amqp|kafka [--breakdown]";
+                         --stream amqp|kafka|sqs|kinesis [--breakdown]";
     let mut parsed = Args {
         messages: 20_000,
         store: StoreKind::Postgres,
@@ -278,6 +304,8 @@ fn bench<B: Backend>(env: &Env, db: &B) -> BoxResult<()> {
     let destination = match env.stream {
         StreamKind::Amqp => format!("exchange {}, queue {}", env.exchange, env.queue),
         StreamKind::Kafka => format!("Kafka topic {} (1 partition)", env.topic),
+        StreamKind::Sqs => format!("SQS standard queue {} on moto", env.topic),
+        StreamKind::Kinesis => format!("Kinesis stream {} (1 shard) on moto", env.topic),
     };
     println!(
         "bench: {} messages of {PAYLOAD_SIZE} bytes on {}; tables {}*, {destination}",
@@ -302,6 +330,8 @@ fn bench<B: Backend>(env: &Env, db: &B) -> BoxResult<()> {
         match env.stream {
             StreamKind::Amqp => "amqp",
             StreamKind::Kafka => "kafka",
+            StreamKind::Sqs => "sqs",
+            StreamKind::Kinesis => "kinesis",
         }
     );
     println!(
@@ -347,6 +377,8 @@ fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
         let how = match env.stream {
             StreamKind::Amqp => "raw amiquip, confirm windows",
             StreamKind::Kafka => "raw rdkafka, acks=all idempotent, delivery-report windows",
+            StreamKind::Sqs => "raw signed SendMessageBatch of 10, one call at a time, windows",
+            StreamKind::Kinesis => "raw signed PutRecords of 500, one call at a time, windows",
         };
         println!("[3] ceiling   {r:>10.2} msg/s   ({how} of {CHUNK}, run {i}/{RUNS})");
         ceiling_per_s = ceiling_per_s.max(r);
@@ -393,6 +425,9 @@ struct Env {
     amqp_url: String,
     #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     kafka_url: String,
+    /// moto's endpoint (`--stream sqs|kinesis`).
+    #[cfg_attr(not(any(feature = "sqs", feature = "kinesis")), allow(dead_code))]
+    aws_endpoint: String,
     stream: StreamKind,
     /// The Kafka topic (`--stream kafka`).
     topic: String,
@@ -413,6 +448,8 @@ impl Env {
                 .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             kafka_url: std::env::var("OUTBOXER_KAFKA_URL")
                 .unwrap_or_else(|_| "kafka://127.0.0.1:9092".into()),
+            aws_endpoint: std::env::var("OUTBOXER_AWS_URL")
+                .unwrap_or_else(|_| "http://127.0.0.1:4566".into()),
             stream: args.stream,
             topic: format!("bench_{pid}_{}", unix_now()),
             store: args.store,
@@ -445,6 +482,10 @@ impl Env {
                 match self.stream {
                     StreamKind::Amqp => message.route(amqp::topic(&self.exchange, ROUTING_KEY)),
                     StreamKind::Kafka => message.route(kafka::topic(&self.topic).key(ROUTING_KEY)),
+                    StreamKind::Sqs => message.route(outboxer::stream::sqs::queue(&self.topic)),
+                    StreamKind::Kinesis => message.route(
+                        outboxer::stream::kinesis::stream(&self.topic).partition_key(ROUTING_KEY),
+                    ),
                 }
             })
             .collect()
@@ -466,7 +507,27 @@ impl Env {
             )),
             #[cfg(not(feature = "kafka"))]
             StreamKind::Kafka => Err("--stream kafka needs the `kafka` feature".into()),
+            // Neither needs a connection: `connect` only resolves the settings.
+            #[cfg(feature = "sqs")]
+            StreamKind::Sqs => Ok(Box::new(outboxer::stream::SqsStream::connect(
+                &self.aws_url("sqs"),
+            )?)),
+            #[cfg(feature = "kinesis")]
+            StreamKind::Kinesis => Ok(Box::new(outboxer::stream::KinesisStream::connect(
+                &self.aws_url("kinesis"),
+            )?)),
+            #[allow(unreachable_patterns)]
+            _ => Err("this --stream is not compiled in".into()),
         }
+    }
+
+    /// `sqs://test:test@us-east-1?endpoint=<moto>` (moto takes any key).
+    #[cfg_attr(not(any(feature = "sqs", feature = "kinesis")), allow(dead_code))]
+    fn aws_url(&self, scheme: &str) -> String {
+        format!(
+            "{scheme}://test:test@us-east-1?endpoint={}",
+            self.aws_endpoint
+        )
     }
 }
 
@@ -1748,6 +1809,8 @@ enum Broker {
     Amqp(AmqpBroker),
     #[cfg(feature = "kafka")]
     Kafka(kafka_bench::KafkaBroker),
+    #[cfg(any(feature = "sqs", feature = "kinesis"))]
+    Aws(aws_bench::AwsBroker),
 }
 
 impl Broker {
@@ -1758,6 +1821,12 @@ impl Broker {
             StreamKind::Kafka => Ok(Broker::Kafka(kafka_bench::KafkaBroker::setup(env)?)),
             #[cfg(not(feature = "kafka"))]
             StreamKind::Kafka => Err("--stream kafka needs the `kafka` feature".into()),
+            #[cfg(any(feature = "sqs", feature = "kinesis"))]
+            StreamKind::Sqs | StreamKind::Kinesis => {
+                Ok(Broker::Aws(aws_bench::AwsBroker::setup(env)?))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err("this --stream is not compiled in".into()),
         }
     }
 
@@ -1767,6 +1836,8 @@ impl Broker {
             Broker::Amqp(_) => ceiling_phase(env),
             #[cfg(feature = "kafka")]
             Broker::Kafka(k) => k.ceiling(env),
+            #[cfg(any(feature = "sqs", feature = "kinesis"))]
+            Broker::Aws(a) => a.ceiling(env),
         }
     }
 
@@ -1776,6 +1847,8 @@ impl Broker {
             Broker::Amqp(a) => a.settle(published),
             #[cfg(feature = "kafka")]
             Broker::Kafka(k) => k.settle(published),
+            #[cfg(any(feature = "sqs", feature = "kinesis"))]
+            Broker::Aws(a) => a.settle(published),
         }
     }
 
@@ -1784,6 +1857,8 @@ impl Broker {
             Broker::Amqp(a) => a.teardown(),
             #[cfg(feature = "kafka")]
             Broker::Kafka(k) => k.teardown(),
+            #[cfg(any(feature = "sqs", feature = "kinesis"))]
+            Broker::Aws(a) => a.teardown(),
         }
     }
 }
@@ -2162,6 +2237,170 @@ mod kafka_bench {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `--stream sqs|kinesis`: the queue or stream on moto, the raw signed-call
+/// ceiling and (SQS) the message-count check.
+#[cfg(any(feature = "sqs", feature = "kinesis"))]
+mod aws_bench {
+    use super::*;
+    use outboxer::stream::aws::{AwsClient, Service};
+    use serde_json::{json, Value};
+
+    pub struct AwsBroker {
+        client: AwsClient,
+        service: Service,
+        name: String,
+        /// SQS: the queue URL.
+        queue_url: String,
+        expected: AtomicU64,
+    }
+
+    impl AwsBroker {
+        pub fn setup(env: &Env) -> BoxResult<AwsBroker> {
+            let (service, scheme) = match env.stream {
+                StreamKind::Sqs => (Service::Sqs, "sqs"),
+                _ => (Service::Kinesis, "kinesis"),
+            };
+            let client = AwsClient::connect(&env.aws_url(scheme), service)?;
+            let mut queue_url = String::new();
+            match service {
+                Service::Sqs => {
+                    let a = client.call_json("CreateQueue", &json!({"QueueName": env.topic}))?;
+                    queue_url = a["QueueUrl"]
+                        .as_str()
+                        .ok_or("CreateQueue: no QueueUrl")?
+                        .to_string();
+                }
+                Service::Kinesis => {
+                    client.call_json(
+                        "CreateStream",
+                        &json!({"StreamName": env.topic, "ShardCount": 1}),
+                    )?;
+                }
+            }
+            println!("bench: moto at {}", env.aws_endpoint);
+            Ok(AwsBroker {
+                client,
+                service,
+                name: env.topic.clone(),
+                queue_url,
+                expected: AtomicU64::new(0),
+            })
+        }
+
+        /// SQS: waits until the queue holds every message published so far (and
+        /// not more); Kinesis: only tallies.
+        pub fn settle(&self, published: u64) -> BoxResult<()> {
+            let expected = self.expected.fetch_add(published, Ordering::Relaxed) + published;
+            if self.service != Service::Sqs {
+                return Ok(());
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let a = self.client.call_json(
+                    "GetQueueAttributes",
+                    &json!({"QueueUrl": self.queue_url, "AttributeNames": ["ApproximateNumberOfMessages"]}),
+                )?;
+                let n: u64 = a["Attributes"]["ApproximateNumberOfMessages"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("GetQueueAttributes: no count")?;
+                if n == expected {
+                    return Ok(());
+                }
+                if n > expected || Instant::now() > deadline {
+                    return Err(format!("SQS queue holds {n} messages, expected {expected}").into());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        pub fn teardown(self) -> BoxResult<()> {
+            match self.service {
+                Service::Sqs => {
+                    self.client
+                        .call_json("DeleteQueue", &json!({"QueueUrl": self.queue_url}))?;
+                }
+                Service::Kinesis => {
+                    self.client.call_json(
+                        "DeleteStream",
+                        &json!({"StreamName": self.name, "EnforceConsumerDeletion": true}),
+                    )?;
+                }
+            }
+            Ok(())
+        }
+
+        /// Phase 3: the same bodies as the stream sends, in signed calls, one at a time.
+        pub fn ceiling(&self, env: &Env) -> BoxResult<Duration> {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let messages = env.make_messages(env.messages);
+            let cpu = env.breakdown.then(CpuSample::take).flatten();
+            let start = Instant::now();
+            match self.service {
+                Service::Sqs => {
+                    for chunk in messages.chunks(10) {
+                        let entries: Vec<Value> = chunk
+                            .iter()
+                            .enumerate()
+                            .map(|(i, m)| {
+                                let e = outboxer::core::sqs::encode(
+                                    &m.message_id().to_string(),
+                                    m.payload(),
+                                    m.headers(),
+                                )?;
+                                let attrs: serde_json::Map<String, Value> = e
+                                    .attributes
+                                    .into_iter()
+                                    .map(|(k, v)| (k, json!({"DataType": "String", "StringValue": v})))
+                                    .collect();
+                                Ok(json!({"Id": i.to_string(), "MessageBody": e.body, "MessageAttributes": attrs}))
+                            })
+                            .collect::<Result<_, outboxer::Error>>()?;
+                        let a = self.client.call_json(
+                            "SendMessageBatch",
+                            &json!({"QueueUrl": self.queue_url, "Entries": entries}),
+                        )?;
+                        if a["Failed"].as_array().is_some_and(|f| !f.is_empty()) {
+                            return Err(format!("ceiling: failed entries {}", a["Failed"]).into());
+                        }
+                    }
+                }
+                Service::Kinesis => {
+                    for chunk in messages.chunks(500) {
+                        let records: Vec<Value> = chunk
+                            .iter()
+                            .map(|m| {
+                                let data = outboxer::core::kinesis::encode_record(
+                                    &m.message_id().to_string(),
+                                    m.payload(),
+                                    m.headers(),
+                                );
+                                json!({"Data": b64.encode(data), "PartitionKey": ROUTING_KEY})
+                            })
+                            .collect();
+                        let a = self.client.call_json(
+                            "PutRecords",
+                            &json!({"StreamName": self.name, "Records": records}),
+                        )?;
+                        if a["FailedRecordCount"].as_u64().unwrap_or(0) > 0 {
+                            return Err("ceiling: failed records".into());
+                        }
+                    }
+                }
+            }
+            let took = start.elapsed();
+            if env.breakdown {
+                println!(
+                    "    {} during the ceiling run",
+                    CpuSample::since(&cpu, env.messages as u64)
+                );
+            }
+            Ok(took)
         }
     }
 }

@@ -571,3 +571,58 @@ fn relay_end_to_end_from_postgres() {
     }
     let _ = crate::common::pg().batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""));
 }
+
+/// A provider is asked before every request; the environment works as one.
+#[test]
+fn credentials_from_a_provider_and_the_environment() {
+    use outboxer::stream::aws::CredentialsProvider;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    struct Counting(Credentials, AtomicUsize);
+    impl CredentialsProvider for Counting {
+        fn credentials(&self) -> outboxer::Result<Credentials> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            Ok(self.0.clone())
+        }
+    }
+
+    let signer = signer().clone();
+    let name = unique("q_creds");
+    let provider = Arc::new(Counting(signer.clone(), AtomicUsize::new(0)));
+    let mut s = SqsStream::builder(&format!("sqs://us-east-1?endpoint={}", auth_endpoint()))
+        .credentials_provider(provider.clone())
+        .build()
+        .expect("stream");
+    let created = AwsClient::connect(
+        &format!(
+            "sqs://{}:{}@us-east-1?endpoint={}",
+            signer.access_key_id(),
+            signer.secret_access_key().replace('/', "%2F"),
+            auth_endpoint()
+        ),
+        Service::Sqs,
+    )
+    .expect("client")
+    .call_json("CreateQueue", &json!({"QueueName": name}))
+    .expect("CreateQueue");
+    assert!(created["QueueUrl"].is_string());
+    let dest: Options = sqs::queue(&name).into();
+    for i in 0..2 {
+        assert!(s.publish(&[stored(i, b"p", &dest, None)])[0].is_ok());
+    }
+    // GetQueueUrl once, then two sends: each request signed with fresh credentials.
+    assert_eq!(provider.1.load(Ordering::SeqCst), 3);
+
+    // The service-specific variables only: other tests give their endpoints in URLs.
+    std::env::set_var("AWS_ACCESS_KEY_ID", signer.access_key_id());
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", signer.secret_access_key());
+    std::env::set_var("AWS_DEFAULT_REGION", "us-east-1");
+    std::env::set_var("AWS_ENDPOINT_URL_SQS", auth_endpoint());
+    let mut from_env = SqsStream::connect("sqs://").expect("all from the environment");
+    let out = from_env.publish(&[stored(9, b"env", &dest, None)]);
+    std::env::remove_var("AWS_ENDPOINT_URL_SQS");
+    assert!(out[0].is_ok(), "{out:?}");
+    assert!(!format!("{from_env:?}").contains(signer.secret_access_key()));
+}
