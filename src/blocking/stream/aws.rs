@@ -158,6 +158,7 @@ mod client {
         }
 
         /// The service's error code, if it answered.
+        #[cfg_attr(not(feature = "sqs"), allow(dead_code))]
         pub fn code(&self) -> Option<&str> {
             match self {
                 CallError::Service { error, .. } => Some(&error.code),

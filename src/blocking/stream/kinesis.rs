@@ -11,7 +11,7 @@ pub use crate::core::kinesis::{
 };
 
 use super::Validate;
-use crate::core::kinesis::{encode_record, partition_key};
+use crate::core::kinesis::encode_record;
 use crate::message::{Headers, Options};
 use crate::{Error, Result};
 
@@ -50,6 +50,7 @@ mod driver {
     };
     use crate::blocking::stream::Stream;
     use crate::core::aws::{held_back, waves};
+    use crate::core::kinesis::partition_key;
     use crate::message::StoredMessage;
     use base64::Engine as _;
     use serde_json::{json, Value};
