@@ -246,7 +246,9 @@ mod driver {
                 ) {
                     Ok(a) => a,
                     Err(e) => {
-                        let transport = matches!(e, CallError::Transport(_));
+                        // Only a transient failure (no answer) stops the rest of the batch;
+                        // e.g. a credentials provider error is this chunk's alone.
+                        let transport = matches!(&e, CallError::Transport(t) if t.is_transient());
                         let err = e.into_error("kinesis");
                         for &i in &pending {
                             out[i] = Some(Err(copy_error(&err)));

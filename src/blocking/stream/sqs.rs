@@ -295,7 +295,9 @@ mod driver {
                         // Deleted since it was resolved: resolve again next time.
                         self.urls.remove(&route.queue);
                     }
-                    let transport = matches!(e, CallError::Transport(_));
+                    // Only a transient failure (no answer) stops the rest of the batch;
+                    // e.g. a credentials provider error is this chunk's alone.
+                    let transport = matches!(&e, CallError::Transport(t) if t.is_transient());
                     let err = e.into_error("sqs");
                     for &i in entries {
                         out[i] = Some(Err(copy_error(&err)));
