@@ -6,7 +6,8 @@
 //! lost, nothing rolled back is published.
 //!
 //! The root re-exports the blocking API (threads, no runtime). Stores and streams
-//! sit behind cargo features: `postgres`, `amqp`.
+//! sit behind cargo features: `postgres`, `mysql`, `sqlite`, `sqlserver`, `amqp`,
+//! `kafka`, `sqs`, `kinesis`.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), outboxer::Error> {
