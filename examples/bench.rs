@@ -27,6 +27,14 @@
 //! same JSON as `PubSubStream`: base64 data, the message-id attribute), one request
 //! after the other on one keep-alive connection (ureq), each checked for 1000 message
 //! ids. No consumer-side check: the ceiling and the relays count publish responses.
+//! `--stream sqs|kinesis` (features `sqs` / `kinesis`) publishes to moto
+//! (`scripts/moto-server start`; `OUTBOXER_AWS_URL`, default `http://127.0.0.1:4566`,
+//! region us-east-1, key test:test): a standard queue (keyless messages, batches of
+//! 10) or a stream of one shard (`partition_key("bench")`, up to 500 records a call).
+//! Phase 3 is the raw ceiling of that server: signed `SendMessageBatch` /
+//! `PutRecords` calls, one after the other like the stream's, with the same bodies
+//! and attributes (SQS) or envelopes (Kinesis). With SQS every phase checks the
+//! queue's message count (moto's is exact); with Kinesis there is no consumer-side check.
 //!
 //! `--store postgres|mysql|sqlite|sqlserver` (default `postgres`) picks the database;
 //! each store other than PostgreSQL needs its cargo feature as well. Servers:
@@ -164,6 +172,17 @@ fn try_main() -> BoxResult<()> {
         )
         .into());
     }
+    for (kind, on, feature) in [
+        (StreamKind::Sqs, cfg!(feature = "sqs"), "sqs"),
+        (StreamKind::Kinesis, cfg!(feature = "kinesis"), "kinesis"),
+    ] {
+        if args.stream == kind && !on {
+            return Err(format!(
+                "--stream {feature} is not compiled in: add the `{feature}` feature"
+            )
+            .into());
+        }
+    }
     let env = Env::new(&args);
     match args.store {
         StoreKind::Postgres => bench(&env, &pg::Postgres::from_env()),
@@ -199,6 +218,8 @@ enum StreamKind {
     Amqp,
     Kafka,
     PubSub,
+    Sqs,
+    Kinesis,
 }
 
 impl StreamKind {
@@ -207,7 +228,11 @@ impl StreamKind {
             "amqp" | "rabbitmq" => Ok(StreamKind::Amqp),
             "kafka" => Ok(StreamKind::Kafka),
             "pubsub" => Ok(StreamKind::PubSub),
-            _ => Err(format!("--stream {name:?}: expected amqp, kafka or pubsub")),
+            "sqs" => Ok(StreamKind::Sqs),
+            "kinesis" => Ok(StreamKind::Kinesis),
+            _ => Err(format!(
+                "--stream {name:?}: expected amqp, kafka, pubsub, sqs or kinesis"
+            )),
         }
     }
 }
@@ -246,7 +271,7 @@ impl StoreKind {
 
 fn parse_args() -> Result<Args, String> {
     const USAGE: &str = "usage: --messages N --store postgres|mysql|sqlite|sqlserver \
-                         --stream amqp|kafka|pubsub [--breakdown] [--async]";
+                         --stream amqp|kafka|pubsub|sqs|kinesis [--breakdown] [--async]";
     let mut parsed = Args {
         messages: 20_000,
         store: StoreKind::Postgres,
@@ -319,6 +344,8 @@ fn bench<B: Backend>(env: &Env, db: &B) -> BoxResult<()> {
         StreamKind::Amqp => format!("exchange {}, queue {}", env.exchange, env.queue),
         StreamKind::Kafka => format!("Kafka topic {} (1 partition)", env.topic),
         StreamKind::PubSub => format!("Pub/Sub topic {}", env.topic),
+        StreamKind::Sqs => format!("SQS standard queue {} on moto", env.topic),
+        StreamKind::Kinesis => format!("Kinesis stream {} (1 shard) on moto", env.topic),
     };
     println!(
         "bench: {} messages of {PAYLOAD_SIZE} bytes on {}; tables {}*, {destination}",
@@ -344,6 +371,8 @@ fn bench<B: Backend>(env: &Env, db: &B) -> BoxResult<()> {
             StreamKind::Amqp => "amqp",
             StreamKind::Kafka => "kafka",
             StreamKind::PubSub => "pubsub",
+            StreamKind::Sqs => "sqs",
+            StreamKind::Kinesis => "kinesis",
         },
         if env.async_api { "async" } else { "blocking" }
     );
@@ -391,6 +420,8 @@ fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
             StreamKind::Amqp => "raw amiquip, confirm windows",
             StreamKind::Kafka => "raw rdkafka, acks=all idempotent, delivery-report windows",
             StreamKind::PubSub => "raw REST publish requests",
+            StreamKind::Sqs => "raw signed SendMessageBatch of 10, one call at a time, windows",
+            StreamKind::Kinesis => "raw signed PutRecords of 500, one call at a time, windows",
         };
         println!("[3] ceiling   {r:>10.2} msg/s   ({how} of {CHUNK}, run {i}/{RUNS})");
         ceiling_per_s = ceiling_per_s.max(r);
@@ -414,7 +445,9 @@ fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
 
     let (p50_ms, p99_ms) = phases::latency(env, db, broker)?;
     println!(
-        "[6] latency   p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms  ({LATENCY_MESSAGES} sends at {LATENCY_RATE_PER_S} msg/s)"
+        "[6] latency   p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms  ({} sends at {} msg/s)",
+        env.latency_plan().0,
+        env.latency_plan().1
     );
 
     Ok(Results {
@@ -689,6 +722,9 @@ struct Env {
     kafka_url: String,
     #[cfg_attr(not(feature = "pubsub"), allow(dead_code))]
     pubsub_emulator: String,
+    /// moto's endpoint (`--stream sqs|kinesis`).
+    #[cfg_attr(not(any(feature = "sqs", feature = "kinesis")), allow(dead_code))]
+    aws_endpoint: String,
     stream: StreamKind,
     /// The Kafka topic (`--stream kafka`).
     topic: String,
@@ -714,6 +750,8 @@ impl Env {
                 .unwrap_or_else(|_| "kafka://127.0.0.1:9092".into()),
             pubsub_emulator: std::env::var("OUTBOXER_PUBSUB_EMULATOR")
                 .unwrap_or_else(|_| "127.0.0.1:8086".into()),
+            aws_endpoint: std::env::var("OUTBOXER_AWS_URL")
+                .unwrap_or_else(|_| "http://127.0.0.1:4566".into()),
             stream: args.stream,
             topic: format!("bench_{pid}_{}", unix_now()),
             store: args.store,
@@ -748,6 +786,10 @@ impl Env {
                     StreamKind::Amqp => message.route(amqp::topic(&self.exchange, ROUTING_KEY)),
                     StreamKind::Kafka => message.route(kafka::topic(&self.topic).key(ROUTING_KEY)),
                     StreamKind::PubSub => message.route(pubsub::topic(&self.topic)),
+                    StreamKind::Sqs => message.route(outboxer::stream::sqs::queue(&self.topic)),
+                    StreamKind::Kinesis => message.route(
+                        outboxer::stream::kinesis::stream(&self.topic).partition_key(ROUTING_KEY),
+                    ),
                 }
             })
             .collect()
@@ -775,7 +817,36 @@ impl Env {
             )?)),
             #[cfg(not(feature = "pubsub"))]
             StreamKind::PubSub => Err("--stream pubsub needs the `pubsub` feature".into()),
+            // Neither needs a connection: `connect` only resolves the settings.
+            #[cfg(feature = "sqs")]
+            StreamKind::Sqs => Ok(Box::new(outboxer::stream::SqsStream::connect(
+                &self.aws_url("sqs"),
+            )?)),
+            #[cfg(feature = "kinesis")]
+            StreamKind::Kinesis => Ok(Box::new(outboxer::stream::KinesisStream::connect(
+                &self.aws_url("kinesis"),
+            )?)),
+            #[allow(unreachable_patterns)]
+            _ => Err("this --stream is not compiled in".into()),
         }
+    }
+
+    /// Phase 6's sends and rate: SQS on moto takes fewer (its sends slow down as
+    /// a queue grows, to ~100-200 msg/s here), so it gets 500 at 50 msg/s.
+    fn latency_plan(&self) -> (usize, u64) {
+        match self.stream {
+            StreamKind::Sqs => (500, 50),
+            _ => (LATENCY_MESSAGES, LATENCY_RATE_PER_S),
+        }
+    }
+
+    /// `sqs://test:test@us-east-1?endpoint=<moto>` (moto takes any key).
+    #[cfg_attr(not(any(feature = "sqs", feature = "kinesis")), allow(dead_code))]
+    fn aws_url(&self, scheme: &str) -> String {
+        format!(
+            "{scheme}://test:test@us-east-1?endpoint={}",
+            self.aws_endpoint
+        )
     }
 }
 
@@ -1062,6 +1133,7 @@ fn time_relays<B: Backend, S: Store>(
 
 /// Phase 6: commit-to-publish latency at a steady rate; returns (p50, p99) in ms.
 fn latency_phase<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<(f64, f64)> {
+    let (latency_messages, latency_rate) = env.latency_plan();
     let table = env.table("latency");
     db.drop_table(&table)?;
     let outbox = Outbox::builder()
@@ -1081,12 +1153,12 @@ fn latency_phase<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<(f
         }
     }
 
-    let messages = env.make_messages(LATENCY_MESSAGES);
-    let interval = Duration::from_nanos(1_000_000_000 / LATENCY_RATE_PER_S);
-    let mut delivered: HashMap<MessageId, Instant> = HashMap::with_capacity(LATENCY_MESSAGES);
+    let messages = env.make_messages(latency_messages);
+    let interval = Duration::from_nanos(1_000_000_000 / latency_rate);
+    let mut delivered: HashMap<MessageId, Instant> = HashMap::with_capacity(latency_messages);
     let sent = std::thread::scope(|s| -> BoxResult<Vec<(MessageId, Instant)>> {
         let sender = s.spawn(|| -> Result<Vec<(MessageId, Instant)>, String> {
-            let mut sent = Vec::with_capacity(LATENCY_MESSAGES);
+            let mut sent = Vec::with_capacity(latency_messages);
             let start = Instant::now();
             for (i, m) in messages.into_iter().enumerate() {
                 let due = start + interval * i as u32;
@@ -1099,8 +1171,8 @@ fn latency_phase<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<(f
             Ok(sent)
         });
         let deadline =
-            Instant::now() + interval * LATENCY_MESSAGES as u32 + Duration::from_secs(30);
-        while delivered.len() < LATENCY_MESSAGES {
+            Instant::now() + interval * latency_messages as u32 + Duration::from_secs(30);
+        while delivered.len() < latency_messages {
             let left = deadline.saturating_duration_since(Instant::now());
             match relay.ok().recv_timeout(left) {
                 Ok(d) => {
@@ -1127,9 +1199,9 @@ fn latency_phase<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<(f
         .filter_map(|(id, at)| delivered.get(id).map(|d| d.saturating_duration_since(*at)))
         .map(|d| d.as_secs_f64() * 1000.0)
         .collect();
-    if latencies.len() < LATENCY_MESSAGES {
+    if latencies.len() < latency_messages {
         return Err(format!(
-            "latency: only {} of {LATENCY_MESSAGES} messages delivered",
+            "latency: only {} of {latency_messages} messages delivered",
             latencies.len()
         )
         .into());
@@ -2068,6 +2140,8 @@ enum Broker {
     Kafka(kafka_bench::KafkaBroker),
     #[cfg(feature = "pubsub")]
     PubSub(pubsub_bench::PubSubBroker),
+    #[cfg(any(feature = "sqs", feature = "kinesis"))]
+    Aws(aws_bench::AwsBroker),
 }
 
 impl Broker {
@@ -2082,6 +2156,12 @@ impl Broker {
             StreamKind::PubSub => Ok(Broker::PubSub(pubsub_bench::PubSubBroker::setup(env)?)),
             #[cfg(not(feature = "pubsub"))]
             StreamKind::PubSub => Err("--stream pubsub needs the `pubsub` feature".into()),
+            #[cfg(any(feature = "sqs", feature = "kinesis"))]
+            StreamKind::Sqs | StreamKind::Kinesis => {
+                Ok(Broker::Aws(aws_bench::AwsBroker::setup(env)?))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err("this --stream is not compiled in".into()),
         }
     }
 
@@ -2093,6 +2173,8 @@ impl Broker {
             Broker::Kafka(k) => k.ceiling(env),
             #[cfg(feature = "pubsub")]
             Broker::PubSub(p) => p.ceiling(env),
+            #[cfg(any(feature = "sqs", feature = "kinesis"))]
+            Broker::Aws(a) => a.ceiling(env),
         }
     }
 
@@ -2104,6 +2186,8 @@ impl Broker {
             Broker::Kafka(k) => k.settle(published),
             #[cfg(feature = "pubsub")]
             Broker::PubSub(p) => p.settle(published),
+            #[cfg(any(feature = "sqs", feature = "kinesis"))]
+            Broker::Aws(a) => a.settle(published),
         }
     }
 
@@ -2114,6 +2198,8 @@ impl Broker {
             Broker::Kafka(k) => k.teardown(),
             #[cfg(feature = "pubsub")]
             Broker::PubSub(p) => p.teardown(),
+            #[cfg(any(feature = "sqs", feature = "kinesis"))]
+            Broker::Aws(a) => a.teardown(),
         }
     }
 }
@@ -2495,7 +2581,6 @@ mod kafka_bench {
         }
     }
 }
-
 #[cfg(feature = "pubsub")]
 mod pubsub_bench {
     use super::*;
@@ -2629,6 +2714,185 @@ mod pubsub_bench {
                 println!(
                     "    {} during the ceiling run",
                     CpuSample::since(&cpu, messages.len() as u64)
+                );
+            }
+            Ok(took)
+        }
+    }
+}
+
+/// `--stream sqs|kinesis`: the queue or stream on moto, the raw signed-call
+/// ceiling and (SQS) the message-count check.
+#[cfg(any(feature = "sqs", feature = "kinesis"))]
+mod aws_bench {
+    use super::*;
+    use outboxer::stream::aws::{AwsClient, Service};
+    use serde_json::{json, Value};
+
+    pub struct AwsBroker {
+        client: AwsClient,
+        service: Service,
+        name: String,
+        /// SQS: the queue URL.
+        queue_url: String,
+        expected: AtomicU64,
+    }
+
+    impl AwsBroker {
+        pub fn setup(env: &Env) -> BoxResult<AwsBroker> {
+            let (service, scheme) = match env.stream {
+                StreamKind::Sqs => (Service::Sqs, "sqs"),
+                _ => (Service::Kinesis, "kinesis"),
+            };
+            let client = AwsClient::connect(&env.aws_url(scheme), service)?;
+            let mut queue_url = String::new();
+            match service {
+                Service::Sqs => {
+                    let a = client.call_json("CreateQueue", &json!({"QueueName": env.topic}))?;
+                    queue_url = a["QueueUrl"]
+                        .as_str()
+                        .ok_or("CreateQueue: no QueueUrl")?
+                        .to_string();
+                }
+                Service::Kinesis => {
+                    client.call_json(
+                        "CreateStream",
+                        &json!({"StreamName": env.topic, "ShardCount": 1}),
+                    )?;
+                }
+            }
+            println!("bench: moto at {}", env.aws_endpoint);
+            Ok(AwsBroker {
+                client,
+                service,
+                name: env.topic.clone(),
+                queue_url,
+                expected: AtomicU64::new(0),
+            })
+        }
+
+        /// SQS: waits until the queue holds exactly the messages of this phase,
+        /// then re-creates it empty: moto's sends slow down as a standard queue grows
+        /// (measured: 511, 218, 139 msg/s with 100, 200, 300 messages queued), so
+        /// every phase starts on an empty queue. Kinesis: only tallies.
+        pub fn settle(&self, published: u64) -> BoxResult<()> {
+            self.expected.fetch_add(published, Ordering::Relaxed);
+            let expected = published;
+            if self.service != Service::Sqs {
+                return Ok(());
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let a = self.client.call_json(
+                    "GetQueueAttributes",
+                    &json!({"QueueUrl": self.queue_url, "AttributeNames": ["ApproximateNumberOfMessages"]}),
+                )?;
+                let n: u64 = a["Attributes"]["ApproximateNumberOfMessages"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("GetQueueAttributes: no count")?;
+                if n == expected {
+                    // PurgeQueue is limited to once a minute: delete and create it
+                    // again instead (moto's queue URL, which the streams cache, stays).
+                    self.client
+                        .call_json("DeleteQueue", &json!({"QueueUrl": self.queue_url}))?;
+                    let a = self
+                        .client
+                        .call_json("CreateQueue", &json!({"QueueName": self.name}))?;
+                    if a["QueueUrl"].as_str() != Some(self.queue_url.as_str()) {
+                        return Err(
+                            format!("re-created queue has a new URL: {}", a["QueueUrl"]).into()
+                        );
+                    }
+                    return Ok(());
+                }
+                if n > expected || Instant::now() > deadline {
+                    return Err(format!("SQS queue holds {n} messages, expected {expected}").into());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        pub fn teardown(self) -> BoxResult<()> {
+            match self.service {
+                Service::Sqs => {
+                    self.client
+                        .call_json("DeleteQueue", &json!({"QueueUrl": self.queue_url}))?;
+                }
+                Service::Kinesis => {
+                    self.client.call_json(
+                        "DeleteStream",
+                        &json!({"StreamName": self.name, "EnforceConsumerDeletion": true}),
+                    )?;
+                }
+            }
+            Ok(())
+        }
+
+        /// Phase 3: the same bodies as the stream sends, in signed calls, one at a time.
+        pub fn ceiling(&self, env: &Env) -> BoxResult<Duration> {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let messages = env.make_messages(env.messages);
+            let cpu = env.breakdown.then(CpuSample::take).flatten();
+            let start = Instant::now();
+            match self.service {
+                Service::Sqs => {
+                    for chunk in messages.chunks(10) {
+                        let entries: Vec<Value> = chunk
+                            .iter()
+                            .enumerate()
+                            .map(|(i, m)| {
+                                let e = outboxer::core::sqs::encode(
+                                    &m.message_id().to_string(),
+                                    m.payload(),
+                                    m.headers(),
+                                )?;
+                                let attrs: serde_json::Map<String, Value> = e
+                                    .attributes
+                                    .into_iter()
+                                    .map(|(k, v)| (k, json!({"DataType": "String", "StringValue": v})))
+                                    .collect();
+                                Ok(json!({"Id": i.to_string(), "MessageBody": e.body, "MessageAttributes": attrs}))
+                            })
+                            .collect::<Result<_, outboxer::Error>>()?;
+                        let a = self.client.call_json(
+                            "SendMessageBatch",
+                            &json!({"QueueUrl": self.queue_url, "Entries": entries}),
+                        )?;
+                        if a["Failed"].as_array().is_some_and(|f| !f.is_empty()) {
+                            return Err(format!("ceiling: failed entries {}", a["Failed"]).into());
+                        }
+                    }
+                }
+                Service::Kinesis => {
+                    for chunk in messages.chunks(500) {
+                        let records: Vec<Value> = chunk
+                            .iter()
+                            .map(|m| {
+                                let data = outboxer::core::kinesis::encode_record(
+                                    &m.message_id().to_string(),
+                                    m.payload(),
+                                    m.headers(),
+                                );
+                                json!({"Data": b64.encode(data), "PartitionKey": ROUTING_KEY})
+                            })
+                            .collect();
+                        let a = self.client.call_json(
+                            "PutRecords",
+                            &json!({"StreamName": self.name, "Records": records}),
+                        )?;
+                        if a["FailedRecordCount"].as_u64().unwrap_or(0) > 0 {
+                            return Err("ceiling: failed records".into());
+                        }
+                    }
+                }
+            }
+            let took = start.elapsed();
+            if env.breakdown {
+                println!(
+                    "    {} during the ceiling run",
+                    CpuSample::since(&cpu, env.messages as u64)
                 );
             }
             Ok(took)

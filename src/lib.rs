@@ -7,8 +7,8 @@
 //!
 //! The root re-exports the blocking API (threads, no runtime). Stores and streams
 //! sit behind cargo features: `postgres`, `mysql`, `sqlite`, `sqlserver`, `amqp`,
-//! `kafka`, ... With the `async` feature, [`async_impl`] offers the same API on
-//! tokio, in the same build as the blocking one.
+//! `kafka`, `sqs`, `kinesis`, `pubsub`. With the `async` feature, [`async_impl`]
+//! offers the same API on tokio, in the same build as the blocking one.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), outboxer::Error> {

@@ -22,3 +22,15 @@ mod pubsub;
 #[cfg(any(feature = "sqs", feature = "kinesis", feature = "pubsub"))]
 #[path = "streams/fault_proxy.rs"]
 mod fault_proxy;
+
+#[cfg(any(feature = "sqs", feature = "kinesis"))]
+#[path = "streams/aws.rs"]
+mod aws;
+
+#[cfg(feature = "sqs")]
+#[path = "streams/sqs.rs"]
+mod sqs;
+
+#[cfg(feature = "kinesis")]
+#[path = "streams/kinesis.rs"]
+mod kinesis;

@@ -1,10 +1,12 @@
-//! I/O-free logic shared by the blocking and (future) async APIs: SQL text,
+//! I/O-free logic shared by the blocking and async APIs: SQL text,
 //! row mapping, retry policy, relay settings, option parsing, redaction.
 
 pub mod amqp;
+pub mod aws;
 pub mod config;
 pub mod ident;
 pub mod kafka;
+pub mod kinesis;
 pub mod pubsub;
 pub mod redact;
 pub mod retry;
@@ -13,3 +15,4 @@ pub mod sql_mssql;
 pub mod sql_mysql;
 pub mod sql_pg;
 pub mod sql_sqlite;
+pub mod sqs;

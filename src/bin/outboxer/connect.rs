@@ -109,6 +109,16 @@ pub fn open_store(url: &str, table: Option<&str>) -> Result<AnyStore, Fail> {
     })
 }
 
+#[cfg_attr(
+    all(
+        feature = "sqlserver",
+        feature = "kafka",
+        feature = "sqs",
+        feature = "kinesis",
+        feature = "pubsub"
+    ),
+    allow(dead_code)
+)] // with every feature on, nothing is missing
 fn not_compiled(feature: &str, what: &str) -> Fail {
     Fail::usage(format!(
         "{what} `{feature}` is not compiled in: build with --features cli,{feature}"

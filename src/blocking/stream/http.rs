@@ -156,14 +156,24 @@ impl HttpClient {
     /// Sends, retrying transport failures and retryable statuses with backoff.
     /// `build` is called for every try. After the last try, a transport failure
     /// is returned as its error and a retryable status as its response.
-    pub fn send(&self, mut build: impl FnMut() -> Result<HttpRequest>) -> Result<HttpResponse> {
+    pub fn send(&self, build: impl FnMut() -> Result<HttpRequest>) -> Result<HttpResponse> {
+        self.send_with(build, HttpResponse::is_retryable)
+    }
+
+    /// As [`HttpClient::send`], with the service's own notion of a retryable
+    /// response (AWS reports throttling as HTTP 400 with an error code).
+    pub fn send_with(
+        &self,
+        mut build: impl FnMut() -> Result<HttpRequest>,
+        retryable: impl Fn(&HttpResponse) -> bool,
+    ) -> Result<HttpResponse> {
         let started = Instant::now();
         let mut attempt = 1;
         loop {
             let req = build()?;
             let outcome = self.send_once(&req);
             let retry = match &outcome {
-                Ok(r) => r.is_retryable(),
+                Ok(r) => retryable(r),
                 Err(e) => e.is_transient(),
             };
             let delay = self.retry.backoff.delay(attempt);

@@ -11,12 +11,19 @@ pub use amqp::AmqpStream;
 pub mod kafka;
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaStream;
+pub mod aws;
 pub mod pubsub;
 #[cfg(feature = "pubsub")]
 pub use pubsub::PubSubStream;
 #[cfg(feature = "_http")]
 #[allow(dead_code)] // until the cloud streams use all of it
 pub(crate) mod http;
+pub mod kinesis;
+#[cfg(feature = "kinesis")]
+pub use kinesis::KinesisStream;
+pub mod sqs;
+#[cfg(feature = "sqs")]
+pub use sqs::SqsStream;
 
 /// Checks a message against a stream's rules at `send`, so that bad options or
 /// oversized payloads are refused before they reach the table.

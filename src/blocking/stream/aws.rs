@@ -1,0 +1,298 @@
+//! What the SQS and Kinesis streams share: credentials, region and endpoint
+//! resolution, SigV4 signing (`aws-sigv4`) and one signed AWS JSON call over
+//! the shared HTTP client, with service errors read from the body.
+
+pub use crate::core::aws::{AwsError, AwsUrl, Credentials, CredentialsProvider, EnvCredentials};
+
+#[cfg(feature = "_aws")]
+#[doc(hidden)]
+pub use self::client::{AwsClient, Service};
+#[cfg(feature = "_aws")]
+pub(crate) use self::client::{AwsSettings, CallError};
+
+#[cfg(feature = "_aws")]
+mod client {
+    use super::*;
+    use crate::blocking::stream::http::{HttpClient, HttpRequest, HttpResponse, RetryPolicy};
+    use crate::core::aws::{check_endpoint, check_region, endpoint_from_env, region_from_env};
+    use crate::core::retry::Backoff;
+    use crate::{Error, Result};
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    use aws_sigv4::sign::v4;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    /// An AWS JSON service.
+    #[doc(hidden)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Service {
+        /// SQS (JSON 1.0 protocol).
+        Sqs,
+        /// Kinesis Data Streams (JSON 1.1 protocol).
+        Kinesis,
+    }
+
+    impl Service {
+        fn name(self) -> &'static str {
+            match self {
+                Service::Sqs => "sqs",
+                Service::Kinesis => "kinesis",
+            }
+        }
+        fn target_prefix(self) -> &'static str {
+            match self {
+                Service::Sqs => "AmazonSQS",
+                Service::Kinesis => "Kinesis_20131202",
+            }
+        }
+        fn content_type(self) -> &'static str {
+            match self {
+                Service::Sqs => "application/x-amz-json-1.0",
+                Service::Kinesis => "application/x-amz-json-1.1",
+            }
+        }
+    }
+
+    /// The settings both stream builders share.
+    #[derive(Clone, Debug)]
+    pub(crate) struct AwsSettings {
+        pub url: std::result::Result<AwsUrl, String>,
+        pub redacted: String,
+        pub region: Option<String>,
+        pub endpoint: Option<String>,
+        pub provider: Option<Arc<dyn CredentialsProvider>>,
+        pub timeout: Duration,
+        pub attempts: u32,
+    }
+
+    impl AwsSettings {
+        pub fn new(url: &str, service: Service) -> Self {
+            AwsSettings {
+                url: AwsUrl::parse(url, service.name()),
+                redacted: AwsUrl::redact(url),
+                region: None,
+                endpoint: None,
+                provider: None,
+                timeout: Duration::from_secs(10),
+                attempts: 4,
+            }
+        }
+
+        /// Builder settings first, then the URL, then the environment.
+        pub fn build(self, service: Service) -> Result<AwsClient> {
+            let url = self.url.map_err(|reason| Error::InvalidUrl {
+                url: self.redacted.clone(),
+                reason,
+            })?;
+            let region = self
+                .region
+                .or(url.region)
+                .or_else(region_from_env)
+                .ok_or_else(|| {
+                    Error::config(
+                        "region",
+                        "no region: give one in the URL, the builder or AWS_REGION",
+                    )
+                })?;
+            check_region(&region).map_err(|e| Error::config("region", e))?;
+            let endpoint = match self
+                .endpoint
+                .or(url.endpoint)
+                .or_else(|| endpoint_from_env(service.name()))
+            {
+                Some(e) => check_endpoint(&e).map_err(|e| Error::config("endpoint", e))?,
+                // The service's public regional endpoint.
+                None => format!("https://{}.{region}.amazonaws.com", service.name()),
+            };
+            let provider: Arc<dyn CredentialsProvider> = match (self.provider, url.credentials) {
+                (Some(p), _) => p,
+                (None, Some(c)) => Arc::new(c),
+                (None, None) => Arc::new(EnvCredentials),
+            };
+            if self.timeout < Duration::from_millis(10) || self.timeout > Duration::from_secs(600) {
+                return Err(Error::config("timeout", "must be within 10ms..=600s"));
+            }
+            if !(1..=20).contains(&self.attempts) {
+                return Err(Error::config("retries", "must be within 0..=19"));
+            }
+            let retry = RetryPolicy {
+                attempts: self.attempts,
+                backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2))?,
+                deadline: (self.timeout * 2).max(Duration::from_secs(20)),
+            };
+            Ok(AwsClient {
+                http: HttpClient::new(service.name(), self.timeout, retry),
+                service,
+                region,
+                endpoint,
+                provider,
+            })
+        }
+    }
+
+    /// A failed call.
+    #[derive(Debug)]
+    pub(crate) enum CallError {
+        /// No answer (transient `Unavailable`/`Timeout`) or no credentials.
+        Transport(Error),
+        /// The service answered with an error.
+        Service { status: u16, error: AwsError },
+    }
+
+    impl CallError {
+        /// Throttling and 5xx are transient; everything else (403 bad signature,
+        /// unknown queue or stream, validation) is the message's own failure.
+        pub fn into_error(self, what: &'static str) -> Error {
+            match self {
+                CallError::Transport(e) => e,
+                CallError::Service { status, error } => {
+                    if crate::blocking::stream::http::retryable_status(status)
+                        || error.is_throttling()
+                    {
+                        Error::unavailable(what, format!("HTTP {status}: {error}"))
+                    } else {
+                        Error::Rejected(format!("{what}: HTTP {status}: {error}"))
+                    }
+                }
+            }
+        }
+
+        /// The service's error code, if it answered.
+        #[cfg_attr(not(feature = "sqs"), allow(dead_code))]
+        pub fn code(&self) -> Option<&str> {
+            match self {
+                CallError::Service { error, .. } => Some(&error.code),
+                CallError::Transport(_) => None,
+            }
+        }
+    }
+
+    /// A signed AWS JSON client. Public for the tests and the bench only.
+    #[doc(hidden)]
+    #[derive(Clone)]
+    pub struct AwsClient {
+        http: HttpClient,
+        service: Service,
+        region: String,
+        endpoint: String,
+        provider: Arc<dyn CredentialsProvider>,
+    }
+
+    impl std::fmt::Debug for AwsClient {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("AwsClient")
+                .field("service", &self.service)
+                .field("region", &self.region)
+                .field("endpoint", &self.endpoint)
+                .field("provider", &self.provider)
+                .finish()
+        }
+    }
+
+    fn aws_error(resp: &HttpResponse) -> AwsError {
+        AwsError::parse(&resp.body).unwrap_or_else(|| AwsError {
+            code: format!("HTTP{}", resp.status),
+            message: resp.body_text(),
+        })
+    }
+
+    impl AwsClient {
+        /// A client from a `sqs://` / `kinesis://` URL (tests and bench).
+        #[doc(hidden)]
+        pub fn connect(url: &str, service: Service) -> Result<AwsClient> {
+            AwsSettings::new(url, service).build(service)
+        }
+
+        /// Calls `action` with a JSON body; the decoded JSON answer or the error.
+        #[doc(hidden)]
+        pub fn call_json(
+            &self,
+            action: &str,
+            body: &serde_json::Value,
+        ) -> Result<serde_json::Value> {
+            self.call(action, body)
+                .map_err(|e| e.into_error(self.service.name()))
+        }
+
+        pub(crate) fn call(
+            &self,
+            action: &str,
+            body: &serde_json::Value,
+        ) -> std::result::Result<serde_json::Value, CallError> {
+            let body = body.to_string().into_bytes();
+            let target = format!("{}.{action}", self.service.target_prefix());
+            let resp = self
+                .http
+                .send_with(
+                    || self.signed(&target, &body),
+                    |r| r.is_retryable() || (r.status == 400 && aws_error(r).is_throttling()),
+                )
+                .map_err(CallError::Transport)?;
+            if (200..300).contains(&resp.status) {
+                serde_json::from_slice(&resp.body).map_err(|e| {
+                    CallError::Transport(Error::unavailable(
+                        self.service.name(),
+                        format!("unreadable answer to {action}: {e}"),
+                    ))
+                })
+            } else {
+                Err(CallError::Service {
+                    status: resp.status,
+                    error: aws_error(&resp),
+                })
+            }
+        }
+
+        /// A request signed now (every retry is signed again).
+        fn signed(&self, target: &str, body: &[u8]) -> Result<HttpRequest> {
+            let creds = self.provider.credentials()?;
+            let url = format!("{}/", self.endpoint);
+            let mut headers = vec![
+                (
+                    "content-type".to_string(),
+                    self.service.content_type().to_string(),
+                ),
+                ("x-amz-target".to_string(), target.to_string()),
+            ];
+            let identity = aws_credential_types::Credentials::new(
+                creds.access_key_id(),
+                creds.secret_access_key(),
+                creds.session_token().map(str::to_string),
+                None,
+                "outboxer",
+            )
+            .into();
+            let sign_error =
+                |e: &dyn std::fmt::Display| Error::config("credentials", format!("signing: {e}"));
+            let params = v4::SigningParams::builder()
+                .identity(&identity)
+                .region(&self.region)
+                .name(self.service.name())
+                .time(SystemTime::now())
+                .settings(SigningSettings::default())
+                .build()
+                .map_err(|e| sign_error(&e))?
+                .into();
+            let signable = SignableRequest::new(
+                "POST",
+                url.as_str(),
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                SignableBody::Bytes(body),
+            )
+            .map_err(|e| sign_error(&e))?;
+            let (instructions, _signature) = sign(signable, &params)
+                .map_err(|e| sign_error(&e))?
+                .into_parts();
+            let (signing_headers, _) = instructions.into_parts();
+            for h in signing_headers {
+                headers.push((h.name().to_string(), h.value().to_string()));
+            }
+            Ok(HttpRequest {
+                method: "POST",
+                url,
+                headers,
+                body: body.to_vec(),
+            })
+        }
+    }
+}

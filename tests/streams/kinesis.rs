@@ -1,0 +1,410 @@
+//! Kinesis against moto (`scripts/moto-server start`; OUTBOXER_AWS_URL), with
+//! the conformance streams behind the shared fault proxy (see `sqs.rs`).
+
+use crate::aws::{client, cut_shared_proxy, endpoint, own_proxy, shared_proxy, url};
+use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
+use crate::fault_proxy::Fault;
+use outboxer::stream::aws::{AwsClient, Service};
+use outboxer::stream::kinesis::{self, KinesisStream, MAX_RECORD_SIZE};
+use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
+use serde_json::json;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+const SHARDS: u64 = 2;
+
+fn create_stream(name: &str) {
+    let c = client(Service::Kinesis);
+    c.call_json(
+        "CreateStream",
+        &json!({"StreamName": name, "ShardCount": SHARDS}),
+    )
+    .expect("CreateStream");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = c
+            .call_json("DescribeStreamSummary", &json!({"StreamName": name}))
+            .expect("DescribeStreamSummary");
+        if d["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "stream {name} not ACTIVE");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Reads every shard of a stream from the start.
+pub struct ShardReader {
+    client: AwsClient,
+    name: String,
+    /// Shard iterators, created at the first read.
+    iterators: RefCell<Vec<String>>,
+}
+
+impl ShardReader {
+    fn new(name: &str) -> Self {
+        ShardReader {
+            client: client(Service::Kinesis),
+            name: name.to_string(),
+            iterators: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Decoded records with their partition keys.
+    fn records(&self, n: usize, within: Duration) -> Vec<(String, kinesis::KinesisRecord)> {
+        let mut its = self.iterators.borrow_mut();
+        if its.is_empty() {
+            let shards = self
+                .client
+                .call_json("ListShards", &json!({"StreamName": self.name}))
+                .expect("ListShards");
+            for s in shards["Shards"].as_array().expect("shards") {
+                let it = self
+                    .client
+                    .call_json(
+                        "GetShardIterator",
+                        &json!({"StreamName": self.name, "ShardId": s["ShardId"],
+                                "ShardIteratorType": "TRIM_HORIZON"}),
+                    )
+                    .expect("GetShardIterator");
+                its.push(it["ShardIterator"].as_str().expect("iterator").to_string());
+            }
+        }
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            for it in its.iter_mut() {
+                let r = self
+                    .client
+                    .call_json("GetRecords", &json!({"ShardIterator": it, "Limit": 1000}))
+                    .expect("GetRecords");
+                for rec in r["Records"].as_array().into_iter().flatten() {
+                    let data = base64_decode(rec["Data"].as_str().expect("data"));
+                    let key = rec["PartitionKey"].as_str().unwrap_or("").to_string();
+                    got.push((
+                        key,
+                        kinesis::decode_record(&data).expect("outboxer envelope"),
+                    ));
+                }
+                if let Some(next) = r["NextShardIterator"].as_str() {
+                    *it = next.to_string();
+                }
+            }
+            if got.len() < n {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        got
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
+}
+
+impl Consumer for ShardReader {
+    fn receive(&self, n: usize, within: Duration) -> Vec<Received> {
+        self.records(n, within)
+            .into_iter()
+            .map(|(_, r)| {
+                let mut headers = r.headers;
+                headers.insert(MESSAGE_ID_HEADER.to_string(), r.message_id);
+                Received {
+                    payload: r.payload,
+                    headers,
+                }
+            })
+            .collect()
+    }
+}
+
+pub struct Kinesis;
+
+impl StreamHarness for Kinesis {
+    type S = KinesisStream;
+    type C = ShardReader;
+    fn stream() -> KinesisStream {
+        KinesisStream::builder(&url("kinesis", &shared_proxy().url()))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("Kinesis stream")
+    }
+    fn unreachable() -> KinesisStream {
+        KinesisStream::builder("kinesis://AKID:hunter2@us-east-1?endpoint=http://127.0.0.1:1")
+            .retries(1)
+            .build()
+            .expect("valid URL")
+    }
+    fn destination(name: &str) -> (Options, ShardReader) {
+        create_stream(name);
+        (kinesis::stream(name).into(), ShardReader::new(name))
+    }
+    fn refused_destination(name: &str) -> Options {
+        kinesis::stream(name).into() // never created
+    }
+    fn invalid_options() -> Options {
+        Options::from([
+            ("stream_name".to_string(), json!("s")),
+            ("partition_key".to_string(), json!(5)),
+        ])
+    }
+    fn max_message_size() -> usize {
+        MAX_RECORD_SIZE
+    }
+    fn cut_connections() {
+        cut_shared_proxy();
+    }
+}
+
+stream_conformance!(Kinesis);
+
+fn stored(id: i64, payload: &[u8], options: &Options, key: Option<&str>) -> StoredMessage {
+    StoredMessage {
+        id,
+        message_id: MessageId::new(),
+        payload: payload.to_vec(),
+        headers: Headers::new(),
+        options: options.clone(),
+        ordering_key: key.map(str::to_string),
+        attempts: 0,
+        created_at: SystemTime::now(),
+    }
+}
+
+fn read() -> std::sync::RwLockReadGuard<'static, ()> {
+    DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// moto never throttles, so throttled records are injected: the first
+/// PutRecords answer says record 0 went in and record 1 was throttled. The
+/// stream must send record 1 again, and only it: moto then holds exactly
+/// record 1 (record 0's "success" was the proxy's).
+#[test]
+fn only_throttled_records_are_sent_again() {
+    let _g = read();
+    let name = unique("k_thr");
+    create_stream(&name);
+    let reader = ShardReader::new(&name);
+    let proxy = own_proxy();
+    let mut s = KinesisStream::builder(&url("kinesis", &proxy.url()))
+        .build()
+        .expect("stream");
+    proxy.inject([Fault::Status(
+        200,
+        r#"{"FailedRecordCount":1,"Records":[
+            {"SequenceNumber":"1","ShardId":"shardId-000000000000"},
+            {"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"slow down"}]}"#,
+    )]);
+    let dest: Options = kinesis::stream(&name).into();
+    let out = s.publish(&[stored(1, b"r0", &dest, None), stored(2, b"r1", &dest, None)]);
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert_eq!(proxy.requests(), 2);
+    let got = reader.records(2, Duration::from_secs(3));
+    let payloads: Vec<&[u8]> = got.iter().map(|(_, r)| r.payload.as_slice()).collect();
+    assert_eq!(payloads, [b"r1".as_slice()]);
+}
+
+/// A key whose record stays throttled holds back its later records, which are
+/// never sent; other keys go through.
+#[test]
+fn a_failing_key_holds_back_its_later_records() {
+    let _g = read();
+    let name = unique("k_hold");
+    create_stream(&name);
+    let reader = ShardReader::new(&name);
+    let proxy = own_proxy();
+    let mut s = KinesisStream::builder(&url("kinesis", &proxy.url()))
+        .record_attempts(2)
+        .build()
+        .expect("stream");
+    let throttled_a = r#"{"FailedRecordCount":1,"Records":[
+        {"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"hot shard"},
+        {"ErrorCode":"InternalFailure","ErrorMessage":"oops"}]}"#;
+    let throttled_a_only = r#"{"FailedRecordCount":1,"Records":[
+        {"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"hot shard"},
+        {"SequenceNumber":"2","ShardId":"shardId-000000000001"}]}"#;
+    // Wave 0 = [a1, b1]: both fail, both are sent again; a1 fails again, b1 goes in.
+    proxy.inject([
+        Fault::Status(200, throttled_a),
+        Fault::Status(200, throttled_a_only),
+    ]);
+    let dest: Options = kinesis::stream(&name).into();
+    let batch = [
+        stored(1, b"a1", &dest, Some("a")),
+        stored(2, b"b1", &dest, Some("b")),
+        stored(3, b"a2", &dest, Some("a")),
+        stored(4, b"b2", &dest, Some("b")),
+    ];
+    let out = s.publish(&batch);
+    assert!(
+        matches!(&out[0], Err(e) if e.is_transient()),
+        "{:?}",
+        out[0]
+    );
+    assert!(
+        matches!(&out[2], Err(e) if e.is_transient() && e.to_string().contains("held back")),
+        "{:?}",
+        out[2]
+    );
+    assert!(out[1].is_ok() && out[3].is_ok(), "{out:?}");
+    // Only b2 reached moto (a1 and b1 were answered by the proxy).
+    let got = reader.records(2, Duration::from_secs(3));
+    let payloads: Vec<&[u8]> = got.iter().map(|(_, r)| r.payload.as_slice()).collect();
+    assert!(!payloads.contains(&b"a2".as_slice()), "{payloads:?}");
+    assert_eq!(payloads, [b"b2".as_slice()]);
+    assert_eq!(
+        proxy.requests(),
+        3,
+        "two tries of wave 0, one of wave 1 (b2 only)"
+    );
+}
+
+#[test]
+fn server_errors_are_retried_then_delivered_once() {
+    let _g = read();
+    let name = unique("k_retry");
+    create_stream(&name);
+    let reader = ShardReader::new(&name);
+    let proxy = own_proxy();
+    let mut s = KinesisStream::builder(&url("kinesis", &proxy.url()))
+        .build()
+        .expect("stream");
+    proxy.inject([
+        Fault::Status(500, "{}"),
+        Fault::Status(
+            400,
+            r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+        ),
+        Fault::Drop,
+    ]);
+    let out = s.publish(&[stored(1, b"once", &kinesis::stream(&name).into(), None)]);
+    assert!(out[0].is_ok(), "{out:?}");
+    assert_eq!(proxy.requests(), 4);
+    let got = reader.records(2, Duration::from_secs(3));
+    assert_eq!(got.len(), 1);
+}
+
+#[test]
+fn partition_keys_follow_options_and_ordering_keys() {
+    let _g = read();
+    let name = unique("k_pk");
+    create_stream(&name);
+    let reader = ShardReader::new(&name);
+    let mut s = KinesisStream::connect(&url("kinesis", &endpoint())).expect("stream");
+    let plain: Options = kinesis::stream(&name).into();
+    let keyed: Options = kinesis::stream(&name).partition_key("explicit").into();
+    let a = stored(1, b"by-key", &plain, Some("order-1"));
+    let b = stored(2, b"by-option", &keyed, Some("order-2"));
+    let c = stored(3, b"by-id", &plain, None);
+    let out = s.publish(&[a.clone(), b, c.clone()]);
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    let got: BTreeMap<Vec<u8>, String> = reader
+        .records(3, Duration::from_secs(10))
+        .into_iter()
+        .map(|(k, r)| (r.payload, k))
+        .collect();
+    assert_eq!(got[b"by-key".as_slice()], "order-1");
+    assert_eq!(got[b"by-option".as_slice()], "explicit");
+    assert_eq!(got[b"by-id".as_slice()], c.message_id.to_string());
+}
+
+#[test]
+fn bad_input_is_refused_at_send() {
+    let s = KinesisStream::connect(&url("kinesis", &endpoint())).expect("stream");
+    let v = s.validator();
+    let h = Headers::new();
+    for (o, what) in [
+        (
+            json!({"stream_name": "s", "partition_key": ""}),
+            "empty key",
+        ),
+        (
+            json!({"stream_name": "s", "explicit_hash_key": "x"}),
+            "hash key",
+        ),
+        (json!({"stream_nam": "s"}), "unknown"),
+        (json!({"stream_name": ["s"]}), "type"),
+    ] {
+        let o: Options = serde_json::from_value(o).expect("object");
+        assert!(
+            matches!(v.validate(b"x", &h, &o), Err(Error::InvalidOption { .. })),
+            "{what}"
+        );
+    }
+    // Binary payloads are base64 in the envelope: 800 KiB of them no longer fit.
+    assert!(matches!(
+        v.validate(&vec![0xff; 800 * 1024], &h, &kinesis::stream("s").into()),
+        Err(Error::PayloadTooLarge { .. })
+    ));
+    for bad in [
+        "kinesis://AKID:hunter2@eu_west",
+        "sqs://AKID:hunter2@us-east-1",
+    ] {
+        let e = KinesisStream::connect(bad).expect_err(bad);
+        assert!(matches!(e, Error::InvalidUrl { .. }) && !format!("{e}{e:?}").contains("hunter2"));
+    }
+}
+
+/// PostgreSQL -> two relays -> Kinesis: every message once, per-key order.
+#[test]
+fn relay_end_to_end_from_postgres() {
+    use crate::common::{store, unique as table_name};
+    use outboxer::{Message, Outbox};
+    let _g = read();
+    let name = unique("k_e2e");
+    create_stream(&name);
+    let reader = ShardReader::new(&name);
+    let table = table_name("kinesis_e2e");
+    let outboxes: Vec<_> = (0..2)
+        .map(|_| {
+            Outbox::builder()
+                .store(store(&table))
+                .stream(KinesisStream::connect(&url("kinesis", &endpoint())).expect("stream"))
+                .batch_size(100)
+                .check_interval(Duration::from_millis(20))
+                .build()
+                .expect("outbox")
+        })
+        .collect();
+    let relays: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
+    const N: usize = 300;
+    let msgs: Vec<Message> = (0..N)
+        .map(|i| {
+            Message::new(format!("{}:{i}", i % 6).into_bytes())
+                .route(kinesis::stream(&name))
+                .header("n", i.to_string())
+                .ordering_key(format!("key-{}", i % 6))
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for chunk in msgs.chunks(30) {
+        sent.extend(outboxes[0].send_batch(chunk).expect("send"));
+    }
+    let got = reader.records(N, Duration::from_secs(120));
+    let extra = reader.records(1, Duration::from_secs(1));
+    assert!(extra.is_empty(), "duplicate: {extra:?}");
+    let ids: std::collections::HashSet<&String> = got.iter().map(|(_, r)| &r.message_id).collect();
+    assert_eq!(got.len(), N, "every message delivered");
+    assert_eq!(ids.len(), N, "no duplicates");
+    assert!(sent.iter().all(|id| ids.contains(&id.to_string())));
+    // Per shard the records are in order; a key maps to one shard.
+    let mut last: BTreeMap<String, usize> = BTreeMap::new();
+    for (pk, r) in &got {
+        let body = String::from_utf8(r.payload.clone()).expect("utf8");
+        let (k, i) = body.split_once(':').expect("k:i");
+        let i: usize = i.parse().expect("i");
+        assert_eq!(pk, &format!("key-{k}"));
+        assert_eq!(r.headers.get("n"), Some(&i.to_string()));
+        if let Some(prev) = last.insert(k.to_string(), i) {
+            assert!(i > prev, "key {k}: {i} after {prev}");
+        }
+    }
+    for r in &relays {
+        r.stop().expect("stop");
+    }
+    let _ = crate::common::pg().batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""));
+}
