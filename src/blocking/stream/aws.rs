@@ -10,6 +10,46 @@ pub use self::client::{AwsClient, Service};
 #[cfg(feature = "_aws")]
 pub(crate) use self::client::{AwsSettings, CallError};
 
+/// The setters both AWS stream builders have (their `aws: AwsSettings` field):
+/// one definition, so that SQS and Kinesis are configured alike.
+#[cfg(feature = "_aws")]
+macro_rules! aws_builder_setters {
+    () => {
+        /// The region (instead of the URL's or the environment's).
+        pub fn region(mut self, region: &str) -> Self {
+            self.aws.region = Some(region.to_string());
+            self
+        }
+        /// The endpoint, e.g. `http://127.0.0.1:4566` (moto, LocalStack, a VPC endpoint).
+        pub fn endpoint(mut self, endpoint: &str) -> Self {
+            self.aws.endpoint = Some(endpoint.to_string());
+            self
+        }
+        /// Static credentials.
+        pub fn credentials(mut self, credentials: Credentials) -> Self {
+            self.aws.provider = Some(Arc::new(credentials));
+            self
+        }
+        /// A credentials provider, asked before every request.
+        pub fn credentials_provider(mut self, p: impl CredentialsProvider + 'static) -> Self {
+            self.aws.provider = Some(Arc::new(p));
+            self
+        }
+        /// Timeout of one HTTP call (default 10 s).
+        pub fn timeout(mut self, d: Duration) -> Self {
+            self.aws.timeout = d;
+            self
+        }
+        /// Retries of a call after throttling, 5xx or a connection failure (default 3).
+        pub fn retries(mut self, n: u32) -> Self {
+            self.aws.attempts = n.saturating_add(1);
+            self
+        }
+    };
+}
+#[cfg(feature = "_aws")]
+pub(crate) use aws_builder_setters;
+
 #[cfg(feature = "_aws")]
 mod client {
     use super::*;

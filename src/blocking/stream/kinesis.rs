@@ -123,36 +123,7 @@ mod driver {
     }
 
     impl KinesisStreamBuilder {
-        /// The region (instead of the URL's or the environment's).
-        pub fn region(mut self, region: &str) -> Self {
-            self.aws.region = Some(region.to_string());
-            self
-        }
-        /// The endpoint, e.g. `http://127.0.0.1:4566`.
-        pub fn endpoint(mut self, endpoint: &str) -> Self {
-            self.aws.endpoint = Some(endpoint.to_string());
-            self
-        }
-        /// Static credentials.
-        pub fn credentials(mut self, credentials: Credentials) -> Self {
-            self.aws.provider = Some(Arc::new(credentials));
-            self
-        }
-        /// A credentials provider, asked before every request.
-        pub fn credentials_provider(mut self, p: impl CredentialsProvider + 'static) -> Self {
-            self.aws.provider = Some(Arc::new(p));
-            self
-        }
-        /// Timeout of one HTTP call (default 10 s).
-        pub fn timeout(mut self, d: Duration) -> Self {
-            self.aws.timeout = d;
-            self
-        }
-        /// Retries of a call after throttling, 5xx or a connection failure (default 3).
-        pub fn retries(mut self, n: u32) -> Self {
-            self.aws.attempts = n.saturating_add(1);
-            self
-        }
+        crate::blocking::stream::aws::aws_builder_setters!();
         /// Tries of a record that failed with a throttling error (default 4, 1..=10).
         pub fn record_attempts(mut self, n: u32) -> Self {
             self.record_attempts = n;

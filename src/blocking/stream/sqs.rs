@@ -129,36 +129,7 @@ mod driver {
     }
 
     impl SqsStreamBuilder {
-        /// The region (instead of the URL's or the environment's).
-        pub fn region(mut self, region: &str) -> Self {
-            self.aws.region = Some(region.to_string());
-            self
-        }
-        /// The endpoint, e.g. `http://127.0.0.1:4566` (moto, LocalStack, a VPC endpoint).
-        pub fn endpoint(mut self, endpoint: &str) -> Self {
-            self.aws.endpoint = Some(endpoint.to_string());
-            self
-        }
-        /// Static credentials.
-        pub fn credentials(mut self, credentials: Credentials) -> Self {
-            self.aws.provider = Some(Arc::new(credentials));
-            self
-        }
-        /// A credentials provider, asked before every request.
-        pub fn credentials_provider(mut self, p: impl CredentialsProvider + 'static) -> Self {
-            self.aws.provider = Some(Arc::new(p));
-            self
-        }
-        /// Timeout of one HTTP call (default 10 s).
-        pub fn timeout(mut self, d: Duration) -> Self {
-            self.aws.timeout = d;
-            self
-        }
-        /// Retries of a call after throttling, 5xx or a connection failure (default 3).
-        pub fn retries(mut self, n: u32) -> Self {
-            self.aws.attempts = n.saturating_add(1);
-            self
-        }
+        crate::blocking::stream::aws::aws_builder_setters!();
         /// Largest message (body plus attributes) accepted at `send`; default 256 KiB,
         /// at most 1 MiB (raise it only for queues whose `MaximumMessageSize` allows).
         /// Also the limit of one `SendMessageBatch` call, as SQS counts it.
