@@ -407,6 +407,12 @@ impl PubSubUrl {
             None => (rest, None),
         };
         let project = project.strip_suffix('/').unwrap_or(project);
+        // Never echo a user:password part back (it would end up in errors and logs).
+        if project.contains('@') {
+            return Err(
+                "credentials do not go in a pubsub:// URL: use credentials=/path/key.json".into(),
+            );
+        }
         check_project(project)?;
         let mut url = PubSubUrl {
             project: project.to_string(),
@@ -734,6 +740,8 @@ mod tests {
         ] {
             assert!(PubSubUrl::parse(bad).is_err(), "{bad}");
         }
+        let e = PubSubUrl::parse("pubsub://KEY:s3cret@my-project").expect_err("userinfo");
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[cfg(feature = "pubsub")]
