@@ -37,8 +37,29 @@ fn outboxer() -> Command {
     c
 }
 
+/// Runs to completion; a command that has not ended after 120 s is killed and
+/// fails the test (a one-shot command must never turn into a running relay).
 fn run(args: &[&str]) -> Output {
-    outboxer().args(args).output().expect("run outboxer")
+    let child = outboxer()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run outboxer");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The pipes are drained by wait_with_output on its own thread, so a chatty
+    // command cannot block on a full pipe.
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(out) => out.expect("output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("{args:?} still running after 120 s (killed)");
+        }
+    }
 }
 
 fn text(o: &Output) -> String {
@@ -545,10 +566,20 @@ fn bad_flags_urls_and_servers_fail_clearly() {
                 "--store",
                 &pg,
                 "--stream",
-                "sqs://KEY:s3cret@eu-west-1",
+                // Without `sqs` the stream is refused by name; with it, a bad region
+                // (a valid URL would start a relay against AWS itself).
+                if cfg!(feature = "sqs") {
+                    "sqs://KEY:s3cret@bad_region!"
+                } else {
+                    "sqs://KEY:s3cret@eu-west-1"
+                },
             ],
             2,
-            "stream `sqs` is not compiled in: build with --features cli,sqs",
+            if cfg!(feature = "sqs") {
+                "is not an AWS region name"
+            } else {
+                "stream `sqs` is not compiled in: build with --features cli,sqs"
+            },
         ),
         (
             vec![
