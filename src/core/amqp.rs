@@ -1,5 +1,6 @@
 //! AMQP routing options: Go-compatible keys, typed builders, validation.
 
+use crate::core::options::{reject_unknown, string};
 use crate::message::Options;
 use crate::{Error, Result};
 use serde_json::Value;
@@ -138,12 +139,7 @@ impl AmqpRoute {
 
     /// Reads and validates the Go-compatible options of a message.
     pub fn parse(options: &Options) -> Result<Self> {
-        if let Some(k) = options.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(Error::option(
-                k.as_str(),
-                format!("unknown AMQP option (known: {})", KEYS.join(", ")),
-            ));
-        }
+        reject_unknown(options, &KEYS, "AMQP")?;
         let exchange = string(options, EXCHANGE_NAME)?.unwrap_or_default();
         check_short_str(EXCHANGE_NAME, &exchange)?;
         if !exchange
@@ -208,17 +204,6 @@ fn check_short_str(key: &str, v: &str) -> Result<()> {
         return Err(Error::option(key, "longer than 255 bytes"));
     }
     Ok(())
-}
-
-fn string(options: &Options, key: &str) -> Result<Option<String>> {
-    match options.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(Error::option(
-            key,
-            format!("expected a string, got {other}"),
-        )),
-    }
 }
 
 fn boolean(options: &Options, key: &str) -> Result<Option<bool>> {

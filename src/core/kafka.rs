@@ -1,6 +1,7 @@
 //! Kafka routing options (Go-compatible keys), typed builders, the
 //! `kafka://` URL form and its validation. No I/O.
 
+use crate::core::options::{reject_unknown, required_string, string};
 use crate::message::Options;
 use crate::{Error, Result};
 use serde_json::Value;
@@ -60,22 +61,8 @@ impl KafkaRoute {
 
     /// Reads and validates the Go-compatible options of a message.
     pub fn parse(options: &Options) -> Result<Self> {
-        if let Some(k) = options.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(Error::option(
-                k.as_str(),
-                format!("unknown Kafka option (known: {})", KEYS.join(", ")),
-            ));
-        }
-        let topic = match options.get(TOPIC) {
-            Some(Value::String(s)) => s.clone(),
-            None | Some(Value::Null) => return Err(Error::option(TOPIC, "required")),
-            Some(other) => {
-                return Err(Error::option(
-                    TOPIC,
-                    format!("expected a string, got {other}"),
-                ))
-            }
-        };
+        reject_unknown(options, &KEYS, "Kafka")?;
+        let topic = required_string(options, TOPIC)?;
         check_topic(&topic)?;
         let partition = match options.get(PARTITION) {
             None | Some(Value::Null) => None,
@@ -89,16 +76,7 @@ impl KafkaRoute {
                 ))
             }
         };
-        let key = match options.get(KEY) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => {
-                return Err(Error::option(
-                    KEY,
-                    format!("expected a string, got {other}"),
-                ))
-            }
-        };
+        let key = string(options, KEY)?;
         Ok(KafkaRoute {
             topic,
             partition,

@@ -13,6 +13,7 @@
 //! it in standard base64. [`decode_record`] reads it back; any other `v` is
 //! refused, so a future format can be told apart.
 
+use crate::core::options::{reject_unknown, required_string, string};
 use crate::message::{Headers, Options};
 use crate::{Error, Result};
 use base64::Engine as _;
@@ -61,17 +62,6 @@ pub fn stream(name: &str) -> KinesisRoute {
     }
 }
 
-fn string(options: &Options, key: &str) -> Result<Option<String>> {
-    match options.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(Error::option(
-            key,
-            format!("expected a string, got {other}"),
-        )),
-    }
-}
-
 impl KinesisRoute {
     /// Sets the partition key.
     pub fn partition_key(mut self, k: impl Into<String>) -> Self {
@@ -86,14 +76,8 @@ impl KinesisRoute {
 
     /// Reads and validates the Go-compatible options of a message.
     pub fn parse(options: &Options) -> Result<Self> {
-        if let Some(k) = options.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(Error::option(
-                k.as_str(),
-                format!("unknown Kinesis option (known: {})", KEYS.join(", ")),
-            ));
-        }
-        let stream =
-            string(options, STREAM_NAME)?.ok_or_else(|| Error::option(STREAM_NAME, "required"))?;
+        reject_unknown(options, &KEYS, "Kinesis")?;
+        let stream = required_string(options, STREAM_NAME)?;
         if stream.is_empty()
             || stream.len() > 128
             || !stream

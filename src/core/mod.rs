@@ -7,6 +7,7 @@ pub mod config;
 pub mod ident;
 pub mod kafka;
 pub mod kinesis;
+mod options;
 pub mod pubsub;
 pub mod redact;
 pub mod retry;

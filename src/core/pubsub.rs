@@ -2,6 +2,7 @@
 //! limits, the `pubsub://` URL form, service-account keys and JWT claims, and
 //! the grouping of a batch into publish requests. No I/O.
 
+use crate::core::options::{reject_unknown, required_string, string};
 use crate::message::{Headers, Options, MESSAGE_ID_HEADER};
 use crate::{Error, Result};
 use serde_json::Value;
@@ -75,33 +76,10 @@ impl PubSubRoute {
 
     /// Reads and validates the Go-compatible options of a message.
     pub fn parse(options: &Options) -> Result<Self> {
-        if let Some(k) = options.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(Error::option(
-                k.as_str(),
-                format!("unknown Pub/Sub option (known: {})", KEYS.join(", ")),
-            ));
-        }
-        let topic = match options.get(TOPIC_NAME) {
-            Some(Value::String(s)) => s.clone(),
-            None | Some(Value::Null) => return Err(Error::option(TOPIC_NAME, "required")),
-            Some(other) => {
-                return Err(Error::option(
-                    TOPIC_NAME,
-                    format!("expected a string, got {other}"),
-                ))
-            }
-        };
+        reject_unknown(options, &KEYS, "Pub/Sub")?;
+        let topic = required_string(options, TOPIC_NAME)?;
         check_topic(&topic)?;
-        let ordering_key = match options.get(ORDERING_KEY) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => {
-                return Err(Error::option(
-                    ORDERING_KEY,
-                    format!("expected a string, got {other}"),
-                ))
-            }
-        };
+        let ordering_key = string(options, ORDERING_KEY)?;
         if let Some(k) = &ordering_key {
             check_ordering_key(k).map_err(|r| Error::option(ORDERING_KEY, r))?;
         }

@@ -16,6 +16,7 @@
 //! [`decode`] turns a received body and its attributes back into payload and headers.
 
 use crate::core::aws::xml_char;
+use crate::core::options::{reject_unknown, required_string, string};
 use crate::message::{Headers, Options, MESSAGE_ID_HEADER};
 use crate::{Error, Result};
 use base64::Engine as _;
@@ -80,17 +81,6 @@ pub fn queue(name_or_url: &str) -> SqsRoute {
     }
 }
 
-fn string(options: &Options, key: &str) -> Result<Option<String>> {
-    match options.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(Error::option(
-            key,
-            format!("expected a string, got {other}"),
-        )),
-    }
-}
-
 /// 1..=128 characters of SQS's group/dedup alphabet (printable ASCII).
 fn check_fifo_id(key: &str, v: &str) -> Result<()> {
     if v.is_empty() || v.len() > 128 || !v.chars().all(|c| c.is_ascii_graphic()) {
@@ -131,14 +121,8 @@ impl SqsRoute {
 
     /// Reads and validates the Go-compatible options of a message.
     pub fn parse(options: &Options) -> Result<Self> {
-        if let Some(k) = options.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(Error::option(
-                k.as_str(),
-                format!("unknown SQS option (known: {})", KEYS.join(", ")),
-            ));
-        }
-        let queue =
-            string(options, QUEUE_NAME)?.ok_or_else(|| Error::option(QUEUE_NAME, "required"))?;
+        reject_unknown(options, &KEYS, "SQS")?;
+        let queue = required_string(options, QUEUE_NAME)?;
         let delay_seconds = match options.get(DELAY_SECONDS) {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => Some(n.as_u64()),
