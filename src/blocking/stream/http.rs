@@ -109,11 +109,6 @@ impl HttpClient {
         HttpClient { agent, what, retry }
     }
 
-    /// The service name used in errors.
-    pub fn what(&self) -> &'static str {
-        self.what
-    }
-
     /// Sends once. Transport failures are `Unavailable` / `Timeout` (transient);
     /// every HTTP status is returned as a response.
     pub fn send_once(&self, req: &HttpRequest) -> Result<HttpResponse> {
@@ -156,6 +151,7 @@ impl HttpClient {
     /// Sends, retrying transport failures and retryable statuses with backoff.
     /// `build` is called for every try. After the last try, a transport failure
     /// is returned as its error and a retryable status as its response.
+    #[cfg_attr(not(feature = "pubsub"), allow(dead_code))] // the AWS streams use send_with
     pub fn send(&self, build: impl FnMut() -> Result<HttpRequest>) -> Result<HttpResponse> {
         self.send_with(build, HttpResponse::is_retryable)
     }
@@ -207,6 +203,7 @@ fn transport_error(what: &'static str, e: ureq::Error) -> Error {
 
 /// The error for a non-2xx response the stream does not handle itself:
 /// retryable statuses are transient (`Unavailable`), others are `Rejected`.
+#[cfg_attr(not(feature = "pubsub"), allow(dead_code))] // AWS reads its own error bodies
 pub(crate) fn status_error(what: &'static str, resp: &HttpResponse) -> Error {
     if resp.is_retryable() {
         Error::unavailable(what, format!("HTTP {}: {}", resp.status, resp.body_text()))

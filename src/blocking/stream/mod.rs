@@ -16,7 +16,6 @@ pub mod pubsub;
 #[cfg(feature = "pubsub")]
 pub use pubsub::PubSubStream;
 #[cfg(feature = "_http")]
-#[allow(dead_code)] // until the cloud streams use all of it
 pub(crate) mod http;
 pub mod kinesis;
 #[cfg(feature = "kinesis")]
