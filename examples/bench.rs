@@ -109,8 +109,8 @@ use amiquip::{
     ExchangeType, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions,
 };
 use outboxer::core::rows;
-use outboxer::store::{FailedAttempt, Lease, Requeue, Stats, WakeListener};
-use outboxer::stream::{amqp, kafka, pubsub, AmqpStream, Validate};
+use outboxer::store::{BatchLimit, Claim, FailedAttempt, Lease, Requeue, Stats, WakeListener};
+use outboxer::stream::{amqp, kafka, pubsub, AmqpStream, Deadline, Validate};
 use outboxer::{
     Message, MessageId, Outbox, RelayCounters, Store, StoredMessage, Stream, MESSAGE_ID_HEADER,
 };
@@ -1861,7 +1861,7 @@ impl<S: Store> Store for TimedStore<S> {
     {
         self.inner.with_transaction(f)
     }
-    fn claim(&self, lease: &Lease, limit: usize) -> outboxer::Result<Vec<StoredMessage>> {
+    fn claim(&self, lease: &Lease, limit: BatchLimit) -> outboxer::Result<Claim> {
         self.timings.claim.time(|| self.inner.claim(lease, limit))
     }
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<usize> {
@@ -1872,8 +1872,8 @@ impl<S: Store> Store for TimedStore<S> {
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> outboxer::Result<usize> {
         self.inner.mark_failed(lease, failures)
     }
-    fn release(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<usize> {
-        self.inner.release(lease, ids)
+    fn release(&self, lease: &Lease, ids: &[i64], retry_in: Duration) -> outboxer::Result<usize> {
+        self.inner.release(lease, ids, retry_in)
     }
     fn cleanup(&self, older_than: Duration, limit: usize) -> outboxer::Result<u64> {
         self.inner.cleanup(older_than, limit)
@@ -1908,9 +1908,13 @@ impl Stream for TimedStream {
     fn validator(&self) -> Arc<dyn Validate> {
         self.inner.validator()
     }
-    fn publish(&mut self, batch: &[StoredMessage]) -> Vec<outboxer::Result<()>> {
+    fn publish(
+        &mut self,
+        batch: &[StoredMessage],
+        deadline: &Deadline,
+    ) -> Vec<outboxer::Result<()>> {
         let inner = &mut self.inner;
-        self.timings.publish.time(|| inner.publish(batch))
+        self.timings.publish.time(|| inner.publish(batch, deadline))
     }
     fn close(&mut self) {
         self.inner.close();

@@ -77,6 +77,17 @@ pub enum Error {
         /// What happened, without secrets.
         reason: String,
     },
+    /// The server refused the credentials or the permission (expired token, wrong
+    /// secret, missing grant). An outage, not a bad message: the relay releases the
+    /// messages without counting an attempt and retries after a backoff, so that
+    /// nothing parks while credentials are being fixed.
+    #[error("{what} refused the credentials or permission: {reason}")]
+    Unauthorized {
+        /// Which server (e.g. `sqs`).
+        what: &'static str,
+        /// What the server said, without secrets.
+        reason: String,
+    },
     /// The broker negatively acknowledged (nacked) the message.
     #[error("broker rejected the message: {0}")]
     Rejected(String),
@@ -119,7 +130,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable { .. } | Error::Timeout(_) | Error::Database { .. }
+            Error::Unavailable { .. }
+                | Error::Unauthorized { .. }
+                | Error::Timeout(_)
+                | Error::Database { .. }
         )
     }
 
@@ -154,6 +168,14 @@ impl Error {
         Error::Database {
             context,
             source: source.into(),
+        }
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn unauthorized(what: &'static str, reason: impl fmt::Display) -> Self {
+        Error::Unauthorized {
+            what,
+            reason: reason.to_string(),
         }
     }
 

@@ -43,6 +43,7 @@ pub mod blocking;
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub mod async_impl;
 
+pub use crate::core::config::OnPark;
 pub use blocking::store::{self, Store};
 pub use blocking::stream::{self, Stream};
 pub use blocking::{Outbox, OutboxBuilder, OutboxTx, Relay, RelayCounters};

@@ -642,16 +642,16 @@ fn lease_holder_keeps_its_rows_and_expired_leases_are_taken_over() {
     st.enqueue(&msgs).expect("enqueue");
     let a = outboxer::store::Lease::new(Duration::from_secs(1));
     let b = outboxer::store::Lease::new(Duration::from_secs(60));
-    let first = st.claim(&a, 4).expect("claim");
+    let first = st.claim(&a, 4.into()).expect("claim").messages;
     assert_eq!(
         first.iter().map(|m| m.id).collect::<Vec<_>>(),
         vec![1, 2, 3, 4]
     );
-    let second = st.claim(&b, 100).expect("claim");
+    let second = st.claim(&b, 100.into()).expect("claim").messages;
     assert_eq!(second.len(), 6, "leased rows are skipped");
     std::thread::sleep(Duration::from_millis(1100));
     let c = outboxer::store::Lease::new(Duration::from_secs(60));
-    let taken = st.claim(&c, 100).expect("claim");
+    let taken = st.claim(&c, 100.into()).expect("claim").messages;
     assert_eq!(taken.len(), 4, "expired lease taken over");
     // The late holder cannot mark rows it no longer owns.
     assert_eq!(st.mark_dispatched(&a, &[1, 2, 3, 4]).expect("mark"), 0);

@@ -207,6 +207,9 @@ fn first_bad_field(c: &RelayConfig) -> Option<&'static str> {
     if !(1..=10_000_000).contains(&c.channel_capacity) {
         return Some("channel_capacity");
     }
+    if c.max_batch_bytes == 0 {
+        return Some("max_batch_bytes");
+    }
     None
 }
 
@@ -447,6 +450,7 @@ proptest! {
         cleanup_before in duration(),
         cleanup_batch_size in count(),
         channel_capacity in count(),
+        max_batch_bytes in prop_oneof![Just(0usize), any::<usize>()],
     ) {
         let c = RelayConfig {
             check_interval,
@@ -458,6 +462,8 @@ proptest! {
             cleanup_before,
             cleanup_batch_size,
             channel_capacity,
+            max_batch_bytes,
+            on_park: outboxer::OnPark::HoldKey,
         };
         match (c.validate(), first_bad_field(&c)) {
             (Ok(()), None) => {}

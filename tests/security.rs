@@ -139,7 +139,7 @@ fn round_trip<S: Store>(s: &S, msgs: &[Message]) {
     let lease = Lease::new(Duration::from_secs(60));
     let mut got = Vec::new();
     for _ in 0..10 {
-        let batch = s.claim(&lease, 1000).expect("claim");
+        let batch = s.claim(&lease, 1000.into()).expect("claim").messages;
         if batch.is_empty() {
             break;
         }
@@ -214,7 +214,7 @@ fn nul_round_trip<S: Store>(s: &S, victim: &str) -> Vec<String> {
 
 fn round_trip_claimed<S: Store>(s: &S, m: &Message) {
     let lease = Lease::new(Duration::from_secs(60));
-    let got = s.claim(&lease, 10).expect("claim");
+    let got = s.claim(&lease, 10.into()).expect("claim").messages;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, m.payload());
     assert_eq!(&got[0].headers, m.headers());
@@ -466,7 +466,7 @@ mod mysql_store {
             .expect("store");
         let r = s.migrate().and_then(|()| {
             s.enqueue(&[Message::new(b"x".to_vec()).ordering_key("k")])?;
-            s.claim(&Lease::new(Duration::from_secs(5)), 10)
+            s.claim(&Lease::new(Duration::from_secs(5)), 10.into())
         });
         c.query_drop(format!("DROP DATABASE `{schema}`"))
             .expect("drop");
@@ -802,7 +802,10 @@ fn amqp_header_limits_are_checked_at_send() {
             attempts: 0,
             created_at: std::time::SystemTime::now(),
         };
-        let published = s.publish(std::slice::from_ref(&m));
+        let published = s.publish(
+            std::slice::from_ref(&m),
+            &outboxer::stream::Deadline::after(Duration::from_secs(120)),
+        );
         assert!(
             !published[0].as_ref().is_err_and(|e| e.is_transient()),
             "{what}: publish fails as transient, retried forever: {published:?}"

@@ -106,7 +106,10 @@ fn postgres_store_over_tls() {
         .enqueue(std::slice::from_ref(&m))
         .expect("enqueue over TLS");
     let lease = outboxer::store::Lease::new(std::time::Duration::from_secs(30));
-    let got = store.claim(&lease, 10).expect("claim over TLS");
+    let got = store
+        .claim(&lease, 10.into())
+        .expect("claim over TLS")
+        .messages;
     assert_eq!(got.first().map(|g| g.message_id), Some(m.message_id()));
 
     // The store's sessions are TLS sessions.

@@ -252,6 +252,12 @@ impl<S: Store> OutboxBuilder<S> {
         /// Capacity of the `ok()`/`err()` channels (default 1024). When a channel is
         /// full, outcomes are dropped and counted; the relay never waits for a reader.
         channel_capacity(n: usize);
+        /// Most payload bytes claimed and held in memory at once (default 16 MiB); a
+        /// single larger message is still claimed, alone.
+        max_batch_bytes(n: usize);
+        /// What a parked message does to the later messages of its ordering key
+        /// (default [`OnPark::HoldKey`](crate::OnPark::HoldKey)).
+        on_park(policy: crate::OnPark);
     }
 
     /// Checks every setting and builds the outbox.

@@ -3,7 +3,7 @@
 use super::relay::{self, Relay};
 use super::store::{Requeue, Stats, Store};
 use super::stream::{Stream, Validate};
-use crate::core::config::RelayConfig;
+use crate::core::config::{OnPark, RelayConfig};
 use crate::core::retry::Backoff;
 use crate::message::{Message, MessageId};
 use crate::{Error, Result};
@@ -287,6 +287,18 @@ impl<S: Store> OutboxBuilder<S> {
     /// full, outcomes are dropped and counted; the relay never waits for a reader.
     pub fn channel_capacity(mut self, n: usize) -> Self {
         self.config.channel_capacity = n;
+        self
+    }
+    /// Most payload bytes claimed and held in memory at once (default 16 MiB); a
+    /// single larger message is still claimed, alone.
+    pub fn max_batch_bytes(mut self, n: usize) -> Self {
+        self.config.max_batch_bytes = n;
+        self
+    }
+    /// What a parked message does to the later messages of its ordering key
+    /// (default [`OnPark::HoldKey`]: they wait until it is requeued or skipped).
+    pub fn on_park(mut self, policy: OnPark) -> Self {
+        self.config.on_park = policy;
         self
     }
 

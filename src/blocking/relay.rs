@@ -4,8 +4,9 @@
 //! thread deletes old dispatched rows; a listener turns NOTIFY into wake-ups.
 
 use super::outbox::Shared;
-use super::store::{FailedAttempt, Lease, Store};
-use super::stream::Stream;
+use super::store::{BatchLimit, FailedAttempt, Lease, Store, Undecodable};
+use super::stream::{Deadline, Stream};
+use crate::core::config::OnPark;
 use crate::core::retry::{verdict, Backoff, Verdict};
 use crate::message::{Delivered, Failure, FailureAction, StoredMessage};
 use crate::{Error, Result};
@@ -160,7 +161,7 @@ impl<S: Store> Ctx<S> {
 
     fn release(&self, c: &Claimed) {
         let ids: Vec<i64> = c.messages.iter().map(|m| m.id).collect();
-        if let Err(e) = self.shared.store.release(&c.lease, &ids) {
+        if let Err(e) = self.shared.store.release(&c.lease, &ids, Duration::ZERO) {
             // The lease expires by itself; another relay will take the rows then.
             self.report_general(e);
         }
@@ -257,10 +258,14 @@ fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
         }
         let lease = Lease::new(cfg.lease);
         let at = Instant::now();
-        let messages = match ctx.shared.store.claim(&lease, cfg.batch_size) {
-            Ok(m) => {
+        let limit = BatchLimit {
+            rows: cfg.batch_size,
+            bytes: cfg.max_batch_bytes,
+        };
+        let claim = match ctx.shared.store.claim(&lease, limit) {
+            Ok(c) => {
                 db_failures = 0;
-                m
+                c
             }
             Err(e) => {
                 ctx.report_general(e);
@@ -272,7 +277,9 @@ fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
                 continue;
             }
         };
-        idle = messages.len() < cfg.batch_size;
+        idle = claim.len() < cfg.batch_size;
+        park_undecodable(ctx, &lease, claim.undecodable);
+        let messages = claim.messages;
         if messages.is_empty() {
             continue;
         }
@@ -296,6 +303,48 @@ fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
     }
 }
 
+/// Rows that cannot be decoded can never be published: they park at once, with
+/// the reason in `last_error`, and hold up nothing but their own key.
+fn park_undecodable<S: Store>(ctx: &Ctx<S>, lease: &Lease, rows: Vec<Undecodable>) {
+    if rows.is_empty() {
+        return;
+    }
+    let cfg = &ctx.shared.config;
+    let failed: Vec<FailedAttempt> = rows
+        .iter()
+        .map(|r| FailedAttempt {
+            id: r.id,
+            error: Error::Decode {
+                id: r.id,
+                reason: r.reason.clone(),
+            }
+            .to_string(),
+            retry_in: Duration::ZERO,
+            park: true,
+            hold_key: cfg.on_park == OnPark::HoldKey,
+        })
+        .collect();
+    if let Err(e) = ctx.shared.store.mark_failed(lease, &failed) {
+        // The lease expires and the next claim tries again.
+        ctx.report_general(e);
+        return;
+    }
+    ctx.counters
+        .failed
+        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+    for r in rows {
+        ctx.report(Failure {
+            id: Some(r.id),
+            message_id: None,
+            error: Error::Decode {
+                id: r.id,
+                reason: r.reason,
+            },
+            action: FailureAction::Parked,
+        });
+    }
+}
+
 fn publisher<S: Store>(
     ctx: &Ctx<S>,
     mut stream: Box<dyn Stream>,
@@ -310,7 +359,9 @@ fn publisher<S: Store>(
             ctx.release(&claimed);
             continue;
         }
-        let outcomes = stream.publish(&claimed.messages);
+        let deadline =
+            Deadline::with_stop(claimed.at + claimed.lease.duration, ctx.stop_rx.clone());
+        let outcomes = stream.publish(&claimed.messages, &deadline);
         let unavailable = outcomes
             .iter()
             .any(|o| o.as_ref().is_err_and(Error::is_transient));
@@ -357,6 +408,7 @@ fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
                                     _ => Duration::ZERO,
                                 },
                                 park: v == Verdict::Park,
+                                hold_key: cfg.on_park == OnPark::HoldKey,
                             });
                             if v == Verdict::Park {
                                 FailureAction::Parked
@@ -383,7 +435,9 @@ fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
             _ => {}
         }
         persist(ctx, &claimed, |l| store.mark_failed(l, &failed));
-        persist(ctx, &claimed, |l| store.release(l, &released));
+        persist(ctx, &claimed, |l| {
+            store.release(l, &released, Duration::ZERO)
+        });
         ctx.counters
             .published
             .fetch_add(ok.len() as u64, Ordering::Relaxed);

@@ -25,6 +25,28 @@ pub struct RelayConfig {
     pub cleanup_batch_size: usize,
     /// Capacity of the ok/err channels; when full, outcomes are dropped and counted.
     pub channel_capacity: usize,
+    /// Most payload bytes claimed at once (one larger message is still claimed alone).
+    pub max_batch_bytes: usize,
+    /// What a parked message does to the later messages of its ordering key.
+    pub on_park: OnPark,
+}
+
+/// What a parked message does to the later messages of its ordering key.
+///
+/// ```
+/// use outboxer::OnPark;
+/// assert_eq!(OnPark::default(), OnPark::HoldKey);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnPark {
+    /// The key is held: its later messages wait until the parked head is requeued
+    /// (published first, in order) or skipped. Key order is never broken.
+    #[default]
+    HoldKey,
+    /// The key is released at once: its later messages flow, and a requeued head is
+    /// published after them (out of order).
+    ReleaseKey,
 }
 
 impl Default for RelayConfig {
@@ -39,6 +61,8 @@ impl Default for RelayConfig {
             cleanup_before: Duration::from_secs(5 * 24 * 3600),
             cleanup_batch_size: 1000,
             channel_capacity: 1024,
+            max_batch_bytes: 16 * 1024 * 1024,
+            on_park: OnPark::HoldKey,
         }
     }
 }
@@ -93,6 +117,12 @@ impl RelayConfig {
             return Err(Error::config(
                 "channel_capacity",
                 format!("{} is outside 1..=10000000", self.channel_capacity),
+            ));
+        }
+        if self.max_batch_bytes == 0 {
+            return Err(Error::config(
+                "max_batch_bytes",
+                "must be greater than zero",
             ));
         }
         Ok(())
@@ -164,6 +194,13 @@ mod tests {
                 "channel_capacity",
                 RelayConfig {
                     channel_capacity: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_batch_bytes",
+                RelayConfig {
+                    max_batch_bytes: 0,
                     ..Default::default()
                 },
             ),

@@ -32,7 +32,7 @@ fn outbox<H: AsyncHarness>(s: H::S) -> Outbox<H::S> {
 /// Claims through the relay's blocking store (as the relay does).
 async fn claim<H: AsyncHarness>(s: &H::S, lease: Lease) -> Vec<StoredMessage> {
     let b = s.blocking().clone();
-    off(move || b.claim(&lease, 100).expect("claim")).await
+    off(move || b.claim(&lease, 100.into()).expect("claim").messages).await
 }
 
 fn lease() -> Lease {

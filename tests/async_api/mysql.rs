@@ -101,9 +101,10 @@ async fn send_within_the_callers_transaction() {
     drop(conn);
     pool.disconnect().await.expect("disconnect");
     let b = store.blocking().clone();
-    let got = off(move || b.claim(&Lease::new(Duration::from_secs(60)), 10))
+    let got = off(move || b.claim(&Lease::new(Duration::from_secs(60)), 10.into()))
         .await
-        .expect("claim");
+        .expect("claim")
+        .messages;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].message_id, kept);
     assert_eq!(got[0].payload, b"committed");

@@ -76,9 +76,9 @@ async fn send_within_the_callers_transaction() {
         .expect("send");
     // Not visible to others before commit.
     let b = store.blocking().clone();
-    let early = off(move || b.claim(&Lease::new(Duration::from_secs(60)), 10)).await;
+    let early = off(move || b.claim(&Lease::new(Duration::from_secs(60)), 10.into())).await;
     assert!(
-        early.expect("claim").is_empty(),
+        early.expect("claim").messages.is_empty(),
         "uncommitted rows are not claimed"
     );
     tx.commit().await.expect("commit");
@@ -89,9 +89,10 @@ async fn send_within_the_callers_transaction() {
         .expect("select");
     assert_eq!(rows.len(), 1);
     let b = store.blocking().clone();
-    let got = off(move || b.claim(&Lease::new(Duration::from_secs(60)), 10))
+    let got = off(move || b.claim(&Lease::new(Duration::from_secs(60)), 10.into()))
         .await
-        .expect("claim");
+        .expect("claim")
+        .messages;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].message_id, kept);
     assert_eq!(got[0].payload, b"committed");
@@ -186,9 +187,10 @@ async fn futures_run_in_spawned_tasks() {
     .expect("task")
     .expect("sends");
     let b = outbox.store().blocking().clone();
-    let got = off(move || b.claim(&Lease::new(Duration::from_secs(60)), 10))
+    let got = off(move || b.claim(&Lease::new(Duration::from_secs(60)), 10.into()))
         .await
-        .expect("claim");
+        .expect("claim")
+        .messages;
     assert_eq!(got.iter().map(|m| m.message_id).collect::<Vec<_>>(), ids);
     Pg::drop_table(&t);
 }

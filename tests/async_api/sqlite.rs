@@ -79,9 +79,10 @@ async fn business_rows_and_messages_commit_together() {
         .await
         .expect("commit");
     let b = store.blocking().clone();
-    let got = off(move || b.claim(&Lease::new(Duration::from_secs(60)), 10))
+    let got = off(move || b.claim(&Lease::new(Duration::from_secs(60)), 10.into()))
         .await
-        .expect("claim");
+        .expect("claim")
+        .messages;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].message_id, kept);
     let p = path(&t);

@@ -22,6 +22,11 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// A publish deadline far enough away that a test's batch never meets it.
+pub fn deadline() -> outboxer::stream::Deadline {
+    outboxer::stream::Deadline::after(Duration::from_secs(120))
+}
+
 /// A name unique to this test run, for tables, exchanges and queues.
 pub fn unique(prefix: &str) -> String {
     let n = std::time::SystemTime::now()

@@ -63,7 +63,7 @@ pub fn send_claim_mark_roundtrip<H: Harness>() {
         msg(3),
     ];
     s.enqueue(&sent).expect("enqueue");
-    let got = s.claim(&lease(30), 10).expect("claim");
+    let got = s.claim(&lease(30), 10.into()).expect("claim").messages;
     assert_eq!(
         ids(&got),
         sent.iter().map(|m| m.message_id()).collect::<Vec<_>>(),
@@ -83,7 +83,7 @@ pub fn send_claim_mark_roundtrip<H: Harness>() {
     );
     let l = lease(30);
     assert!(
-        s.claim(&l, 10).expect("claim").is_empty(),
+        s.claim(&l, 10.into()).expect("claim").messages.is_empty(),
         "leased rows are not claimed again"
     );
     H::drop_table(&t);
@@ -94,7 +94,7 @@ pub fn mark_fail_park_requeue<H: Harness>() {
     let s = store::<H>(&t);
     s.enqueue(&[msg(1), msg(2), msg(3)]).expect("enqueue");
     let l = lease(30);
-    let got = s.claim(&l, 10).expect("claim");
+    let got = s.claim(&l, 10.into()).expect("claim").messages;
     let (a, b, c) = (got[0].id, got[1].id, got[2].id);
     assert_eq!(s.mark_dispatched(&l, &[a]).expect("mark"), 1);
     let fails = [
@@ -103,12 +103,14 @@ pub fn mark_fail_park_requeue<H: Harness>() {
             error: "nack".into(),
             retry_in: Duration::ZERO,
             park: false,
+            hold_key: false,
         },
         FailedAttempt {
             id: c,
             error: "poison".into(),
             retry_in: Duration::ZERO,
             park: true,
+            hold_key: false,
         },
     ];
     assert_eq!(s.mark_failed(&l, &fails).expect("fail"), 2);
@@ -119,7 +121,7 @@ pub fn mark_fail_park_requeue<H: Harness>() {
         "{st:?}"
     );
     let l2 = lease(30);
-    let again = s.claim(&l2, 10).expect("claim");
+    let again = s.claim(&l2, 10.into()).expect("claim").messages;
     assert_eq!(
         again.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(),
         vec![(b, 1)]
@@ -130,15 +132,19 @@ pub fn mark_fail_park_requeue<H: Harness>() {
         error: "again".into(),
         retry_in: Duration::from_secs(3600),
         park: false,
+        hold_key: false,
     }];
     assert_eq!(s.mark_failed(&l2, &later).expect("fail"), 1);
     assert!(
-        s.claim(&lease(30), 10).expect("claim").is_empty(),
+        s.claim(&lease(30), 10.into())
+            .expect("claim")
+            .messages
+            .is_empty(),
         "backing off"
     );
     // Requeue brings the parked one back with a fresh budget; only parked rows move.
     assert_eq!(s.requeue(&Requeue::Ids(vec![a, b, c])).expect("requeue"), 1);
-    let back = s.claim(&lease(30), 10).expect("claim");
+    let back = s.claim(&lease(30), 10.into()).expect("claim").messages;
     assert_eq!(
         back.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(),
         vec![(c, 0)]
@@ -158,18 +164,23 @@ pub fn attempts_histogram_and_parked_list<H: Harness>() {
     let sent: Vec<Message> = (0..5).map(msg).collect();
     s.enqueue(&sent).expect("enqueue");
     let l = lease(30);
-    let got = s.claim(&l, 10).expect("claim");
+    let got = s.claim(&l, 10.into()).expect("claim").messages;
     assert_eq!(got.len(), 5);
     let fail = |m: &StoredMessage, error: &str, park: bool| FailedAttempt {
         id: m.id,
         error: error.into(),
         retry_in: Duration::from_secs(3600),
         park,
+        hold_key: false,
     };
     // m0 dispatched (not counted), m1 pending with 0 attempts, m2 one failure,
     // m3 and m4 parked after one failure each.
     assert_eq!(s.mark_dispatched(&l, &[got[0].id]).expect("mark"), 1);
-    assert_eq!(s.release(&l, &[got[1].id]).expect("release"), 1);
+    assert_eq!(
+        s.release(&l, &[got[1].id], Duration::ZERO)
+            .expect("release"),
+        1
+    );
     let fails = [
         fail(&got[2], "nack", false),
         fail(&got[3], "poison: exchange 'x' not found", true),
@@ -218,17 +229,22 @@ pub fn purge_parked_only_touches_parked<H: Harness>() {
     s.enqueue(&(0..5).map(msg).collect::<Vec<_>>())
         .expect("enqueue");
     let l = lease(30);
-    let got = s.claim(&l, 10).expect("claim");
+    let got = s.claim(&l, 10.into()).expect("claim").messages;
     assert_eq!(s.mark_dispatched(&l, &[got[0].id]).expect("mark"), 1);
     let park = |m: &StoredMessage| FailedAttempt {
         id: m.id,
         error: "poison".into(),
         retry_in: Duration::ZERO,
         park: true,
+        hold_key: false,
     };
     let parks = [park(&got[1]), park(&got[2]), park(&got[3])];
     assert_eq!(s.mark_failed(&l, &parks).expect("park"), 3);
-    assert_eq!(s.release(&l, &[got[4].id]).expect("release"), 1);
+    assert_eq!(
+        s.release(&l, &[got[4].id], Duration::ZERO)
+            .expect("release"),
+        1
+    );
     std::thread::sleep(Duration::from_millis(20));
     // Younger than an hour: nothing goes.
     assert_eq!(
@@ -253,16 +269,19 @@ pub fn lease_expiry_and_token_checked_marks<H: Harness>() {
     s.enqueue(&(0..10).map(msg).collect::<Vec<_>>())
         .expect("enqueue");
     let a = lease(1);
-    let first = s.claim(&a, 4).expect("claim");
+    let first = s.claim(&a, 4.into()).expect("claim").messages;
     assert_eq!(first.len(), 4);
     assert_eq!(
-        s.claim(&lease(60), 100).expect("claim").len(),
+        s.claim(&lease(60), 100.into())
+            .expect("claim")
+            .messages
+            .len(),
         6,
         "leased rows skipped"
     );
     std::thread::sleep(Duration::from_millis(1300));
     let c = lease(60);
-    let taken = s.claim(&c, 100).expect("claim");
+    let taken = s.claim(&c, 100.into()).expect("claim").messages;
     assert_eq!(ids(&taken), ids(&first), "expired lease taken over");
     let rows: Vec<i64> = first.iter().map(|m| m.id).collect();
     assert_eq!(
@@ -275,9 +294,10 @@ pub fn lease_expiry_and_token_checked_marks<H: Harness>() {
         error: "x".into(),
         retry_in: Duration::ZERO,
         park: true,
+        hold_key: false,
     }];
     assert_eq!(s.mark_failed(&a, &f).expect("fail"), 0);
-    assert_eq!(s.release(&a, &rows).expect("release"), 0);
+    assert_eq!(s.release(&a, &rows, Duration::ZERO).expect("release"), 0);
     assert_eq!(s.mark_dispatched(&c, &rows).expect("mark"), 4);
     H::drop_table(&t);
 }
@@ -297,7 +317,7 @@ pub fn concurrent_claimers_never_share_a_row<H: Harness>() {
                     let mut mine = Vec::new();
                     loop {
                         let l = lease(60);
-                        let got = s.claim(&l, 7).expect("claim");
+                        let got = s.claim(&l, 7.into()).expect("claim").messages;
                         if got.is_empty() {
                             break;
                         }
@@ -328,14 +348,18 @@ pub fn per_key_fifo<H: Harness>() {
     s.enqueue(&[k1a.clone(), k1b.clone(), k2a.clone(), free.clone()])
         .expect("enqueue");
     let l = lease(60);
-    let got = s.claim(&l, 10).expect("claim");
+    let got = s.claim(&l, 10.into()).expect("claim").messages;
     assert_eq!(
         ids(&got),
         vec![k1a.message_id(), k2a.message_id(), free.message_id()],
         "one head per key"
     );
     // While k1's head is leased (by anyone), k1's next message is not claimable.
-    assert!(s.claim(&lease(60), 10).expect("claim").is_empty());
+    assert!(s
+        .claim(&lease(60), 10.into())
+        .expect("claim")
+        .messages
+        .is_empty());
     // k1's head fails and backs off: still nothing of k1, other keys unaffected.
     let k1a_id = got[0].id;
     let f = [FailedAttempt {
@@ -343,24 +367,28 @@ pub fn per_key_fifo<H: Harness>() {
         error: "x".into(),
         retry_in: Duration::from_millis(600),
         park: false,
+        hold_key: false,
     }];
     s.mark_failed(&l, &f).expect("fail");
     s.mark_dispatched(&l, &[got[1].id, got[2].id])
         .expect("mark");
     assert!(
-        s.claim(&lease(60), 10).expect("claim").is_empty(),
+        s.claim(&lease(60), 10.into())
+            .expect("claim")
+            .messages
+            .is_empty(),
         "k1b waits behind k1a"
     );
     std::thread::sleep(Duration::from_millis(700));
     let l2 = lease(60);
-    let retry = s.claim(&l2, 10).expect("claim");
+    let retry = s.claim(&l2, 10.into()).expect("claim").messages;
     assert_eq!(
         ids(&retry),
         vec![k1a.message_id()],
         "the head again, not k1b"
     );
     s.mark_dispatched(&l2, &[k1a_id]).expect("mark");
-    let next = s.claim(&lease(60), 10).expect("claim");
+    let next = s.claim(&lease(60), 10.into()).expect("claim").messages;
     assert_eq!(ids(&next), vec![k1b.message_id()]);
     H::drop_table(&t);
 }
@@ -377,7 +405,7 @@ pub fn rollback_stores_nothing<H: Harness>() {
     let r: Result<(), Error> =
         s.with_transaction(|tx| s.enqueue_in_tx(tx, std::slice::from_ref(&kept)));
     r.expect("commit");
-    let got = s.claim(&lease(30), 10).expect("claim");
+    let got = s.claim(&lease(30), 10.into()).expect("claim").messages;
     assert_eq!(ids(&got), vec![kept.message_id()]);
     H::drop_table(&t);
 }
@@ -388,7 +416,7 @@ pub fn cleanup_only_old_dispatched<H: Harness>() {
     s.enqueue(&(0..6).map(msg).collect::<Vec<_>>())
         .expect("enqueue");
     let l = lease(60);
-    let got = s.claim(&l, 10).expect("claim");
+    let got = s.claim(&l, 10.into()).expect("claim").messages;
     let old: Vec<i64> = got[..3].iter().map(|m| m.id).collect();
     s.mark_dispatched(&l, &old).expect("mark");
     let park = [FailedAttempt {
@@ -396,6 +424,7 @@ pub fn cleanup_only_old_dispatched<H: Harness>() {
         error: "x".into(),
         retry_in: Duration::ZERO,
         park: true,
+        hold_key: false,
     }];
     s.mark_failed(&l, &park).expect("park");
     std::thread::sleep(Duration::from_millis(2100));
@@ -432,7 +461,7 @@ pub fn migrate_concurrently_and_upgrade_go_table<H: Harness>() {
     H::exec(&H::go_table(&g));
     let s = store::<H>(&g);
     s.migrate().expect("migrate again");
-    let got = s.claim(&lease(30), 10).expect("claim");
+    let got = s.claim(&lease(30), 10.into()).expect("claim").messages;
     assert_eq!(got.len(), 1, "only the undispatched Go row");
     assert_eq!(got[0].payload, b"from go");
     assert_eq!(got[0].headers.get("n").map(String::as_str), Some("1"));

@@ -117,7 +117,7 @@ fn two_stores_on_one_file_never_claim_a_row_twice() {
                     // Keep going until the table stays empty for a while (enqueues race us).
                     while idle < 20 {
                         let l = Lease::new(Duration::from_secs(60));
-                        let got = s.claim(&l, 13).expect("claim");
+                        let got = s.claim(&l, 13.into()).expect("claim").messages;
                         if got.is_empty() {
                             idle += 1;
                             std::thread::sleep(Duration::from_millis(10));
@@ -312,7 +312,7 @@ fn claimer_process() {
     let mut mine = Vec::new();
     loop {
         let l = Lease::new(Duration::from_secs(60));
-        let got = s.claim(&l, 11).expect("claim");
+        let got = s.claim(&l, 11.into()).expect("claim").messages;
         if got.is_empty() {
             break;
         }

@@ -79,7 +79,7 @@ pub fn batch_roundtrip_byte_exact<H: StreamHarness>() {
     let b = stored(2, b"plain".to_vec(), &dest, None);
     let c = stored(3, vec![7u8; 64 * 1024], &dest, None);
     let batch = vec![a.clone(), b.clone(), c.clone()];
-    let out = s.publish(&batch);
+    let out = s.publish(&batch, &crate::common::deadline());
     assert!(out.iter().all(|o| o.is_ok()), "{out:?}");
     let got = consumer.receive(3, Duration::from_secs(20));
     assert_eq!(got.len(), 3);
@@ -107,7 +107,7 @@ pub fn per_message_outcomes_in_a_batch<H: StreamHarness>() {
         stored(3, b"invalid".to_vec(), &H::invalid_options(), None),
         stored(4, b"ok 2".to_vec(), &dest, None),
     ];
-    let out = s.publish(&batch);
+    let out = s.publish(&batch, &crate::common::deadline());
     assert_eq!(out.len(), 4);
     assert!(out[0].is_ok() && out[3].is_ok(), "{out:?}");
     assert!(
@@ -125,7 +125,10 @@ pub fn per_message_outcomes_in_a_batch<H: StreamHarness>() {
     bodies.sort();
     assert_eq!(bodies, vec![b"ok 1".to_vec(), b"ok 2".to_vec()]);
     // The stream stays usable after refusals.
-    let again = s.publish(&[stored(5, b"after".to_vec(), &dest, None)]);
+    let again = s.publish(
+        &[stored(5, b"after".to_vec(), &dest, None)],
+        &crate::common::deadline(),
+    );
     assert!(again[0].is_ok(), "{again:?}");
     s.close();
 }
@@ -140,7 +143,10 @@ pub fn per_key_order_in_a_batch<H: StreamHarness>() {
             stored(i, format!("{key}:{i}").into_bytes(), &dest, Some(&key))
         })
         .collect();
-    assert!(s.publish(&batch).iter().all(|o| o.is_ok()));
+    assert!(s
+        .publish(&batch, &crate::common::deadline())
+        .iter()
+        .all(|o| o.is_ok()));
     let got = consumer.receive(60, Duration::from_secs(20));
     assert_eq!(got.len(), 60);
     let mut last: BTreeMap<String, i64> = BTreeMap::new();
@@ -175,10 +181,13 @@ pub fn oversize_and_invalid_rejected_at_send<H: StreamHarness>() {
 pub fn server_down_is_a_transient_error<H: StreamHarness>() {
     let (dest, _consumer) = H::destination(&unique("s_down"));
     let mut s = H::unreachable();
-    let out = s.publish(&[
-        stored(1, b"x".to_vec(), &dest, None),
-        stored(2, b"y".to_vec(), &dest, None),
-    ]);
+    let out = s.publish(
+        &[
+            stored(1, b"x".to_vec(), &dest, None),
+            stored(2, b"y".to_vec(), &dest, None),
+        ],
+        &crate::common::deadline(),
+    );
     assert_eq!(out.len(), 2);
     for o in &out {
         assert!(matches!(o, Err(e) if e.is_transient()), "{o:?}");
@@ -189,14 +198,22 @@ pub fn delivery_resumes_after_connections_are_cut<H: StreamHarness>() {
     let _g = DISRUPTION.write().unwrap_or_else(|e| e.into_inner());
     let (dest, consumer) = H::destination(&unique("s_cut"));
     let mut s = H::stream();
-    assert!(s.publish(&[stored(1, b"before".to_vec(), &dest, None)])[0].is_ok());
+    assert!(s.publish(
+        &[stored(1, b"before".to_vec(), &dest, None)],
+        &crate::common::deadline()
+    )[0]
+    .is_ok());
     H::cut_connections();
     std::thread::sleep(Duration::from_millis(500));
     // The first publish after the cut may fail (transient); the stream reconnects by itself.
     let mut delivered = false;
     let mut failures = 0;
     for i in 0..20 {
-        match &s.publish(&[stored(2 + i, b"after".to_vec(), &dest, None)])[0] {
+        match &s.publish(
+            &[stored(2 + i, b"after".to_vec(), &dest, None)],
+            &crate::common::deadline(),
+        )[0]
+        {
             Ok(()) => {
                 delivered = true;
                 break;

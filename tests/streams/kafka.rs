@@ -326,7 +326,7 @@ fn key_maps_to_one_partition_and_options_route() {
         .collect();
     let explicit: Options = kafka::topic(&name).partition(2).key("record-key").into();
     batch.push(stored(100, b"explicit", &explicit, Some("key-0")));
-    let out = s.publish(&batch);
+    let out = s.publish(&batch, &crate::common::deadline());
     assert!(out.iter().all(Result::is_ok), "{out:?}");
     let got = sink.records(31, Duration::from_secs(20));
     assert_eq!(got.len(), 31);
@@ -365,7 +365,7 @@ fn no_duplicates_in_normal_operation() {
             })
             .collect();
         ids.extend(batch.iter().map(|m| m.message_id.to_string()));
-        let out = s.publish(&batch);
+        let out = s.publish(&batch, &crate::common::deadline());
         assert!(out.iter().all(Result::is_ok), "{out:?}");
     }
     s.close();
@@ -394,7 +394,7 @@ fn a_failed_message_holds_back_the_rest_of_its_key() {
         stored(4, b"b2", &dest, Some("b")),
         stored(5, b"free", &dest, None),
     ];
-    let out = s.publish(&batch);
+    let out = s.publish(&batch, &crate::common::deadline());
     assert!(
         out[0].is_ok() && out[2].is_ok() && out[4].is_ok(),
         "{out:?}"
@@ -468,7 +468,10 @@ fn compressed_batches_round_trip() {
     let batch: Vec<StoredMessage> = (0..50)
         .map(|i| stored(i, &vec![b'x'; 1000 + i as usize], &dest, None))
         .collect();
-    assert!(s.publish(&batch).iter().all(Result::is_ok));
+    assert!(s
+        .publish(&batch, &crate::common::deadline())
+        .iter()
+        .all(Result::is_ok));
     let got = sink.records(50, Duration::from_secs(20));
     assert_eq!(got.len(), 50);
     s.close();

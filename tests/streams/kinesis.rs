@@ -200,7 +200,10 @@ fn only_throttled_records_are_sent_again() {
             {"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"slow down"}]}"#,
     )]);
     let dest: Options = kinesis::stream(&name).into();
-    let out = s.publish(&[stored(1, b"r0", &dest, None), stored(2, b"r1", &dest, None)]);
+    let out = s.publish(
+        &[stored(1, b"r0", &dest, None), stored(2, b"r1", &dest, None)],
+        &crate::common::deadline(),
+    );
     assert!(out.iter().all(Result::is_ok), "{out:?}");
     assert_eq!(proxy.requests(), 2);
     let got = reader.records(2, Duration::from_secs(3));
@@ -239,7 +242,7 @@ fn a_failing_key_holds_back_its_later_records() {
         stored(3, b"a2", &dest, Some("a")),
         stored(4, b"b2", &dest, Some("b")),
     ];
-    let out = s.publish(&batch);
+    let out = s.publish(&batch, &crate::common::deadline());
     assert!(
         matches!(&out[0], Err(e) if e.is_transient()),
         "{:?}",
@@ -281,7 +284,10 @@ fn server_errors_are_retried_then_delivered_once() {
         ),
         Fault::Drop,
     ]);
-    let out = s.publish(&[stored(1, b"once", &kinesis::stream(&name).into(), None)]);
+    let out = s.publish(
+        &[stored(1, b"once", &kinesis::stream(&name).into(), None)],
+        &crate::common::deadline(),
+    );
     assert!(out[0].is_ok(), "{out:?}");
     assert_eq!(proxy.requests(), 4);
     let got = reader.records(2, Duration::from_secs(3));
@@ -300,7 +306,7 @@ fn partition_keys_follow_options_and_ordering_keys() {
     let a = stored(1, b"by-key", &plain, Some("order-1"));
     let b = stored(2, b"by-option", &keyed, Some("order-2"));
     let c = stored(3, b"by-id", &plain, None);
-    let out = s.publish(&[a.clone(), b, c.clone()]);
+    let out = s.publish(&[a.clone(), b, c.clone()], &crate::common::deadline());
     assert!(out.iter().all(Result::is_ok), "{out:?}");
     let got: BTreeMap<Vec<u8>, String> = reader
         .records(3, Duration::from_secs(10))

@@ -255,7 +255,7 @@ fn throttling_and_server_errors_are_retried_and_delivered_once() {
             Fault::Status(status, r#"{"error":{"code":0,"status":"INJECTED"}}"#),
         ]);
         let m = stored(1, format!("after {status}").as_bytes(), &dest, None);
-        let out = s.publish(std::slice::from_ref(&m));
+        let out = s.publish(std::slice::from_ref(&m), &crate::common::deadline());
         assert!(out[0].is_ok(), "{status}: {out:?}");
         assert_eq!(proxy.requests(), 3, "two faults, one forwarded try");
         let got = sub.pull(2, Duration::from_secs(3));
@@ -273,7 +273,10 @@ fn persistent_server_errors_are_transient_and_nothing_is_lost() {
     let proxy = FaultProxy::start(&emulator());
     let mut s = via(&proxy).attempts(2).build().expect("stream");
     proxy.inject([Fault::Status(503, "busy"), Fault::Status(503, "busy")]);
-    let out = s.publish(&[stored(1, b"x", &dest, None), stored(2, b"y", &dest, None)]);
+    let out = s.publish(
+        &[stored(1, b"x", &dest, None), stored(2, b"y", &dest, None)],
+        &crate::common::deadline(),
+    );
     for o in &out {
         assert!(matches!(o, Err(e) if e.is_transient()), "{o:?}");
     }
@@ -283,7 +286,7 @@ fn persistent_server_errors_are_transient_and_nothing_is_lost() {
         400,
         r#"{"error":{"status":"INVALID_ARGUMENT"}}"#,
     )]);
-    let out = s.publish(&[stored(1, b"x", &dest, None)]);
+    let out = s.publish(&[stored(1, b"x", &dest, None)], &crate::common::deadline());
     assert!(matches!(&out[0], Err(Error::Rejected(_))), "{out:?}");
     assert_eq!(bad.requests(), 1, "a 400 is not retried");
 }
@@ -299,7 +302,10 @@ fn a_slow_response_beyond_the_timeout_is_a_transient_timeout() {
         .expect("stream");
     proxy.inject([Fault::Delay(Duration::from_secs(2))]);
     let started = Instant::now();
-    let out = s.publish(&[stored(1, b"slow", &dest, None)]);
+    let out = s.publish(
+        &[stored(1, b"slow", &dest, None)],
+        &crate::common::deadline(),
+    );
     assert!(matches!(&out[0], Err(Error::Timeout(_))), "{out:?}");
     assert!(out[0].as_ref().is_err_and(Error::is_transient));
     assert!(
@@ -323,7 +329,7 @@ fn a_failed_key_pauses_only_itself() {
         stored(5, b"free", &dest, None),
         stored(6, b"b3", &dest, Some("b")),
     ];
-    let out = s.publish(&batch);
+    let out = s.publish(&batch, &crate::common::deadline());
     assert!(
         out[0].is_ok() && out[2].is_ok() && out[4].is_ok(),
         "{out:?}"
@@ -368,7 +374,7 @@ fn ordering_keys_arrive_in_order_across_batches() {
             })
             .collect();
         batch.push(stored(1000 + n, b"explicit", &own_key, Some("k0")));
-        let out = s.publish(&batch);
+        let out = s.publish(&batch, &crate::common::deadline());
         assert!(out.iter().all(Result::is_ok), "{out:?}");
     }
     let got = sub.pull(303, Duration::from_secs(30));
@@ -409,7 +415,7 @@ fn large_batches_split_within_request_limits() {
             None,
         ));
     }
-    let out = s.publish(&batch);
+    let out = s.publish(&batch, &crate::common::deadline());
     assert!(
         out.iter().all(Result::is_ok),
         "{:?}",
@@ -718,11 +724,23 @@ fn service_account_tokens_are_exchanged_sent_and_refreshed() {
         .build()
         .expect("stream");
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(s.publish(&[stored(1, b"one", &dest, None)])[0].is_ok());
-    assert!(s.publish(&[stored(2, b"two", &dest, None)])[0].is_ok());
+    assert!(s.publish(
+        &[stored(1, b"one", &dest, None)],
+        &crate::common::deadline()
+    )[0]
+    .is_ok());
+    assert!(s.publish(
+        &[stored(2, b"two", &dest, None)],
+        &crate::common::deadline()
+    )[0]
+    .is_ok());
     assert_eq!(issued.load(Ordering::SeqCst), 1, "cached");
     std::thread::sleep(Duration::from_millis(1300));
-    assert!(s.publish(&[stored(3, b"three", &dest, None)])[0].is_ok());
+    assert!(s.publish(
+        &[stored(3, b"three", &dest, None)],
+        &crate::common::deadline()
+    )[0]
+    .is_ok());
     assert_eq!(issued.load(Ordering::SeqCst), 2, "refreshed before expiry");
     assert_eq!(
         front.authorizations(),
@@ -750,8 +768,11 @@ fn a_wrongly_signed_jwt_is_refused_and_no_secret_leaks() {
         .token_provider(sa)
         .build()
         .and_then(|mut s| {
-            s.publish(&[stored(1, b"x", &pubsub::topic("abc").into(), None)])
-                .remove(0)
+            s.publish(
+                &[stored(1, b"x", &pubsub::topic("abc").into(), None)],
+                &crate::common::deadline(),
+            )
+            .remove(0)
         })
         .expect_err("bad signature");
     assert!(err.is_transient(), "credentials can be fixed: {err:?}");
@@ -797,13 +818,13 @@ fn metadata_server_and_static_tokens_are_sent() {
         .token_provider(MetadataServer::with_base_url(&meta))
         .build()
         .expect("stream");
-    assert!(s.publish(&[stored(1, b"m", &dest, None)])[0].is_ok());
+    assert!(s.publish(&[stored(1, b"m", &dest, None)], &crate::common::deadline())[0].is_ok());
     let mut s = PubSubStream::builder(&url())
         .endpoint(&front.url())
         .token_provider(StaticToken::new("static-tok"))
         .build()
         .expect("stream");
-    assert!(s.publish(&[stored(2, b"s", &dest, None)])[0].is_ok());
+    assert!(s.publish(&[stored(2, b"s", &dest, None)], &crate::common::deadline())[0].is_ok());
     assert_eq!(
         front.authorizations(),
         vec!["Bearer meta-tok", "Bearer static-tok"]
@@ -817,7 +838,7 @@ fn the_emulator_gets_no_authorization() {
     let front = FaultProxy::start(&emulator());
     let mut s = PubSubStream::connect(&format!("pubsub://{PROJECT}?emulator={}", front.host()))
         .expect("stream");
-    assert!(s.publish(&[stored(1, b"x", &dest, None)])[0].is_ok());
+    assert!(s.publish(&[stored(1, b"x", &dest, None)], &crate::common::deadline())[0].is_ok());
     assert_eq!(front.authorizations(), vec![String::new()]);
 }
 
@@ -945,13 +966,15 @@ fn a_refused_token_is_replaced_and_secrets_stay_out_of_logs_and_errors() {
         401,
         r#"{"error":{"status":"UNAUTHENTICATED"}}"#,
     )]);
-    let first = s.publish(&[stored(1, b"x", &dest, None)]).remove(0);
+    let first = s
+        .publish(&[stored(1, b"x", &dest, None)], &crate::common::deadline())
+        .remove(0);
     let err = first.expect_err("401");
     assert!(
         err.is_transient() && err.to_string().contains("HTTP 401"),
         "{err:?}"
     );
-    let second = s.publish(&[stored(2, b"y", &dest, None)]);
+    let second = s.publish(&[stored(2, b"y", &dest, None)], &crate::common::deadline());
     assert!(second[0].is_ok(), "{second:?}");
     assert_eq!(
         issued.load(Ordering::SeqCst),

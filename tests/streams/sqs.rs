@@ -233,7 +233,10 @@ fn throttling_and_server_errors_are_retried_then_delivered_once() {
         ),
     ]);
     // The queue URL skips GetQueueUrl: every request counted is the batch call.
-    let out = s.publish(&[stored(1, b"once", &sqs::queue(&url).into(), None)]);
+    let out = s.publish(
+        &[stored(1, b"once", &sqs::queue(&url).into(), None)],
+        &crate::common::deadline(),
+    );
     assert!(out[0].is_ok(), "{out:?}");
     assert_eq!(
         proxy.requests(),
@@ -254,7 +257,10 @@ fn exhausted_retries_are_transient() {
         .build()
         .expect("stream");
     proxy.inject([Fault::Status(503, "{}"), Fault::Status(503, "{}")]);
-    let out = s.publish(&[stored(1, b"x", &sqs::queue(&url).into(), None)]);
+    let out = s.publish(
+        &[stored(1, b"x", &sqs::queue(&url).into(), None)],
+        &crate::common::deadline(),
+    );
     assert!(matches!(&out[0], Err(Error::Unavailable { .. })), "{out:?}");
     assert_eq!(proxy.requests(), 2);
 }
@@ -273,10 +279,13 @@ fn slow_answers_are_a_transient_timeout() {
         Fault::Delay(Duration::from_secs(2)),
     ]);
     let started = Instant::now();
-    let out = s.publish(&[
-        stored(1, b"a", &sqs::queue(&url).into(), None),
-        stored(2, b"b", &sqs::queue(&url).into(), None),
-    ]);
+    let out = s.publish(
+        &[
+            stored(1, b"a", &sqs::queue(&url).into(), None),
+            stored(2, b"b", &sqs::queue(&url).into(), None),
+        ],
+        &crate::common::deadline(),
+    );
     for o in &out {
         assert!(matches!(o, Err(Error::Timeout(_))), "{o:?}");
     }
@@ -305,12 +314,15 @@ fn partial_batch_failure_fails_only_those_entries() {
             "Failed":[{"Id":"0","SenderFault":false,"Code":"InternalError","Message":"try again"},
                       {"Id":"2","SenderFault":true,"Code":"InvalidParameterValue","Message":"bad"}]}"#,
     )]);
-    let out = s.publish(&[
-        stored(1, b"a1", &dest, Some("a")),
-        stored(2, b"free", &dest, None),
-        stored(3, b"b1", &dest, Some("b")),
-        stored(4, b"a2", &dest, Some("a")),
-    ]);
+    let out = s.publish(
+        &[
+            stored(1, b"a1", &dest, Some("a")),
+            stored(2, b"free", &dest, None),
+            stored(3, b"b1", &dest, Some("b")),
+            stored(4, b"a2", &dest, Some("a")),
+        ],
+        &crate::common::deadline(),
+    );
     assert!(
         matches!(&out[0], Err(e) if e.is_transient()),
         "{:?}",
@@ -337,16 +349,23 @@ fn queue_names_resolve_once_and_urls_work() {
         .build()
         .expect("stream");
     for i in 0..3 {
-        assert!(s.publish(&[stored(i, b"n", &sqs::queue(&name).into(), None)])[0].is_ok());
+        assert!(s.publish(
+            &[stored(i, b"n", &sqs::queue(&name).into(), None)],
+            &crate::common::deadline()
+        )[0]
+        .is_ok());
     }
     assert_eq!(proxy.requests(), 4, "one GetQueueUrl, three sends");
-    assert!(s.publish(&[stored(
-        9,
-        b"u",
-        &sqs::queue(&url).delay_seconds(0).into(),
-        None
-    )])[0]
-        .is_ok());
+    assert!(s.publish(
+        &[stored(
+            9,
+            b"u",
+            &sqs::queue(&url).delay_seconds(0).into(),
+            None
+        )],
+        &crate::common::deadline()
+    )[0]
+    .is_ok());
     assert_eq!(reader.receive(4, Duration::from_secs(10)).len(), 4);
 }
 
@@ -359,8 +378,8 @@ fn fifo_deduplicates_a_republished_message() {
     let mut s = SqsStream::connect(&crate::aws::url("sqs", &endpoint())).expect("stream");
     let m = stored(1, b"twice", &sqs::queue(&name).into(), Some("k"));
     // A relay that crashed after the publish publishes the same row again.
-    assert!(s.publish(std::slice::from_ref(&m))[0].is_ok());
-    assert!(s.publish(std::slice::from_ref(&m))[0].is_ok());
+    assert!(s.publish(std::slice::from_ref(&m), &crate::common::deadline())[0].is_ok());
+    assert!(s.publish(std::slice::from_ref(&m), &crate::common::deadline())[0].is_ok());
     let got = reader.receive(2, Duration::from_secs(3));
     assert_eq!(
         got.len(),
@@ -457,7 +476,10 @@ fn urls_and_settings_are_checked_and_secrets_redacted() {
     ));
     // Errors of a publish never carry the secret either.
     let mut s = unreachable_stream();
-    let out = s.publish(&[stored(1, b"x", &sqs::queue("q").into(), None)]);
+    let out = s.publish(
+        &[stored(1, b"x", &sqs::queue("q").into(), None)],
+        &crate::common::deadline(),
+    );
     let e = out[0].as_ref().expect_err("unreachable");
     assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
 }
@@ -484,12 +506,18 @@ fn signatures_are_checked_by_the_server() {
     let dest: Options = sqs::queue(&name).into();
 
     let mut good = base().credentials(signer.clone()).build().expect("stream");
-    let out = good.publish(&[stored(1, b"signed", &dest, None)]);
+    let out = good.publish(
+        &[stored(1, b"signed", &dest, None)],
+        &crate::common::deadline(),
+    );
     assert!(out[0].is_ok(), "{out:?}");
 
     let wrong = Credentials::new(signer.access_key_id(), "not-the-secret", None);
     let mut bad = base().credentials(wrong).build().expect("stream");
-    let out = bad.publish(&[stored(2, b"forged", &dest, None)]);
+    let out = bad.publish(
+        &[stored(2, b"forged", &dest, None)],
+        &crate::common::deadline(),
+    );
     match &out[0] {
         Err(e @ Error::Rejected(text)) => {
             assert!(!e.is_transient());
@@ -610,7 +638,7 @@ fn credentials_from_a_provider_and_the_environment() {
     assert!(created["QueueUrl"].is_string());
     let dest: Options = sqs::queue(&name).into();
     for i in 0..2 {
-        assert!(s.publish(&[stored(i, b"p", &dest, None)])[0].is_ok());
+        assert!(s.publish(&[stored(i, b"p", &dest, None)], &crate::common::deadline())[0].is_ok());
     }
     // GetQueueUrl once, then two sends: each request signed with fresh credentials.
     assert_eq!(provider.1.load(Ordering::SeqCst), 3);
@@ -621,7 +649,10 @@ fn credentials_from_a_provider_and_the_environment() {
     std::env::set_var("AWS_DEFAULT_REGION", "us-east-1");
     std::env::set_var("AWS_ENDPOINT_URL_SQS", auth_endpoint());
     let mut from_env = SqsStream::connect("sqs://").expect("all from the environment");
-    let out = from_env.publish(&[stored(9, b"env", &dest, None)]);
+    let out = from_env.publish(
+        &[stored(9, b"env", &dest, None)],
+        &crate::common::deadline(),
+    );
     std::env::remove_var("AWS_ENDPOINT_URL_SQS");
     assert!(out[0].is_ok(), "{out:?}");
     assert!(!format!("{from_env:?}").contains(signer.secret_access_key()));

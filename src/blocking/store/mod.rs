@@ -1,7 +1,7 @@
 //! The store seam: where messages are enqueued and claimed. Each database is
 //! behind its own cargo feature.
 
-use crate::message::{Message, StoredMessage};
+use crate::message::Message;
 use crate::Result;
 use std::time::Duration;
 
@@ -62,6 +62,73 @@ impl Lease {
     }
 }
 
+/// How much one claim may take: at most `rows` messages and, past the first
+/// message, at most `bytes` of payload, so that a backlog of large messages cannot
+/// fill the relay's memory. A single message larger than `bytes` is still claimed,
+/// alone.
+///
+/// ```
+/// use outboxer::store::BatchLimit;
+/// let limit = BatchLimit::from(100);
+/// assert_eq!(limit.rows, 100);
+/// assert_eq!(limit.bytes, BatchLimit::DEFAULT_BYTES);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimit {
+    /// Most messages in one claim.
+    pub rows: usize,
+    /// Most payload bytes in one claim (the first message always fits).
+    pub bytes: usize,
+}
+
+impl BatchLimit {
+    /// The relay's default byte cap per batch: 16 MiB.
+    pub const DEFAULT_BYTES: usize = 16 * 1024 * 1024;
+}
+
+impl From<usize> for BatchLimit {
+    /// `rows` messages, [`BatchLimit::DEFAULT_BYTES`] bytes.
+    fn from(rows: usize) -> Self {
+        BatchLimit {
+            rows,
+            bytes: Self::DEFAULT_BYTES,
+        }
+    }
+}
+
+/// A claimed row that cannot be turned into a message (a hand-written row whose
+/// `headers` is `'[]'`, say). The relay records it as a failed attempt with a
+/// permanent error, so it parks, while the rest of the claim is published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undecodable {
+    /// Row id.
+    pub id: i64,
+    /// Which column is wrong and why.
+    pub reason: String,
+}
+
+/// What one claim leased: the messages to publish, in id order, and the rows of
+/// the claim that could not be decoded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Claim {
+    /// Decoded messages, in id order.
+    pub messages: Vec<crate::message::StoredMessage>,
+    /// Leased rows that could not be decoded.
+    pub undecodable: Vec<Undecodable>,
+}
+
+impl Claim {
+    /// True when the claim leased nothing.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.undecodable.is_empty()
+    }
+
+    /// Rows leased (decoded or not).
+    pub fn len(&self) -> usize {
+        self.messages.len() + self.undecodable.len()
+    }
+}
+
 /// A failed attempt to record.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FailedAttempt {
@@ -73,6 +140,9 @@ pub struct FailedAttempt {
     pub retry_in: Duration,
     /// Move to status `parked`.
     pub park: bool,
+    /// When parked: keep holding the ordering key, so that the key's later messages
+    /// wait ([`crate::OnPark::HoldKey`]); false releases the key at once.
+    pub hold_key: bool,
 }
 
 /// Which parked messages `requeue` brings back.
@@ -152,8 +222,9 @@ pub trait Store: Send + Sync + 'static {
         E: From<crate::Error>;
 
     /// Claims up to `limit` publishable messages under `lease`, in id order, at most
-    /// one per ordering key (the earliest pending one).
-    fn claim(&self, lease: &Lease, limit: usize) -> Result<Vec<StoredMessage>>;
+    /// one per ordering key (the earliest pending one). A row that cannot be decoded
+    /// is leased too and returned in [`Claim::undecodable`]; it never fails the claim.
+    fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim>;
 
     /// Marks claimed messages dispatched; returns how many rows still held the lease.
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize>;
@@ -161,8 +232,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records failed attempts (backoff or park); returns rows that still held the lease.
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize>;
 
-    /// Gives claimed messages back without counting an attempt.
-    fn release(&self, lease: &Lease, ids: &[i64]) -> Result<usize>;
+    /// Gives claimed messages back without counting an attempt; they can be
+    /// claimed again after `retry_in` (zero: at once).
+    fn release(&self, lease: &Lease, ids: &[i64], retry_in: Duration) -> Result<usize>;
 
     /// Deletes up to `limit` dispatched messages older than `older_than` (cutoff taken
     /// from the database clock at each call); returns how many were deleted.

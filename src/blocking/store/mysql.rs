@@ -2,7 +2,7 @@
 //! `FOR UPDATE SKIP LOCKED` in a two-step claim (MariaDB has no `UPDATE .. RETURNING`),
 //! per-key enqueue locks on a small lock table, polling plus the in-process wake.
 
-use super::{FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
+use super::{BatchLimit, Claim, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
@@ -310,7 +310,8 @@ impl Store for MysqlStore {
         }
     }
 
-    fn claim(&self, lease: &Lease, limit: usize) -> Result<Vec<StoredMessage>> {
+    fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
+        let limit = limit.rows;
         let sql = &self.inner.sql;
         let db = |e| Error::db("claiming messages", e);
         let mut tx = self.tx("claiming messages")?;
@@ -324,13 +325,13 @@ impl Store for MysqlStore {
             .map_err(db)?;
         if candidates.is_empty() {
             tx.commit().map_err(db)?;
-            return Ok(Vec::new());
+            return Ok(Claim::default());
         }
         // 2. Lock those still free; rows another relay is claiming are skipped.
         let ids: Vec<i64> = tx.query(sql.claim_lock(&candidates)).map_err(db)?;
         if ids.is_empty() {
             tx.commit().map_err(db)?;
-            return Ok(Vec::new());
+            return Ok(Claim::default());
         }
         // 3. Lease, 4. read.
         let token = lease.token.as_bytes();
@@ -338,7 +339,10 @@ impl Store for MysqlStore {
             .map_err(db)?;
         let rows: Vec<Row> = tx.query(sql.claim_read(&ids)).map_err(db)?;
         tx.commit().map_err(db)?;
-        rows.into_iter().map(decode).collect()
+        Ok(Claim {
+            messages: rows.into_iter().map(decode).collect::<Result<_>>()?,
+            undecodable: Vec::new(),
+        })
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
@@ -370,7 +374,7 @@ impl Store for MysqlStore {
         Ok(n)
     }
 
-    fn release(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
+    fn release(&self, lease: &Lease, ids: &[i64], _retry_in: Duration) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }

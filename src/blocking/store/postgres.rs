@@ -1,7 +1,9 @@
 //! PostgreSQL store on the `postgres` crate: leases with `FOR UPDATE SKIP LOCKED`,
 //! LISTEN/NOTIFY wake-ups, a small connection pool of its own.
 
-use super::{FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store, WakeListener};
+use super::{
+    BatchLimit, Claim, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store, WakeListener,
+};
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
@@ -340,9 +342,9 @@ impl Store for PostgresStore {
         }
     }
 
-    fn claim(&self, lease: &Lease, limit: usize) -> Result<Vec<StoredMessage>> {
+    fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
         let mut conn = self.conn()?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit.rows).unwrap_or(i64::MAX);
         let mut tx = conn
             .transaction()
             .map_err(|e| Error::db("beginning a claim", e))?;
@@ -361,7 +363,10 @@ impl Store for PostgresStore {
             .map_err(|e| Error::db("committing a claim", e))?;
         let mut out = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
         out.sort_by_key(|m| m.id);
-        Ok(out)
+        Ok(Claim {
+            messages: out,
+            undecodable: Vec::new(),
+        })
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
@@ -393,7 +398,7 @@ impl Store for PostgresStore {
         Ok(n as usize)
     }
 
-    fn release(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
+    fn release(&self, lease: &Lease, ids: &[i64], _retry_in: Duration) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }

@@ -1,7 +1,7 @@
 //! SQLite store on `rusqlite` with its bundled SQLite: WAL mode, `BEGIN IMMEDIATE`
 //! writes, leases claimed with `UPDATE .. RETURNING`, a small pool of connections.
 
-use super::{FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
+use super::{BatchLimit, Claim, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
 use crate::core::ident::TableName;
 use crate::core::rows;
 use crate::core::sql_sqlite::{millis, sqlite_table, SqliteSql};
@@ -55,8 +55,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// })?;
 ///
 /// let lease = Lease::new(Duration::from_secs(30));
-/// let claimed = store.claim(&lease, 10)?;
-/// let ids: Vec<i64> = claimed.iter().map(|m| m.id).collect();
+/// let claimed = store.claim(&lease, 10.into())?;
+/// let ids: Vec<i64> = claimed.messages.iter().map(|m| m.id).collect();
 /// assert_eq!(store.mark_dispatched(&lease, &ids)?, ids.len());
 /// # drop(store);
 /// # for ext in ["", "-wal", "-shm"] {
@@ -574,8 +574,8 @@ impl Store for SqliteStore {
         })
     }
 
-    fn claim(&self, lease: &Lease, limit: usize) -> Result<Vec<StoredMessage>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
+        let limit = i64::try_from(limit.rows).unwrap_or(i64::MAX);
         let token = lease.token.as_bytes().as_slice();
         let ctx = "claiming messages";
         // Rows are decoded after COMMIT, as in the PostgreSQL store: a row that cannot
@@ -593,7 +593,10 @@ impl Store for SqliteStore {
         let mut out = rows.into_iter().collect::<Result<Vec<_>>>()?;
         // RETURNING gives rows in no promised order.
         out.sort_by_key(|m| m.id);
-        Ok(out)
+        Ok(Claim {
+            messages: out,
+            undecodable: Vec::new(),
+        })
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
@@ -635,7 +638,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn release(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
+    fn release(&self, lease: &Lease, ids: &[i64], _retry_in: Duration) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }

@@ -4,7 +4,7 @@
 //!
 //! SQL text lives in [`crate::core::sql_mssql`], which also documents the schema.
 
-use super::{FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
+use super::{BatchLimit, Claim, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
 use crate::core::ident::TableName;
 use crate::core::rows;
 use crate::core::sql_mssql::{self as q, batch, MssqlSql};
@@ -777,10 +777,11 @@ impl Store for SqlServerStore {
         }
     }
 
-    fn claim(&self, lease: &Lease, limit: usize) -> Result<Vec<StoredMessage>> {
+    fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
+        let limit = limit.rows;
         let mut out = Vec::new();
         if limit == 0 {
-            return Ok(out);
+            return Ok(Claim::default());
         }
         let mut conn = self.conn()?;
         let mut remaining = limit;
@@ -803,7 +804,10 @@ impl Store for SqlServerStore {
             remaining -= n;
         }
         out.sort_by_key(|m| m.id);
-        Ok(out)
+        Ok(Claim {
+            messages: out,
+            undecodable: Vec::new(),
+        })
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
@@ -836,7 +840,7 @@ impl Store for SqlServerStore {
         Ok(usize::try_from(total).unwrap_or(usize::MAX))
     }
 
-    fn release(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
+    fn release(&self, lease: &Lease, ids: &[i64], _retry_in: Duration) -> Result<usize> {
         let n = self.by_ids(
             "releasing messages",
             ids,

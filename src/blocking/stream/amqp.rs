@@ -426,7 +426,11 @@ mod driver {
             })
         }
 
-        fn publish(&mut self, batch: &[StoredMessage]) -> Vec<Result<()>> {
+        fn publish(
+            &mut self,
+            batch: &[StoredMessage],
+            _deadline: &crate::blocking::stream::Deadline,
+        ) -> Vec<Result<()>> {
             let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
             let validator = AmqpValidator {
                 max_message_size: self.max_message_size,

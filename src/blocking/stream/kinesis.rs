@@ -277,7 +277,11 @@ mod driver {
             Arc::new(KinesisValidator)
         }
 
-        fn publish(&mut self, batch: &[StoredMessage]) -> Vec<Result<()>> {
+        fn publish(
+            &mut self,
+            batch: &[StoredMessage],
+            _deadline: &crate::blocking::stream::Deadline,
+        ) -> Vec<Result<()>> {
             let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
             let prepared: Vec<Option<Prepared>> = batch
                 .iter()

@@ -4,6 +4,7 @@
 use crate::message::{Headers, Options, StoredMessage};
 use crate::Result;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub mod amqp;
 #[cfg(feature = "amqp")]
@@ -37,12 +38,20 @@ pub trait Validate: Send + Sync {
 /// not fire-and-forget. Connection failures are returned as transient errors
 /// ([`crate::Error::is_transient`]) for every affected message; the stream
 /// reconnects on a later call.
+///
+/// `publish` returns by its [`Deadline`] (the relay passes the end of the batch's
+/// lease, less a margin for recording the outcomes): retries stop early enough,
+/// and a message without an outcome by then gets a transient
+/// [`crate::Error::Timeout`]. When the relay is stopping the deadline expires at
+/// once: no new attempt starts, and what is in flight is waited for at most one
+/// request or confirm timeout.
 pub trait Stream: Send + 'static {
     /// The validator used by `Outbox::send` (cheap, shared with the sending threads).
     fn validator(&self) -> Arc<dyn Validate>;
 
-    /// Publishes a batch and waits for the broker's per-message outcome.
-    fn publish(&mut self, batch: &[StoredMessage]) -> Vec<Result<()>>;
+    /// Publishes a batch and waits, at most until `deadline`, for the broker's
+    /// per-message outcome.
+    fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>>;
 
     /// Flushes and closes connections (called when the relay stops).
     fn close(&mut self) {}
@@ -52,10 +61,77 @@ impl<S: Stream + ?Sized> Stream for Box<S> {
     fn validator(&self) -> Arc<dyn Validate> {
         (**self).validator()
     }
-    fn publish(&mut self, batch: &[StoredMessage]) -> Vec<Result<()>> {
-        (**self).publish(batch)
+    fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>> {
+        (**self).publish(batch, deadline)
     }
     fn close(&mut self) {
         (**self).close()
+    }
+}
+
+/// When a [`Stream::publish`] call must be over: the end of the batch's lease,
+/// less a margin, or at once when the relay is stopping.
+///
+/// A stream starts no new attempt (retry, reconnect, next request) once
+/// [`Deadline::expired`] is true, and bounds every wait by [`Deadline::remaining`]
+/// as well as by its own timeouts.
+///
+/// ```
+/// use outboxer::stream::Deadline;
+/// use std::time::Duration;
+/// let d = Deadline::after(Duration::from_secs(10));
+/// assert!(!d.expired());
+/// assert!(d.remaining() <= Duration::from_secs(10));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Deadline {
+    at: Instant,
+    /// Disconnected when the relay stops.
+    stop: Option<crossbeam_channel::Receiver<()>>,
+}
+
+impl Deadline {
+    /// A deadline at `at`.
+    pub fn at(at: Instant) -> Self {
+        Deadline { at, stop: None }
+    }
+
+    /// A deadline `d` from now.
+    pub fn after(d: Duration) -> Self {
+        Self::at(Instant::now() + d)
+    }
+
+    /// A deadline at `at` that also expires when `stop` disconnects.
+    pub(crate) fn with_stop(at: Instant, stop: crossbeam_channel::Receiver<()>) -> Self {
+        Deadline {
+            at,
+            stop: Some(stop),
+        }
+    }
+
+    /// The instant it is over, stop aside.
+    pub fn instant(&self) -> Instant {
+        self.at
+    }
+
+    /// True when the relay is stopping.
+    pub fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| {
+            matches!(
+                s.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Disconnected)
+            )
+        })
+    }
+
+    /// True once the deadline has passed or the relay is stopping: start nothing new.
+    pub fn expired(&self) -> bool {
+        Instant::now() >= self.at || self.stopping()
+    }
+
+    /// Time left until the deadline (zero once passed; the stop signal aside, so that
+    /// what is already in flight can still be waited for).
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
     }
 }

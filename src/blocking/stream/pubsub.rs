@@ -595,7 +595,11 @@ mod driver {
             })
         }
 
-        fn publish(&mut self, batch: &[StoredMessage]) -> Vec<Result<()>> {
+        fn publish(
+            &mut self,
+            batch: &[StoredMessage],
+            _deadline: &crate::blocking::stream::Deadline,
+        ) -> Vec<Result<()>> {
             let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
             let mut items = Vec::with_capacity(batch.len());
             let mut failed_keys: HashSet<String> = HashSet::new();

@@ -338,7 +338,11 @@ mod driver {
             })
         }
 
-        fn publish(&mut self, batch: &[StoredMessage]) -> Vec<Result<()>> {
+        fn publish(
+            &mut self,
+            batch: &[StoredMessage],
+            _deadline: &crate::blocking::stream::Deadline,
+        ) -> Vec<Result<()>> {
             let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
             let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(batch.len());
             for (i, m) in batch.iter().enumerate() {
