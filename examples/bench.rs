@@ -1864,7 +1864,7 @@ impl<S: Store> Store for TimedStore<S> {
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> outboxer::Result<Claim> {
         self.timings.claim.time(|| self.inner.claim(lease, limit))
     }
-    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<usize> {
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<Vec<i64>> {
         self.timings
             .mark
             .time(|| self.inner.mark_dispatched(lease, ids))

@@ -114,6 +114,14 @@ pub enum Error {
     /// A relay thread panicked (a bug in outboxer or in a user-supplied stream or store).
     #[error("relay thread `{0}` panicked")]
     RelayPanicked(&'static str),
+    /// The operating system refused to start a relay thread.
+    #[error("cannot start relay thread `{name}`: {reason}")]
+    ThreadSpawn {
+        /// The thread's role (`claimer`, `publisher`, ...).
+        name: &'static str,
+        /// The operating system's error.
+        reason: String,
+    },
     /// A stored row could not be decoded (hand-edited or corrupt data).
     #[error("cannot decode stored message {id}: {reason}")]
     Decode {

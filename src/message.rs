@@ -204,8 +204,13 @@ pub enum FailureAction {
     Parked,
     /// Released without counting an attempt (broker or database unavailable).
     Released,
-    /// Not about one message (a claim, mark or cleanup failed); the relay keeps going.
+    /// Not about one message (a claim, mark or cleanup failed, an outage summary);
+    /// the relay keeps going.
     None,
+    /// Published, but the dispatched mark did not land (the lease was lost to
+    /// another relay, or the database was unreachable until the lease ended): the
+    /// message is published again, a duplicate that consumers drop by message id.
+    NotMarked,
 }
 
 #[cfg(test)]

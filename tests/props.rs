@@ -210,6 +210,9 @@ fn first_bad_field(c: &RelayConfig) -> Option<&'static str> {
     if c.max_batch_bytes == 0 {
         return Some("max_batch_bytes");
     }
+    if !within(c.report_interval, Duration::from_millis(10), DAY) {
+        return Some("report_interval");
+    }
     None
 }
 
@@ -451,6 +454,7 @@ proptest! {
         cleanup_batch_size in count(),
         channel_capacity in count(),
         max_batch_bytes in prop_oneof![Just(0usize), any::<usize>()],
+        report_interval in duration(),
     ) {
         let c = RelayConfig {
             check_interval,
@@ -464,6 +468,7 @@ proptest! {
             channel_capacity,
             max_batch_bytes,
             on_park: outboxer::OnPark::HoldKey,
+            report_interval,
         };
         match (c.validate(), first_bad_field(&c)) {
             (Ok(()), None) => {}

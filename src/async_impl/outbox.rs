@@ -258,6 +258,9 @@ impl<S: Store> OutboxBuilder<S> {
         /// What a parked message does to the later messages of its ordering key
         /// (default [`OnPark::HoldKey`](crate::OnPark::HoldKey)).
         on_park(policy: crate::OnPark);
+        /// How often an ongoing outage is reported on `err()` and in the log (default
+        /// 30 s): once when it starts, then once per interval, never once per message.
+        report_interval(d: Duration);
     }
 
     /// Checks every setting and builds the outbox.

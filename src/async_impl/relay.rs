@@ -61,7 +61,10 @@ impl Relay {
                     }
                 }
             })
-            .map_err(|e| Error::config("threads", format!("cannot spawn forwarder: {e}")))?;
+            .map_err(|e| Error::ThreadSpawn {
+                name: "forward",
+                reason: e.to_string(),
+            })?;
         Ok(Relay {
             ok_rx,
             err_rx,

@@ -301,6 +301,13 @@ impl<S: Store> OutboxBuilder<S> {
         self.config.on_park = policy;
         self
     }
+    /// How often an ongoing outage is reported on `err()` and in the log (default
+    /// 30 s; 10 ms..=1 day): once when it starts, then once per interval with counts,
+    /// and once in the log when it ends; never once per message.
+    pub fn report_interval(mut self, d: Duration) -> Self {
+        self.config.report_interval = d;
+        self
+    }
 
     /// Checks every setting and builds the outbox.
     pub fn build(self) -> Result<Outbox<S>> {

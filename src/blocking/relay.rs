@@ -429,8 +429,8 @@ fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
         let store = &ctx.shared.store;
         let ids: Vec<i64> = ok.iter().map(|m| m.id).collect();
         match persist(ctx, &claimed, |l| store.mark_dispatched(l, &ids)) {
-            Some(n) if n < ids.len() => ctx.report_general(Error::LeaseLost {
-                count: ids.len() - n,
+            Some(n) if n.len() < ids.len() => ctx.report_general(Error::LeaseLost {
+                count: ids.len() - n.len(),
             }),
             _ => {}
         }
@@ -462,11 +462,11 @@ fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
 
 /// Runs a mark statement, retrying while the lease lasts: a mark that never lands
 /// means the rows are published again after the lease expires (at-least-once).
-fn persist<S: Store>(
+fn persist<S: Store, T>(
     ctx: &Ctx<S>,
     claimed: &Claimed,
-    mut f: impl FnMut(&Lease) -> Result<usize>,
-) -> Option<usize> {
+    mut f: impl FnMut(&Lease) -> Result<T>,
+) -> Option<T> {
     let pause = Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).unwrap_or_default();
     let mut attempt = 0;
     loop {

@@ -29,6 +29,8 @@ pub struct RelayConfig {
     pub max_batch_bytes: usize,
     /// What a parked message does to the later messages of its ordering key.
     pub on_park: OnPark,
+    /// How often an ongoing outage is reported (on `err()` and in the log).
+    pub report_interval: Duration,
 }
 
 /// What a parked message does to the later messages of its ordering key.
@@ -63,6 +65,7 @@ impl Default for RelayConfig {
             channel_capacity: 1024,
             max_batch_bytes: 16 * 1024 * 1024,
             on_park: OnPark::HoldKey,
+            report_interval: Duration::from_secs(30),
         }
     }
 }
@@ -125,6 +128,12 @@ impl RelayConfig {
                 "must be greater than zero",
             ));
         }
+        range(
+            "report_interval",
+            self.report_interval,
+            Duration::from_millis(10),
+            DAY,
+        )?;
         Ok(())
     }
 }

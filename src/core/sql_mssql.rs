@@ -422,7 +422,7 @@ impl MssqlSql {
     pub fn mark_dispatched(&self, n: usize) -> String {
         format!(
             "UPDATE {} SET status = 'dispatched', dispatched_at = SYSUTCDATETIME(), \
-             locked_by = NULL, locked_until = NULL \
+             locked_by = NULL, locked_until = NULL OUTPUT inserted.id \
              WHERE id IN ({}) AND locked_by = @P{} AND status = 'pending'",
             self.table,
             placeholders(1, n),

@@ -245,6 +245,17 @@ impl MysqlSql {
         )
     }
 
+    /// The ids of `ids` that `token` still holds, locked until the end of the
+    /// transaction (the slow path of a mark that found some leases lost).
+    pub fn held(&self, ids: &[i64], token: &[u8; 16]) -> String {
+        format!(
+            "SELECT id FROM {} WHERE id IN ({}) AND locked_by = {} AND status = 'pending' FOR UPDATE",
+            self.table,
+            ids_list(ids),
+            hex(token)
+        )
+    }
+
     /// One failed attempt: (?: error text); park and delay are formatted numbers.
     pub fn mark_failed(&self, id: i64, token: &[u8; 16], delay_us: u64, park: bool) -> String {
         format!(

@@ -158,7 +158,7 @@ impl PgSql {
             ),
             mark_dispatched: format!(
                 "UPDATE {t} SET status = 'dispatched', dispatched_at = now(), locked_by = NULL, locked_until = NULL \
-                 WHERE id = ANY($1) AND locked_by = $2 AND status = 'pending'"
+                 WHERE id = ANY($1) AND locked_by = $2 AND status = 'pending' RETURNING id"
             ),
             mark_failed: format!(
                 "UPDATE {t} AS u SET attempts = u.attempts + 1, last_error = f.err, locked_by = NULL, locked_until = NULL,

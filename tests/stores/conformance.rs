@@ -96,7 +96,7 @@ pub fn mark_fail_park_requeue<H: Harness>() {
     let l = lease(30);
     let got = s.claim(&l, 10.into()).expect("claim").messages;
     let (a, b, c) = (got[0].id, got[1].id, got[2].id);
-    assert_eq!(s.mark_dispatched(&l, &[a]).expect("mark"), 1);
+    assert_eq!(s.mark_dispatched(&l, &[a]).expect("mark").len(), 1);
     let fails = [
         FailedAttempt {
             id: b,
@@ -175,7 +175,7 @@ pub fn attempts_histogram_and_parked_list<H: Harness>() {
     };
     // m0 dispatched (not counted), m1 pending with 0 attempts, m2 one failure,
     // m3 and m4 parked after one failure each.
-    assert_eq!(s.mark_dispatched(&l, &[got[0].id]).expect("mark"), 1);
+    assert_eq!(s.mark_dispatched(&l, &[got[0].id]).expect("mark").len(), 1);
     assert_eq!(
         s.release(&l, &[got[1].id], Duration::ZERO)
             .expect("release"),
@@ -230,7 +230,7 @@ pub fn purge_parked_only_touches_parked<H: Harness>() {
         .expect("enqueue");
     let l = lease(30);
     let got = s.claim(&l, 10.into()).expect("claim").messages;
-    assert_eq!(s.mark_dispatched(&l, &[got[0].id]).expect("mark"), 1);
+    assert_eq!(s.mark_dispatched(&l, &[got[0].id]).expect("mark").len(), 1);
     let park = |m: &StoredMessage| FailedAttempt {
         id: m.id,
         error: "poison".into(),
@@ -285,7 +285,7 @@ pub fn lease_expiry_and_token_checked_marks<H: Harness>() {
     assert_eq!(ids(&taken), ids(&first), "expired lease taken over");
     let rows: Vec<i64> = first.iter().map(|m| m.id).collect();
     assert_eq!(
-        s.mark_dispatched(&a, &rows).expect("mark"),
+        s.mark_dispatched(&a, &rows).expect("mark").len(),
         0,
         "late holder cannot mark"
     );
@@ -298,7 +298,7 @@ pub fn lease_expiry_and_token_checked_marks<H: Harness>() {
     }];
     assert_eq!(s.mark_failed(&a, &f).expect("fail"), 0);
     assert_eq!(s.release(&a, &rows, Duration::ZERO).expect("release"), 0);
-    assert_eq!(s.mark_dispatched(&c, &rows).expect("mark"), 4);
+    assert_eq!(s.mark_dispatched(&c, &rows).expect("mark").len(), 4);
     H::drop_table(&t);
 }
 
@@ -322,7 +322,7 @@ pub fn concurrent_claimers_never_share_a_row<H: Harness>() {
                             break;
                         }
                         let ids: Vec<i64> = got.iter().map(|m| m.id).collect();
-                        assert_eq!(s.mark_dispatched(&l, &ids).expect("mark"), ids.len());
+                        assert_eq!(s.mark_dispatched(&l, &ids).expect("mark").len(), ids.len());
                         mine.extend(ids);
                     }
                     mine
@@ -371,7 +371,8 @@ pub fn per_key_fifo<H: Harness>() {
     }];
     s.mark_failed(&l, &f).expect("fail");
     s.mark_dispatched(&l, &[got[1].id, got[2].id])
-        .expect("mark");
+        .expect("mark")
+        .len();
     assert!(
         s.claim(&lease(60), 10.into())
             .expect("claim")
@@ -387,7 +388,7 @@ pub fn per_key_fifo<H: Harness>() {
         vec![k1a.message_id()],
         "the head again, not k1b"
     );
-    s.mark_dispatched(&l2, &[k1a_id]).expect("mark");
+    s.mark_dispatched(&l2, &[k1a_id]).expect("mark").len();
     let next = s.claim(&lease(60), 10.into()).expect("claim").messages;
     assert_eq!(ids(&next), vec![k1b.message_id()]);
     H::drop_table(&t);
@@ -418,7 +419,7 @@ pub fn cleanup_only_old_dispatched<H: Harness>() {
     let l = lease(60);
     let got = s.claim(&l, 10.into()).expect("claim").messages;
     let old: Vec<i64> = got[..3].iter().map(|m| m.id).collect();
-    s.mark_dispatched(&l, &old).expect("mark");
+    s.mark_dispatched(&l, &old).expect("mark").len();
     let park = [FailedAttempt {
         id: got[3].id,
         error: "x".into(),
@@ -428,7 +429,7 @@ pub fn cleanup_only_old_dispatched<H: Harness>() {
     }];
     s.mark_failed(&l, &park).expect("park");
     std::thread::sleep(Duration::from_millis(2100));
-    s.mark_dispatched(&l, &[got[4].id]).expect("mark");
+    s.mark_dispatched(&l, &[got[4].id]).expect("mark").len();
     // Batches of 2: the cutoff is the database clock at each call.
     assert_eq!(s.cleanup(Duration::from_secs(2), 2).expect("cleanup"), 2);
     assert_eq!(s.cleanup(Duration::from_secs(2), 2).expect("cleanup"), 1);

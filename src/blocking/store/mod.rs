@@ -226,8 +226,9 @@ pub trait Store: Send + Sync + 'static {
     /// is leased too and returned in [`Claim::undecodable`]; it never fails the claim.
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim>;
 
-    /// Marks claimed messages dispatched; returns how many rows still held the lease.
-    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize>;
+    /// Marks claimed messages dispatched; returns the ids that still held the lease
+    /// (the others were taken over by another relay after the lease expired).
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>>;
 
     /// Records failed attempts (backoff or park); returns rows that still held the lease.
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize>;

@@ -345,12 +345,31 @@ impl Store for MysqlStore {
         })
     }
 
-    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        let stmt = self.inner.sql.mark_dispatched(ids, lease.token.as_bytes());
-        Ok(self.write("marking messages dispatched", stmt)? as usize)
+        let ctx = "marking messages dispatched";
+        let db = |e| Error::db(ctx, e);
+        let token = lease.token.as_bytes();
+        let mut tx = self.tx(ctx)?;
+        tx.query_drop(self.inner.sql.mark_dispatched(ids, token))
+            .map_err(db)?;
+        if tx.affected_rows() == ids.len() as u64 {
+            tx.commit().map_err(db)?;
+            return Ok(ids.to_vec());
+        }
+        // Some leases were lost (rare): no RETURNING here, so undo and mark exactly
+        // the rows still held, locked first, to say which ones were ours.
+        tx.rollback().map_err(db)?;
+        let mut tx = self.tx(ctx)?;
+        let held: Vec<i64> = tx.query(self.inner.sql.held(ids, token)).map_err(db)?;
+        if !held.is_empty() {
+            tx.query_drop(self.inner.sql.mark_dispatched(&held, token))
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(held)
     }
 
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {

@@ -369,15 +369,16 @@ impl Store for PostgresStore {
         })
     }
 
-    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        let n = self
+        let db = |e| Error::db("marking messages dispatched", e);
+        let rows = self
             .conn()?
-            .execute(&self.inner.sql.mark_dispatched, &[&ids, &lease.token])
-            .map_err(|e| Error::db("marking messages dispatched", e))?;
-        Ok(n as usize)
+            .query(&self.inner.sql.mark_dispatched, &[&ids, &lease.token])
+            .map_err(db)?;
+        rows.iter().map(|r| r.try_get(0).map_err(db)).collect()
     }
 
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {

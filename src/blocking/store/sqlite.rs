@@ -599,9 +599,9 @@ impl Store for SqliteStore {
         })
     }
 
-    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let ctx = "marking messages dispatched";
         let token = lease.token.as_bytes().as_slice();
@@ -609,11 +609,13 @@ impl Store for SqliteStore {
             let mut stmt = tx
                 .prepare_cached(&self.inner.sql.mark_dispatched)
                 .map_err(db(ctx))?;
-            let mut n = 0;
+            let mut marked = Vec::with_capacity(ids.len());
             for id in ids {
-                n += stmt.execute(params![id, token, now]).map_err(db(ctx))?;
+                if stmt.execute(params![id, token, now]).map_err(db(ctx))? > 0 {
+                    marked.push(*id);
+                }
             }
-            Ok(n)
+            Ok(marked)
         })
     }
 

@@ -810,14 +810,27 @@ impl Store for SqlServerStore {
         })
     }
 
-    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
-        let n = self.by_ids(
-            "marking messages dispatched",
-            ids,
-            Some(lease.token),
-            MssqlSql::mark_dispatched,
-        )?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
+        let ctx = "marking messages dispatched";
+        let mut marked = Vec::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(marked);
+        }
+        let mut conn = self.conn()?;
+        for chunk in ids.chunks(q::MAX_IDS) {
+            let padded = q::pad_ids(chunk);
+            let mut query = Query::new(self.inner.sql.mark_dispatched(padded.len()));
+            for id in &padded {
+                query.bind(*id);
+            }
+            query.bind(lease.token);
+            // OUTPUT inserted.id: the rows that still held the lease.
+            for row in conn.rows(ctx, query)? {
+                let id: Option<i64> = row.try_get(0).map_err(|e| Error::db(ctx, e))?;
+                marked.extend(id);
+            }
+        }
+        Ok(marked)
     }
 
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {
