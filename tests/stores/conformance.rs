@@ -302,6 +302,36 @@ pub fn lease_expiry_and_token_checked_marks<H: Harness>() {
     H::drop_table(&t);
 }
 
+/// A relay whose lease expired learns which of its rows it still marked, so
+/// that it reports only those as delivered.
+pub fn mark_reports_exactly_the_rows_still_held<H: Harness>() {
+    let t = unique("c_held");
+    let s = store::<H>(&t);
+    s.enqueue(&(0..4).map(msg).collect::<Vec<_>>())
+        .expect("enqueue");
+    let a = lease(1);
+    let first = s.claim(&a, 4.into()).expect("claim").messages;
+    assert_eq!(first.len(), 4);
+    std::thread::sleep(Duration::from_millis(1300));
+    // Another relay takes two of the expired rows over.
+    let b = lease(60);
+    let taken = s.claim(&b, 2.into()).expect("claim").messages;
+    assert_eq!(taken.len(), 2);
+    let all: Vec<i64> = first.iter().map(|m| m.id).collect();
+    let mut marked = s.mark_dispatched(&a, &all).expect("mark");
+    marked.sort_unstable();
+    let mut kept: Vec<i64> = all
+        .iter()
+        .copied()
+        .filter(|id| !taken.iter().any(|m| m.id == *id))
+        .collect();
+    kept.sort_unstable();
+    assert_eq!(marked, kept, "exactly the rows the late relay still held");
+    let took: Vec<i64> = taken.iter().map(|m| m.id).collect();
+    assert_eq!(s.mark_dispatched(&b, &took).expect("mark").len(), 2);
+    H::drop_table(&t);
+}
+
 pub fn concurrent_claimers_never_share_a_row<H: Harness>() {
     let t = unique("c_conc");
     let s = store::<H>(&t);
@@ -556,7 +586,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@tests $h, [$(#[$attr])*],
             send_claim_mark_roundtrip mark_fail_park_requeue attempts_histogram_and_parked_list
             purge_parked_only_touches_parked
-            lease_expiry_and_token_checked_marks
+            lease_expiry_and_token_checked_marks mark_reports_exactly_the_rows_still_held
             concurrent_claimers_never_share_a_row per_key_fifo rollback_stores_nothing
             cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table
             bad_names_and_unreachable_servers_are_typed_errors);
