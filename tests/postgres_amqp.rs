@@ -4,9 +4,11 @@ mod common;
 
 use common::*;
 use outboxer::store::{PostgresStore, Requeue, Store};
-use outboxer::stream::{amqp, AmqpStream};
-use outboxer::{Error, FailureAction, Message, MessageId, Outbox};
+use outboxer::stream::{amqp, AmqpStream, Deadline, Validate};
+use outboxer::{Error, FailureAction, Message, MessageId, Outbox, Result, StoredMessage, Stream};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -746,4 +748,322 @@ fn relay_killed_with_sigkill_loses_nothing() {
     assert_eq!(st.stats().expect("stats").dispatched, N as u64);
     relay.stop().expect("stop");
     drop_table(&table);
+}
+
+// ---- The relay keeps moving (issue 12): hooks around the real AMQP stream. ----
+
+type Hook = Box<dyn FnMut(&mut AmqpStream, &[StoredMessage], &Deadline) -> Vec<Result<()>> + Send>;
+
+/// The real AMQP stream with a hook around `publish`: it decides what the relay
+/// sees (a panic, a stall, a failing route) and passes the rest to RabbitMQ.
+struct Hooked {
+    inner: AmqpStream,
+    hook: Hook,
+}
+
+impl Hooked {
+    fn new(
+        hook: impl FnMut(&mut AmqpStream, &[StoredMessage], &Deadline) -> Vec<Result<()>>
+            + Send
+            + 'static,
+    ) -> Hooked {
+        Hooked {
+            inner: stream(),
+            hook: Box::new(hook),
+        }
+    }
+}
+
+impl Stream for Hooked {
+    fn validator(&self) -> Arc<dyn Validate> {
+        self.inner.validator()
+    }
+    fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>> {
+        (self.hook)(&mut self.inner, batch, deadline)
+    }
+}
+
+fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+fn status_counts(table: &str) -> BTreeMap<String, i64> {
+    pg().query(
+        &format!("SELECT status, count(*) FROM \"{table}\" GROUP BY status"),
+        &[],
+    )
+    .expect("counts")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+#[test]
+fn a_panicking_stream_stops_the_relay_cleanly_and_it_starts_again() {
+    let table = unique("panic");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let n = Arc::clone(&calls);
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(Hooked::new(move |s, batch, d| {
+            if n.fetch_add(1, Ordering::SeqCst) == 1 {
+                panic!("test stream panics on its 2nd publish");
+            }
+            s.publish(batch, d)
+        }))
+        .check_interval(Duration::from_millis(20))
+        .batch_size(5)
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let msgs: Vec<Message> = (0..20)
+        .map(|i| Message::new(vec![i as u8]).route(amqp::topic(&ex, "k")))
+        .collect();
+    outbox.send_batch(&msgs).expect("send");
+    // Reported on err() as it happens, not only at stop().
+    let mut panicked = false;
+    let end = Instant::now() + Duration::from_secs(10);
+    while !panicked && Instant::now() < end {
+        if let Ok(f) = relay.err().recv_timeout(Duration::from_millis(100)) {
+            panicked = matches!(f.error, Error::RelayPanicked("publisher"));
+        }
+    }
+    assert!(panicked, "RelayPanicked(publisher) on err()");
+    // The relay stopped by itself: every thread ended (no spinning on a closed
+    // channel), so both channels close, and no claim is left leased.
+    assert!(
+        wait_until(Duration::from_secs(10), || matches!(
+            relay.ok().recv_timeout(Duration::from_millis(10)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        )),
+        "relay threads ended"
+    );
+    let leased: i64 = pg()
+        .query_one(
+            &format!("SELECT count(*) FROM \"{table}\" WHERE status = 'pending' AND locked_by IS NOT NULL"),
+            &[],
+        )
+        .expect("leased")
+        .get(0);
+    assert_eq!(leased, 0, "claims released");
+    assert!(matches!(
+        relay.stop(),
+        Err(Error::RelayPanicked("publisher"))
+    ));
+    // start() works again, with the stream back, and everything is delivered.
+    let relay = outbox.start().expect("start again");
+    assert_eq!(counts(&sink.collect(20, Duration::from_secs(20))).len(), 20);
+    relay.stop().expect("stop");
+    drop_table(&table);
+}
+
+#[test]
+fn a_lost_lease_is_reported_as_not_marked_never_as_delivered() {
+    let table = unique("lost");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let t = table.clone();
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(Hooked::new(move |s, batch, d| {
+            // Another relay takes the rows over while this one publishes.
+            pg().execute(
+                &format!("UPDATE \"{t}\" SET locked_by = gen_random_uuid()"),
+                &[],
+            )
+            .expect("steal");
+            s.publish(batch, d)
+        }))
+        .check_interval(Duration::from_millis(20))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let sent = outbox
+        .send_batch(
+            &(0..3)
+                .map(|i| Message::new(vec![i]).route(amqp::topic(&ex, "k")))
+                .collect::<Vec<_>>(),
+        )
+        .expect("send");
+    assert_eq!(counts(&sink.collect(3, Duration::from_secs(10))).len(), 3);
+    let mut not_marked = HashSet::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while not_marked.len() < 3 && Instant::now() < end {
+        if let Ok(f) = relay.err().recv_timeout(Duration::from_millis(100)) {
+            if f.action == FailureAction::NotMarked {
+                assert!(matches!(f.error, Error::LeaseLost { .. }), "{:?}", f.error);
+                not_marked.extend(f.message_id);
+            }
+        }
+    }
+    relay.stop().expect("stop");
+    assert_eq!(not_marked, sent.iter().copied().collect::<HashSet<_>>());
+    assert!(relay.ok().try_recv().is_err(), "nothing reported delivered");
+    assert_eq!(relay.counters().published, 0);
+    drop_table(&table);
+}
+
+#[test]
+fn an_outage_is_reported_once_per_interval_and_parks_nothing() {
+    let table = unique("outage");
+    // Nothing listens on port 1: every publish fails to connect.
+    let down = AmqpStream::builder("amqp://guest:guest@127.0.0.1:1/%2f")
+        .build()
+        .expect("stream");
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(down)
+        .check_interval(Duration::from_millis(10))
+        .batch_size(10)
+        .max_attempts(2)
+        .report_interval(Duration::from_secs(1))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let msgs: Vec<Message> = (0..200)
+        .map(|i| Message::new(vec![i as u8]).route(amqp::topic("x", "k")))
+        .collect();
+    outbox.send_batch(&msgs).expect("send");
+    std::thread::sleep(Duration::from_millis(3500));
+    relay.stop().expect("stop");
+    let reports: Vec<_> = relay.err().try_iter().collect();
+    assert!(
+        !reports.is_empty() && reports.len() <= 5,
+        "one report when it starts and one per second, not one per message: {}",
+        reports.len()
+    );
+    assert!(
+        reports.iter().all(|f| f.error.is_transient()),
+        "{reports:?}"
+    );
+    let c = status_counts(&table);
+    assert_eq!(c.get("pending"), Some(&200), "nothing parked: {c:?}");
+    let attempts: i64 = pg()
+        .query_one(
+            &format!("SELECT coalesce(sum(attempts), 0) FROM \"{table}\""),
+            &[],
+        )
+        .expect("attempts")
+        .get(0);
+    assert_eq!(attempts, 0, "an outage never counts attempts");
+    drop_table(&table);
+}
+
+#[test]
+fn publishing_ends_a_fifth_of_the_lease_before_the_lease_and_stop_cuts_it_short() {
+    let table = unique("deadline");
+    let ex = unique("ex");
+    let _sink = Sink::new(&ex, "#");
+    let (seen_tx, seen_rx) = crossbeam_channel::unbounded();
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(Hooked::new(move |s, batch, d| {
+            let _ = seen_tx.send(d.remaining());
+            // A stream that stalls as long as it may.
+            while !d.expired() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            s.publish(batch, d)
+        }))
+        .check_interval(Duration::from_millis(20))
+        .lease(Duration::from_secs(10))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    outbox
+        .send(Message::new(b"x".to_vec()).route(amqp::topic(&ex, "k")))
+        .expect("send");
+    let left = seen_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("published");
+    assert!(
+        left <= Duration::from_secs(8),
+        "the deadline leaves a fifth of the lease to record outcomes: {left:?}"
+    );
+    let t = Instant::now();
+    relay.stop().expect("stop");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop_table(&table);
+}
+
+#[test]
+fn a_failing_route_does_not_slow_the_others() {
+    // Route "down.*" meets an outage (as a Kafka partition without a leader or a
+    // throttled queue would); route "up.*" must keep its throughput.
+    fn run(with_failing_route: bool) -> Duration {
+        let table = unique("routes");
+        let ex = unique("ex");
+        let sink = Sink::new(&ex, "up.#");
+        let outbox = Outbox::builder()
+            .store(store(&table))
+            .stream(Hooked::new(|s, batch, d| {
+                let mut out: Vec<Option<Result<()>>> = batch
+                    .iter()
+                    .map(|m| {
+                        (m.options.get("routing_key") == Some(&"down.k".into()))
+                            .then(|| Err(Error::Timeout("route down".into())))
+                    })
+                    .collect();
+                let up: Vec<StoredMessage> = batch
+                    .iter()
+                    .zip(&out)
+                    .filter(|(_, o)| o.is_none())
+                    .map(|(m, _)| m.clone())
+                    .collect();
+                let mut published = s.publish(&up, d).into_iter();
+                out.iter_mut()
+                    .map(|o| match o.take() {
+                        Some(r) => r,
+                        None => published.next().unwrap_or(Ok(())),
+                    })
+                    .collect()
+            }))
+            .check_interval(Duration::from_millis(20))
+            .batch_size(50)
+            .build()
+            .expect("outbox");
+        let relay = outbox.start().expect("start");
+        let n = 1500;
+        let t = Instant::now();
+        for chunk in 0..(n / 50) {
+            let msgs: Vec<Message> = (0..50)
+                .flat_map(|i| {
+                    let up = Message::new(vec![i as u8]).route(amqp::topic(&ex, "up.k"));
+                    let down = Message::new(vec![i as u8]).route(amqp::topic(&ex, "down.k"));
+                    if with_failing_route {
+                        vec![up, down]
+                    } else {
+                        vec![up]
+                    }
+                })
+                .collect();
+            outbox.send_batch(&msgs).expect("send");
+            let _ = chunk;
+        }
+        let got = counts(&sink.collect(n, Duration::from_secs(120))).len();
+        let took = t.elapsed();
+        relay.stop().expect("stop");
+        assert_eq!(got, n, "healthy route delivered everything");
+        drop_table(&table);
+        took
+    }
+    let alone = run(false);
+    let beside = run(true);
+    let ratio = alone.as_secs_f64() / beside.as_secs_f64();
+    eprintln!(
+        "healthy route: alone {alone:?}, beside a failing route {beside:?}, ratio {ratio:.2}"
+    );
+    assert!(
+        ratio >= 0.8,
+        "the healthy route keeps at least 80% of its throughput: alone {alone:?}, beside a failing route {beside:?}"
+    );
 }
