@@ -127,6 +127,24 @@ impl RelayProc {
         }
     }
 
+    /// Waits for the process to end by itself; returns its status and log.
+    fn wait_exit(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay still running:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100)); // the reader thread drains stderr
+        (status, self.log())
+    }
+
     /// SIGTERM, then waits for a clean exit; returns the log.
     fn terminate(mut self) -> String {
         let st = Command::new("kill")
@@ -846,5 +864,35 @@ fn broker_outage_is_logged_once_per_interval_and_nothing_is_lost() {
         "{outage_warnings} outage warnings for a 3 s outage:\n{log}"
     );
     assert_eq!(counts(&stats_json(&store, &table)), (0, 0, 600, 0));
+    drop_table(&table);
+}
+
+/// A relay thread that panics stops the relay cleanly and the process exits
+/// non-zero, so that a supervisor restarts it; the restarted relay delivers
+/// everything. (The panic is injected by a failpoint of debug builds.)
+#[test]
+fn a_panicking_relay_exits_non_zero_and_a_restart_delivers_everything() {
+    let table = unique("cli_panic");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "orders.#");
+    ok(&["migrate", "--store", &pg_url(), "--table", &table]);
+    pg_insert(&table, &ex, 50);
+    let mut c = relay_cmd(&pg_url(), &table, &["--batch-size", "10"]);
+    c.env("OUTBOXER_FAILPOINT", "publish-panic-after=2");
+    let (status, log) = RelayProc::spawn(c).wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "exit code 1:\n{log}");
+    assert!(log.contains("panicked"), "{log}");
+    let leased: i64 = pg()
+        .query_one(
+            &format!("SELECT count(*) FROM \"{table}\" WHERE status = 'pending' AND locked_by IS NOT NULL"),
+            &[],
+        )
+        .expect("leased")
+        .get(0);
+    assert_eq!(leased, 0, "claims released before exiting");
+    let relay = RelayProc::spawn(relay_cmd(&pg_url(), &table, &[]));
+    let got = sink.collect(50, Duration::from_secs(60));
+    assert_eq!(all_delivered(&got, 50), 1, "all delivered at least once");
+    relay.terminate();
     drop_table(&table);
 }

@@ -47,6 +47,8 @@ pub fn run<S: Store>(
     s: &RelaySettings,
     what: &str,
 ) -> Result<(), Fail> {
+    #[cfg(debug_assertions)]
+    let stream = failpoint::wrap(stream);
     let mut b = Outbox::builder()
         .store(store)
         .stream(stream)
@@ -157,4 +159,52 @@ pub fn run<S: Store>(
         c.dropped_ok + c.dropped_err
     );
     Ok(())
+}
+
+/// Debug builds only: `OUTBOXER_FAILPOINT=publish-panic-after=N` makes the stream
+/// panic on its publish number N+1, so that tests can check that a panicking relay
+/// stops cleanly and the command exits non-zero. Release builds have no failpoints.
+#[cfg(debug_assertions)]
+mod failpoint {
+    use outboxer::stream::{Deadline, Validate};
+    use outboxer::{StoredMessage, Stream};
+    use std::sync::Arc;
+
+    struct PanicAfter {
+        inner: Box<dyn Stream>,
+        left: u64,
+    }
+
+    impl Stream for PanicAfter {
+        fn validator(&self) -> Arc<dyn Validate> {
+            self.inner.validator()
+        }
+        fn publish(
+            &mut self,
+            batch: &[StoredMessage],
+            deadline: &Deadline,
+        ) -> Vec<outboxer::Result<()>> {
+            if self.left == 0 {
+                panic!("failpoint publish-panic-after");
+            }
+            self.left -= 1;
+            self.inner.publish(batch, deadline)
+        }
+        fn close(&mut self) {
+            self.inner.close();
+        }
+    }
+
+    pub fn wrap(stream: Box<dyn Stream>) -> Box<dyn Stream> {
+        let n = std::env::var("OUTBOXER_FAILPOINT")
+            .ok()
+            .and_then(|v| v.strip_prefix("publish-panic-after=")?.parse().ok());
+        match n {
+            Some(left) => Box::new(PanicAfter {
+                inner: stream,
+                left,
+            }),
+            None => stream,
+        }
+    }
 }
