@@ -1065,3 +1065,42 @@ fn a_failing_route_does_not_slow_the_others() {
         "the healthy route keeps at least 80% of its throughput: {healthy:?} with both routes healthy, {beside:?} beside a failing route"
     );
 }
+
+#[test]
+fn batches_are_capped_by_bytes() {
+    let table = unique("bytes");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let (sizes_tx, sizes_rx) = crossbeam_channel::unbounded();
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(Hooked::new(move |s, batch, d| {
+            let _ = sizes_tx.send(batch.iter().map(|m| m.payload.len()).collect::<Vec<_>>());
+            s.publish(batch, d)
+        }))
+        .check_interval(Duration::from_millis(20))
+        .max_batch_bytes(256 * 1024)
+        .build()
+        .expect("outbox");
+    // 20 messages of 100 KiB, then one of 1 MiB: at most two of the small ones per
+    // batch, the large one alone.
+    let mut msgs: Vec<Message> = (0..20)
+        .map(|i| Message::new(vec![i as u8; 100 * 1024]).route(amqp::topic(&ex, "k")))
+        .collect();
+    msgs.push(Message::new(vec![7u8; 1024 * 1024]).route(amqp::topic(&ex, "k")));
+    outbox.send_batch(&msgs).expect("send");
+    let relay = outbox.start().expect("start");
+    assert_eq!(counts(&sink.collect(21, Duration::from_secs(30))).len(), 21);
+    relay.stop().expect("stop");
+    let batches: Vec<Vec<usize>> = sizes_rx.try_iter().collect();
+    for b in &batches {
+        let total: usize = b.iter().sum();
+        assert!(
+            total <= 256 * 1024 || b.len() == 1,
+            "a batch of {} bytes in {} messages: {batches:?}",
+            total,
+            b.len()
+        );
+    }
+    drop_table(&table);
+}
