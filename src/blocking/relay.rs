@@ -509,7 +509,9 @@ fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
                 continue;
             }
         };
-        idle = claim.len() < cfg.batch_size;
+        // A short claim means the table is drained, unless the byte cap cut it.
+        let bytes: usize = claim.messages.iter().map(|m| m.payload.len()).sum();
+        idle = claim.len() < cfg.batch_size && bytes <= cfg.max_batch_bytes / 2;
         park_undecodable(ctx, &lease, claim.undecodable);
         let messages = claim.messages;
         if messages.is_empty() {

@@ -57,7 +57,8 @@ pub fn run<S: Store>(
         .lease(s.lease)
         .max_attempts(s.max_attempts)
         .backoff(s.backoff_base, s.backoff_max)
-        .cleanup_before(s.cleanup_before);
+        .cleanup_before(s.cleanup_before)
+        .report_interval(s.log_interval);
     b = match s.cleanup_interval {
         Some(i) => b.cleanup_interval(i),
         None => b.no_cleanup(),
