@@ -291,6 +291,46 @@ fn persistent_server_errors_are_transient_and_nothing_is_lost() {
     assert_eq!(bad.requests(), 1, "a 400 is not retried");
 }
 
+/// A 2xx answer is a success only with one message id per message sent: an empty
+/// or short `messageIds` (a proxy, a broken gateway) must not mark anything
+/// dispatched, and the failure is transient (the message is sent again, never parked).
+#[test]
+fn a_success_without_one_message_id_per_message_is_a_transient_failure() {
+    let (dest, sub) = PubSub::destination(&unique("p_ids"));
+    let proxy = FaultProxy::start(&emulator());
+    let mut s = via(&proxy).attempts(1).build().expect("stream");
+    for answer in [
+        "{}",
+        r#"{"messageIds":["1"]}"#,
+        r#"{"messageIds":"1,2"}"#,
+        "not json",
+    ] {
+        proxy.inject([Fault::Status(200, answer)]);
+        let out = s.publish(
+            &[stored(1, b"x", &dest, None), stored(2, b"y", &dest, None)],
+            &crate::common::deadline(),
+        );
+        for o in &out {
+            assert!(
+                matches!(o, Err(e) if e.is_transient()),
+                "{answer}: not a success: {o:?}"
+            );
+        }
+    }
+    assert_eq!(
+        proxy.requests(),
+        4,
+        "one request per publish, none forwarded"
+    );
+    // With the real answer (two ids) both are delivered.
+    let out = s.publish(
+        &[stored(3, b"z", &dest, None), stored(4, b"w", &dest, None)],
+        &crate::common::deadline(),
+    );
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert_eq!(sub.pull(2, Duration::from_secs(10)).len(), 2);
+}
+
 #[test]
 fn a_slow_response_beyond_the_timeout_is_a_transient_timeout() {
     let (dest, _sub) = PubSub::destination(&unique("p_slow"));
