@@ -786,7 +786,7 @@ mod driver {
                 })
             })?;
             match resp.status {
-                200..=299 => Ok(()),
+                200..=299 => check_message_ids(&resp.body, req.messages.len()),
                 404 => Err(Error::Rejected(format!(
                     "pubsub: topic {} not found: {}",
                     req.topic,
@@ -807,9 +807,46 @@ mod driver {
         }
     }
 
+    /// A publish succeeded only if its answer names one message id per message sent;
+    /// anything else (an empty object from a proxy, too few ids) is transient: the
+    /// messages are sent again rather than marked dispatched.
+    fn check_message_ids(body: &[u8], sent: usize) -> Result<()> {
+        let ids = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+            v.get("messageIds")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter(|id| id.is_string()).count())
+        });
+        match ids {
+            Some(n) if n == sent => Ok(()),
+            Some(n) => Err(Error::unavailable(
+                "pubsub",
+                format!("the publish answer has {n} message id(s) for {sent} message(s)"),
+            )),
+            None => Err(Error::unavailable(
+                "pubsub",
+                "the publish answer has no messageIds list",
+            )),
+        }
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn success_needs_one_message_id_per_message() {
+            assert!(check_message_ids(br#"{"messageIds":["1","2"]}"#, 2).is_ok());
+            for (body, sent) in [
+                (&b"{}"[..], 1),
+                (br#"{"messageIds":["1"]}"#, 2),
+                (br#"{"messageIds":["1","2"]}"#, 1),
+                (br#"{"messageIds":[1,2]}"#, 2),
+                (b"", 1),
+            ] {
+                let e = check_message_ids(body, sent).expect_err("not a success");
+                assert!(e.is_transient(), "{e}");
+            }
+        }
 
         fn builder() -> PubSubStreamBuilder {
             PubSubStream::builder("pubsub://proj")
