@@ -437,6 +437,14 @@ mod tests {
             .expect("aws error");
         assert!(e.is_throttling());
         assert!(AwsError::parse(b"<html>").is_none());
+        // Authentication failures come as XML from some endpoints (and from moto).
+        let e = AwsError::parse(
+            br#"<?xml version="1.0" encoding="utf-8"?>
+<ErrorResponse><Errors><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error></Errors></ErrorResponse>"#,
+        )
+        .expect("aws xml error");
+        assert_eq!(e.code, "SignatureDoesNotMatch");
+        assert!(e.message.starts_with("The request signature"), "{e}");
     }
 
     #[test]

@@ -86,6 +86,14 @@ impl FaultProxy {
             .extend(faults);
     }
 
+    /// Drops the faults not yet used: requests are forwarded again.
+    pub fn clear(&self) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Faults not yet used.
     pub fn pending_faults(&self) -> usize {
         self.faults.lock().unwrap_or_else(|e| e.into_inner()).len()

@@ -335,4 +335,89 @@ mod client {
             })
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn service(status: u16, code: &str) -> Error {
+            CallError::Service {
+                status,
+                error: AwsError {
+                    code: code.to_string(),
+                    message: "m".into(),
+                },
+            }
+            .into_error("sqs")
+        }
+
+        /// Credentials and permissions are outages (`Unauthorized`, never counted):
+        /// SQS and Kinesis share this one table.
+        #[test]
+        fn credentials_and_permission_errors_are_unauthorized() {
+            for code in [
+                "AccessDenied",
+                "AccessDeniedException",
+                "ExpiredToken",
+                "ExpiredTokenException",
+                "UnrecognizedClientException",
+                "InvalidSignatureException",
+                "SignatureDoesNotMatch",
+                "InvalidClientTokenId",
+                "MissingAuthenticationToken",
+                "MissingAuthenticationTokenException",
+                "IncompleteSignature",
+                "InvalidAccessKeyId",
+                "RequestExpired",
+                "KMSAccessDeniedException",
+                "KmsAccessDenied",
+            ] {
+                for status in [400, 403] {
+                    let e = service(status, code);
+                    assert!(
+                        matches!(e, Error::Unauthorized { what: "sqs", .. }),
+                        "{status} {code}: {e:?}"
+                    );
+                }
+            }
+            // Any 401/403, whatever the body says.
+            for status in [401, 403] {
+                let e = service(status, &format!("HTTP{status}"));
+                assert!(matches!(e, Error::Unauthorized { .. }), "{status}: {e:?}");
+            }
+        }
+
+        /// A route wrong for the message stays the message's own failure (counted,
+        /// parked after max_attempts); throttling and 5xx stay `Unavailable`.
+        #[test]
+        fn wrong_routes_are_message_failures_and_throttling_is_transient() {
+            for code in [
+                "QueueDoesNotExist",
+                "AWS.SimpleQueueService.NonExistentQueue",
+                "ResourceNotFoundException",
+                "InvalidParameterValue",
+                "InvalidMessageContents",
+                "ValidationException",
+                "BatchRequestTooLong",
+                "InvalidArgumentException",
+            ] {
+                let e = service(400, code);
+                assert!(
+                    matches!(e, Error::Rejected(_)) && !e.is_transient(),
+                    "{code}: {e:?}"
+                );
+            }
+            for (status, code) in [
+                (400, "ThrottlingException"),
+                (400, "ProvisionedThroughputExceededException"),
+                (400, "KMSThrottlingException"),
+                (500, "InternalFailure"),
+                (503, "HTTP503"),
+                (429, "HTTP429"),
+            ] {
+                let e = service(status, code);
+                assert!(matches!(e, Error::Unavailable { .. }), "{code}: {e:?}");
+            }
+        }
+    }
 }

@@ -695,6 +695,69 @@ mod driver {
             Ok(())
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use rdkafka::error::RDKafkaErrorCode as C;
+
+        fn delivery(code: C) -> Error {
+            map_error(&KafkaError::MessageProduction(code))
+        }
+
+        /// Authorization and authentication failures are outages (`Unauthorized`), and
+        /// a partition without a leader is `Unavailable`: neither counts an attempt.
+        #[test]
+        fn authorization_and_leaderless_partitions_are_outages() {
+            for code in [
+                C::TopicAuthorizationFailed,
+                C::ClusterAuthorizationFailed,
+                C::TransactionalIdAuthorizationFailed,
+                C::SaslAuthenticationFailed,
+                C::Authentication,
+                C::UnsupportedSASLMechanism,
+                C::IllegalSASLState,
+                C::DelegationTokenExpired,
+            ] {
+                let e = delivery(code);
+                assert!(matches!(e, Error::Unauthorized { .. }), "{code:?}: {e:?}");
+            }
+            for code in [
+                C::LeaderNotAvailable,
+                C::NotLeaderForPartition,
+                C::PreferredLeaderNotAvailable,
+                C::EligibleLeadersNotAvailable,
+                C::BrokerNotAvailable,
+                C::ReplicaNotAvailable,
+                C::FencedLeaderEpoch,
+                C::UnknownLeaderEpoch,
+                C::NotEnoughReplicas,
+                C::AllBrokersDown,
+                C::ThrottlingQuotaExceeded,
+            ] {
+                let e = delivery(code);
+                assert!(matches!(e, Error::Unavailable { .. }), "{code:?}: {e:?}");
+            }
+        }
+
+        /// A missing topic or an oversized record stays the message's own failure.
+        #[test]
+        fn wrong_routes_and_oversized_records_are_message_failures() {
+            for code in [
+                C::UnknownTopicOrPartition,
+                C::UnknownTopic,
+                C::UnknownPartition,
+                C::MessageSizeTooLarge,
+                C::InvalidRecord,
+            ] {
+                let e = delivery(code);
+                assert!(
+                    matches!(e, Error::Rejected(_)) && !e.is_transient(),
+                    "{code:?}: {e:?}"
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
