@@ -2,7 +2,9 @@
 //! resolution, SigV4 signing (`aws-sigv4`) and one signed AWS JSON call over
 //! the shared HTTP client, with service errors read from the body.
 
-pub use crate::core::aws::{AwsError, AwsUrl, Credentials, CredentialsProvider, EnvCredentials};
+pub use crate::core::aws::{
+    AwsError, AwsErrorKind, AwsUrl, Credentials, CredentialsProvider, EnvCredentials,
+};
 
 #[cfg(feature = "_aws")]
 #[doc(hidden)]
@@ -180,21 +182,24 @@ mod client {
     }
 
     impl CallError {
-        /// Throttling and 5xx are transient; everything else (403 bad signature,
-        /// unknown queue or stream, validation) is the message's own failure.
+        /// The error per [`AwsError::kind`]: refused credentials or permissions are
+        /// `Unauthorized`, throttling and 5xx `Unavailable` (both outages, never
+        /// counted); a missing queue or stream, validation errors and the rest are
+        /// `Rejected` (the message's own failure).
         pub fn into_error(self, what: &'static str) -> Error {
             match self {
                 CallError::Transport(e) => e,
                 CallError::Service { status, error } => {
-                    if crate::blocking::stream::http::retryable_status(status)
-                        || error.is_throttling()
-                    {
-                        Error::unavailable(what, format!("HTTP {status}: {error}"))
-                    } else {
-                        Error::Rejected(format!("{what}: HTTP {status}: {error}"))
-                    }
+                    error.to_error(what, error.kind(status), &format!("HTTP {status}: "))
                 }
             }
+        }
+
+        /// True when no service answered (connection, timeout) or the credentials
+        /// could not be had: every later call of the batch would fail alike. A
+        /// service's answer (even a refusal) concerns its own route only.
+        pub fn stops_batch(&self) -> bool {
+            matches!(self, CallError::Transport(e) if e.is_transient())
         }
 
         /// The service's error code, if it answered.
@@ -285,7 +290,12 @@ mod client {
 
         /// A request signed now (every retry is signed again).
         fn signed(&self, target: &str, body: &[u8]) -> Result<HttpRequest> {
-            let creds = self.provider.credentials()?;
+            let creds = self.provider.credentials().map_err(|e| match e {
+                // The provider's own outage (e.g. an instance metadata timeout) stays one.
+                e
+                @ (Error::Unavailable { .. } | Error::Timeout(_) | Error::Unauthorized { .. }) => e,
+                e => Error::unauthorized(self.service.name(), format!("credentials provider: {e}")),
+            })?;
             let url = format!("{}/", self.endpoint);
             let mut headers = vec![
                 (
@@ -302,8 +312,10 @@ mod client {
                 "outboxer",
             )
             .into();
-            let sign_error =
-                |e: &dyn std::fmt::Display| Error::config("credentials", format!("signing: {e}"));
+            // Unusable credentials: an outage of the credentials, like a refusal.
+            let sign_error = |e: &dyn std::fmt::Display| {
+                Error::unauthorized(self.service.name(), format!("signing: {e}"))
+            };
             let params = v4::SigningParams::builder()
                 .identity(&identity)
                 .region(&self.region)

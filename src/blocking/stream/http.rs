@@ -42,9 +42,7 @@ impl HttpResponse {
 }
 
 /// 408, 429 and 5xx: the request may succeed later.
-pub(crate) fn retryable_status(status: u16) -> bool {
-    status == 408 || status == 429 || (500..=599).contains(&status)
-}
+pub(crate) use crate::core::retry::retryable_http_status as retryable_status;
 
 /// How often and how long to retry one call.
 #[derive(Clone, Copy, Debug)]

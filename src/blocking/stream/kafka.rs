@@ -226,20 +226,24 @@ mod driver {
                     }
                     e => Error::unavailable("kafka", format!("{redacted}: {e}")),
                 })?;
-            let found = md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic)
-                .and_then(|t| match t.error() {
-                    None if !t.partitions().is_empty() => Some(t.partitions().len()),
-                    _ => None,
-                });
-            match found {
-                Some(n) => {
+            let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+                return Ok(None);
+            };
+            if let Some(err) = t.error() {
+                let code = RDKafkaErrorCode::from(err);
+                return match map_code(code, &format!("topic {topic:?}: {code}")) {
+                    // A topic that is not there (or not visible) is the message's route.
+                    Error::Rejected(_) => Ok(None),
+                    // Authorization, a leader election, ...: an outage.
+                    outage => Err(outage),
+                };
+            }
+            match t.partitions().len() {
+                0 => Ok(None),
+                n => {
                     self.topics.insert(topic.to_string(), (n, Instant::now()));
                     Ok(Some(n))
                 }
-                None => Ok(None),
             }
         }
     }
@@ -384,31 +388,62 @@ mod driver {
         }
     }
 
-    /// Maps a librdkafka error to outboxer's: connection trouble is transient, a
-    /// missing topic or an oversized record is the message's own failure.
+    /// Maps a librdkafka error to outboxer's (see [`map_code`]); an error without a
+    /// code is the message's own failure.
     fn map_error(e: &KafkaError) -> Error {
+        match e.rdkafka_error_code() {
+            Some(code) => map_code(code, e),
+            None => Error::Rejected(e.to_string()),
+        }
+    }
+
+    /// The table: timeouts are `Timeout`; refused authentication or authorization
+    /// `Unauthorized`; no connection, no leader, too few replicas, throttling or a
+    /// producer to replace `Unavailable` (all outages, never counted); a missing
+    /// topic or partition, an oversized or invalid record and the rest `Rejected`
+    /// (the message's own failure).
+    fn map_code(code: RDKafkaErrorCode, e: &dyn std::fmt::Display) -> Error {
         use RDKafkaErrorCode as C;
-        let Some(code) = e.rdkafka_error_code() else {
-            return Error::Rejected(e.to_string());
-        };
         match code {
             C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut | C::TimedOutQueue => {
                 Error::Timeout(format!("Kafka delivery: {e}"))
             }
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::DelegationTokenAuthorizationFailed
+            | C::DelegationTokenExpired
+            | C::SaslAuthenticationFailed
+            | C::UnsupportedSASLMechanism
+            | C::IllegalSASLState
+            | C::UnacceptableCredential
+            | C::Authentication => Error::unauthorized("kafka", e),
             C::BrokerTransportFailure
             | C::AllBrokersDown
             | C::Resolve
+            | C::SSL
             | C::NetworkException
+            | C::BrokerNotAvailable
             | C::LeaderNotAvailable
             | C::NotLeaderForPartition
             | C::PreferredLeaderNotAvailable
+            | C::EligibleLeadersNotAvailable
+            | C::ReplicaNotAvailable
+            | C::FencedLeaderEpoch
+            | C::UnknownLeaderEpoch
             | C::NotEnoughReplicas
             | C::NotEnoughReplicasAfterAppend
+            | C::ISRInsufficient
             | C::KafkaStorageError
+            | C::ThrottlingQuotaExceeded
             | C::QueueFull
             | C::PurgeQueue
             | C::PurgeInflight
             | C::Fatal
+            | C::Retry
+            | C::RebootstrapRequired
+            | C::ProducerFenced
             | C::OutOfOrderSequenceNumber
             | C::UnknownProducerId
             | C::InvalidProducerEpoch
@@ -424,13 +459,10 @@ mod driver {
 
     /// A copy of a connection-level error for each affected message (always transient).
     fn same_transient(e: &Error) -> Error {
-        match e {
-            Error::Timeout(t) => Error::Timeout(t.clone()),
-            Error::Unavailable { what, reason } => Error::Unavailable {
-                what,
-                reason: reason.clone(),
-            },
-            other => Error::unavailable("kafka", other),
+        if e.is_transient() {
+            e.duplicate("kafka")
+        } else {
+            Error::unavailable("kafka", e)
         }
     }
 

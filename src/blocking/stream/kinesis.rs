@@ -46,7 +46,7 @@ pub use self::driver::{KinesisStream, KinesisStreamBuilder};
 mod driver {
     use super::*;
     use crate::blocking::stream::aws::{
-        AwsClient, AwsSettings, CallError, Credentials, CredentialsProvider, Service,
+        AwsClient, AwsError, AwsErrorKind, AwsSettings, Credentials, CredentialsProvider, Service,
     };
     use crate::blocking::stream::Stream;
     use crate::core::aws::{held_back, waves};
@@ -151,27 +151,7 @@ mod driver {
     }
 
     fn copy_error(e: &Error) -> Error {
-        match e {
-            Error::Rejected(r) => Error::Rejected(r.clone()),
-            Error::Timeout(t) => Error::Timeout(t.clone()),
-            Error::Unavailable { what, reason } => Error::Unavailable {
-                what,
-                reason: reason.clone(),
-            },
-            Error::Config { field, reason } => Error::Config {
-                field,
-                reason: reason.clone(),
-            },
-            other => Error::unavailable("kinesis", other),
-        }
-    }
-
-    /// Record error codes worth sending again.
-    fn transient_code(code: &str) -> bool {
-        matches!(
-            code,
-            "ProvisionedThroughputExceededException" | "InternalFailure" | "KMSThrottlingException"
-        )
+        e.duplicate("kinesis")
     }
 
     fn prepare(m: &StoredMessage) -> Result<Prepared> {
@@ -219,12 +199,12 @@ mod driver {
                     Err(e) => {
                         // Only a transient failure (no answer) stops the rest of the batch;
                         // e.g. a credentials provider error is this chunk's alone.
-                        let transport = matches!(&e, CallError::Transport(t) if t.is_transient());
+                        let stops = e.stops_batch();
                         let err = e.into_error("kinesis");
                         for &i in &pending {
                             out[i] = Some(Err(copy_error(&err)));
                         }
-                        return if transport { Err(err) } else { Ok(()) };
+                        return if stops { Err(err) } else { Ok(()) };
                     }
                 };
                 let results = answer
@@ -244,16 +224,24 @@ mod driver {
                     match r.get("ErrorCode").and_then(Value::as_str) {
                         None => out[i] = Some(Ok(())),
                         Some(code) => {
-                            let text = r.get("ErrorMessage").and_then(Value::as_str).unwrap_or("");
-                            if transient_code(code) {
-                                out[i] = Some(Err(Error::unavailable(
-                                    "kinesis",
-                                    format!("{code}: {text} (after {attempt} tries)"),
-                                )));
-                                again.push(i);
-                            } else {
-                                out[i] =
-                                    Some(Err(Error::Rejected(format!("kinesis: {code}: {text}"))));
+                            let error = AwsError {
+                                code: code.to_string(),
+                                message: r
+                                    .get("ErrorMessage")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("")
+                                    .to_string(),
+                            };
+                            match error.entry_kind(true) {
+                                // Throttled or failed inside Kinesis: worth sending again.
+                                AwsErrorKind::Transient if error.is_throttling() => {
+                                    out[i] = Some(Err(Error::unavailable(
+                                        "kinesis",
+                                        format!("{error} (after {attempt} tries)"),
+                                    )));
+                                    again.push(i);
+                                }
+                                kind => out[i] = Some(Err(error.to_error("kinesis", kind, ""))),
                             }
                         }
                     }

@@ -235,7 +235,8 @@ mod driver {
         }
     }
 
-    /// Reads a token response; a refusal is transient: credentials or clock may be
+    /// Reads a token response. A refusal (4xx) is `Unauthorized`, a busy server
+    /// (408/429/5xx) `Unavailable`: both transient, since credentials or clock may be
     /// fixed without touching the messages.
     fn token_from(
         resp: &crate::blocking::stream::http::HttpResponse,
@@ -243,10 +244,12 @@ mod driver {
     ) -> Result<AccessToken> {
         if !(200..300).contains(&resp.status) {
             // The body of an OAuth error names the error, never the assertion.
-            return Err(Error::unavailable(
-                "pubsub auth",
-                format!("{what}: HTTP {}: {}", resp.status, resp.body_text()),
-            ));
+            let reason = format!("{what}: HTTP {}: {}", resp.status, resp.body_text());
+            return Err(if resp.is_retryable() {
+                Error::unavailable("pubsub auth", reason)
+            } else {
+                Error::unauthorized("pubsub auth", reason)
+            });
         }
         let (token, expires_in) = parse_token_response(&resp.body)
             .map_err(|e| Error::unavailable("pubsub auth", format!("{what}: {e}")))?;
@@ -283,17 +286,24 @@ mod driver {
     }
 
     impl TokenProvider for MetadataServer {
+        /// Any failure is `Unauthorized`: without its metadata server (absent outside
+        /// Google Cloud, or failing) the workload has no credentials.
         fn fetch_token(&self) -> Result<AccessToken> {
             let url = format!("{}{METADATA_TOKEN_PATH}", self.base_url);
-            let resp = self.http.send(|| {
-                Ok(HttpRequest {
-                    method: "GET",
-                    url: url.clone(),
-                    headers: vec![("metadata-flavor".into(), "Google".into())],
-                    body: Vec::new(),
+            self.http
+                .send(|| {
+                    Ok(HttpRequest {
+                        method: "GET",
+                        url: url.clone(),
+                        headers: vec![("metadata-flavor".into(), "Google".into())],
+                        body: Vec::new(),
+                    })
                 })
-            })?;
-            token_from(&resp, "metadata server")
+                .and_then(|resp| token_from(&resp, "metadata server"))
+                .map_err(|e| match e {
+                    e @ Error::Unauthorized { .. } => e,
+                    e => Error::unauthorized("pubsub auth", format!("metadata server: {e}")),
+                })
         }
     }
 
@@ -317,7 +327,15 @@ mod driver {
             let fresh = matches!(&*cur, Some((_, refresh_at)) if refresh_at.is_none_or(|r| Instant::now() < r));
             if !fresh {
                 let fetched_at = Instant::now();
-                let token = self.provider.fetch_token()?;
+                let token = self.provider.fetch_token().map_err(|e| {
+                    if e.is_transient() {
+                        e
+                    } else {
+                        // No token, e.g. a key that cannot sign: an outage of the
+                        // credentials, never the messages' fault.
+                        Error::unauthorized("pubsub auth", e)
+                    }
+                })?;
                 // Refresh before expiry: 5 minutes early, or halfway for short tokens.
                 // A server's absurd lifetime must not overflow the clock: at most a day.
                 let refresh_at = token.expires_in().map(|life| {
@@ -691,20 +709,7 @@ mod driver {
 
     /// A copy of a request's error for each of its messages.
     fn copy_error(e: &Error) -> Error {
-        match e {
-            Error::Timeout(t) => Error::Timeout(t.clone()),
-            Error::Unavailable { what, reason } => Error::Unavailable {
-                what,
-                reason: reason.clone(),
-            },
-            Error::Rejected(r) => Error::Rejected(r.clone()),
-            Error::Config { field, reason } => Error::Config {
-                field,
-                reason: reason.clone(),
-            },
-            other if other.is_transient() => Error::unavailable("pubsub", other),
-            other => Error::Rejected(other.to_string()),
-        }
+        e.duplicate("pubsub")
     }
 
     impl PubSubStream {
@@ -772,19 +777,33 @@ mod driver {
                 .to_string()
                 .into_bytes();
             let url = format!("{}/v1/{}:publish", self.base, path_escape(&req.topic));
-            let resp = self.http.send(|| {
-                let mut headers =
-                    vec![("content-type".to_string(), "application/json".to_string())];
-                if let Some(auth) = &self.auth {
-                    headers.push(("authorization".to_string(), auth.bearer()?));
-                }
-                Ok(HttpRequest {
-                    method: "POST",
-                    url: url.clone(),
-                    headers,
-                    body: body.clone(),
+            let send = || {
+                self.http.send(|| {
+                    let mut headers =
+                        vec![("content-type".to_string(), "application/json".to_string())];
+                    if let Some(auth) = &self.auth {
+                        headers.push(("authorization".to_string(), auth.bearer()?));
+                    }
+                    Ok(HttpRequest {
+                        method: "POST",
+                        url: url.clone(),
+                        headers,
+                        body: body.clone(),
+                    })
                 })
-            })?;
+            };
+            let mut resp = send()?;
+            if matches!(resp.status, 401 | 403) {
+                if let Some(auth) = &self.auth {
+                    // An expired or revoked token: one more try with a fresh one.
+                    auth.invalidate();
+                    resp = send()?;
+                    if matches!(resp.status, 401 | 403) {
+                        // Refused again: fetch a new token at the next publish too.
+                        auth.invalidate();
+                    }
+                }
+            }
             match resp.status {
                 200..=299 => check_message_ids(&resp.body, req.messages.len()),
                 404 => Err(Error::Rejected(format!(
@@ -792,16 +811,11 @@ mod driver {
                     req.topic,
                     resp.body_text()
                 ))),
-                401 => {
-                    // An expired or revoked token: fetch a new one next time.
-                    if let Some(auth) = &self.auth {
-                        auth.invalidate();
-                    }
-                    Err(Error::unavailable(
-                        "pubsub",
-                        format!("HTTP 401 (token refused): {}", resp.body_text()),
-                    ))
-                }
+                // The credentials or the permission: an outage, never the message's fault.
+                401 | 403 => Err(Error::unauthorized(
+                    "pubsub",
+                    format!("HTTP {}: {}", resp.status, resp.body_text()),
+                )),
                 _ => Err(status_error("pubsub", &resp)),
             }
         }

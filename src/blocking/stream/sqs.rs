@@ -51,7 +51,7 @@ pub use self::driver::{SqsStream, SqsStreamBuilder};
 mod driver {
     use super::*;
     use crate::blocking::stream::aws::{
-        AwsClient, AwsSettings, CallError, Credentials, CredentialsProvider, Service,
+        AwsClient, AwsError, AwsSettings, CallError, Credentials, CredentialsProvider, Service,
     };
     use crate::blocking::stream::Stream;
     use crate::core::aws::{held_back, waves};
@@ -163,26 +163,8 @@ mod driver {
         size: usize,
     }
 
-    fn copy_transient(e: &Error) -> Error {
-        match e {
-            Error::Timeout(t) => Error::Timeout(t.clone()),
-            Error::Unavailable { what, reason } => Error::Unavailable {
-                what,
-                reason: reason.clone(),
-            },
-            other => Error::unavailable("sqs", other),
-        }
-    }
-
     fn copy_error(e: &Error) -> Error {
-        match e {
-            Error::Rejected(r) => Error::Rejected(r.clone()),
-            Error::Config { field, reason } => Error::Config {
-                field,
-                reason: reason.clone(),
-            },
-            other => copy_transient(other),
-        }
+        e.duplicate("sqs")
     }
 
     impl SqsStream {
@@ -222,7 +204,7 @@ mod driver {
         }
 
         /// The queue URL of a route, from the cache or `GetQueueUrl`.
-        fn queue_url(&mut self, route: &SqsRoute) -> Result<String> {
+        fn queue_url(&mut self, route: &SqsRoute) -> std::result::Result<String, CallError> {
             if route.queue.starts_with("http://") || route.queue.starts_with("https://") {
                 return Ok(route.queue.clone());
             }
@@ -231,12 +213,16 @@ mod driver {
             }
             let answer = self
                 .client
-                .call("GetQueueUrl", &json!({"QueueName": route.queue}))
-                .map_err(|e| e.into_error("sqs"))?;
+                .call("GetQueueUrl", &json!({"QueueName": route.queue}))?;
             let url = answer
                 .get("QueueUrl")
                 .and_then(Value::as_str)
-                .ok_or_else(|| Error::unavailable("sqs", "GetQueueUrl answered without QueueUrl"))?
+                .ok_or_else(|| {
+                    CallError::Transport(Error::unavailable(
+                        "sqs",
+                        "GetQueueUrl answered without QueueUrl",
+                    ))
+                })?
                 .to_string();
             self.urls.insert(route.queue.clone(), url.clone());
             Ok(url)
@@ -268,12 +254,12 @@ mod driver {
                     }
                     // Only a transient failure (no answer) stops the rest of the batch;
                     // e.g. a credentials provider error is this chunk's alone.
-                    let transport = matches!(&e, CallError::Transport(t) if t.is_transient());
+                    let stops = e.stops_batch();
                     let err = e.into_error("sqs");
                     for &i in entries {
                         out[i] = Some(Err(copy_error(&err)));
                     }
-                    return if transport { Err(err) } else { Ok(()) };
+                    return if stops { Err(err) } else { Ok(()) };
                 }
             };
             let mut ok: HashSet<usize> = HashSet::new();
@@ -305,20 +291,23 @@ mod driver {
                 else {
                     continue;
                 };
-                let code = f.get("Code").and_then(Value::as_str).unwrap_or("unknown");
-                let text = f.get("Message").and_then(Value::as_str).unwrap_or("");
+                let error = AwsError {
+                    code: f
+                        .get("Code")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown")
+                        .to_string(),
+                    message: f
+                        .get("Message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                };
                 let sender = f
                     .get("SenderFault")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
-                failed.insert(
-                    i,
-                    if sender {
-                        Error::Rejected(format!("sqs: {code}: {text}"))
-                    } else {
-                        Error::unavailable("sqs", format!("{code}: {text}"))
-                    },
-                );
+                failed.insert(i, error.to_error("sqs", error.entry_kind(sender), ""));
             }
             for &i in entries {
                 out[i] = Some(match failed.remove(&i) {
@@ -371,7 +360,7 @@ mod driver {
                         }
                     }
                     if let Some(e) = &down {
-                        out[i] = Some(Err(copy_transient(e)));
+                        out[i] = Some(Err(copy_error(e)));
                         continue;
                     }
                     let Some(p) = prepared[i].as_ref() else {
@@ -385,17 +374,19 @@ mod driver {
                 for (route, entries) in by_queue {
                     if let Some(e) = &down {
                         for i in entries {
-                            out[i] = Some(Err(copy_transient(e)));
+                            out[i] = Some(Err(copy_error(e)));
                         }
                         continue;
                     }
                     let url = match self.queue_url(&route) {
                         Ok(u) => u,
                         Err(e) => {
+                            let stops = e.stops_batch();
+                            let e = e.into_error("sqs");
                             for &i in &entries {
                                 out[i] = Some(Err(copy_error(&e)));
                             }
-                            if e.is_transient() {
+                            if stops {
                                 down = Some(e);
                             }
                             continue;
@@ -421,7 +412,7 @@ mod driver {
                     for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
                         if let Some(e) = &down {
                             for i in chunk {
-                                out[i] = Some(Err(copy_transient(e)));
+                                out[i] = Some(Err(copy_error(e)));
                             }
                             continue;
                         }
