@@ -479,3 +479,30 @@ fn credentials_failures_are_outages_and_missing_streams_are_not() {
         out[1]
     );
 }
+
+/// Issue 12, item 7: a publish to a server that never answers returns by its
+/// deadline, and a relay stops within one request timeout.
+#[test]
+fn a_silent_server_holds_a_publish_no_longer_than_its_deadline() {
+    let silent = crate::fault_proxy::SilentServer::start();
+    let timeout = Duration::from_secs(1);
+    let stream = || {
+        KinesisStream::builder(&url("kinesis", &silent.url()))
+            .timeout(timeout)
+            .retries(10)
+            .build()
+            .expect("stream")
+    };
+    crate::conformance::publish_returns_by_the_deadline(
+        stream(),
+        &kinesis::stream("k_silent").into(),
+        Duration::from_secs(2),
+        timeout,
+    );
+    assert!(silent.accepted() > 0, "the server was reached");
+    crate::conformance::relay_stops_within_one_request_timeout(
+        stream(),
+        &kinesis::stream("k_silent").into(),
+        timeout,
+    );
+}

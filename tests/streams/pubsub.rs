@@ -1216,3 +1216,79 @@ fn a_relay_parks_nothing_while_credentials_are_refused() {
     assert_eq!((stats.parked, stats.dispatched), (0, N as u64), "{stats:?}");
     crate::common::drop_table(&table);
 }
+
+/// Issue 12, item 7: a publish to a server that never answers returns by its
+/// deadline, the per-key jobs included (one thread, several keys: without the
+/// deadline each key would wait its own request timeout), and a relay stops within
+/// one request timeout.
+#[test]
+fn a_silent_server_holds_a_publish_no_longer_than_its_deadline() {
+    let silent = crate::fault_proxy::SilentServer::start();
+    let timeout = Duration::from_secs(1);
+    let stream = || {
+        PubSubStream::builder(&url())
+            .emulator(&silent.host())
+            .timeout(timeout)
+            .attempts(10)
+            .concurrency(1)
+            .build()
+            .expect("stream")
+    };
+    crate::conformance::publish_returns_by_the_deadline(
+        stream(),
+        &pubsub::topic("p-silent").into(),
+        Duration::from_secs(2),
+        timeout,
+    );
+    // Six keys on one thread, one attempt each: six request timeouts without the
+    // deadline.
+    let mut s = PubSubStream::builder(&url())
+        .emulator(&silent.host())
+        .timeout(timeout)
+        .attempts(1)
+        .concurrency(1)
+        .build()
+        .expect("stream");
+    let dest: Options = pubsub::topic("p-silent").into();
+    let batch: Vec<StoredMessage> = (0..6)
+        .map(|i| stored(i, b"k", &dest, Some(&format!("key-{i}"))))
+        .collect();
+    let started = Instant::now();
+    let out = s.publish(
+        &batch,
+        &outboxer::stream::Deadline::after(Duration::from_secs(2)),
+    );
+    let took = started.elapsed();
+    assert!(took <= Duration::from_millis(3500), "{took:?}");
+    assert!(
+        out.iter().all(|o| matches!(o, Err(e) if e.is_transient())),
+        "{out:?}"
+    );
+    crate::conformance::relay_stops_within_one_request_timeout(
+        stream(),
+        &pubsub::topic("p-silent").into(),
+        timeout,
+    );
+}
+
+/// The same through the fault proxy's slow mode in front of the emulator.
+#[test]
+fn slow_answers_hold_a_publish_no_longer_than_its_deadline() {
+    let (dest, _sub) = PubSub::destination(&unique("p_late"));
+    let proxy = FaultProxy::start(&emulator());
+    proxy.inject(std::iter::repeat_n(
+        Fault::Delay(Duration::from_secs(5)),
+        20,
+    ));
+    let timeout = Duration::from_secs(1);
+    crate::conformance::publish_returns_by_the_deadline(
+        via(&proxy)
+            .timeout(timeout)
+            .attempts(10)
+            .build()
+            .expect("stream"),
+        &dest,
+        Duration::from_secs(2),
+        timeout,
+    );
+}

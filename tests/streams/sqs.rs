@@ -8,7 +8,7 @@ use crate::aws::{
     signer, url, FailingProvider, Switchable,
 };
 use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
-use crate::fault_proxy::Fault;
+use crate::fault_proxy::{Fault, SilentServer};
 use outboxer::stream::aws::{AwsClient, Credentials, Service};
 use outboxer::stream::sqs::{self, SqsStream, DEFAULT_MAX_MESSAGE_SIZE};
 use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
@@ -779,4 +779,55 @@ fn wrong_credentials_park_nothing_and_delivery_resumes_once_fixed() {
     let stats = outbox.stats().expect("stats");
     assert_eq!((stats.parked, stats.dispatched), (0, N as u64), "{stats:?}");
     crate::common::drop_table(&table);
+}
+
+/// Issue 12, item 7: against a server that never answers, a publish returns by its
+/// deadline (retries stop, each request's timeout is cut to what is left), and a
+/// relay stops within one request timeout.
+#[test]
+fn a_silent_server_holds_a_publish_no_longer_than_its_deadline() {
+    let silent = SilentServer::start();
+    let timeout = Duration::from_secs(1);
+    let stream = || {
+        SqsStream::builder(&crate::aws::url("sqs", &silent.url()))
+            .timeout(timeout)
+            .retries(10)
+            .build()
+            .expect("stream")
+    };
+    crate::conformance::publish_returns_by_the_deadline(
+        stream(),
+        &sqs::queue("q_silent").into(),
+        Duration::from_secs(2),
+        timeout,
+    );
+    assert!(silent.accepted() > 0, "the server was reached");
+    crate::conformance::relay_stops_within_one_request_timeout(
+        stream(),
+        &sqs::queue("q_silent").into(),
+        timeout,
+    );
+}
+
+/// The same through the fault proxy's slow mode in front of moto: every answer
+/// comes 5 s late, the request timeout is 1 s, the deadline 2 s.
+#[test]
+fn slow_answers_hold_a_publish_no_longer_than_its_deadline() {
+    let url = create_queue(&unique("q_late"));
+    let proxy = own_proxy();
+    proxy.inject(std::iter::repeat_n(
+        Fault::Delay(Duration::from_secs(5)),
+        20,
+    ));
+    let timeout = Duration::from_secs(1);
+    crate::conformance::publish_returns_by_the_deadline(
+        SqsStream::builder(&crate::aws::url("sqs", &proxy.url()))
+            .timeout(timeout)
+            .retries(10)
+            .build()
+            .expect("stream"),
+        &sqs::queue(&url).into(),
+        Duration::from_secs(2),
+        timeout,
+    );
 }
