@@ -37,12 +37,15 @@ macro_rules! aws_builder_setters {
             self.aws.provider = Some(Arc::new(p));
             self
         }
-        /// Timeout of one HTTP call (default 10 s).
+        /// Timeout of one HTTP request (default 10 s), cut to what is left of the
+        /// batch's deadline. Also how long the relay's `stop()` waits at most for a
+        /// request in flight.
         pub fn timeout(mut self, d: Duration) -> Self {
             self.aws.timeout = d;
             self
         }
-        /// Retries of a call after throttling, 5xx or a connection failure (default 3).
+        /// Retries of a call after throttling, 5xx or a connection failure (default 3),
+        /// with backoff; none starts past the batch's deadline.
         pub fn retries(mut self, n: u32) -> Self {
             self.aws.attempts = n.saturating_add(1);
             self
@@ -56,6 +59,7 @@ pub(crate) use aws_builder_setters;
 mod client {
     use super::*;
     use crate::blocking::stream::http::{HttpClient, HttpRequest, HttpResponse, RetryPolicy};
+    use crate::blocking::stream::Deadline;
     use crate::core::aws::{check_endpoint, check_region, endpoint_from_env, region_from_env};
     use crate::core::retry::Backoff;
     use crate::{Error, Result};
@@ -255,14 +259,18 @@ mod client {
             action: &str,
             body: &serde_json::Value,
         ) -> Result<serde_json::Value> {
-            self.call(action, body)
+            // Bounded by the client's own timeout and retry budget only.
+            let deadline = Deadline::after(Duration::from_secs(3600));
+            self.call(action, body, &deadline)
                 .map_err(|e| e.into_error(self.service.name()))
         }
 
+        /// One call, retried within `deadline` (see [`HttpClient::send_with`]).
         pub(crate) fn call(
             &self,
             action: &str,
             body: &serde_json::Value,
+            deadline: &Deadline,
         ) -> std::result::Result<serde_json::Value, CallError> {
             let body = body.to_string().into_bytes();
             let target = format!("{}.{action}", self.service.target_prefix());
@@ -271,6 +279,7 @@ mod client {
                 .send_with(
                     || self.signed(&target, &body),
                     |r| r.is_retryable() || (r.status == 400 && aws_error(r).is_throttling()),
+                    deadline,
                 )
                 .map_err(CallError::Transport)?;
             if (200..300).contains(&resp.status) {

@@ -53,7 +53,7 @@ pub use self::driver::{
 mod driver {
     use super::*;
     use crate::blocking::stream::http::{status_error, HttpClient, HttpRequest, RetryPolicy};
-    use crate::blocking::stream::Stream;
+    use crate::blocking::stream::{Deadline, Stream};
     use crate::core::pubsub::{
         effective_ordering_key, jwt_signing_input, message_size, parse_token_response,
         pem_pkcs8_der, plan, PlanItem, PlannedRequest, ServiceAccountKey, MAX_MESSAGES_PER_REQUEST,
@@ -112,6 +112,15 @@ mod driver {
     pub trait TokenProvider: Send + Sync + std::fmt::Debug {
         /// Fetches a new token.
         fn fetch_token(&self) -> Result<AccessToken>;
+
+        /// Fetches a new token for a publish that must end by `deadline` (the stream
+        /// calls this one). The default ignores the deadline and calls
+        /// [`TokenProvider::fetch_token`]; the providers of this crate that fetch over
+        /// HTTP stop retrying at the deadline and cut their request timeout to it.
+        fn fetch_token_within(&self, deadline: &Deadline) -> Result<AccessToken> {
+            let _ = deadline;
+            self.fetch_token()
+        }
     }
 
     fn token_http(timeout: Duration) -> HttpClient {
@@ -216,21 +225,28 @@ mod driver {
 
     impl TokenProvider for ServiceAccount {
         fn fetch_token(&self) -> Result<AccessToken> {
+            self.fetch_token_within(&Deadline::after(UNBOUNDED))
+        }
+
+        fn fetch_token_within(&self, deadline: &Deadline) -> Result<AccessToken> {
             let assertion = self.assertion()?;
             let body = format!(
                 "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
             );
-            let resp = self.http.send(|| {
-                Ok(HttpRequest {
-                    method: "POST",
-                    url: self.key.token_uri.clone(),
-                    headers: vec![(
-                        "content-type".into(),
-                        "application/x-www-form-urlencoded".into(),
-                    )],
-                    body: body.clone().into_bytes(),
-                })
-            })?;
+            let resp = self.http.send(
+                || {
+                    Ok(HttpRequest {
+                        method: "POST",
+                        url: self.key.token_uri.clone(),
+                        headers: vec![(
+                            "content-type".into(),
+                            "application/x-www-form-urlencoded".into(),
+                        )],
+                        body: body.clone().into_bytes(),
+                    })
+                },
+                deadline,
+            )?;
             token_from(&resp, "token exchange")
         }
     }
@@ -289,16 +305,23 @@ mod driver {
         /// Any failure is `Unauthorized`: without its metadata server (absent outside
         /// Google Cloud, or failing) the workload has no credentials.
         fn fetch_token(&self) -> Result<AccessToken> {
+            self.fetch_token_within(&Deadline::after(UNBOUNDED))
+        }
+
+        fn fetch_token_within(&self, deadline: &Deadline) -> Result<AccessToken> {
             let url = format!("{}{METADATA_TOKEN_PATH}", self.base_url);
             self.http
-                .send(|| {
-                    Ok(HttpRequest {
-                        method: "GET",
-                        url: url.clone(),
-                        headers: vec![("metadata-flavor".into(), "Google".into())],
-                        body: Vec::new(),
-                    })
-                })
+                .send(
+                    || {
+                        Ok(HttpRequest {
+                            method: "GET",
+                            url: url.clone(),
+                            headers: vec![("metadata-flavor".into(), "Google".into())],
+                            body: Vec::new(),
+                        })
+                    },
+                    deadline,
+                )
                 .and_then(|resp| token_from(&resp, "metadata server"))
                 .map_err(|e| match e {
                     e @ Error::Unauthorized { .. } => e,
@@ -322,12 +345,12 @@ mod driver {
             }
         }
 
-        fn bearer(&self) -> Result<String> {
+        fn bearer(&self, deadline: &Deadline) -> Result<String> {
             let mut cur = self.current.lock();
             let fresh = matches!(&*cur, Some((_, refresh_at)) if refresh_at.is_none_or(|r| Instant::now() < r));
             if !fresh {
                 let fetched_at = Instant::now();
-                let token = self.provider.fetch_token().map_err(|e| {
+                let token = self.provider.fetch_token_within(deadline).map_err(|e| {
                     if e.is_transient() {
                         e
                     } else {
@@ -378,6 +401,20 @@ mod driver {
     /// other; if one fails, the later ones of that key in the batch are not sent
     /// (transient error). Keyless messages are batched per topic. Requests run on
     /// up to `concurrency` threads.
+    ///
+    /// A publish succeeds only with one `messageIds` entry per message sent. A token
+    /// endpoint that refuses (4xx), a metadata server that fails, and a 401/403 from
+    /// the API that persists after one token refresh are [`Error::Unauthorized`]: an
+    /// outage, released without counting an attempt. A topic that does not exist
+    /// (404) stays the message's own failure.
+    ///
+    /// Bounds: `publish` ends by the relay's deadline: no request, retry or token
+    /// fetch (of this crate's providers, see [`TokenProvider::fetch_token_within`])
+    /// starts after it, each request's timeout is cut to what is left of it, and the
+    /// per-key jobs stop; messages without an outcome get a transient
+    /// [`Error::Timeout`]. Against a server that never answers, `stop()` waits at
+    /// most for the requests in flight: one [`timeout`](PubSubStreamBuilder::timeout)
+    /// (default 30 s).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), outboxer::Error> {
@@ -458,7 +495,7 @@ mod driver {
         pub fn connect(url: &str) -> Result<Self> {
             let s = Self::builder(url).build()?;
             if let Some(auth) = &s.auth {
-                auth.bearer()?;
+                auth.bearer(&Deadline::after(UNBOUNDED))?;
             }
             Ok(s)
         }
@@ -508,7 +545,8 @@ mod driver {
             self.provider = Some(Arc::new(provider));
             self
         }
-        /// Timeout of one HTTP request (default 30 s).
+        /// Timeout of one HTTP request (default 30 s), cut to what is left of the
+        /// batch's deadline; also how long `stop()` waits at most for requests in flight.
         pub fn timeout(mut self, t: Duration) -> Self {
             self.timeout = t;
             self
@@ -606,6 +644,26 @@ mod driver {
         Unordered(&'a PlannedRequest),
     }
 
+    impl Job<'_> {
+        /// The batch indexes of the job's messages.
+        fn messages(&self) -> impl Iterator<Item = usize> + '_ {
+            let reqs: &[PlannedRequest] = match self {
+                Job::Keyed(_, reqs) => reqs,
+                Job::Unordered(req) => std::slice::from_ref(*req),
+            };
+            reqs.iter().flat_map(|r| r.messages.iter().copied())
+        }
+    }
+
+    /// A token fetched outside a publish (at `connect`, or through
+    /// [`TokenProvider::fetch_token`]) is bounded by the client's own timeouts only.
+    const UNBOUNDED: Duration = Duration::from_secs(3600);
+
+    /// The error of a message whose request was not sent before the deadline.
+    fn too_late() -> Error {
+        Error::Timeout("pubsub: not sent, the batch's deadline passed".into())
+    }
+
     impl Stream for PubSubStream {
         fn validator(&self) -> Arc<dyn Validate> {
             Arc::new(PubSubValidator {
@@ -613,11 +671,7 @@ mod driver {
             })
         }
 
-        fn publish(
-            &mut self,
-            batch: &[StoredMessage],
-            _deadline: &crate::blocking::stream::Deadline,
-        ) -> Vec<Result<()>> {
+        fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>> {
             let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
             let mut items = Vec::with_capacity(batch.len());
             let mut failed_keys: HashSet<String> = HashSet::new();
@@ -675,7 +729,12 @@ mod driver {
                             loop {
                                 let j = next.fetch_add(1, Ordering::Relaxed);
                                 let Some(job) = jobs.get(j) else { break };
-                                self.run(job, batch, &mut done);
+                                if deadline.expired() {
+                                    // No new request: the batch's time is up.
+                                    done.extend(job.messages().map(|i| (i, Err(too_late()))));
+                                } else {
+                                    self.run(job, batch, &mut done, deadline);
+                                }
                             }
                             done
                         })
@@ -713,10 +772,16 @@ mod driver {
     }
 
     impl PubSubStream {
-        fn run(&self, job: &Job<'_>, batch: &[StoredMessage], done: &mut Vec<(usize, Result<()>)>) {
+        fn run(
+            &self,
+            job: &Job<'_>,
+            batch: &[StoredMessage],
+            done: &mut Vec<(usize, Result<()>)>,
+            deadline: &Deadline,
+        ) {
             match job {
                 Job::Unordered(req) => {
-                    let r = self.send_request(req, batch);
+                    let r = self.send_request(req, batch, deadline);
                     done.extend(
                         req.messages
                             .iter()
@@ -730,7 +795,12 @@ mod driver {
                             done.extend(req.messages.iter().map(|&i| (i, Err(held_back(key)))));
                             continue;
                         }
-                        let r = self.send_request(req, batch);
+                        if deadline.expired() {
+                            done.extend(req.messages.iter().map(|&i| (i, Err(too_late()))));
+                            failed = true;
+                            continue;
+                        }
+                        let r = self.send_request(req, batch, deadline);
                         failed = r.is_err();
                         done.extend(
                             req.messages
@@ -743,7 +813,12 @@ mod driver {
         }
 
         /// One publish request; its outcome holds for all of its messages.
-        fn send_request(&self, req: &PlannedRequest, batch: &[StoredMessage]) -> Result<()> {
+        fn send_request(
+            &self,
+            req: &PlannedRequest,
+            batch: &[StoredMessage],
+            deadline: &Deadline,
+        ) -> Result<()> {
             let messages: Vec<Value> = req
                 .messages
                 .iter()
@@ -778,19 +853,22 @@ mod driver {
                 .into_bytes();
             let url = format!("{}/v1/{}:publish", self.base, path_escape(&req.topic));
             let send = || {
-                self.http.send(|| {
-                    let mut headers =
-                        vec![("content-type".to_string(), "application/json".to_string())];
-                    if let Some(auth) = &self.auth {
-                        headers.push(("authorization".to_string(), auth.bearer()?));
-                    }
-                    Ok(HttpRequest {
-                        method: "POST",
-                        url: url.clone(),
-                        headers,
-                        body: body.clone(),
-                    })
-                })
+                self.http.send(
+                    || {
+                        let mut headers =
+                            vec![("content-type".to_string(), "application/json".to_string())];
+                        if let Some(auth) = &self.auth {
+                            headers.push(("authorization".to_string(), auth.bearer(deadline)?));
+                        }
+                        Ok(HttpRequest {
+                            method: "POST",
+                            url: url.clone(),
+                            headers,
+                            body: body.clone(),
+                        })
+                    },
+                    deadline,
+                )
             };
             let mut resp = send()?;
             if matches!(resp.status, 401 | 403) {
@@ -949,8 +1027,14 @@ mod driver {
         #[test]
         fn an_absurd_token_lifetime_does_not_panic() {
             let cache = TokenCache::new(Arc::new(Forever));
-            assert_eq!(cache.bearer().ok().as_deref(), Some("Bearer t"));
-            assert_eq!(cache.bearer().ok().as_deref(), Some("Bearer t"));
+            assert_eq!(
+                cache.bearer(&Deadline::after(UNBOUNDED)).ok().as_deref(),
+                Some("Bearer t")
+            );
+            assert_eq!(
+                cache.bearer(&Deadline::after(UNBOUNDED)).ok().as_deref(),
+                Some("Bearer t")
+            );
         }
 
         #[test]
@@ -961,7 +1045,10 @@ mod driver {
                 .build()
                 .expect("stream");
             let auth = s.auth.as_ref().expect("auth");
-            assert_eq!(auth.bearer().ok().as_deref(), Some("Bearer tok-SECRET"));
+            assert_eq!(
+                auth.bearer(&Deadline::after(UNBOUNDED)).ok().as_deref(),
+                Some("Bearer tok-SECRET")
+            );
             let shown = format!("{s:?} {auth:?} {:?}", AccessToken::new("tok-SECRET", None));
             assert!(!shown.contains("SECRET"), "{shown}");
         }

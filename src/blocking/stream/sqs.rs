@@ -53,7 +53,7 @@ mod driver {
     use crate::blocking::stream::aws::{
         AwsClient, AwsError, AwsSettings, CallError, Credentials, CredentialsProvider, Service,
     };
-    use crate::blocking::stream::Stream;
+    use crate::blocking::stream::{Deadline, Stream};
     use crate::core::aws::{held_back, waves};
     use crate::core::sqs::group_for_key;
     use crate::message::StoredMessage;
@@ -86,6 +86,24 @@ mod driver {
     /// retry of an already accepted message (within its 5-minute window). A
     /// later message of an ordering key is sent only after the earlier one
     /// was accepted; if that failed, the later ones fail as transient (held back).
+    ///
+    /// Refused credentials or permissions (HTTP 401/403, `AccessDenied`,
+    /// `ExpiredToken`, `InvalidSignatureException`, ..., the table of
+    /// [`AwsError::kind`](crate::stream::aws::AwsError::kind)) and a failing
+    /// [`CredentialsProvider`] are [`Error::Unauthorized`]: an outage, so the relay
+    /// releases the messages without counting an attempt and nothing parks while the
+    /// credentials are fixed. A queue that does not exist, an invalid attribute or
+    /// an oversized message stays the message's own failure (counted, parked after
+    /// `max_attempts`).
+    ///
+    /// Bounds: `publish` ends by the relay's deadline (the batch's lease, less a
+    /// margin). No request or retry starts after it, no retry is made whose backoff
+    /// would end past it, and each request's timeout is cut to what is left of it;
+    /// messages without an outcome by then get a transient [`Error::Timeout`] and
+    /// are sent again later. Against a server that accepts connections and never
+    /// answers, a publish lasts at most until its deadline, and the relay's `stop()`
+    /// waits at most for the request in flight: one
+    /// [`timeout`](SqsStreamBuilder::timeout) (default 10 s).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), outboxer::Error> {
@@ -204,16 +222,20 @@ mod driver {
         }
 
         /// The queue URL of a route, from the cache or `GetQueueUrl`.
-        fn queue_url(&mut self, route: &SqsRoute) -> std::result::Result<String, CallError> {
+        fn queue_url(
+            &mut self,
+            route: &SqsRoute,
+            deadline: &Deadline,
+        ) -> std::result::Result<String, CallError> {
             if route.queue.starts_with("http://") || route.queue.starts_with("https://") {
                 return Ok(route.queue.clone());
             }
             if let Some(u) = self.urls.get(&route.queue) {
                 return Ok(u.clone());
             }
-            let answer = self
-                .client
-                .call("GetQueueUrl", &json!({"QueueName": route.queue}))?;
+            let answer =
+                self.client
+                    .call("GetQueueUrl", &json!({"QueueName": route.queue}), deadline)?;
             let url = answer
                 .get("QueueUrl")
                 .and_then(Value::as_str)
@@ -237,6 +259,7 @@ mod driver {
             entries: &[usize],
             prepared: &[Option<Prepared>],
             out: &mut [Option<Result<()>>],
+            deadline: &Deadline,
         ) -> std::result::Result<(), Error> {
             let list: Vec<&Value> = entries
                 .iter()
@@ -245,6 +268,7 @@ mod driver {
             let answer = match self.client.call(
                 "SendMessageBatch",
                 &json!({"QueueUrl": url, "Entries": list}),
+                deadline,
             ) {
                 Ok(a) => a,
                 Err(e) => {
@@ -327,11 +351,7 @@ mod driver {
             })
         }
 
-        fn publish(
-            &mut self,
-            batch: &[StoredMessage],
-            _deadline: &crate::blocking::stream::Deadline,
-        ) -> Vec<Result<()>> {
+        fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>> {
             let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
             let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(batch.len());
             for (i, m) in batch.iter().enumerate() {
@@ -378,7 +398,7 @@ mod driver {
                         }
                         continue;
                     }
-                    let url = match self.queue_url(&route) {
+                    let url = match self.queue_url(&route, deadline) {
                         Ok(u) => u,
                         Err(e) => {
                             let stops = e.stops_batch();
@@ -416,7 +436,9 @@ mod driver {
                             }
                             continue;
                         }
-                        if let Err(e) = self.send_batch(&route, &url, &chunk, &prepared, &mut out) {
+                        if let Err(e) =
+                            self.send_batch(&route, &url, &chunk, &prepared, &mut out, deadline)
+                        {
                             down = Some(e);
                         }
                     }
