@@ -194,6 +194,32 @@ impl Error {
             reason: reason.to_string(),
         }
     }
+
+    /// A copy of one call's error for each message the call carried (`Error` is not
+    /// `Clone`: `Database` holds a driver error). The kind is kept, so an outage
+    /// stays an outage; other variants become `Unavailable` under `what` when
+    /// transient, else `Rejected` with their text.
+    #[allow(dead_code)] // used by the stream drivers, which are behind features
+    pub(crate) fn duplicate(&self, what: &'static str) -> Self {
+        match self {
+            Error::Timeout(t) => Error::Timeout(t.clone()),
+            Error::Unavailable { what, reason } => Error::Unavailable {
+                what,
+                reason: reason.clone(),
+            },
+            Error::Unauthorized { what, reason } => Error::Unauthorized {
+                what,
+                reason: reason.clone(),
+            },
+            Error::Rejected(r) => Error::Rejected(r.clone()),
+            Error::Config { field, reason } => Error::Config {
+                field,
+                reason: reason.clone(),
+            },
+            other if other.is_transient() => Error::unavailable(what, other),
+            other => Error::Rejected(format!("{what}: {other}")),
+        }
+    }
 }
 
 #[cfg(feature = "postgres")]

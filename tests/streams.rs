@@ -19,7 +19,12 @@ mod kafka;
 #[path = "streams/pubsub.rs"]
 mod pubsub;
 
-#[cfg(any(feature = "sqs", feature = "kinesis", feature = "pubsub"))]
+#[cfg(any(
+    feature = "sqs",
+    feature = "kinesis",
+    feature = "pubsub",
+    feature = "kafka"
+))]
 #[path = "streams/fault_proxy.rs"]
 mod fault_proxy;
 

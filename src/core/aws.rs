@@ -301,15 +301,42 @@ pub struct AwsError {
 }
 
 impl AwsError {
-    /// Reads an error body; `None` when it is not an AWS JSON error.
+    /// Reads an error body: AWS JSON (`__type`, `message`) or the XML of the query
+    /// protocol (`<Code>`, `<Message>`, as authentication failures may come);
+    /// `None` when it is neither.
     pub fn parse(body: &[u8]) -> Option<AwsError> {
-        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return Self::parse_xml(body);
+        };
         let ty = v.get("__type").or_else(|| v.get("code"))?.as_str()?;
         let code = ty.rsplit_once('#').map_or(ty, |(_, c)| c);
         let code = code.split(':').next().unwrap_or(code).to_string();
         let message = ["message", "Message"]
             .iter()
             .find_map(|k| v.get(*k).and_then(|m| m.as_str()))
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        Some(AwsError { code, message })
+    }
+
+    /// `<Code>..</Code>` and `<Message>..</Message>` of an XML error body.
+    fn parse_xml(body: &[u8]) -> Option<AwsError> {
+        let text = std::str::from_utf8(body).ok()?;
+        let element = |tag: &str| {
+            let open = format!("<{tag}>");
+            let start = text.find(&open)? + open.len();
+            let len = text[start..].find("</")?;
+            Some(text[start..start + len].trim().to_string())
+        };
+        let code = element("Code").filter(|c| {
+            !c.is_empty()
+                && c.len() <= 128
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '_')
+        })?;
+        let message = element("Message")
             .unwrap_or_default()
             .chars()
             .take(300)
@@ -332,6 +359,123 @@ impl AwsError {
                 | "InternalFailure"
                 | "InternalError"
         )
+    }
+}
+
+/// How an AWS error counts for the relay. One table for SQS and Kinesis (see
+/// [`AwsError::kind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AwsErrorKind {
+    /// The credentials or the permission were refused: an outage
+    /// ([`Error::Unauthorized`]), never counted as an attempt.
+    Unauthorized,
+    /// Throttling, a server-side failure or a KMS key that is unusable for now: an
+    /// outage ([`Error::Unavailable`]), never counted as an attempt.
+    Transient,
+    /// The message's own failure (a queue or stream that does not exist, an invalid
+    /// parameter, too large): counted, parked after `max_attempts`.
+    Message,
+}
+
+/// Error codes of refused credentials or permissions (SQS, Kinesis, STS, KMS).
+const UNAUTHORIZED_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "AuthFailure",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "IncompleteSignature",
+    "IncompleteSignatureException",
+    "InvalidAccessKeyId",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "InvalidToken",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+    "NotAuthorized",
+    "RequestExpired",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "KMSAccessDeniedException",
+    "KMS.AccessDeniedException",
+    "KmsAccessDenied",
+];
+
+/// Error codes of a stream-wide KMS key problem that an operator fixes without
+/// touching the messages (Kinesis `KMS*Exception`, SQS `Kms*`).
+const KMS_OUTAGE_CODES: &[&str] = &[
+    "KMSDisabledException",
+    "KMSInvalidStateException",
+    "KMSNotFoundException",
+    "KMSOptInRequired",
+    "KMS.DisabledException",
+    "KMS.InvalidStateException",
+    "KMS.NotFoundException",
+    "KMS.OptInRequired",
+    "KMS.ThrottlingException",
+    "KmsDisabled",
+    "KmsInvalidState",
+    "KmsNotFound",
+    "KmsOptInRequired",
+    "KmsThrottled",
+];
+
+/// Error codes of a route that is wrong for the message: they stay message
+/// failures whatever the HTTP status.
+const MISSING_ROUTE_CODES: &[&str] = &[
+    "QueueDoesNotExist",
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "ResourceNotFoundException",
+];
+
+impl AwsError {
+    /// How this error, answered with HTTP `status`, counts: credentials and
+    /// permission codes (and any 401/403) are [`AwsErrorKind::Unauthorized`];
+    /// throttling, 408/429/5xx and KMS key outages are [`AwsErrorKind::Transient`];
+    /// a missing queue or stream and everything else is [`AwsErrorKind::Message`].
+    ///
+    /// ```
+    /// use outboxer::stream::aws::{AwsError, AwsErrorKind};
+    /// let e = AwsError { code: "ExpiredToken".into(), message: String::new() };
+    /// assert_eq!(e.kind(400), AwsErrorKind::Unauthorized);
+    /// let e = AwsError { code: "QueueDoesNotExist".into(), message: String::new() };
+    /// assert_eq!(e.kind(400), AwsErrorKind::Message);
+    /// ```
+    pub fn kind(&self, status: u16) -> AwsErrorKind {
+        let code = self.code.as_str();
+        if MISSING_ROUTE_CODES.contains(&code) {
+            AwsErrorKind::Message
+        } else if UNAUTHORIZED_CODES.contains(&code) {
+            AwsErrorKind::Unauthorized
+        } else if self.is_throttling()
+            || KMS_OUTAGE_CODES.contains(&code)
+            || crate::core::retry::retryable_http_status(status)
+        {
+            AwsErrorKind::Transient
+        } else if status == 401 || status == 403 {
+            AwsErrorKind::Unauthorized
+        } else {
+            AwsErrorKind::Message
+        }
+    }
+
+    /// As [`AwsError::kind`] for one entry of a batch answer (SQS `Failed`, Kinesis
+    /// record `ErrorCode`): a code not in the tables is the message's own failure
+    /// when AWS says the sender is at fault, else transient.
+    pub fn entry_kind(&self, sender_fault: bool) -> AwsErrorKind {
+        match self.kind(400) {
+            AwsErrorKind::Message if !sender_fault => AwsErrorKind::Transient,
+            kind => kind,
+        }
+    }
+
+    /// The outboxer error of this service error, for `what` (`sqs`, `kinesis`).
+    pub fn to_error(&self, what: &'static str, kind: AwsErrorKind, context: &str) -> Error {
+        match kind {
+            AwsErrorKind::Unauthorized => Error::unauthorized(what, format!("{context}{self}")),
+            AwsErrorKind::Transient => Error::unavailable(what, format!("{context}{self}")),
+            AwsErrorKind::Message => Error::Rejected(format!("{what}: {context}{self}")),
+        }
     }
 }
 
@@ -437,6 +581,14 @@ mod tests {
             .expect("aws error");
         assert!(e.is_throttling());
         assert!(AwsError::parse(b"<html>").is_none());
+        // Authentication failures come as XML from some endpoints (and from moto).
+        let e = AwsError::parse(
+            br#"<?xml version="1.0" encoding="utf-8"?>
+<ErrorResponse><Errors><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error></Errors></ErrorResponse>"#,
+        )
+        .expect("aws xml error");
+        assert_eq!(e.code, "SignatureDoesNotMatch");
+        assert!(e.message.starts_with("The request signature"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,11 @@
 use crate::{Error, Result};
 use std::time::Duration;
 
+/// HTTP statuses worth retrying: 408 (request timeout), 429 (throttled) and 5xx.
+pub fn retryable_http_status(status: u16) -> bool {
+    status == 408 || status == 429 || (500..=599).contains(&status)
+}
+
 /// Exponential backoff with "equal jitter": attempt `n` waits between half and
 /// all of `min(max, base * 2^(n-1))`, so retries of many messages spread out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -99,3 +99,45 @@ pub fn signer() -> &'static Credentials {
         Credentials::new(field("AccessKeyId"), field("SecretAccessKey"), None)
     })
 }
+
+/// A credentials provider the test switches from a wrong secret to the right one.
+#[derive(Debug)]
+pub struct Switchable(pub std::sync::Mutex<Credentials>);
+
+impl outboxer::stream::aws::CredentialsProvider for Switchable {
+    fn credentials(&self) -> outboxer::Result<Credentials> {
+        Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// A credentials provider that always fails (no instance profile, vault down, ...).
+#[derive(Debug)]
+pub struct FailingProvider;
+
+impl outboxer::stream::aws::CredentialsProvider for FailingProvider {
+    fn credentials(&self) -> outboxer::Result<Credentials> {
+        Err(outboxer::Error::Config {
+            field: "credentials",
+            reason: "the vault is sealed".into(),
+        })
+    }
+}
+
+/// A client with the signer's credentials on the signature-checking moto.
+pub fn signed_admin(service: Service) -> AwsClient {
+    let signer = signer();
+    let scheme = match service {
+        Service::Sqs => "sqs",
+        Service::Kinesis => "kinesis",
+    };
+    AwsClient::connect(
+        &format!(
+            "{scheme}://{}:{}@us-east-1?endpoint={}",
+            signer.access_key_id(),
+            signer.secret_access_key().replace('/', "%2F"),
+            auth_endpoint()
+        ),
+        service,
+    )
+    .expect("client")
+}

@@ -238,6 +238,82 @@ pub fn delivery_resumes_after_connections_are_cut<H: StreamHarness>() {
     s.close();
 }
 
+/// A publish to a server that accepts connections and never answers returns by its
+/// deadline, plus at most one request timeout, with a transient error for every
+/// message (nothing lost, nothing parked).
+pub fn publish_returns_by_the_deadline(
+    mut stream: impl Stream,
+    route: &Options,
+    deadline: Duration,
+    request_timeout: Duration,
+) {
+    let batch: Vec<StoredMessage> = (0..4)
+        .map(|i| {
+            let key = (i % 2 == 0).then_some("k");
+            stored(i, vec![i as u8], route, key)
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let out = stream.publish(&batch, &outboxer::stream::Deadline::after(deadline));
+    let took = started.elapsed();
+    assert!(
+        took <= deadline + request_timeout + Duration::from_millis(500),
+        "publish took {took:?} (deadline {deadline:?}, request timeout {request_timeout:?})"
+    );
+    assert_eq!(out.len(), batch.len());
+    for o in &out {
+        assert!(matches!(o, Err(e) if e.is_transient()), "{o:?}");
+    }
+}
+
+/// A relay (PostgreSQL store) whose stream talks to a server that never answers:
+/// `stop()` returns within one request timeout (plus slack for the marks), the
+/// claimed messages are released, none is parked and no attempt is counted.
+pub fn relay_stops_within_one_request_timeout(
+    stream: impl Stream,
+    route: &Options,
+    request_timeout: Duration,
+) {
+    use outboxer::{Message, Outbox};
+    let table = unique("hung");
+    let outbox = Outbox::builder()
+        .store(crate::common::store(&table))
+        .stream(stream)
+        .lease(Duration::from_secs(60))
+        .check_interval(Duration::from_millis(50))
+        .build()
+        .expect("outbox");
+    let msgs: Vec<Message> = (0..3u8)
+        .map(|i| Message::new(vec![i]).route(route.clone()))
+        .collect();
+    outbox.send_batch(&msgs).expect("send");
+    let relay = outbox.start().expect("start");
+    // The publish is under way: past the first request timeout, retrying.
+    std::thread::sleep(request_timeout + Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    relay.stop().expect("stop");
+    let took = started.elapsed();
+    assert!(
+        took <= request_timeout + Duration::from_millis(1500),
+        "stop took {took:?} (request timeout {request_timeout:?})"
+    );
+    let stats = outbox.stats().expect("stats");
+    assert_eq!(
+        (stats.pending, stats.parked, stats.leased),
+        (3, 0, 0),
+        "{stats:?}"
+    );
+    let attempts: i32 = crate::common::pg()
+        .query_one(
+            &format!("SELECT coalesce(max(attempts), 0)::int FROM \"{table}\""),
+            &[],
+        )
+        .expect("attempts")
+        .get(0);
+    assert_eq!(attempts, 0, "no attempt counted");
+    crate::common::drop_table(&table);
+}
+
 /// Expands the suite as `#[test]`s for a harness.
 #[macro_export]
 macro_rules! stream_conformance {

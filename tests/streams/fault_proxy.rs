@@ -86,6 +86,14 @@ impl FaultProxy {
             .extend(faults);
     }
 
+    /// Drops the faults not yet used: requests are forwarded again.
+    pub fn clear(&self) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Faults not yet used.
     pub fn pending_faults(&self) -> usize {
         self.faults.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -248,4 +256,64 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> 
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A server that accepts TCP connections and never answers (a hung broker or
+/// load balancer). Connections stay open until it is dropped.
+pub struct SilentServer {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl SilentServer {
+    /// Listens on a free loopback port.
+    pub fn start() -> SilentServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind silent server");
+        let addr = listener.local_addr().expect("local addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, h, s) = (accepted.clone(), held.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                h.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            }
+        });
+        SilentServer {
+            addr,
+            accepted,
+            held,
+            stop,
+        }
+    }
+
+    /// `http://127.0.0.1:port`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:port`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }

@@ -542,3 +542,64 @@ fn relay_end_to_end_from_postgres() {
     }
     let _ = crate::common::pg().batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""));
 }
+
+/// Issue 12, item 7: with a broker that refuses connections or never answers, a
+/// publish returns by its deadline (not after the metadata or delivery timeout).
+#[test]
+fn an_unreachable_or_silent_broker_holds_a_publish_no_longer_than_its_deadline() {
+    let silent = crate::fault_proxy::SilentServer::start();
+    for url in [
+        "kafka://127.0.0.1:1".to_string(),
+        format!("kafka://{}", silent.host()),
+    ] {
+        let s = KafkaStream::builder(&url)
+            .metadata_timeout(Duration::from_secs(20))
+            .delivery_timeout(Duration::from_secs(30))
+            .build()
+            .expect("valid URL");
+        crate::conformance::publish_returns_by_the_deadline(
+            s,
+            &kafka::topic("t_unreachable").into(),
+            Duration::from_secs(2),
+            Duration::from_millis(500),
+        );
+    }
+}
+
+/// Messages still queued in librdkafka at the deadline are purged: they get a
+/// transient Timeout and are never delivered later (the relay sends them again,
+/// in order). A linger of 5 s keeps them queued past a 1.5 s deadline.
+#[test]
+fn messages_queued_at_the_deadline_are_purged_and_never_delivered() {
+    let _g = read();
+    let name = unique("k_purge");
+    let (dest, sink) = Kafka::destination(&name);
+    let mut s = KafkaStream::builder(&kafka_url())
+        .linger(Duration::from_secs(5))
+        .delivery_timeout(Duration::from_secs(30))
+        .build()
+        .expect("stream");
+    let batch: Vec<StoredMessage> = (0..3)
+        .map(|i| stored(i, format!("late {i}").as_bytes(), &dest, Some("k")))
+        .chain([stored(9, b"late free", &dest, None)])
+        .collect();
+    let started = Instant::now();
+    let out = s.publish(
+        &batch,
+        &outboxer::stream::Deadline::after(Duration::from_millis(1500)),
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    for o in &out {
+        assert!(matches!(o, Err(e) if e.is_transient()), "{o:?}");
+    }
+    assert!(
+        matches!(&out[0], Err(Error::Timeout(_))),
+        "queued at the deadline: {:?}",
+        out[0]
+    );
+    // Past the linger: nothing of the purged batch shows up.
+    let got = sink.records(1, Duration::from_secs(7));
+    assert!(got.is_empty(), "purged messages were delivered: {got:?}");
+    s.close();
+}

@@ -414,3 +414,95 @@ fn relay_end_to_end_from_postgres() {
     }
     let _ = crate::common::pg().batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""));
 }
+
+/// Against the signature-checking moto: a wrong secret or a failing credentials
+/// provider is `Unauthorized` (an outage, never counted) for every record, a
+/// missing stream is still the message's own failure once the credentials work.
+#[test]
+fn credentials_failures_are_outages_and_missing_streams_are_not() {
+    use crate::aws::{auth_endpoint, signed_admin, signer, FailingProvider, Switchable};
+    use outboxer::stream::aws::Credentials;
+    use std::sync::{Arc, Mutex};
+    let admin = signed_admin(Service::Kinesis);
+    let name = unique("k_auth");
+    admin
+        .call_json(
+            "CreateStream",
+            &json!({"StreamName": name, "ShardCount": 1}),
+        )
+        .expect("a signed CreateStream");
+    let signer = signer().clone();
+    let provider = Arc::new(Switchable(Mutex::new(Credentials::new(
+        signer.access_key_id(),
+        "not-the-secret",
+        None,
+    ))));
+    let base =
+        || KinesisStream::builder(&format!("kinesis://us-east-1?endpoint={}", auth_endpoint()));
+    let mut s = base()
+        .credentials_provider(provider.clone())
+        .build()
+        .expect("stream");
+    let batch = [
+        stored(1, b"a", &kinesis::stream(&name).into(), None),
+        stored(2, b"b", &kinesis::stream(&unique("k_missing")).into(), None),
+    ];
+    let out = s.publish(&batch, &crate::common::deadline());
+    for o in &out {
+        match o {
+            Err(
+                e @ Error::Unauthorized {
+                    what: "kinesis", ..
+                },
+            ) => {
+                assert!(e.is_transient());
+                assert!(!format!("{e} {e:?}").contains("not-the-secret"), "{e:?}");
+            }
+            other => panic!("a wrong secret is Unauthorized: {other:?}"),
+        }
+    }
+    let mut failing = base()
+        .credentials_provider(FailingProvider)
+        .build()
+        .expect("stream");
+    let out = failing.publish(&batch, &crate::common::deadline());
+    for o in &out {
+        assert!(matches!(o, Err(Error::Unauthorized { .. })), "{o:?}");
+    }
+    // Fixed: the record goes in, the missing stream counts as a message failure.
+    *provider.0.lock().unwrap_or_else(|e| e.into_inner()) = signer;
+    let out = s.publish(&batch, &crate::common::deadline());
+    assert!(out[0].is_ok(), "{out:?}");
+    assert!(
+        matches!(&out[1], Err(e @ Error::Rejected(_)) if !e.is_transient()),
+        "{:?}",
+        out[1]
+    );
+}
+
+/// Issue 12, item 7: a publish to a server that never answers returns by its
+/// deadline, and a relay stops within one request timeout.
+#[test]
+fn a_silent_server_holds_a_publish_no_longer_than_its_deadline() {
+    let silent = crate::fault_proxy::SilentServer::start();
+    let timeout = Duration::from_secs(1);
+    let stream = || {
+        KinesisStream::builder(&url("kinesis", &silent.url()))
+            .timeout(timeout)
+            .retries(10)
+            .build()
+            .expect("stream")
+    };
+    crate::conformance::publish_returns_by_the_deadline(
+        stream(),
+        &kinesis::stream("k_silent").into(),
+        Duration::from_secs(2),
+        timeout,
+    );
+    assert!(silent.accepted() > 0, "the server was reached");
+    crate::conformance::relay_stops_within_one_request_timeout(
+        stream(),
+        &kinesis::stream("k_silent").into(),
+        timeout,
+    );
+}

@@ -291,6 +291,46 @@ fn persistent_server_errors_are_transient_and_nothing_is_lost() {
     assert_eq!(bad.requests(), 1, "a 400 is not retried");
 }
 
+/// A 2xx answer is a success only with one message id per message sent: an empty
+/// or short `messageIds` (a proxy, a broken gateway) must not mark anything
+/// dispatched, and the failure is transient (the message is sent again, never parked).
+#[test]
+fn a_success_without_one_message_id_per_message_is_a_transient_failure() {
+    let (dest, sub) = PubSub::destination(&unique("p_ids"));
+    let proxy = FaultProxy::start(&emulator());
+    let mut s = via(&proxy).attempts(1).build().expect("stream");
+    for answer in [
+        "{}",
+        r#"{"messageIds":["1"]}"#,
+        r#"{"messageIds":"1,2"}"#,
+        "not json",
+    ] {
+        proxy.inject([Fault::Status(200, answer)]);
+        let out = s.publish(
+            &[stored(1, b"x", &dest, None), stored(2, b"y", &dest, None)],
+            &crate::common::deadline(),
+        );
+        for o in &out {
+            assert!(
+                matches!(o, Err(e) if e.is_transient()),
+                "{answer}: not a success: {o:?}"
+            );
+        }
+    }
+    assert_eq!(
+        proxy.requests(),
+        4,
+        "one request per publish, none forwarded"
+    );
+    // With the real answer (two ids) both are delivered.
+    let out = s.publish(
+        &[stored(3, b"z", &dest, None), stored(4, b"w", &dest, None)],
+        &crate::common::deadline(),
+    );
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert_eq!(sub.pull(2, Duration::from_secs(10)).len(), 2);
+}
+
 #[test]
 fn a_slow_response_beyond_the_timeout_is_a_transient_timeout() {
     let (dest, _sub) = PubSub::destination(&unique("p_slow"));
@@ -966,16 +1006,9 @@ fn a_refused_token_is_replaced_and_secrets_stay_out_of_logs_and_errors() {
         401,
         r#"{"error":{"status":"UNAUTHENTICATED"}}"#,
     )]);
-    let first = s
-        .publish(&[stored(1, b"x", &dest, None)], &crate::common::deadline())
-        .remove(0);
-    let err = first.expect_err("401");
-    assert!(
-        err.is_transient() && err.to_string().contains("HTTP 401"),
-        "{err:?}"
-    );
-    let second = s.publish(&[stored(2, b"y", &dest, None)], &crate::common::deadline());
-    assert!(second[0].is_ok(), "{second:?}");
+    // A revoked token is replaced within the same publish: one refresh, one more try.
+    let first = s.publish(&[stored(1, b"x", &dest, None)], &crate::common::deadline());
+    assert!(first[0].is_ok(), "{first:?}");
     assert_eq!(
         issued.load(Ordering::SeqCst),
         2,
@@ -988,6 +1021,19 @@ fn a_refused_token_is_replaced_and_secrets_stay_out_of_logs_and_errors() {
     );
     assert_eq!(front.authorizations(), vec!["Bearer tok-1", "Bearer tok-2"]);
     assert_eq!(sub.pull(1, Duration::from_secs(10)).len(), 1);
+    // Refused again after the refresh: an outage of the credentials.
+    front.inject([
+        Fault::Status(401, r#"{"error":{"status":"UNAUTHENTICATED"}}"#),
+        Fault::Status(401, r#"{"error":{"status":"UNAUTHENTICATED"}}"#),
+    ]);
+    let err = s
+        .publish(&[stored(2, b"y", &dest, None)], &crate::common::deadline())
+        .remove(0)
+        .expect_err("refused twice");
+    assert!(
+        matches!(&err, Error::Unauthorized { .. }) && err.to_string().contains("HTTP 401"),
+        "{err:?}"
+    );
     let key_body: String = pem
         .lines()
         .filter(|l| !l.starts_with("-----"))
@@ -1008,4 +1054,241 @@ fn a_refused_token_is_replaced_and_secrets_stay_out_of_logs_and_errors() {
     ] {
         assert!(!text.contains(secret), "{secret:?} leaked: {text}");
     }
+}
+
+/// A token provider the test switches at run time.
+#[derive(Clone, Debug)]
+struct Switch(Arc<std::sync::Mutex<Arc<dyn pubsub::TokenProvider>>>);
+
+impl pubsub::TokenProvider for Switch {
+    fn fetch_token(&self) -> outboxer::Result<pubsub::AccessToken> {
+        let p = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        p.fetch_token()
+    }
+}
+
+/// A token endpoint or metadata server that refuses, and a 401/403 from the API
+/// after one token refresh, are outages of the credentials (`Unauthorized`); a
+/// missing topic still is the message's own failure.
+#[test]
+fn refused_tokens_and_permissions_are_unauthorized() {
+    let (dest, _sub) = PubSub::destination(&unique("p_unauth"));
+    let forbidden = serve(|_, _, _, _| (403, r#"{"error":"access_denied"}"#.into()));
+    let front = FaultProxy::start(&emulator());
+    let publish = |provider: Arc<dyn pubsub::TokenProvider>| {
+        let mut s = PubSubStream::builder(&url())
+            .endpoint(&front.url())
+            .token_provider(Switch(Arc::new(std::sync::Mutex::new(provider))))
+            .attempts(1)
+            .build()
+            .expect("stream");
+        s.publish(
+            &[
+                stored(1, b"x", &dest, None),
+                stored(2, b"y", &dest, Some("k")),
+            ],
+            &crate::common::deadline(),
+        )
+    };
+    // The metadata server refuses (403), or is not there at all.
+    for base in [forbidden.clone(), "http://127.0.0.1:1".to_string()] {
+        let out = publish(Arc::new(MetadataServer::with_base_url(&base)));
+        for o in &out {
+            assert!(
+                matches!(
+                    o,
+                    Err(Error::Unauthorized {
+                        what: "pubsub auth",
+                        ..
+                    })
+                ),
+                "{base}: {o:?}"
+            );
+        }
+    }
+    assert_eq!(front.requests(), 0, "nothing published without a token");
+    // The API refuses the token's permission twice: one refresh, then Unauthorized.
+    front.inject([
+        Fault::Status(403, r#"{"error":{"status":"PERMISSION_DENIED"}}"#),
+        Fault::Status(403, r#"{"error":{"status":"PERMISSION_DENIED"}}"#),
+    ]);
+    let mut s = PubSubStream::builder(&url())
+        .endpoint(&front.url())
+        .token_provider(StaticToken::new("t"))
+        .attempts(1)
+        .build()
+        .expect("stream");
+    let out = s.publish(&[stored(3, b"z", &dest, None)], &crate::common::deadline());
+    assert!(
+        matches!(&out[0], Err(Error::Unauthorized { what: "pubsub", .. })),
+        "{out:?}"
+    );
+    assert_eq!(front.requests(), 2, "one refresh, one more try");
+    // A topic that does not exist stays a message failure.
+    let out = s.publish(
+        &[stored(
+            4,
+            b"w",
+            &PubSub::refused_destination(&unique("p_gone")),
+            None,
+        )],
+        &crate::common::deadline(),
+    );
+    assert!(
+        matches!(&out[0], Err(e @ Error::Rejected(_)) if !e.is_transient()),
+        "{out:?}"
+    );
+}
+
+/// A relay (max_attempts 2) parks nothing and counts no attempt while the token
+/// endpoint refuses (403) and while the API refuses the permission (403); once
+/// both are fixed, everything is delivered.
+#[test]
+fn a_relay_parks_nothing_while_credentials_are_refused() {
+    use crate::common::{pg, store, unique as table_name};
+    use outboxer::{Message, Outbox};
+    let name = unique("p_outage");
+    let (_, sub) = PubSub::destination(&name);
+    let topic = name.replace('_', "-");
+    let forbidden = serve(|_, _, _, _| (403, r#"{"error":"access_denied"}"#.into()));
+    let switch = Switch(Arc::new(std::sync::Mutex::new(Arc::new(
+        MetadataServer::with_base_url(&forbidden),
+    ))));
+    let front = FaultProxy::start(&emulator());
+    let table = table_name("pubsub_unauth");
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(
+            PubSubStream::builder(&url())
+                .endpoint(&front.url())
+                .token_provider(switch.clone())
+                .build()
+                .expect("stream"),
+        )
+        .max_attempts(2)
+        .backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .check_interval(Duration::from_millis(50))
+        .build()
+        .expect("outbox");
+    const N: usize = 4;
+    let msgs: Vec<Message> = (0..N)
+        .map(|i| Message::new(format!("m{i}").into_bytes()).route(pubsub::topic(&topic)))
+        .collect();
+    outbox.send_batch(&msgs).expect("send");
+    let relay = outbox.start().expect("start");
+    let attempts = || -> i32 {
+        pg().query_one(
+            &format!("SELECT coalesce(max(attempts), 0)::int FROM \"{table}\""),
+            &[],
+        )
+        .expect("attempts")
+        .get(0)
+    };
+    let hold = |what: &str| {
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            assert_eq!(outbox.stats().expect("stats").parked, 0, "{what}: parked");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert_eq!(attempts(), 0, "{what}: an attempt was counted");
+    };
+    hold("token endpoint 403");
+    assert_eq!(front.requests(), 0);
+    // Tokens again, but the API refuses the permission.
+    front.inject(std::iter::repeat_n(
+        Fault::Status(403, r#"{"error":{"status":"PERMISSION_DENIED"}}"#),
+        100_000,
+    ));
+    *switch.0.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(StaticToken::new("t"));
+    hold("API 403");
+    assert!(front.requests() > 0, "the API was called");
+    let failures: Vec<_> = relay.err().try_iter().collect();
+    assert!(
+        failures
+            .iter()
+            .any(|f| matches!(f.error, Error::Unauthorized { .. })),
+        "{failures:?}"
+    );
+    front.clear();
+    assert_eq!(sub.pull(N, Duration::from_secs(30)).len(), N);
+    relay.stop().expect("stop");
+    let stats = outbox.stats().expect("stats");
+    assert_eq!((stats.parked, stats.dispatched), (0, N as u64), "{stats:?}");
+    crate::common::drop_table(&table);
+}
+
+/// Issue 12, item 7: a publish to a server that never answers returns by its
+/// deadline, the per-key jobs included (one thread, several keys: without the
+/// deadline each key would wait its own request timeout), and a relay stops within
+/// one request timeout.
+#[test]
+fn a_silent_server_holds_a_publish_no_longer_than_its_deadline() {
+    let silent = crate::fault_proxy::SilentServer::start();
+    let timeout = Duration::from_secs(1);
+    let stream = || {
+        PubSubStream::builder(&url())
+            .emulator(&silent.host())
+            .timeout(timeout)
+            .attempts(10)
+            .concurrency(1)
+            .build()
+            .expect("stream")
+    };
+    crate::conformance::publish_returns_by_the_deadline(
+        stream(),
+        &pubsub::topic("p-silent").into(),
+        Duration::from_secs(2),
+        timeout,
+    );
+    // Six keys on one thread, one attempt each: six request timeouts without the
+    // deadline.
+    let mut s = PubSubStream::builder(&url())
+        .emulator(&silent.host())
+        .timeout(timeout)
+        .attempts(1)
+        .concurrency(1)
+        .build()
+        .expect("stream");
+    let dest: Options = pubsub::topic("p-silent").into();
+    let batch: Vec<StoredMessage> = (0..6)
+        .map(|i| stored(i, b"k", &dest, Some(&format!("key-{i}"))))
+        .collect();
+    let started = Instant::now();
+    let out = s.publish(
+        &batch,
+        &outboxer::stream::Deadline::after(Duration::from_secs(2)),
+    );
+    let took = started.elapsed();
+    assert!(took <= Duration::from_millis(3500), "{took:?}");
+    assert!(
+        out.iter().all(|o| matches!(o, Err(e) if e.is_transient())),
+        "{out:?}"
+    );
+    crate::conformance::relay_stops_within_one_request_timeout(
+        stream(),
+        &pubsub::topic("p-silent").into(),
+        timeout,
+    );
+}
+
+/// The same through the fault proxy's slow mode in front of the emulator.
+#[test]
+fn slow_answers_hold_a_publish_no_longer_than_its_deadline() {
+    let (dest, _sub) = PubSub::destination(&unique("p_late"));
+    let proxy = FaultProxy::start(&emulator());
+    proxy.inject(std::iter::repeat_n(
+        Fault::Delay(Duration::from_secs(5)),
+        20,
+    ));
+    let timeout = Duration::from_secs(1);
+    crate::conformance::publish_returns_by_the_deadline(
+        via(&proxy)
+            .timeout(timeout)
+            .attempts(10)
+            .build()
+            .expect("stream"),
+        &dest,
+        Duration::from_secs(2),
+        timeout,
+    );
 }

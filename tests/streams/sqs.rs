@@ -4,10 +4,11 @@
 //! connections instead of restarting the server.
 
 use crate::aws::{
-    auth_endpoint, client, cut_shared_proxy, endpoint, own_proxy, shared_proxy, signer, url,
+    auth_endpoint, client, cut_shared_proxy, endpoint, own_proxy, shared_proxy, signed_admin,
+    signer, url, FailingProvider, Switchable,
 };
 use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
-use crate::fault_proxy::Fault;
+use crate::fault_proxy::{Fault, SilentServer};
 use outboxer::stream::aws::{AwsClient, Credentials, Service};
 use outboxer::stream::sqs::{self, SqsStream, DEFAULT_MAX_MESSAGE_SIZE};
 use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
@@ -518,13 +519,20 @@ fn signatures_are_checked_by_the_server() {
         &[stored(2, b"forged", &dest, None)],
         &crate::common::deadline(),
     );
+    // A wrong secret is an outage of the credentials, not a bad message: transient
+    // (released without counting an attempt, never parked).
     match &out[0] {
-        Err(e @ Error::Rejected(text)) => {
-            assert!(!e.is_transient());
-            assert!(text.contains("403"), "{text}");
-            assert!(!text.contains("not-the-secret"), "{text}");
+        Err(
+            e @ Error::Unauthorized {
+                what: "sqs",
+                reason,
+            },
+        ) => {
+            assert!(e.is_transient());
+            assert!(reason.contains("403"), "{reason}");
+            assert!(!format!("{e} {e:?}").contains("not-the-secret"), "{e:?}");
         }
-        other => panic!("a wrong secret must be refused: {other:?}"),
+        other => panic!("a wrong secret must be refused as Unauthorized: {other:?}"),
     }
     let got = admin
         .call_json(
@@ -656,4 +664,170 @@ fn credentials_from_a_provider_and_the_environment() {
     std::env::remove_var("AWS_ENDPOINT_URL_SQS");
     assert!(out[0].is_ok(), "{out:?}");
     assert!(!format!("{from_env:?}").contains(signer.secret_access_key()));
+}
+
+/// A provider that fails is an outage of the credentials: every message of the
+/// batch (on any queue) is `Unauthorized`, and nothing is sent.
+#[test]
+fn a_failing_credentials_provider_is_an_outage() {
+    let proxy = own_proxy();
+    let mut s = SqsStream::builder(&format!("sqs://us-east-1?endpoint={}", proxy.url()))
+        .credentials_provider(FailingProvider)
+        .build()
+        .expect("stream");
+    let out = s.publish(
+        &[
+            stored(1, b"a", &sqs::queue("q_one").into(), None),
+            stored(2, b"b", &sqs::queue("q_two").into(), Some("k")),
+            stored(3, b"c", &sqs::queue("http://127.0.0.1:1/1/q").into(), None),
+        ],
+        &crate::common::deadline(),
+    );
+    for o in &out {
+        assert!(
+            matches!(o, Err(Error::Unauthorized { what: "sqs", .. })),
+            "{o:?}"
+        );
+    }
+    assert_eq!(proxy.requests(), 0, "nothing unsigned was sent");
+}
+
+/// Item 5 of issue 12 against the signature-checking moto: with a wrong secret a
+/// relay (max_attempts 2) parks nothing and counts no attempt for 10 s; once the
+/// provider has the right secret, every message is delivered.
+#[test]
+fn wrong_credentials_park_nothing_and_delivery_resumes_once_fixed() {
+    use crate::common::{store, unique as table_name};
+    use outboxer::{FailureAction, Message, Outbox};
+    use std::sync::{Arc, Mutex};
+    let signer = signer().clone();
+    let admin = signed_admin(Service::Sqs);
+    let name = unique("q_outage");
+    let queue_url = admin
+        .call_json("CreateQueue", &json!({"QueueName": name}))
+        .expect("CreateQueue")["QueueUrl"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    let provider = Arc::new(Switchable(Mutex::new(Credentials::new(
+        signer.access_key_id(),
+        "not-the-secret",
+        None,
+    ))));
+    let table = table_name("sqs_unauth");
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(
+            SqsStream::builder(&format!("sqs://us-east-1?endpoint={}", auth_endpoint()))
+                .credentials_provider(provider.clone())
+                .build()
+                .expect("stream"),
+        )
+        .max_attempts(2)
+        .backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .check_interval(Duration::from_millis(50))
+        .build()
+        .expect("outbox");
+    const N: usize = 5;
+    let msgs: Vec<Message> = (0..N)
+        .map(|i| Message::new(format!("m{i}").into_bytes()).route(sqs::queue(&name)))
+        .collect();
+    outbox.send_batch(&msgs).expect("send");
+    let relay = outbox.start().expect("start");
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let stats = outbox.stats().expect("stats");
+        assert_eq!(stats.parked, 0, "a credentials outage parked a message");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let attempts: i32 = crate::common::pg()
+        .query_one(
+            &format!("SELECT coalesce(max(attempts), 0)::int FROM \"{table}\""),
+            &[],
+        )
+        .expect("attempts")
+        .get(0);
+    assert_eq!(attempts, 0, "no attempt counted during the outage");
+    let failures: Vec<_> = relay.err().try_iter().collect();
+    assert!(
+        failures
+            .iter()
+            .any(|f| matches!(f.error, Error::Unauthorized { .. })),
+        "the outage is reported as Unauthorized: {failures:?}"
+    );
+    assert!(
+        failures.iter().all(|f| f.action != FailureAction::Parked),
+        "{failures:?}"
+    );
+    *provider.0.lock().unwrap_or_else(|e| e.into_inner()) = signer.clone();
+    let mut bodies = Vec::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    while bodies.len() < N && Instant::now() < until {
+        let got = admin
+            .call_json(
+                "ReceiveMessage",
+                &json!({"QueueUrl": queue_url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1}),
+            )
+            .expect("receive");
+        for m in got["Messages"].as_array().into_iter().flatten() {
+            bodies.push(m["Body"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    bodies.sort();
+    assert_eq!(bodies, (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    relay.stop().expect("stop");
+    let stats = outbox.stats().expect("stats");
+    assert_eq!((stats.parked, stats.dispatched), (0, N as u64), "{stats:?}");
+    crate::common::drop_table(&table);
+}
+
+/// Issue 12, item 7: against a server that never answers, a publish returns by its
+/// deadline (retries stop, each request's timeout is cut to what is left), and a
+/// relay stops within one request timeout.
+#[test]
+fn a_silent_server_holds_a_publish_no_longer_than_its_deadline() {
+    let silent = SilentServer::start();
+    let timeout = Duration::from_secs(1);
+    let stream = || {
+        SqsStream::builder(&crate::aws::url("sqs", &silent.url()))
+            .timeout(timeout)
+            .retries(10)
+            .build()
+            .expect("stream")
+    };
+    crate::conformance::publish_returns_by_the_deadline(
+        stream(),
+        &sqs::queue("q_silent").into(),
+        Duration::from_secs(2),
+        timeout,
+    );
+    assert!(silent.accepted() > 0, "the server was reached");
+    crate::conformance::relay_stops_within_one_request_timeout(
+        stream(),
+        &sqs::queue("q_silent").into(),
+        timeout,
+    );
+}
+
+/// The same through the fault proxy's slow mode in front of moto: every answer
+/// comes 5 s late, the request timeout is 1 s, the deadline 2 s.
+#[test]
+fn slow_answers_hold_a_publish_no_longer_than_its_deadline() {
+    let url = create_queue(&unique("q_late"));
+    let proxy = own_proxy();
+    proxy.inject(std::iter::repeat_n(
+        Fault::Delay(Duration::from_secs(5)),
+        20,
+    ));
+    let timeout = Duration::from_secs(1);
+    crate::conformance::publish_returns_by_the_deadline(
+        SqsStream::builder(&crate::aws::url("sqs", &proxy.url()))
+            .timeout(timeout)
+            .retries(10)
+            .build()
+            .expect("stream"),
+        &sqs::queue(&url).into(),
+        Duration::from_secs(2),
+        timeout,
+    );
 }

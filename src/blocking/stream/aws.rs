@@ -2,7 +2,9 @@
 //! resolution, SigV4 signing (`aws-sigv4`) and one signed AWS JSON call over
 //! the shared HTTP client, with service errors read from the body.
 
-pub use crate::core::aws::{AwsError, AwsUrl, Credentials, CredentialsProvider, EnvCredentials};
+pub use crate::core::aws::{
+    AwsError, AwsErrorKind, AwsUrl, Credentials, CredentialsProvider, EnvCredentials,
+};
 
 #[cfg(feature = "_aws")]
 #[doc(hidden)]
@@ -35,12 +37,15 @@ macro_rules! aws_builder_setters {
             self.aws.provider = Some(Arc::new(p));
             self
         }
-        /// Timeout of one HTTP call (default 10 s).
+        /// Timeout of one HTTP request (default 10 s), cut to what is left of the
+        /// batch's deadline. Also how long the relay's `stop()` waits at most for a
+        /// request in flight.
         pub fn timeout(mut self, d: Duration) -> Self {
             self.aws.timeout = d;
             self
         }
-        /// Retries of a call after throttling, 5xx or a connection failure (default 3).
+        /// Retries of a call after throttling, 5xx or a connection failure (default 3),
+        /// with backoff; none starts past the batch's deadline.
         pub fn retries(mut self, n: u32) -> Self {
             self.aws.attempts = n.saturating_add(1);
             self
@@ -54,6 +59,7 @@ pub(crate) use aws_builder_setters;
 mod client {
     use super::*;
     use crate::blocking::stream::http::{HttpClient, HttpRequest, HttpResponse, RetryPolicy};
+    use crate::blocking::stream::Deadline;
     use crate::core::aws::{check_endpoint, check_region, endpoint_from_env, region_from_env};
     use crate::core::retry::Backoff;
     use crate::{Error, Result};
@@ -180,21 +186,24 @@ mod client {
     }
 
     impl CallError {
-        /// Throttling and 5xx are transient; everything else (403 bad signature,
-        /// unknown queue or stream, validation) is the message's own failure.
+        /// The error per [`AwsError::kind`]: refused credentials or permissions are
+        /// `Unauthorized`, throttling and 5xx `Unavailable` (both outages, never
+        /// counted); a missing queue or stream, validation errors and the rest are
+        /// `Rejected` (the message's own failure).
         pub fn into_error(self, what: &'static str) -> Error {
             match self {
                 CallError::Transport(e) => e,
                 CallError::Service { status, error } => {
-                    if crate::blocking::stream::http::retryable_status(status)
-                        || error.is_throttling()
-                    {
-                        Error::unavailable(what, format!("HTTP {status}: {error}"))
-                    } else {
-                        Error::Rejected(format!("{what}: HTTP {status}: {error}"))
-                    }
+                    error.to_error(what, error.kind(status), &format!("HTTP {status}: "))
                 }
             }
+        }
+
+        /// True when no service answered (connection, timeout) or the credentials
+        /// could not be had: every later call of the batch would fail alike. A
+        /// service's answer (even a refusal) concerns its own route only.
+        pub fn stops_batch(&self) -> bool {
+            matches!(self, CallError::Transport(e) if e.is_transient())
         }
 
         /// The service's error code, if it answered.
@@ -250,14 +259,18 @@ mod client {
             action: &str,
             body: &serde_json::Value,
         ) -> Result<serde_json::Value> {
-            self.call(action, body)
+            // Bounded by the client's own timeout and retry budget only.
+            let deadline = Deadline::after(Duration::from_secs(3600));
+            self.call(action, body, &deadline)
                 .map_err(|e| e.into_error(self.service.name()))
         }
 
+        /// One call, retried within `deadline` (see [`HttpClient::send_with`]).
         pub(crate) fn call(
             &self,
             action: &str,
             body: &serde_json::Value,
+            deadline: &Deadline,
         ) -> std::result::Result<serde_json::Value, CallError> {
             let body = body.to_string().into_bytes();
             let target = format!("{}.{action}", self.service.target_prefix());
@@ -266,6 +279,7 @@ mod client {
                 .send_with(
                     || self.signed(&target, &body),
                     |r| r.is_retryable() || (r.status == 400 && aws_error(r).is_throttling()),
+                    deadline,
                 )
                 .map_err(CallError::Transport)?;
             if (200..300).contains(&resp.status) {
@@ -285,7 +299,12 @@ mod client {
 
         /// A request signed now (every retry is signed again).
         fn signed(&self, target: &str, body: &[u8]) -> Result<HttpRequest> {
-            let creds = self.provider.credentials()?;
+            let creds = self.provider.credentials().map_err(|e| match e {
+                // The provider's own outage (e.g. an instance metadata timeout) stays one.
+                e
+                @ (Error::Unavailable { .. } | Error::Timeout(_) | Error::Unauthorized { .. }) => e,
+                e => Error::unauthorized(self.service.name(), format!("credentials provider: {e}")),
+            })?;
             let url = format!("{}/", self.endpoint);
             let mut headers = vec![
                 (
@@ -302,8 +321,10 @@ mod client {
                 "outboxer",
             )
             .into();
-            let sign_error =
-                |e: &dyn std::fmt::Display| Error::config("credentials", format!("signing: {e}"));
+            // Unusable credentials: an outage of the credentials, like a refusal.
+            let sign_error = |e: &dyn std::fmt::Display| {
+                Error::unauthorized(self.service.name(), format!("signing: {e}"))
+            };
             let params = v4::SigningParams::builder()
                 .identity(&identity)
                 .region(&self.region)
@@ -333,6 +354,91 @@ mod client {
                 headers,
                 body: body.to_vec(),
             })
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn service(status: u16, code: &str) -> Error {
+            CallError::Service {
+                status,
+                error: AwsError {
+                    code: code.to_string(),
+                    message: "m".into(),
+                },
+            }
+            .into_error("sqs")
+        }
+
+        /// Credentials and permissions are outages (`Unauthorized`, never counted):
+        /// SQS and Kinesis share this one table.
+        #[test]
+        fn credentials_and_permission_errors_are_unauthorized() {
+            for code in [
+                "AccessDenied",
+                "AccessDeniedException",
+                "ExpiredToken",
+                "ExpiredTokenException",
+                "UnrecognizedClientException",
+                "InvalidSignatureException",
+                "SignatureDoesNotMatch",
+                "InvalidClientTokenId",
+                "MissingAuthenticationToken",
+                "MissingAuthenticationTokenException",
+                "IncompleteSignature",
+                "InvalidAccessKeyId",
+                "RequestExpired",
+                "KMSAccessDeniedException",
+                "KmsAccessDenied",
+            ] {
+                for status in [400, 403] {
+                    let e = service(status, code);
+                    assert!(
+                        matches!(e, Error::Unauthorized { what: "sqs", .. }),
+                        "{status} {code}: {e:?}"
+                    );
+                }
+            }
+            // Any 401/403, whatever the body says.
+            for status in [401, 403] {
+                let e = service(status, &format!("HTTP{status}"));
+                assert!(matches!(e, Error::Unauthorized { .. }), "{status}: {e:?}");
+            }
+        }
+
+        /// A route wrong for the message stays the message's own failure (counted,
+        /// parked after max_attempts); throttling and 5xx stay `Unavailable`.
+        #[test]
+        fn wrong_routes_are_message_failures_and_throttling_is_transient() {
+            for code in [
+                "QueueDoesNotExist",
+                "AWS.SimpleQueueService.NonExistentQueue",
+                "ResourceNotFoundException",
+                "InvalidParameterValue",
+                "InvalidMessageContents",
+                "ValidationException",
+                "BatchRequestTooLong",
+                "InvalidArgumentException",
+            ] {
+                let e = service(400, code);
+                assert!(
+                    matches!(e, Error::Rejected(_)) && !e.is_transient(),
+                    "{code}: {e:?}"
+                );
+            }
+            for (status, code) in [
+                (400, "ThrottlingException"),
+                (400, "ProvisionedThroughputExceededException"),
+                (400, "KMSThrottlingException"),
+                (500, "InternalFailure"),
+                (503, "HTTP503"),
+                (429, "HTTP429"),
+            ] {
+                let e = service(status, code);
+                assert!(matches!(e, Error::Unavailable { .. }), "{code}: {e:?}");
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! failures with backoff. Requests are rebuilt for every try, so that signed
 //! requests (SigV4, OAuth tokens) are signed again with a fresh timestamp.
 
+use crate::blocking::stream::Deadline;
 use crate::core::retry::Backoff;
 use crate::{Error, Result};
 use std::time::{Duration, Instant};
@@ -42,9 +43,7 @@ impl HttpResponse {
 }
 
 /// 408, 429 and 5xx: the request may succeed later.
-pub(crate) fn retryable_status(status: u16) -> bool {
-    status == 408 || status == 429 || (500..=599).contains(&status)
-}
+pub(crate) use crate::core::retry::retryable_http_status as retryable_status;
 
 /// How often and how long to retry one call.
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +71,8 @@ impl Default for RetryPolicy {
 pub(crate) struct HttpClient {
     agent: ureq::Agent,
     what: &'static str,
+    /// Timeout of one request (cut to what is left of the caller's deadline).
+    timeout: Duration,
     retry: RetryPolicy,
 }
 
@@ -79,6 +80,7 @@ impl std::fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpClient")
             .field("what", &self.what)
+            .field("timeout", &self.timeout)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
@@ -95,23 +97,35 @@ const SECRET_HEADERS: [&str; 3] = [
 /// Pub/Sub pulls in tests stay well below).
 const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
 
+/// Less time than this left before the deadline: no request is started.
+const MIN_REQUEST_TIME: Duration = Duration::from_millis(10);
+
+/// Connections are opened within this, or the request's timeout if shorter.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl HttpClient {
     /// `what` names the service in errors (`sqs`, `kinesis`, `pubsub`).
     pub fn new(what: &'static str, timeout: Duration, retry: RetryPolicy) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
+            .timeout_connect(Some(timeout.min(CONNECT_TIMEOUT)))
             .timeout_global(Some(timeout))
             .max_idle_connections_per_host(8)
             .user_agent(concat!("outboxer/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        HttpClient { agent, what, retry }
+        HttpClient {
+            agent,
+            what,
+            timeout,
+            retry,
+        }
     }
 
-    /// Sends once. Transport failures are `Unavailable` / `Timeout` (transient);
-    /// every HTTP status is returned as a response.
-    pub fn send_once(&self, req: &HttpRequest) -> Result<HttpResponse> {
+    /// Sends once, within `timeout` (connect, send and read the whole answer).
+    /// Transport failures are `Unavailable` / `Timeout` (transient); every HTTP
+    /// status is returned as a response.
+    pub fn send_once(&self, req: &HttpRequest, timeout: Duration) -> Result<HttpResponse> {
         let mut builder = ureq::http::Request::builder()
             .method(req.method)
             .uri(req.url.as_str());
@@ -134,6 +148,12 @@ impl HttpClient {
                 url: crate::core::redact::redact_url(&req.url),
                 reason: e.to_string(),
             })?;
+        let request = self
+            .agent
+            .configure_request(request)
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout.min(CONNECT_TIMEOUT)))
+            .build();
         let mut resp = self
             .agent
             .run(request)
@@ -152,22 +172,39 @@ impl HttpClient {
     /// `build` is called for every try. After the last try, a transport failure
     /// is returned as its error and a retryable status as its response.
     #[cfg_attr(not(feature = "pubsub"), allow(dead_code))] // the AWS streams use send_with
-    pub fn send(&self, build: impl FnMut() -> Result<HttpRequest>) -> Result<HttpResponse> {
-        self.send_with(build, HttpResponse::is_retryable)
+    pub fn send(
+        &self,
+        build: impl FnMut() -> Result<HttpRequest>,
+        deadline: &Deadline,
+    ) -> Result<HttpResponse> {
+        self.send_with(build, HttpResponse::is_retryable, deadline)
     }
 
     /// As [`HttpClient::send`], with the service's own notion of a retryable
     /// response (AWS reports throttling as HTTP 400 with an error code).
+    ///
+    /// Bounded by `deadline`: no try starts once it has expired (or the relay is
+    /// stopping), no retry whose backoff would end past it, and each try's timeout
+    /// is cut to what is left of it. So the call returns by the deadline, and when
+    /// the relay stops, within the one request in flight.
     pub fn send_with(
         &self,
         mut build: impl FnMut() -> Result<HttpRequest>,
         retryable: impl Fn(&HttpResponse) -> bool,
+        deadline: &Deadline,
     ) -> Result<HttpResponse> {
         let started = Instant::now();
         let mut attempt = 1;
         loop {
+            let left = deadline.remaining();
+            if deadline.expired() || left < MIN_REQUEST_TIME {
+                return Err(Error::Timeout(format!(
+                    "{}: the batch's deadline passed before the request was sent",
+                    self.what
+                )));
+            }
             let req = build()?;
-            let outcome = self.send_once(&req);
+            let outcome = self.send_once(&req, self.timeout.min(left));
             let retry = match &outcome {
                 Ok(r) => retryable(r),
                 Err(e) => e.is_transient(),
@@ -176,6 +213,7 @@ impl HttpClient {
             if !retry
                 || attempt >= self.retry.attempts
                 || started.elapsed() + delay > self.retry.deadline
+                || delay + MIN_REQUEST_TIME >= deadline.remaining()
             {
                 return outcome;
             }
@@ -187,7 +225,10 @@ impl HttpClient {
                 ),
                 Err(e) => log::debug!("{}: {e} on try {attempt}, retrying in {delay:?}", self.what),
             }
-            std::thread::sleep(delay);
+            if !deadline.wait(delay) {
+                // The relay is stopping: no new try.
+                return outcome;
+            }
             attempt += 1;
         }
     }
@@ -245,6 +286,53 @@ mod tests {
         assert!(!e.is_transient() && matches!(e, Error::Rejected(_)), "{e}");
     }
 
+    /// Sends to port 9 (discard, not served on loopback here), counting the tries.
+    fn counting_send(client: &HttpClient, deadline: &Deadline) -> (usize, Result<HttpResponse>) {
+        let mut tries = 0;
+        let out = client.send(
+            || {
+                tries += 1;
+                Ok(HttpRequest {
+                    method: "POST",
+                    url: "http://127.0.0.1:9/".into(),
+                    headers: vec![],
+                    body: vec![],
+                })
+            },
+            deadline,
+        );
+        (tries, out)
+    }
+
+    #[test]
+    fn nothing_is_sent_past_the_deadline_or_once_the_relay_stops() {
+        let client = HttpClient::new("test", Duration::from_secs(2), RetryPolicy::default());
+        let past = Deadline::at(Instant::now());
+        let (tries, out) = counting_send(&client, &past);
+        assert_eq!(tries, 0);
+        assert!(matches!(out, Err(Error::Timeout(_))), "{out:?}");
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        drop(stop_tx);
+        let stopping = Deadline::with_stop(Instant::now() + Duration::from_secs(60), stop_rx);
+        let (tries, out) = counting_send(&client, &stopping);
+        assert_eq!(tries, 0);
+        assert!(matches!(out, Err(Error::Timeout(_))), "{out:?}");
+        // A retry whose backoff would end past the deadline is not made.
+        let client = HttpClient::new(
+            "test",
+            Duration::from_secs(2),
+            RetryPolicy {
+                attempts: 5,
+                backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(1))
+                    .expect("backoff"),
+                deadline: Duration::from_secs(60),
+            },
+        );
+        let (tries, out) = counting_send(&client, &Deadline::after(Duration::from_millis(300)));
+        assert_eq!(tries, 1);
+        assert!(matches!(out, Err(e) if e.is_transient()));
+    }
+
     #[test]
     fn connection_refused_is_transient_after_retries() {
         let client = HttpClient::new(
@@ -257,17 +345,7 @@ mod tests {
                 deadline: Duration::from_secs(5),
             },
         );
-        let mut tries = 0;
-        // Port 9 (discard) is not served on loopback here.
-        let out = client.send(|| {
-            tries += 1;
-            Ok(HttpRequest {
-                method: "POST",
-                url: "http://127.0.0.1:9/".into(),
-                headers: vec![],
-                body: vec![],
-            })
-        });
+        let (tries, out) = counting_send(&client, &Deadline::after(Duration::from_secs(60)));
         assert_eq!(tries, 2);
         assert!(matches!(out, Err(e) if e.is_transient()));
     }

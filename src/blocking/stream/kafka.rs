@@ -54,14 +54,16 @@ pub use self::driver::{KafkaStream, KafkaStreamBuilder};
 #[cfg(feature = "kafka")]
 mod driver {
     use super::*;
-    use crate::blocking::stream::Stream;
+    use crate::blocking::stream::{Deadline, Stream};
     use crate::core::kafka::check_setting;
     use crate::message::StoredMessage;
     use parking_lot::Mutex;
     use rdkafka::config::ClientConfig;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+    use rdkafka::producer::{
+        BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+    };
     use rdkafka::ClientContext;
     use std::collections::{HashMap, HashSet};
     use std::sync::Arc;
@@ -113,6 +115,24 @@ mod driver {
     /// one partition. Messages of one ordering key within a batch are sent one after
     /// the other; if one fails, the later ones of that key are not sent.
     ///
+    /// Refused authentication or authorization (SASL, topic or cluster ACLs) is
+    /// [`Error::Unauthorized`]; a partition without a leader, too few in-sync
+    /// replicas, throttling or an unreachable broker [`Error::Unavailable`]: outages,
+    /// released without counting an attempt. A topic or partition that does not
+    /// exist and an oversized record stay the message's own failure.
+    ///
+    /// Bounds: topic metadata is awaited at most the
+    /// [`metadata_timeout`](KafkaStreamBuilder::metadata_timeout) and never past the
+    /// relay's deadline; delivery reports until the deadline (and at most the
+    /// [`delivery_timeout`](KafkaStreamBuilder::delivery_timeout) plus 2 s). At the
+    /// deadline the messages still queued in librdkafka are purged, so that they
+    /// cannot be delivered after the relay released them, and get a transient
+    /// [`Error::Timeout`], as do those in flight, and the producer is replaced. When
+    /// the relay stops, no new message is handed to librdkafka and the reports of
+    /// those in flight are awaited at most 2 s; `stop()` waits at most that, or a
+    /// metadata request in flight (`metadata_timeout`, default 5 s), plus the
+    /// producer's teardown (about 0.5 s).
+    ///
     /// ```no_run
     /// # fn main() -> Result<(), outboxer::Error> {
     /// use outboxer::stream::KafkaStream;
@@ -142,6 +162,27 @@ mod driver {
 
     /// How long a topic's partition count is trusted before it is read again.
     const METADATA_MAX_AGE: Duration = Duration::from_secs(30);
+
+    /// When the relay stops, the delivery reports of messages in flight are waited
+    /// for at most this long; then the batch ends as at its deadline.
+    const STOP_GRACE: Duration = Duration::from_secs(2);
+
+    /// How long the reports of purged messages are collected (they are ready at once).
+    const PURGE_REPORTS_WAIT: Duration = Duration::from_millis(200);
+
+    /// What the broker's metadata says about one topic.
+    enum TopicState {
+        Partitions(usize),
+        /// No such topic (or not visible): the message's own failure.
+        Missing,
+        /// Not writable now (authorization, no leader, ...): an outage of this topic.
+        Outage(Error),
+    }
+
+    /// The error of a message not handed to librdkafka before the deadline.
+    fn not_sent() -> Error {
+        Error::Timeout("kafka: not sent, the batch's deadline passed".into())
+    }
 
     impl KafkaStream {
         /// Parses the URL and checks that a broker answers, so that a wrong URL or an
@@ -207,14 +248,18 @@ mod driver {
             self.topics.clear();
         }
 
-        /// Partition count of `topic`, from the cache or the broker. `Ok(None)`: no such topic.
-        fn partitions(&mut self, topic: &str) -> Result<Option<usize>> {
+        /// What the broker says about `topic`, from the cache or the broker, within
+        /// the metadata timeout and the deadline. `Err`: no answer (every topic).
+        fn partitions(&mut self, topic: &str, deadline: &Deadline) -> Result<TopicState> {
             if let Some((n, at)) = self.topics.get(topic) {
                 if at.elapsed() < METADATA_MAX_AGE {
-                    return Ok(Some(*n));
+                    return Ok(TopicState::Partitions(*n));
                 }
             }
-            let timeout = self.metadata_timeout;
+            let timeout = self.metadata_timeout.min(deadline.remaining());
+            if deadline.expired() || timeout < Duration::from_millis(10) {
+                return Err(not_sent());
+            }
             let redacted = self.redacted.clone();
             let md = self
                 .producer()?
@@ -226,20 +271,24 @@ mod driver {
                     }
                     e => Error::unavailable("kafka", format!("{redacted}: {e}")),
                 })?;
-            let found = md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic)
-                .and_then(|t| match t.error() {
-                    None if !t.partitions().is_empty() => Some(t.partitions().len()),
-                    _ => None,
+            let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+                return Ok(TopicState::Missing);
+            };
+            if let Some(err) = t.error() {
+                let code = RDKafkaErrorCode::from(err);
+                return Ok(match map_code(code, &format!("topic {topic:?}: {code}")) {
+                    // A topic that is not there (or not visible) is the message's route.
+                    Error::Rejected(_) => TopicState::Missing,
+                    // Authorization, a leader election, ...: an outage of this topic.
+                    outage => TopicState::Outage(outage),
                 });
-            match found {
-                Some(n) => {
+            }
+            match t.partitions().len() {
+                0 => Ok(TopicState::Missing),
+                n => {
                     self.topics.insert(topic.to_string(), (n, Instant::now()));
-                    Ok(Some(n))
+                    Ok(TopicState::Partitions(n))
                 }
-                None => Ok(None),
             }
         }
     }
@@ -384,31 +433,62 @@ mod driver {
         }
     }
 
-    /// Maps a librdkafka error to outboxer's: connection trouble is transient, a
-    /// missing topic or an oversized record is the message's own failure.
+    /// Maps a librdkafka error to outboxer's (see [`map_code`]); an error without a
+    /// code is the message's own failure.
     fn map_error(e: &KafkaError) -> Error {
+        match e.rdkafka_error_code() {
+            Some(code) => map_code(code, e),
+            None => Error::Rejected(e.to_string()),
+        }
+    }
+
+    /// The table: timeouts are `Timeout`; refused authentication or authorization
+    /// `Unauthorized`; no connection, no leader, too few replicas, throttling or a
+    /// producer to replace `Unavailable` (all outages, never counted); a missing
+    /// topic or partition, an oversized or invalid record and the rest `Rejected`
+    /// (the message's own failure).
+    fn map_code(code: RDKafkaErrorCode, e: &dyn std::fmt::Display) -> Error {
         use RDKafkaErrorCode as C;
-        let Some(code) = e.rdkafka_error_code() else {
-            return Error::Rejected(e.to_string());
-        };
         match code {
             C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut | C::TimedOutQueue => {
                 Error::Timeout(format!("Kafka delivery: {e}"))
             }
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::DelegationTokenAuthorizationFailed
+            | C::DelegationTokenExpired
+            | C::SaslAuthenticationFailed
+            | C::UnsupportedSASLMechanism
+            | C::IllegalSASLState
+            | C::UnacceptableCredential
+            | C::Authentication => Error::unauthorized("kafka", e),
             C::BrokerTransportFailure
             | C::AllBrokersDown
             | C::Resolve
+            | C::SSL
             | C::NetworkException
+            | C::BrokerNotAvailable
             | C::LeaderNotAvailable
             | C::NotLeaderForPartition
             | C::PreferredLeaderNotAvailable
+            | C::EligibleLeadersNotAvailable
+            | C::ReplicaNotAvailable
+            | C::FencedLeaderEpoch
+            | C::UnknownLeaderEpoch
             | C::NotEnoughReplicas
             | C::NotEnoughReplicasAfterAppend
+            | C::ISRInsufficient
             | C::KafkaStorageError
+            | C::ThrottlingQuotaExceeded
             | C::QueueFull
             | C::PurgeQueue
             | C::PurgeInflight
             | C::Fatal
+            | C::Retry
+            | C::RebootstrapRequired
+            | C::ProducerFenced
             | C::OutOfOrderSequenceNumber
             | C::UnknownProducerId
             | C::InvalidProducerEpoch
@@ -424,14 +504,49 @@ mod driver {
 
     /// A copy of a connection-level error for each affected message (always transient).
     fn same_transient(e: &Error) -> Error {
-        match e {
-            Error::Timeout(t) => Error::Timeout(t.clone()),
-            Error::Unavailable { what, reason } => Error::Unavailable {
-                what,
-                reason: reason.clone(),
-            },
-            other => Error::unavailable("kafka", other),
+        if e.is_transient() {
+            e.duplicate("kafka")
+        } else {
+            Error::unavailable("kafka", e)
         }
+    }
+
+    /// Moves the delivery reports received so far into `out`: (any delivered, any
+    /// transient failure). A message purged from librdkafka's queue at the deadline
+    /// was never sent: a transient `Timeout`.
+    fn take_reports(
+        producer: &Producer_,
+        pending: &mut HashMap<usize, usize>,
+        batch: &[StoredMessage],
+        out: &mut [Option<Result<()>>],
+    ) -> (bool, bool) {
+        let (mut delivered, mut transient) = (false, false);
+        let done = std::mem::take(&mut *producer.context().done.lock());
+        for (seq, err) in done {
+            // Reports of an earlier, abandoned batch are ignored.
+            let Some(i) = pending.remove(&seq) else {
+                continue;
+            };
+            out[i] = Some(match err {
+                None => {
+                    delivered = true;
+                    Ok(())
+                }
+                Some(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PurgeQueue) => {
+                    transient = true;
+                    Err(Error::Timeout(format!(
+                        "message {} not sent by the batch's deadline (purged from the producer's queue)",
+                        batch[i].message_id
+                    )))
+                }
+                Some(e) => {
+                    let e = map_error(&e);
+                    transient |= e.is_transient();
+                    Err(e)
+                }
+            });
+        }
+        (delivered, transient)
     }
 
     fn record_headers(m: &StoredMessage) -> OwnedHeaders {
@@ -456,12 +571,11 @@ mod driver {
             })
         }
 
-        fn publish(
-            &mut self,
-            batch: &[StoredMessage],
-            _deadline: &crate::blocking::stream::Deadline,
-        ) -> Vec<Result<()>> {
+        fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>> {
             let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
+            if deadline.expired() {
+                return batch.iter().map(|_| Err(not_sent())).collect();
+            }
             let validator = KafkaValidator {
                 max_message_size: self.max_message_size,
             };
@@ -480,17 +594,15 @@ mod driver {
             }
             // Topics and partitions must exist: Kafka would otherwise hold the records
             // until the delivery timeout. This is also where an absent broker shows.
-            let mut checked: HashMap<String, Option<usize>> = HashMap::new();
+            let mut checked: HashMap<String, TopicState> = HashMap::new();
             for i in 0..batch.len() {
                 let Some(route) = routes[i].as_ref().filter(|_| out[i].is_none()) else {
                     continue;
                 };
-                let n = match checked.get(&route.topic) {
-                    Some(n) => *n,
-                    None => match self.partitions(&route.topic) {
-                        Ok(n) => {
-                            checked.insert(route.topic.clone(), n);
-                            n
+                if !checked.contains_key(&route.topic) {
+                    match self.partitions(&route.topic, deadline) {
+                        Ok(state) => {
+                            checked.insert(route.topic.clone(), state);
                         }
                         Err(e) => {
                             for o in out.iter_mut().filter(|o| o.is_none()) {
@@ -498,21 +610,24 @@ mod driver {
                             }
                             break;
                         }
-                    },
-                };
-                out[i] = match (n, route.partition) {
-                    (None, _) => Some(Err(Error::Rejected(format!(
+                    }
+                }
+                out[i] = match (checked.get(&route.topic), route.partition) {
+                    (Some(TopicState::Missing) | None, _) => Some(Err(Error::Rejected(format!(
                         "topic {:?} does not exist",
                         route.topic
                     )))),
-                    (Some(n), Some(p)) if p as usize >= n => Some(Err(Error::Rejected(format!(
-                        "topic {:?} has {n} partitions, no partition {p}",
-                        route.topic
-                    )))),
+                    (Some(TopicState::Outage(e)), _) => Some(Err(e.duplicate("kafka"))),
+                    (Some(TopicState::Partitions(n)), Some(p)) if p as usize >= *n => {
+                        Some(Err(Error::Rejected(format!(
+                            "topic {:?} has {n} partitions, no partition {p}",
+                            route.topic
+                        ))))
+                    }
                     _ => None,
                 };
             }
-            if let Err(e) = self.send_in_waves(batch, &routes, &mut out) {
+            if let Err(e) = self.send_in_waves(batch, &routes, &mut out, deadline) {
                 let why = e.to_string();
                 self.drop_producer(&why);
                 for o in out.iter_mut().filter(|o| o.is_none()) {
@@ -544,6 +659,7 @@ mod driver {
             batch: &[StoredMessage],
             routes: &[Option<KafkaRoute>],
             out: &mut [Option<Result<()>>],
+            deadline: &Deadline,
         ) -> Result<()> {
             let mut waves: Vec<Vec<usize>> = Vec::new();
             let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -561,9 +677,21 @@ mod driver {
                 }
                 waves[w].push(i);
             }
-            let deadline = Instant::now() + self.delivery_timeout + Duration::from_secs(2);
+            // Reports are awaited until the batch's deadline, and never longer than
+            // librdkafka's own delivery timeout (plus a margin for its report).
+            let until = (Instant::now() + self.delivery_timeout + Duration::from_secs(2))
+                .min(deadline.instant());
             let mut failed_keys: HashSet<&str> = HashSet::new();
             for wave in waves {
+                if deadline.expired() {
+                    // No new wave: the batch's time is up (or the relay stops).
+                    for &i in &wave {
+                        if out[i].is_none() && routes[i].is_some() {
+                            out[i] = Some(Err(not_sent()));
+                        }
+                    }
+                    continue;
+                }
                 let mut pending: HashMap<usize, usize> = HashMap::new();
                 for &i in &wave {
                     let m = &batch[i];
@@ -612,7 +740,7 @@ mod driver {
                             Err((
                                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
                                 r,
-                            )) if Instant::now() < deadline => {
+                            )) if Instant::now() < until && !deadline.stopping() => {
                                 record = r;
                                 producer.poll(Duration::from_millis(50));
                             }
@@ -623,7 +751,7 @@ mod driver {
                         }
                     }
                 }
-                self.await_reports(&mut pending, batch, out, deadline)?;
+                self.await_reports(&mut pending, batch, out, until, deadline)?;
                 for &i in &wave {
                     if let (Some(Err(_)), Some(k)) = (&out[i], batch[i].ordering_key.as_deref()) {
                         failed_keys.insert(k);
@@ -633,49 +761,53 @@ mod driver {
             Ok(())
         }
 
+        /// Waits for the reports of `pending` until `until` (or, once the relay stops,
+        /// [`STOP_GRACE`]). At that point the messages still queued in librdkafka are
+        /// purged, so that they cannot be delivered after the relay released them
+        /// (and sent them again, out of order); they and the ones in flight get a
+        /// transient `Timeout`, and `Err` has the producer replaced.
         fn await_reports(
             &mut self,
             pending: &mut HashMap<usize, usize>,
             batch: &[StoredMessage],
             out: &mut [Option<Result<()>>],
-            deadline: Instant,
+            until: Instant,
+            deadline: &Deadline,
         ) -> Result<()> {
-            let timeout = self.delivery_timeout;
             let producer = self.producer()?;
             let (mut delivered, mut transient) = (pending.is_empty(), false);
+            let mut until = until;
+            let mut stop_seen = false;
             while !pending.is_empty() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
+                if !stop_seen && deadline.stopping() {
+                    stop_seen = true;
+                    until = until.min(Instant::now() + STOP_GRACE);
+                }
+                if Instant::now() >= until {
+                    producer.purge(PurgeConfig::default().queue());
+                    let collect_until = Instant::now() + PURGE_REPORTS_WAIT;
+                    while !pending.is_empty() && Instant::now() < collect_until {
+                        producer.poll(Duration::from_millis(1));
+                        take_reports(producer, pending, batch, out);
+                    }
                     for (_, i) in pending.drain() {
                         out[i] = Some(Err(Error::Timeout(format!(
-                            "no delivery report for message {} within {:?}",
-                            batch[i].message_id, timeout
+                            "no delivery report for message {} by the batch's deadline",
+                            batch[i].message_id
                         ))));
                     }
-                    // Late reports and retries of these records are the old producer's.
-                    return Err(Error::Timeout("Kafka delivery reports".into()));
+                    // Late reports and retries of what was in flight are the old producer's.
+                    return Err(Error::Timeout(
+                        "Kafka delivery reports by the batch's deadline".into(),
+                    ));
                 }
                 // rdkafka 0.39's poll blocks for its whole timeout even after the
                 // reports arrived: short polls (measured: 100 ms polls capped a
                 // relay at batch_size x 10 msg/s and a p50 of 350 ms).
-                producer.poll(left.min(Duration::from_millis(1)));
-                let done = std::mem::take(&mut *producer.context().done.lock());
-                for (seq, err) in done {
-                    // Reports of an earlier, abandoned batch are ignored.
-                    if let Some(i) = pending.remove(&seq) {
-                        out[i] = Some(match err {
-                            None => {
-                                delivered = true;
-                                Ok(())
-                            }
-                            Some(e) => {
-                                let e = map_error(&e);
-                                transient |= e.is_transient();
-                                Err(e)
-                            }
-                        });
-                    }
-                }
+                producer.poll(Duration::from_millis(1));
+                let (d, t) = take_reports(producer, pending, batch, out);
+                delivered |= d;
+                transient |= t;
             }
             if transient && !delivered {
                 // Nothing got through: start over with a new producer (and producer id)
@@ -693,6 +825,69 @@ mod driver {
                 ));
             }
             Ok(())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use rdkafka::error::RDKafkaErrorCode as C;
+
+        fn delivery(code: C) -> Error {
+            map_error(&KafkaError::MessageProduction(code))
+        }
+
+        /// Authorization and authentication failures are outages (`Unauthorized`), and
+        /// a partition without a leader is `Unavailable`: neither counts an attempt.
+        #[test]
+        fn authorization_and_leaderless_partitions_are_outages() {
+            for code in [
+                C::TopicAuthorizationFailed,
+                C::ClusterAuthorizationFailed,
+                C::TransactionalIdAuthorizationFailed,
+                C::SaslAuthenticationFailed,
+                C::Authentication,
+                C::UnsupportedSASLMechanism,
+                C::IllegalSASLState,
+                C::DelegationTokenExpired,
+            ] {
+                let e = delivery(code);
+                assert!(matches!(e, Error::Unauthorized { .. }), "{code:?}: {e:?}");
+            }
+            for code in [
+                C::LeaderNotAvailable,
+                C::NotLeaderForPartition,
+                C::PreferredLeaderNotAvailable,
+                C::EligibleLeadersNotAvailable,
+                C::BrokerNotAvailable,
+                C::ReplicaNotAvailable,
+                C::FencedLeaderEpoch,
+                C::UnknownLeaderEpoch,
+                C::NotEnoughReplicas,
+                C::AllBrokersDown,
+                C::ThrottlingQuotaExceeded,
+            ] {
+                let e = delivery(code);
+                assert!(matches!(e, Error::Unavailable { .. }), "{code:?}: {e:?}");
+            }
+        }
+
+        /// A missing topic or an oversized record stays the message's own failure.
+        #[test]
+        fn wrong_routes_and_oversized_records_are_message_failures() {
+            for code in [
+                C::UnknownTopicOrPartition,
+                C::UnknownTopic,
+                C::UnknownPartition,
+                C::MessageSizeTooLarge,
+                C::InvalidRecord,
+            ] {
+                let e = delivery(code);
+                assert!(
+                    matches!(e, Error::Rejected(_)) && !e.is_transient(),
+                    "{code:?}: {e:?}"
+                );
+            }
         }
     }
 }

@@ -46,9 +46,9 @@ pub use self::driver::{KinesisStream, KinesisStreamBuilder};
 mod driver {
     use super::*;
     use crate::blocking::stream::aws::{
-        AwsClient, AwsSettings, CallError, Credentials, CredentialsProvider, Service,
+        AwsClient, AwsError, AwsErrorKind, AwsSettings, Credentials, CredentialsProvider, Service,
     };
-    use crate::blocking::stream::Stream;
+    use crate::blocking::stream::{Deadline, Stream};
     use crate::core::aws::{held_back, waves};
     use crate::core::kinesis::partition_key;
     use crate::message::StoredMessage;
@@ -81,6 +81,20 @@ mod driver {
     /// inside `publish`. A later record of an ordering key is sent only after
     /// the earlier one was accepted; if that failed, the later ones fail as
     /// transient (held back).
+    ///
+    /// Refused credentials or permissions (HTTP 401/403, `AccessDeniedException`,
+    /// `ExpiredTokenException`, `UnrecognizedClientException`, ..., the table of
+    /// [`AwsError::kind`](crate::stream::aws::AwsError::kind), shared with SQS), a
+    /// KMS key that cannot be used and a failing [`CredentialsProvider`] are
+    /// outages ([`Error::Unauthorized`] / [`Error::Unavailable`]): released without
+    /// counting an attempt. A stream that does not exist stays the message's own
+    /// failure.
+    ///
+    /// Bounds: `publish` ends by the relay's deadline: no call, retry or re-send of
+    /// throttled records starts after it, and each request's timeout is cut to what
+    /// is left of it; records without an outcome get a transient [`Error::Timeout`].
+    /// Against a server that never answers, `stop()` waits at most for the request
+    /// in flight: one [`timeout`](KinesisStreamBuilder::timeout) (default 10 s).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), outboxer::Error> {
@@ -151,27 +165,7 @@ mod driver {
     }
 
     fn copy_error(e: &Error) -> Error {
-        match e {
-            Error::Rejected(r) => Error::Rejected(r.clone()),
-            Error::Timeout(t) => Error::Timeout(t.clone()),
-            Error::Unavailable { what, reason } => Error::Unavailable {
-                what,
-                reason: reason.clone(),
-            },
-            Error::Config { field, reason } => Error::Config {
-                field,
-                reason: reason.clone(),
-            },
-            other => Error::unavailable("kinesis", other),
-        }
-    }
-
-    /// Record error codes worth sending again.
-    fn transient_code(code: &str) -> bool {
-        matches!(
-            code,
-            "ProvisionedThroughputExceededException" | "InternalFailure" | "KMSThrottlingException"
-        )
+        e.duplicate("kinesis")
     }
 
     fn prepare(m: &StoredMessage) -> Result<Prepared> {
@@ -204,6 +198,7 @@ mod driver {
             entries: &[usize],
             prepared: &[Option<Prepared>],
             out: &mut [Option<Result<()>>],
+            deadline: &Deadline,
         ) -> std::result::Result<(), Error> {
             let mut pending: Vec<usize> = entries.to_vec();
             for attempt in 1..=self.record_attempts {
@@ -214,17 +209,18 @@ mod driver {
                 let answer = match self.client.call(
                     "PutRecords",
                     &json!({"StreamName": stream, "Records": records}),
+                    deadline,
                 ) {
                     Ok(a) => a,
                     Err(e) => {
                         // Only a transient failure (no answer) stops the rest of the batch;
                         // e.g. a credentials provider error is this chunk's alone.
-                        let transport = matches!(&e, CallError::Transport(t) if t.is_transient());
+                        let stops = e.stops_batch();
                         let err = e.into_error("kinesis");
                         for &i in &pending {
                             out[i] = Some(Err(copy_error(&err)));
                         }
-                        return if transport { Err(err) } else { Ok(()) };
+                        return if stops { Err(err) } else { Ok(()) };
                     }
                 };
                 let results = answer
@@ -244,28 +240,44 @@ mod driver {
                     match r.get("ErrorCode").and_then(Value::as_str) {
                         None => out[i] = Some(Ok(())),
                         Some(code) => {
-                            let text = r.get("ErrorMessage").and_then(Value::as_str).unwrap_or("");
-                            if transient_code(code) {
-                                out[i] = Some(Err(Error::unavailable(
-                                    "kinesis",
-                                    format!("{code}: {text} (after {attempt} tries)"),
-                                )));
-                                again.push(i);
-                            } else {
-                                out[i] =
-                                    Some(Err(Error::Rejected(format!("kinesis: {code}: {text}"))));
+                            let error = AwsError {
+                                code: code.to_string(),
+                                message: r
+                                    .get("ErrorMessage")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("")
+                                    .to_string(),
+                            };
+                            match error.entry_kind(true) {
+                                // Throttled or failed inside Kinesis: worth sending again.
+                                AwsErrorKind::Transient if error.is_throttling() => {
+                                    out[i] = Some(Err(Error::unavailable(
+                                        "kinesis",
+                                        format!("{error} (after {attempt} tries)"),
+                                    )));
+                                    again.push(i);
+                                }
+                                kind => out[i] = Some(Err(error.to_error("kinesis", kind, ""))),
                             }
                         }
                     }
                 }
-                if again.is_empty() || attempt == self.record_attempts {
+                let pause = Duration::from_millis(100 << (attempt - 1).min(4));
+                // No new try past the deadline: the throttled records keep their
+                // transient error and go back to the relay.
+                if again.is_empty()
+                    || attempt == self.record_attempts
+                    || pause >= deadline.remaining()
+                {
                     break;
                 }
                 log::debug!(
                     "kinesis: {} record(s) throttled, sending them again",
                     again.len()
                 );
-                std::thread::sleep(Duration::from_millis(100 << (attempt - 1).min(4)));
+                if !deadline.wait(pause) {
+                    break;
+                }
                 pending = again;
             }
             Ok(())
@@ -277,11 +289,7 @@ mod driver {
             Arc::new(KinesisValidator)
         }
 
-        fn publish(
-            &mut self,
-            batch: &[StoredMessage],
-            _deadline: &crate::blocking::stream::Deadline,
-        ) -> Vec<Result<()>> {
+        fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>> {
             let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
             let prepared: Vec<Option<Prepared>> = batch
                 .iter()
@@ -339,7 +347,7 @@ mod driver {
                             }
                             continue;
                         }
-                        if let Err(e) = self.put(stream, &chunk, &prepared, &mut out) {
+                        if let Err(e) = self.put(stream, &chunk, &prepared, &mut out, deadline) {
                             down = Some(e);
                         }
                     }

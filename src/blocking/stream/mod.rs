@@ -134,4 +134,19 @@ impl Deadline {
     pub fn remaining(&self) -> Duration {
         self.at.saturating_duration_since(Instant::now())
     }
+
+    /// Waits `d` (a backoff), or less when the relay stops meanwhile. True when the
+    /// wait ran its course; false when the relay is stopping (start nothing new).
+    pub fn wait(&self, d: Duration) -> bool {
+        match &self.stop {
+            Some(stop) => !matches!(
+                stop.recv_timeout(d),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+            ),
+            None => {
+                std::thread::sleep(d);
+                true
+            }
+        }
+    }
 }

@@ -53,7 +53,7 @@ pub use self::driver::{
 mod driver {
     use super::*;
     use crate::blocking::stream::http::{status_error, HttpClient, HttpRequest, RetryPolicy};
-    use crate::blocking::stream::Stream;
+    use crate::blocking::stream::{Deadline, Stream};
     use crate::core::pubsub::{
         effective_ordering_key, jwt_signing_input, message_size, parse_token_response,
         pem_pkcs8_der, plan, PlanItem, PlannedRequest, ServiceAccountKey, MAX_MESSAGES_PER_REQUEST,
@@ -112,6 +112,15 @@ mod driver {
     pub trait TokenProvider: Send + Sync + std::fmt::Debug {
         /// Fetches a new token.
         fn fetch_token(&self) -> Result<AccessToken>;
+
+        /// Fetches a new token for a publish that must end by `deadline` (the stream
+        /// calls this one). The default ignores the deadline and calls
+        /// [`TokenProvider::fetch_token`]; the providers of this crate that fetch over
+        /// HTTP stop retrying at the deadline and cut their request timeout to it.
+        fn fetch_token_within(&self, deadline: &Deadline) -> Result<AccessToken> {
+            let _ = deadline;
+            self.fetch_token()
+        }
     }
 
     fn token_http(timeout: Duration) -> HttpClient {
@@ -216,26 +225,34 @@ mod driver {
 
     impl TokenProvider for ServiceAccount {
         fn fetch_token(&self) -> Result<AccessToken> {
+            self.fetch_token_within(&Deadline::after(UNBOUNDED))
+        }
+
+        fn fetch_token_within(&self, deadline: &Deadline) -> Result<AccessToken> {
             let assertion = self.assertion()?;
             let body = format!(
                 "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
             );
-            let resp = self.http.send(|| {
-                Ok(HttpRequest {
-                    method: "POST",
-                    url: self.key.token_uri.clone(),
-                    headers: vec![(
-                        "content-type".into(),
-                        "application/x-www-form-urlencoded".into(),
-                    )],
-                    body: body.clone().into_bytes(),
-                })
-            })?;
+            let resp = self.http.send(
+                || {
+                    Ok(HttpRequest {
+                        method: "POST",
+                        url: self.key.token_uri.clone(),
+                        headers: vec![(
+                            "content-type".into(),
+                            "application/x-www-form-urlencoded".into(),
+                        )],
+                        body: body.clone().into_bytes(),
+                    })
+                },
+                deadline,
+            )?;
             token_from(&resp, "token exchange")
         }
     }
 
-    /// Reads a token response; a refusal is transient: credentials or clock may be
+    /// Reads a token response. A refusal (4xx) is `Unauthorized`, a busy server
+    /// (408/429/5xx) `Unavailable`: both transient, since credentials or clock may be
     /// fixed without touching the messages.
     fn token_from(
         resp: &crate::blocking::stream::http::HttpResponse,
@@ -243,10 +260,12 @@ mod driver {
     ) -> Result<AccessToken> {
         if !(200..300).contains(&resp.status) {
             // The body of an OAuth error names the error, never the assertion.
-            return Err(Error::unavailable(
-                "pubsub auth",
-                format!("{what}: HTTP {}: {}", resp.status, resp.body_text()),
-            ));
+            let reason = format!("{what}: HTTP {}: {}", resp.status, resp.body_text());
+            return Err(if resp.is_retryable() {
+                Error::unavailable("pubsub auth", reason)
+            } else {
+                Error::unauthorized("pubsub auth", reason)
+            });
         }
         let (token, expires_in) = parse_token_response(&resp.body)
             .map_err(|e| Error::unavailable("pubsub auth", format!("{what}: {e}")))?;
@@ -283,17 +302,31 @@ mod driver {
     }
 
     impl TokenProvider for MetadataServer {
+        /// Any failure is `Unauthorized`: without its metadata server (absent outside
+        /// Google Cloud, or failing) the workload has no credentials.
         fn fetch_token(&self) -> Result<AccessToken> {
+            self.fetch_token_within(&Deadline::after(UNBOUNDED))
+        }
+
+        fn fetch_token_within(&self, deadline: &Deadline) -> Result<AccessToken> {
             let url = format!("{}{METADATA_TOKEN_PATH}", self.base_url);
-            let resp = self.http.send(|| {
-                Ok(HttpRequest {
-                    method: "GET",
-                    url: url.clone(),
-                    headers: vec![("metadata-flavor".into(), "Google".into())],
-                    body: Vec::new(),
+            self.http
+                .send(
+                    || {
+                        Ok(HttpRequest {
+                            method: "GET",
+                            url: url.clone(),
+                            headers: vec![("metadata-flavor".into(), "Google".into())],
+                            body: Vec::new(),
+                        })
+                    },
+                    deadline,
+                )
+                .and_then(|resp| token_from(&resp, "metadata server"))
+                .map_err(|e| match e {
+                    e @ Error::Unauthorized { .. } => e,
+                    e => Error::unauthorized("pubsub auth", format!("metadata server: {e}")),
                 })
-            })?;
-            token_from(&resp, "metadata server")
         }
     }
 
@@ -312,12 +345,20 @@ mod driver {
             }
         }
 
-        fn bearer(&self) -> Result<String> {
+        fn bearer(&self, deadline: &Deadline) -> Result<String> {
             let mut cur = self.current.lock();
             let fresh = matches!(&*cur, Some((_, refresh_at)) if refresh_at.is_none_or(|r| Instant::now() < r));
             if !fresh {
                 let fetched_at = Instant::now();
-                let token = self.provider.fetch_token()?;
+                let token = self.provider.fetch_token_within(deadline).map_err(|e| {
+                    if e.is_transient() {
+                        e
+                    } else {
+                        // No token, e.g. a key that cannot sign: an outage of the
+                        // credentials, never the messages' fault.
+                        Error::unauthorized("pubsub auth", e)
+                    }
+                })?;
                 // Refresh before expiry: 5 minutes early, or halfway for short tokens.
                 // A server's absurd lifetime must not overflow the clock: at most a day.
                 let refresh_at = token.expires_in().map(|life| {
@@ -360,6 +401,20 @@ mod driver {
     /// other; if one fails, the later ones of that key in the batch are not sent
     /// (transient error). Keyless messages are batched per topic. Requests run on
     /// up to `concurrency` threads.
+    ///
+    /// A publish succeeds only with one `messageIds` entry per message sent. A token
+    /// endpoint that refuses (4xx), a metadata server that fails, and a 401/403 from
+    /// the API that persists after one token refresh are [`Error::Unauthorized`]: an
+    /// outage, released without counting an attempt. A topic that does not exist
+    /// (404) stays the message's own failure.
+    ///
+    /// Bounds: `publish` ends by the relay's deadline: no request, retry or token
+    /// fetch (of this crate's providers, see [`TokenProvider::fetch_token_within`])
+    /// starts after it, each request's timeout is cut to what is left of it, and the
+    /// per-key jobs stop; messages without an outcome get a transient
+    /// [`Error::Timeout`]. Against a server that never answers, `stop()` waits at
+    /// most for the requests in flight: one [`timeout`](PubSubStreamBuilder::timeout)
+    /// (default 30 s).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), outboxer::Error> {
@@ -440,7 +495,7 @@ mod driver {
         pub fn connect(url: &str) -> Result<Self> {
             let s = Self::builder(url).build()?;
             if let Some(auth) = &s.auth {
-                auth.bearer()?;
+                auth.bearer(&Deadline::after(UNBOUNDED))?;
             }
             Ok(s)
         }
@@ -490,7 +545,8 @@ mod driver {
             self.provider = Some(Arc::new(provider));
             self
         }
-        /// Timeout of one HTTP request (default 30 s).
+        /// Timeout of one HTTP request (default 30 s), cut to what is left of the
+        /// batch's deadline; also how long `stop()` waits at most for requests in flight.
         pub fn timeout(mut self, t: Duration) -> Self {
             self.timeout = t;
             self
@@ -588,6 +644,26 @@ mod driver {
         Unordered(&'a PlannedRequest),
     }
 
+    impl Job<'_> {
+        /// The batch indexes of the job's messages.
+        fn messages(&self) -> impl Iterator<Item = usize> + '_ {
+            let reqs: &[PlannedRequest] = match self {
+                Job::Keyed(_, reqs) => reqs,
+                Job::Unordered(req) => std::slice::from_ref(*req),
+            };
+            reqs.iter().flat_map(|r| r.messages.iter().copied())
+        }
+    }
+
+    /// A token fetched outside a publish (at `connect`, or through
+    /// [`TokenProvider::fetch_token`]) is bounded by the client's own timeouts only.
+    const UNBOUNDED: Duration = Duration::from_secs(3600);
+
+    /// The error of a message whose request was not sent before the deadline.
+    fn too_late() -> Error {
+        Error::Timeout("pubsub: not sent, the batch's deadline passed".into())
+    }
+
     impl Stream for PubSubStream {
         fn validator(&self) -> Arc<dyn Validate> {
             Arc::new(PubSubValidator {
@@ -595,11 +671,7 @@ mod driver {
             })
         }
 
-        fn publish(
-            &mut self,
-            batch: &[StoredMessage],
-            _deadline: &crate::blocking::stream::Deadline,
-        ) -> Vec<Result<()>> {
+        fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>> {
             let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
             let mut items = Vec::with_capacity(batch.len());
             let mut failed_keys: HashSet<String> = HashSet::new();
@@ -657,7 +729,12 @@ mod driver {
                             loop {
                                 let j = next.fetch_add(1, Ordering::Relaxed);
                                 let Some(job) = jobs.get(j) else { break };
-                                self.run(job, batch, &mut done);
+                                if deadline.expired() {
+                                    // No new request: the batch's time is up.
+                                    done.extend(job.messages().map(|i| (i, Err(too_late()))));
+                                } else {
+                                    self.run(job, batch, &mut done, deadline);
+                                }
                             }
                             done
                         })
@@ -691,27 +768,20 @@ mod driver {
 
     /// A copy of a request's error for each of its messages.
     fn copy_error(e: &Error) -> Error {
-        match e {
-            Error::Timeout(t) => Error::Timeout(t.clone()),
-            Error::Unavailable { what, reason } => Error::Unavailable {
-                what,
-                reason: reason.clone(),
-            },
-            Error::Rejected(r) => Error::Rejected(r.clone()),
-            Error::Config { field, reason } => Error::Config {
-                field,
-                reason: reason.clone(),
-            },
-            other if other.is_transient() => Error::unavailable("pubsub", other),
-            other => Error::Rejected(other.to_string()),
-        }
+        e.duplicate("pubsub")
     }
 
     impl PubSubStream {
-        fn run(&self, job: &Job<'_>, batch: &[StoredMessage], done: &mut Vec<(usize, Result<()>)>) {
+        fn run(
+            &self,
+            job: &Job<'_>,
+            batch: &[StoredMessage],
+            done: &mut Vec<(usize, Result<()>)>,
+            deadline: &Deadline,
+        ) {
             match job {
                 Job::Unordered(req) => {
-                    let r = self.send_request(req, batch);
+                    let r = self.send_request(req, batch, deadline);
                     done.extend(
                         req.messages
                             .iter()
@@ -725,7 +795,12 @@ mod driver {
                             done.extend(req.messages.iter().map(|&i| (i, Err(held_back(key)))));
                             continue;
                         }
-                        let r = self.send_request(req, batch);
+                        if deadline.expired() {
+                            done.extend(req.messages.iter().map(|&i| (i, Err(too_late()))));
+                            failed = true;
+                            continue;
+                        }
+                        let r = self.send_request(req, batch, deadline);
                         failed = r.is_err();
                         done.extend(
                             req.messages
@@ -738,7 +813,12 @@ mod driver {
         }
 
         /// One publish request; its outcome holds for all of its messages.
-        fn send_request(&self, req: &PlannedRequest, batch: &[StoredMessage]) -> Result<()> {
+        fn send_request(
+            &self,
+            req: &PlannedRequest,
+            batch: &[StoredMessage],
+            deadline: &Deadline,
+        ) -> Result<()> {
             let messages: Vec<Value> = req
                 .messages
                 .iter()
@@ -772,44 +852,93 @@ mod driver {
                 .to_string()
                 .into_bytes();
             let url = format!("{}/v1/{}:publish", self.base, path_escape(&req.topic));
-            let resp = self.http.send(|| {
-                let mut headers =
-                    vec![("content-type".to_string(), "application/json".to_string())];
+            let send = || {
+                self.http.send(
+                    || {
+                        let mut headers =
+                            vec![("content-type".to_string(), "application/json".to_string())];
+                        if let Some(auth) = &self.auth {
+                            headers.push(("authorization".to_string(), auth.bearer(deadline)?));
+                        }
+                        Ok(HttpRequest {
+                            method: "POST",
+                            url: url.clone(),
+                            headers,
+                            body: body.clone(),
+                        })
+                    },
+                    deadline,
+                )
+            };
+            let mut resp = send()?;
+            if matches!(resp.status, 401 | 403) {
                 if let Some(auth) = &self.auth {
-                    headers.push(("authorization".to_string(), auth.bearer()?));
+                    // An expired or revoked token: one more try with a fresh one.
+                    auth.invalidate();
+                    resp = send()?;
+                    if matches!(resp.status, 401 | 403) {
+                        // Refused again: fetch a new token at the next publish too.
+                        auth.invalidate();
+                    }
                 }
-                Ok(HttpRequest {
-                    method: "POST",
-                    url: url.clone(),
-                    headers,
-                    body: body.clone(),
-                })
-            })?;
+            }
             match resp.status {
-                200..=299 => Ok(()),
+                200..=299 => check_message_ids(&resp.body, req.messages.len()),
                 404 => Err(Error::Rejected(format!(
                     "pubsub: topic {} not found: {}",
                     req.topic,
                     resp.body_text()
                 ))),
-                401 => {
-                    // An expired or revoked token: fetch a new one next time.
-                    if let Some(auth) = &self.auth {
-                        auth.invalidate();
-                    }
-                    Err(Error::unavailable(
-                        "pubsub",
-                        format!("HTTP 401 (token refused): {}", resp.body_text()),
-                    ))
-                }
+                // The credentials or the permission: an outage, never the message's fault.
+                401 | 403 => Err(Error::unauthorized(
+                    "pubsub",
+                    format!("HTTP {}: {}", resp.status, resp.body_text()),
+                )),
                 _ => Err(status_error("pubsub", &resp)),
             }
+        }
+    }
+
+    /// A publish succeeded only if its answer names one message id per message sent;
+    /// anything else (an empty object from a proxy, too few ids) is transient: the
+    /// messages are sent again rather than marked dispatched.
+    fn check_message_ids(body: &[u8], sent: usize) -> Result<()> {
+        let ids = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+            v.get("messageIds")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter(|id| id.is_string()).count())
+        });
+        match ids {
+            Some(n) if n == sent => Ok(()),
+            Some(n) => Err(Error::unavailable(
+                "pubsub",
+                format!("the publish answer has {n} message id(s) for {sent} message(s)"),
+            )),
+            None => Err(Error::unavailable(
+                "pubsub",
+                "the publish answer has no messageIds list",
+            )),
         }
     }
 
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn success_needs_one_message_id_per_message() {
+            assert!(check_message_ids(br#"{"messageIds":["1","2"]}"#, 2).is_ok());
+            for (body, sent) in [
+                (&b"{}"[..], 1),
+                (br#"{"messageIds":["1"]}"#, 2),
+                (br#"{"messageIds":["1","2"]}"#, 1),
+                (br#"{"messageIds":[1,2]}"#, 2),
+                (b"", 1),
+            ] {
+                let e = check_message_ids(body, sent).expect_err("not a success");
+                assert!(e.is_transient(), "{e}");
+            }
+        }
 
         fn builder() -> PubSubStreamBuilder {
             PubSubStream::builder("pubsub://proj")
@@ -898,8 +1027,14 @@ mod driver {
         #[test]
         fn an_absurd_token_lifetime_does_not_panic() {
             let cache = TokenCache::new(Arc::new(Forever));
-            assert_eq!(cache.bearer().ok().as_deref(), Some("Bearer t"));
-            assert_eq!(cache.bearer().ok().as_deref(), Some("Bearer t"));
+            assert_eq!(
+                cache.bearer(&Deadline::after(UNBOUNDED)).ok().as_deref(),
+                Some("Bearer t")
+            );
+            assert_eq!(
+                cache.bearer(&Deadline::after(UNBOUNDED)).ok().as_deref(),
+                Some("Bearer t")
+            );
         }
 
         #[test]
@@ -910,7 +1045,10 @@ mod driver {
                 .build()
                 .expect("stream");
             let auth = s.auth.as_ref().expect("auth");
-            assert_eq!(auth.bearer().ok().as_deref(), Some("Bearer tok-SECRET"));
+            assert_eq!(
+                auth.bearer(&Deadline::after(UNBOUNDED)).ok().as_deref(),
+                Some("Bearer tok-SECRET")
+            );
             let shown = format!("{s:?} {auth:?} {:?}", AccessToken::new("tok-SECRET", None));
             assert!(!shown.contains("SECRET"), "{shown}");
         }

@@ -51,9 +51,9 @@ pub use self::driver::{SqsStream, SqsStreamBuilder};
 mod driver {
     use super::*;
     use crate::blocking::stream::aws::{
-        AwsClient, AwsSettings, CallError, Credentials, CredentialsProvider, Service,
+        AwsClient, AwsError, AwsSettings, CallError, Credentials, CredentialsProvider, Service,
     };
-    use crate::blocking::stream::Stream;
+    use crate::blocking::stream::{Deadline, Stream};
     use crate::core::aws::{held_back, waves};
     use crate::core::sqs::group_for_key;
     use crate::message::StoredMessage;
@@ -86,6 +86,24 @@ mod driver {
     /// retry of an already accepted message (within its 5-minute window). A
     /// later message of an ordering key is sent only after the earlier one
     /// was accepted; if that failed, the later ones fail as transient (held back).
+    ///
+    /// Refused credentials or permissions (HTTP 401/403, `AccessDenied`,
+    /// `ExpiredToken`, `InvalidSignatureException`, ..., the table of
+    /// [`AwsError::kind`](crate::stream::aws::AwsError::kind)) and a failing
+    /// [`CredentialsProvider`] are [`Error::Unauthorized`]: an outage, so the relay
+    /// releases the messages without counting an attempt and nothing parks while the
+    /// credentials are fixed. A queue that does not exist, an invalid attribute or
+    /// an oversized message stays the message's own failure (counted, parked after
+    /// `max_attempts`).
+    ///
+    /// Bounds: `publish` ends by the relay's deadline (the batch's lease, less a
+    /// margin). No request or retry starts after it, no retry is made whose backoff
+    /// would end past it, and each request's timeout is cut to what is left of it;
+    /// messages without an outcome by then get a transient [`Error::Timeout`] and
+    /// are sent again later. Against a server that accepts connections and never
+    /// answers, a publish lasts at most until its deadline, and the relay's `stop()`
+    /// waits at most for the request in flight: one
+    /// [`timeout`](SqsStreamBuilder::timeout) (default 10 s).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), outboxer::Error> {
@@ -163,26 +181,8 @@ mod driver {
         size: usize,
     }
 
-    fn copy_transient(e: &Error) -> Error {
-        match e {
-            Error::Timeout(t) => Error::Timeout(t.clone()),
-            Error::Unavailable { what, reason } => Error::Unavailable {
-                what,
-                reason: reason.clone(),
-            },
-            other => Error::unavailable("sqs", other),
-        }
-    }
-
     fn copy_error(e: &Error) -> Error {
-        match e {
-            Error::Rejected(r) => Error::Rejected(r.clone()),
-            Error::Config { field, reason } => Error::Config {
-                field,
-                reason: reason.clone(),
-            },
-            other => copy_transient(other),
-        }
+        e.duplicate("sqs")
     }
 
     impl SqsStream {
@@ -222,21 +222,29 @@ mod driver {
         }
 
         /// The queue URL of a route, from the cache or `GetQueueUrl`.
-        fn queue_url(&mut self, route: &SqsRoute) -> Result<String> {
+        fn queue_url(
+            &mut self,
+            route: &SqsRoute,
+            deadline: &Deadline,
+        ) -> std::result::Result<String, CallError> {
             if route.queue.starts_with("http://") || route.queue.starts_with("https://") {
                 return Ok(route.queue.clone());
             }
             if let Some(u) = self.urls.get(&route.queue) {
                 return Ok(u.clone());
             }
-            let answer = self
-                .client
-                .call("GetQueueUrl", &json!({"QueueName": route.queue}))
-                .map_err(|e| e.into_error("sqs"))?;
+            let answer =
+                self.client
+                    .call("GetQueueUrl", &json!({"QueueName": route.queue}), deadline)?;
             let url = answer
                 .get("QueueUrl")
                 .and_then(Value::as_str)
-                .ok_or_else(|| Error::unavailable("sqs", "GetQueueUrl answered without QueueUrl"))?
+                .ok_or_else(|| {
+                    CallError::Transport(Error::unavailable(
+                        "sqs",
+                        "GetQueueUrl answered without QueueUrl",
+                    ))
+                })?
                 .to_string();
             self.urls.insert(route.queue.clone(), url.clone());
             Ok(url)
@@ -251,6 +259,7 @@ mod driver {
             entries: &[usize],
             prepared: &[Option<Prepared>],
             out: &mut [Option<Result<()>>],
+            deadline: &Deadline,
         ) -> std::result::Result<(), Error> {
             let list: Vec<&Value> = entries
                 .iter()
@@ -259,6 +268,7 @@ mod driver {
             let answer = match self.client.call(
                 "SendMessageBatch",
                 &json!({"QueueUrl": url, "Entries": list}),
+                deadline,
             ) {
                 Ok(a) => a,
                 Err(e) => {
@@ -268,12 +278,12 @@ mod driver {
                     }
                     // Only a transient failure (no answer) stops the rest of the batch;
                     // e.g. a credentials provider error is this chunk's alone.
-                    let transport = matches!(&e, CallError::Transport(t) if t.is_transient());
+                    let stops = e.stops_batch();
                     let err = e.into_error("sqs");
                     for &i in entries {
                         out[i] = Some(Err(copy_error(&err)));
                     }
-                    return if transport { Err(err) } else { Ok(()) };
+                    return if stops { Err(err) } else { Ok(()) };
                 }
             };
             let mut ok: HashSet<usize> = HashSet::new();
@@ -305,20 +315,23 @@ mod driver {
                 else {
                     continue;
                 };
-                let code = f.get("Code").and_then(Value::as_str).unwrap_or("unknown");
-                let text = f.get("Message").and_then(Value::as_str).unwrap_or("");
+                let error = AwsError {
+                    code: f
+                        .get("Code")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown")
+                        .to_string(),
+                    message: f
+                        .get("Message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                };
                 let sender = f
                     .get("SenderFault")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
-                failed.insert(
-                    i,
-                    if sender {
-                        Error::Rejected(format!("sqs: {code}: {text}"))
-                    } else {
-                        Error::unavailable("sqs", format!("{code}: {text}"))
-                    },
-                );
+                failed.insert(i, error.to_error("sqs", error.entry_kind(sender), ""));
             }
             for &i in entries {
                 out[i] = Some(match failed.remove(&i) {
@@ -338,11 +351,7 @@ mod driver {
             })
         }
 
-        fn publish(
-            &mut self,
-            batch: &[StoredMessage],
-            _deadline: &crate::blocking::stream::Deadline,
-        ) -> Vec<Result<()>> {
+        fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>> {
             let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
             let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(batch.len());
             for (i, m) in batch.iter().enumerate() {
@@ -371,7 +380,7 @@ mod driver {
                         }
                     }
                     if let Some(e) = &down {
-                        out[i] = Some(Err(copy_transient(e)));
+                        out[i] = Some(Err(copy_error(e)));
                         continue;
                     }
                     let Some(p) = prepared[i].as_ref() else {
@@ -385,17 +394,19 @@ mod driver {
                 for (route, entries) in by_queue {
                     if let Some(e) = &down {
                         for i in entries {
-                            out[i] = Some(Err(copy_transient(e)));
+                            out[i] = Some(Err(copy_error(e)));
                         }
                         continue;
                     }
-                    let url = match self.queue_url(&route) {
+                    let url = match self.queue_url(&route, deadline) {
                         Ok(u) => u,
                         Err(e) => {
+                            let stops = e.stops_batch();
+                            let e = e.into_error("sqs");
                             for &i in &entries {
                                 out[i] = Some(Err(copy_error(&e)));
                             }
-                            if e.is_transient() {
+                            if stops {
                                 down = Some(e);
                             }
                             continue;
@@ -421,11 +432,13 @@ mod driver {
                     for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
                         if let Some(e) = &down {
                             for i in chunk {
-                                out[i] = Some(Err(copy_transient(e)));
+                                out[i] = Some(Err(copy_error(e)));
                             }
                             continue;
                         }
-                        if let Err(e) = self.send_batch(&route, &url, &chunk, &prepared, &mut out) {
+                        if let Err(e) =
+                            self.send_batch(&route, &url, &chunk, &prepared, &mut out, deadline)
+                        {
                             down = Some(e);
                         }
                     }
