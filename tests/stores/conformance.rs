@@ -20,6 +20,21 @@ pub trait Harness {
     fn go_table(table: &str) -> Vec<String>;
     /// Drops the table.
     fn drop_table(table: &str);
+    /// One `INSERT` of a row as another language writes it with plain SQL: the
+    /// payload text as bytes, headers and options as JSON text (or NULL), an
+    /// optional ordering key; every other column from its default (or "now").
+    fn insert_sql(
+        table: &str,
+        payload: &str,
+        headers: Option<&str>,
+        options: Option<&str>,
+        key: Option<&str>,
+    ) -> String;
+}
+
+/// An SQL string literal (single quotes doubled).
+pub fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -547,6 +562,164 @@ pub fn relay_end_to_end_with_amqp<H: Harness>() {
     H::drop_table(&t);
 }
 
+/// Rows written by plain SQL whose headers or options are JSON but not an object
+/// (`'[]'` is what PHP's `json_encode([])` writes) are leased with the claim and
+/// returned apart, with the column named; they never fail the claim, and every
+/// other row of it is returned.
+pub fn undecodable_rows_are_claimed_apart<H: Harness>() {
+    let t = unique("c_undec");
+    let s = store::<H>(&t);
+    let route = Some(r#"{"exchange.name": "x", "routing_key": "r"}"#);
+    let rows: [(&str, Option<&str>, Option<&str>); 7] = [
+        ("g1", Some(r#"{"n": "1"}"#), route),
+        ("bad headers []", Some("[]"), route),
+        ("g2", None, None),
+        ("bad headers string", Some(r#""x""#), None),
+        ("bad headers number", Some("1"), None),
+        ("bad options []", None, Some("[]")),
+        ("g3", Some("{}"), Some("{}")),
+    ];
+    let inserts: Vec<String> = rows
+        .iter()
+        .map(|(p, h, o)| H::insert_sql(&t, p, *h, *o, None))
+        .collect();
+    H::exec(&inserts);
+    let l = lease(30);
+    let claim = s
+        .claim(&l, 100.into())
+        .expect("a bad row never fails the claim");
+    let payloads: Vec<&[u8]> = claim
+        .messages
+        .iter()
+        .map(|m| m.payload.as_slice())
+        .collect();
+    assert_eq!(payloads, [&b"g1"[..], b"g2", b"g3"], "every good row");
+    let reasons: Vec<&str> = claim
+        .undecodable
+        .iter()
+        .map(|u| u.reason.as_str())
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    for (reason, column) in reasons
+        .iter()
+        .zip(["headers", "headers", "headers", "options"])
+    {
+        assert!(reason.contains(column), "{reason:?} names {column}");
+    }
+    let (good, bad): (Vec<i64>, Vec<i64>) = (
+        claim.messages.iter().map(|m| m.id).collect(),
+        claim.undecodable.iter().map(|u| u.id).collect(),
+    );
+    assert!(
+        good[0] < bad[0] && bad[0] < good[1] && bad[3] < good[2],
+        "{good:?} {bad:?}"
+    );
+    assert_eq!(claim.len(), 7);
+    assert!(
+        s.claim(&lease(30), 100.into()).expect("claim").is_empty(),
+        "the bad rows are leased too"
+    );
+    // What the relay does with them: a permanent failure, parked with the reason.
+    let park: Vec<FailedAttempt> = claim
+        .undecodable
+        .iter()
+        .map(|u| FailedAttempt {
+            id: u.id,
+            error: u.reason.clone(),
+            retry_in: Duration::ZERO,
+            park: true,
+            hold_key: true,
+        })
+        .collect();
+    assert_eq!(s.mark_failed(&l, &park).expect("park"), 4);
+    assert_eq!(s.mark_dispatched(&l, &good).expect("mark"), 3);
+    let parked = s.parked(10).expect("parked");
+    assert_eq!(parked.iter().map(|p| p.id).collect::<Vec<_>>(), bad);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.dispatched, st.parked), (0, 3, 4), "{st:?}");
+    H::drop_table(&t);
+}
+
+/// A real relay on a table where plain SQL wrote bad rows between good ones: the
+/// good ones are delivered within seconds, each bad one is parked alone with a
+/// `last_error` that names what is wrong.
+#[cfg(all(feature = "postgres", feature = "amqp"))]
+pub fn relay_parks_undecodable_rows_alone<H: Harness>() {
+    use crate::common::Sink;
+    use outboxer::stream::AmqpStream;
+    use outboxer::Outbox;
+    let t = unique("c_undec_e2e");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let s = store::<H>(&t);
+    let good =
+        format!(r#"{{"exchange.name": "{ex}", "exchange.type": "topic", "routing_key": "r"}}"#);
+    let bad: [(&str, Option<&str>, Option<String>, &str); 5] = [
+        ("bad 1", Some("[]"), Some(good.clone()), "headers"),
+        ("bad 2", Some(r#""x""#), Some(good.clone()), "headers"),
+        ("bad 3", Some("1"), Some(good.clone()), "headers"),
+        ("bad 4", None, Some("[]".into()), "options"),
+        (
+            "bad 5",
+            None,
+            Some(format!(
+                r#"{{"exchange.name": "{ex}", "routing_key": "r", "exchange.durable": "yes"}}"#
+            )),
+            "exchange.durable",
+        ),
+    ];
+    let mut inserts = Vec::new();
+    for i in 0..10 {
+        inserts.push(H::insert_sql(
+            &t,
+            &format!("good {i}"),
+            Some(r#"{"a": "b"}"#),
+            Some(&good),
+            None,
+        ));
+        if let Some((p, h, o, _)) = bad.get(i) {
+            inserts.push(H::insert_sql(&t, p, *h, o.as_deref(), None));
+        }
+    }
+    H::exec(&inserts);
+    let outbox = Outbox::builder()
+        .store(s.clone())
+        .stream(AmqpStream::connect(&crate::common::amqp_url()).expect("RabbitMQ"))
+        .batch_size(50)
+        .check_interval(Duration::from_millis(20))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let got = sink.collect(10, Duration::from_secs(10));
+    let mut bodies: Vec<String> = got
+        .iter()
+        .map(|g| String::from_utf8_lossy(&g.body).into_owned())
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(
+        bodies,
+        (0..10).map(|i| format!("good {i}")).collect::<Vec<_>>()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let parked = loop {
+        let p = s.parked(10).expect("parked");
+        if p.len() >= bad.len() || std::time::Instant::now() > deadline {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    relay.stop().expect("stop");
+    assert_eq!(parked.len(), bad.len(), "{parked:?}");
+    for (p, (_, _, _, names)) in parked.iter().zip(&bad) {
+        let e = p.last_error.as_deref().unwrap_or("");
+        assert!(e.contains(names), "row {}: {e:?} names {names}", p.id);
+    }
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.dispatched, st.parked), (0, 10, 5), "{st:?}");
+    H::drop_table(&t);
+}
+
 /// Expands the whole suite as `#[test]`s for a harness; extra attributes (e.g. `#[ignore]`) mark tests
 /// that need a server this machine may not have.
 #[macro_export]
@@ -558,11 +731,14 @@ macro_rules! store_conformance {
             lease_expiry_and_token_checked_marks
             concurrent_claimers_never_share_a_row per_key_fifo rollback_stores_nothing
             cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table
-            bad_names_and_unreachable_servers_are_typed_errors);
+            bad_names_and_unreachable_servers_are_typed_errors
+            undecodable_rows_are_claimed_apart);
     };
     (@tests $h:ty, $attrs:tt, $($name:ident)*) => {
         #[cfg(all(feature = "postgres", feature = "amqp"))]
         $crate::store_conformance!(@one $h, $attrs, relay_end_to_end_with_amqp);
+        #[cfg(all(feature = "postgres", feature = "amqp"))]
+        $crate::store_conformance!(@one $h, $attrs, relay_parks_undecodable_rows_alone);
         $( $crate::store_conformance!(@one $h, $attrs, $name); )*
     };
     (@one $h:ty, [$(#[$m:meta])*], $name:ident) => {

@@ -1,6 +1,6 @@
 //! MySQL / MariaDB (OUTBOXER_MYSQL_URL, default the local MariaDB).
 
-use crate::conformance::Harness;
+use crate::conformance::{lit, Harness};
 use mysql::prelude::Queryable;
 use outboxer::store::MysqlStore;
 use outboxer::Error;
@@ -46,6 +46,23 @@ impl Harness for My {
             format!("DROP TABLE IF EXISTS `{t}`"),
             format!("DROP TABLE IF EXISTS `{t}_keys`"),
         ]);
+    }
+    fn insert_sql(
+        t: &str,
+        payload: &str,
+        headers: Option<&str>,
+        options: Option<&str>,
+        key: Option<&str>,
+    ) -> String {
+        let or_null = |v: Option<&str>| v.map_or("NULL".to_string(), lit);
+        format!(
+            "INSERT INTO `{t}` (message_id, payload, headers, options, ordering_key) \
+             VALUES (UNHEX(REPLACE(UUID(), '-', '')), {}, {}, {}, {})",
+            lit(payload),
+            or_null(headers),
+            or_null(options),
+            or_null(key)
+        )
     }
 }
 

@@ -1,6 +1,6 @@
 //! PostgreSQL (OUTBOXER_PG_URL, default the local server).
 
-use crate::conformance::Harness;
+use crate::conformance::{lit, Harness};
 use outboxer::store::PostgresStore;
 use outboxer::Error;
 
@@ -34,6 +34,23 @@ impl Harness for Pg {
     }
     fn drop_table(t: &str) {
         Self::exec(&[format!("DROP TABLE IF EXISTS \"{t}\"")]);
+    }
+    fn insert_sql(
+        t: &str,
+        payload: &str,
+        headers: Option<&str>,
+        options: Option<&str>,
+        key: Option<&str>,
+    ) -> String {
+        let or_null = |v: Option<&str>| v.map_or("NULL".to_string(), lit);
+        format!(
+            "INSERT INTO \"{t}\" (payload, headers, options, ordering_key) \
+             VALUES (convert_to({}, 'UTF8'), {}, {}, {})",
+            lit(payload),
+            or_null(headers),
+            or_null(options),
+            or_null(key)
+        )
     }
 }
 
