@@ -127,7 +127,36 @@ impl Claim {
     pub fn len(&self) -> usize {
         self.messages.len() + self.undecodable.len()
     }
+
+    /// A claim from rows decoded one by one, each list in id order.
+    #[cfg(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "sqlite",
+        feature = "sqlserver"
+    ))]
+    pub(crate) fn from_rows(rows: impl IntoIterator<Item = Decoded>) -> Claim {
+        let mut claim = Claim::default();
+        for row in rows {
+            match row {
+                Ok(m) => claim.messages.push(m),
+                Err(u) => claim.undecodable.push(u),
+            }
+        }
+        claim.messages.sort_by_key(|m| m.id);
+        claim.undecodable.sort_by_key(|u| u.id);
+        claim
+    }
 }
+
+/// One claimed row: a message, or why it cannot be one.
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+pub(crate) type Decoded = std::result::Result<crate::message::StoredMessage, Undecodable>;
 
 /// A failed attempt to record.
 #[derive(Clone, Debug, PartialEq)]

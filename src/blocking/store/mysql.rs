@@ -2,7 +2,10 @@
 //! `FOR UPDATE SKIP LOCKED` in a two-step claim (MariaDB has no `UPDATE .. RETURNING`),
 //! per-key enqueue locks on a small lock table, polling plus the in-process wake.
 
-use super::{BatchLimit, Claim, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
+use super::{
+    BatchLimit, Claim, Decoded, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store,
+    Undecodable,
+};
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
@@ -207,40 +210,45 @@ impl MysqlStoreBuilder {
     }
 }
 
-fn decode(mut row: Row) -> Result<StoredMessage> {
+/// A claimed row; only an unreadable id fails (the row cannot even be named).
+fn decode(mut row: Row) -> Result<Decoded> {
     let id: i64 = row
         .take_opt(0)
         .and_then(|r| r.ok())
         .ok_or_else(|| Error::db("decoding a claimed row", "no id"))?;
-    let bad = |reason: String| Error::Decode { id, reason };
+    Ok(decode_columns(id, &mut row).map_err(|reason| Undecodable { id, reason }))
+}
+
+fn decode_columns(id: i64, row: &mut Row) -> std::result::Result<StoredMessage, String> {
     fn col<T: mysql::prelude::FromValue>(
         row: &mut Row,
         i: usize,
+        name: &str,
     ) -> std::result::Result<T, String> {
         row.take_opt::<T, usize>(i)
-            .ok_or_else(|| format!("column {i} missing"))?
-            .map_err(|e| e.to_string())
+            .ok_or_else(|| format!("{name}: missing"))?
+            .map_err(|e| format!("{name}: {e}"))
     }
-    let uuid: Option<Vec<u8>> = col(&mut row, 1).map_err(bad)?;
+    let uuid: Option<Vec<u8>> = col(row, 1, "message_id")?;
     let uuid = uuid
         .and_then(|b| uuid::Uuid::from_slice(&b).ok())
-        .ok_or_else(|| bad("message_id is not 16 bytes".into()))?;
+        .ok_or("message_id: not 16 bytes")?;
     // JSON arrives as text bytes (MariaDB stores it as LONGTEXT).
-    let json = |b: Option<Vec<u8>>| -> std::result::Result<Option<serde_json::Value>, String> {
-        b.map(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    let json = |name: &str, b: Option<Vec<u8>>| {
+        b.map(|b| serde_json::from_slice(&b).map_err(|e| format!("{name}: invalid JSON: {e}")))
             .transpose()
     };
-    let headers = json(col(&mut row, 3).map_err(bad)?).map_err(bad)?;
-    let options = json(col(&mut row, 4).map_err(bad)?).map_err(bad)?;
-    let attempts: i64 = col(&mut row, 6).map_err(bad)?;
-    let micros: i64 = col(&mut row, 7).map_err(bad)?;
+    let headers = json("headers", col(row, 3, "headers")?)?;
+    let options = json("options", col(row, 4, "options")?)?;
+    let attempts: i64 = col(row, 6, "attempts")?;
+    let micros: i64 = col(row, 7, "created_at")?;
     Ok(StoredMessage {
         id,
         message_id: MessageId::from_uuid(uuid),
-        payload: col(&mut row, 2).map_err(bad)?,
-        headers: rows::headers_from_json(headers).map_err(bad)?,
-        options: rows::options_from_json(options).map_err(bad)?,
-        ordering_key: col(&mut row, 5).map_err(bad)?,
+        payload: col(row, 2, "payload")?,
+        headers: rows::headers_from_json(headers)?,
+        options: rows::options_from_json(options)?,
+        ordering_key: col(row, 5, "ordering_key")?,
         attempts: u32::try_from(attempts).unwrap_or(0),
         created_at: UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0)),
     })
@@ -339,10 +347,8 @@ impl Store for MysqlStore {
             .map_err(db)?;
         let rows: Vec<Row> = tx.query(sql.claim_read(&ids)).map_err(db)?;
         tx.commit().map_err(db)?;
-        Ok(Claim {
-            messages: rows.into_iter().map(decode).collect::<Result<_>>()?,
-            undecodable: Vec::new(),
-        })
+        let decoded = rows.into_iter().map(decode).collect::<Result<Vec<_>>>()?;
+        Ok(Claim::from_rows(decoded))
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {

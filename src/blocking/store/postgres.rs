@@ -2,7 +2,8 @@
 //! LISTEN/NOTIFY wake-ups, a small connection pool of its own.
 
 use super::{
-    BatchLimit, Claim, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store, WakeListener,
+    BatchLimit, Claim, Decoded, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store,
+    Undecodable, WakeListener,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
@@ -264,21 +265,31 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn decode(row: &postgres::Row) -> Result<StoredMessage> {
+/// A claimed row; only an unreadable id fails (the row cannot even be named).
+fn decode(row: &postgres::Row) -> Result<Decoded> {
     let id: i64 = row
         .try_get(0)
         .map_err(|e| Error::db("decoding a claimed row", e))?;
-    let bad = |reason: String| Error::Decode { id, reason };
-    let get = |e: postgres::Error| bad(e.to_string());
-    let micros: i64 = row.try_get(7).map_err(get)?;
-    let attempts: i32 = row.try_get(6).map_err(get)?;
+    Ok(decode_columns(id, row).map_err(|reason| Undecodable { id, reason }))
+}
+
+fn decode_columns(id: i64, row: &postgres::Row) -> std::result::Result<StoredMessage, String> {
+    fn col<'a, T: postgres::types::FromSql<'a>>(
+        row: &'a postgres::Row,
+        i: usize,
+        name: &str,
+    ) -> std::result::Result<T, String> {
+        row.try_get(i).map_err(|e| format!("{name}: {e}"))
+    }
+    let micros: i64 = col(row, 7, "created_at")?;
+    let attempts: i32 = col(row, 6, "attempts")?;
     Ok(StoredMessage {
         id,
-        message_id: MessageId::from_uuid(row.try_get(1).map_err(get)?),
-        payload: row.try_get(2).map_err(get)?,
-        headers: rows::headers_from_json(row.try_get(3).map_err(get)?).map_err(bad)?,
-        options: rows::options_from_json(row.try_get(4).map_err(get)?).map_err(bad)?,
-        ordering_key: row.try_get(5).map_err(get)?,
+        message_id: MessageId::from_uuid(col(row, 1, "message_id")?),
+        payload: col(row, 2, "payload")?,
+        headers: rows::headers_from_json(col(row, 3, "headers")?)?,
+        options: rows::options_from_json(col(row, 4, "options")?)?,
+        ordering_key: col(row, 5, "ordering_key")?,
         attempts: u32::try_from(attempts).unwrap_or(0),
         created_at: UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0)),
     })
@@ -361,12 +372,8 @@ impl Store for PostgresStore {
             .map_err(|e| Error::db("claiming messages", e))?;
         tx.commit()
             .map_err(|e| Error::db("committing a claim", e))?;
-        let mut out = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
-        out.sort_by_key(|m| m.id);
-        Ok(Claim {
-            messages: out,
-            undecodable: Vec::new(),
-        })
+        let decoded = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        Ok(Claim::from_rows(decoded))
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {

@@ -1,7 +1,10 @@
 //! SQLite store on `rusqlite` with its bundled SQLite: WAL mode, `BEGIN IMMEDIATE`
 //! writes, leases claimed with `UPDATE .. RETURNING`, a small pool of connections.
 
-use super::{BatchLimit, Claim, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
+use super::{
+    BatchLimit, Claim, Decoded, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store,
+    Undecodable,
+};
 use crate::core::ident::TableName;
 use crate::core::rows;
 use crate::core::sql_sqlite::{millis, sqlite_table, SqliteSql};
@@ -488,41 +491,40 @@ fn json(v: ValueRef<'_>) -> std::result::Result<Option<serde_json::Value>, Strin
     }
 }
 
-fn decode(row: &rusqlite::Row<'_>) -> Result<StoredMessage> {
+/// A claimed row; only an unreadable id fails (the row cannot even be named).
+/// SQLite keeps any type in any column, so every other column is checked here.
+fn decode(row: &rusqlite::Row<'_>) -> Result<Decoded> {
     let id: i64 = row.get(0).map_err(db("decoding a claimed row"))?;
-    let bad = |reason: String| Error::Decode { id, reason };
-    let get = |e: rusqlite::Error| bad(e.to_string());
-    let message_id = match row.get_ref(1).map_err(get)? {
-        ValueRef::Blob(b) => {
-            uuid::Uuid::from_slice(b).map_err(|e| bad(format!("message_id: {e}")))?
-        }
+    Ok(decode_columns(id, row).map_err(|reason| Undecodable { id, reason }))
+}
+
+fn decode_columns(id: i64, row: &rusqlite::Row<'_>) -> std::result::Result<StoredMessage, String> {
+    let cell = |i: usize, name: &str| row.get_ref(i).map_err(|e| format!("{name}: {e}"));
+    let get = |i: usize, name: &str| row.get::<_, i64>(i).map_err(|e| format!("{name}: {e}"));
+    let message_id = match cell(1, "message_id")? {
+        ValueRef::Blob(b) => uuid::Uuid::from_slice(b).map_err(|e| format!("message_id: {e}"))?,
         // Rows written by hand or by other tools may hold the hyphenated text form.
         ValueRef::Text(t) => std::str::from_utf8(t)
             .ok()
             .and_then(|s| uuid::Uuid::parse_str(s).ok())
-            .ok_or_else(|| bad("message_id is not a UUID".into()))?,
-        other => {
-            return Err(bad(format!(
-                "message_id is {}, not a UUID",
-                other.data_type()
-            )))
-        }
+            .ok_or("message_id: not a UUID")?,
+        other => return Err(format!("message_id: {}, not a UUID", other.data_type())),
     };
-    let payload = match row.get_ref(2).map_err(get)? {
+    let payload = match cell(2, "payload")? {
         ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
-        other => return Err(bad(format!("payload is {}, not bytes", other.data_type()))),
+        other => return Err(format!("payload: {}, not bytes", other.data_type())),
     };
-    let headers = json(row.get_ref(3).map_err(get)?).map_err(|e| bad(format!("headers: {e}")))?;
-    let options = json(row.get_ref(4).map_err(get)?).map_err(|e| bad(format!("options: {e}")))?;
-    let attempts: i64 = row.get(6).map_err(get)?;
-    let created_ms: i64 = row.get(7).map_err(get)?;
+    let headers = json(cell(3, "headers")?).map_err(|e| format!("headers: {e}"))?;
+    let options = json(cell(4, "options")?).map_err(|e| format!("options: {e}"))?;
+    let attempts = get(6, "attempts")?;
+    let created_ms = get(7, "created_at")?;
     Ok(StoredMessage {
         id,
         message_id: MessageId::from_uuid(message_id),
         payload,
-        headers: rows::headers_from_json(headers).map_err(bad)?,
-        options: rows::options_from_json(options).map_err(bad)?,
-        ordering_key: row.get(5).map_err(get)?,
+        headers: rows::headers_from_json(headers)?,
+        options: rows::options_from_json(options)?,
+        ordering_key: row.get(5).map_err(|e| format!("ordering_key: {e}"))?,
         attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
         created_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(created_ms).unwrap_or(0)),
     })
@@ -578,9 +580,8 @@ impl Store for SqliteStore {
         let limit = i64::try_from(limit.rows).unwrap_or(i64::MAX);
         let token = lease.token.as_bytes().as_slice();
         let ctx = "claiming messages";
-        // Rows are decoded after COMMIT, as in the PostgreSQL store: a row that cannot
-        // be decoded stays leased and is skipped until its lease expires, rather than
-        // failing every claim.
+        // A row that cannot be decoded is leased like the others and returned apart,
+        // so the relay parks it instead of the claim failing.
         let rows = self.write(ctx, |tx, now| {
             let until = now.saturating_add(millis(lease.duration));
             let mut stmt = tx.prepare_cached(&self.inner.sql.claim).map_err(db(ctx))?;
@@ -590,13 +591,9 @@ impl Store for SqliteStore {
                 .map_err(db(ctx))?;
             Ok(rows)
         })?;
-        let mut out = rows.into_iter().collect::<Result<Vec<_>>>()?;
-        // RETURNING gives rows in no promised order.
-        out.sort_by_key(|m| m.id);
-        Ok(Claim {
-            messages: out,
-            undecodable: Vec::new(),
-        })
+        // RETURNING gives rows in no promised order: from_rows sorts them.
+        let decoded = rows.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(Claim::from_rows(decoded))
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {

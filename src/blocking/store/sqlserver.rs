@@ -4,7 +4,10 @@
 //!
 //! SQL text lives in [`crate::core::sql_mssql`], which also documents the schema.
 
-use super::{BatchLimit, Claim, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
+use super::{
+    BatchLimit, Claim, Decoded, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store,
+    Undecodable,
+};
 use crate::core::ident::TableName;
 use crate::core::rows;
 use crate::core::sql_mssql::{self as q, batch, MssqlSql};
@@ -680,30 +683,35 @@ impl Drop for SqlServerTx<'_> {
     }
 }
 
-fn decode(row: &Row) -> Result<StoredMessage> {
+/// A claimed row; only an unreadable id fails (the row cannot even be named).
+fn decode(row: &Row) -> Result<Decoded> {
     let id: i64 = row
         .try_get::<i64, _>(0)
         .map_err(|e| Error::db("decoding a claimed row", e))?
         .ok_or_else(|| Error::db("decoding a claimed row", "NULL id"))?;
-    let bad = |reason: String| Error::Decode { id, reason };
-    let tds = |e: tiberius::error::Error| bad(e.to_string());
-    let message_id: uuid::Uuid = row
-        .try_get(1)
-        .map_err(tds)?
-        .ok_or_else(|| bad("NULL message_id".into()))?;
-    let payload: &[u8] = row
-        .try_get(2)
-        .map_err(tds)?
-        .ok_or_else(|| bad("NULL payload".into()))?;
-    let ordering_key: Option<&str> = row.try_get(5).map_err(tds)?;
-    let attempts: i32 = row.try_get(6).map_err(tds)?.unwrap_or(0);
-    let micros: i64 = row.try_get(7).map_err(tds)?.unwrap_or(0);
+    Ok(decode_columns(id, row).map_err(|reason| Undecodable { id, reason }))
+}
+
+fn decode_columns(id: i64, row: &Row) -> std::result::Result<StoredMessage, String> {
+    fn col<'a, T: tiberius::FromSql<'a>>(
+        row: &'a Row,
+        i: usize,
+        name: &str,
+    ) -> std::result::Result<Option<T>, String> {
+        row.try_get(i).map_err(|e| format!("{name}: {e}"))
+    }
+    let message_id: uuid::Uuid = col(row, 1, "message_id")?.ok_or("message_id: NULL")?;
+    let payload: &[u8] = col(row, 2, "payload")?.ok_or("payload: NULL")?;
+    let ordering_key: Option<&str> = col(row, 5, "ordering_key")?;
+    let attempts: i32 = col(row, 6, "attempts")?.unwrap_or(0);
+    let micros: i64 = col(row, 7, "created_at")?.unwrap_or(0);
+    let json = |i: usize, name: &str| json_cell(row, i).map_err(|e| format!("{name}: {e}"));
     Ok(StoredMessage {
         id,
         message_id: MessageId::from_uuid(message_id),
         payload: payload.to_vec(),
-        headers: rows::headers_from_json(json_cell(row, 3).map_err(bad)?).map_err(bad)?,
-        options: rows::options_from_json(json_cell(row, 4).map_err(bad)?).map_err(bad)?,
+        headers: rows::headers_from_json(json(3, "headers")?)?,
+        options: rows::options_from_json(json(4, "options")?)?,
         ordering_key: ordering_key.map(str::to_string),
         attempts: u32::try_from(attempts).unwrap_or(0),
         created_at: UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0)),
@@ -717,11 +725,9 @@ fn json_cell(row: &Row, idx: usize) -> std::result::Result<Option<serde_json::Va
         ColumnData::Binary(Some(b)) => serde_json::from_slice(b),
         ColumnData::String(Some(s)) => serde_json::from_str(s),
         ColumnData::Binary(None) | ColumnData::String(None) => return Ok(None),
-        other => return Err(format!("column {idx} holds {other:?}, expected JSON")),
+        other => return Err(format!("holds {other:?}, expected JSON")),
     };
-    parsed
-        .map(Some)
-        .map_err(|e| format!("column {idx} is not JSON: {e}"))
+    parsed.map(Some).map_err(|e| format!("invalid JSON: {e}"))
 }
 
 impl Store for SqlServerStore {
@@ -779,7 +785,7 @@ impl Store for SqlServerStore {
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
         let limit = limit.rows;
-        let mut out = Vec::new();
+        let mut out: Vec<Decoded> = Vec::new();
         if limit == 0 {
             return Ok(Claim::default());
         }
@@ -803,11 +809,7 @@ impl Store for SqlServerStore {
             }
             remaining -= n;
         }
-        out.sort_by_key(|m| m.id);
-        Ok(Claim {
-            messages: out,
-            undecodable: Vec::new(),
-        })
+        Ok(Claim::from_rows(out))
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<usize> {
@@ -1063,5 +1065,56 @@ mod tests {
         assert_eq!(json_cell(&row(ColumnData::Binary(None)), 0), Ok(None));
         assert!(json_cell(&row(ColumnData::Binary(Some(b"{".to_vec().into()))), 0).is_err());
         assert!(json_cell(&row(ColumnData::I32(Some(1))), 0).is_err());
+    }
+
+    /// A claimed row as the claim's OUTPUT returns it, with these headers and options.
+    fn claimed_row(id: i64, headers: &'static [u8], options: Option<&'static [u8]>) -> Row {
+        use tiberius::ColumnType as T;
+        Row::builder()
+            .column("id", T::Int8, ColumnData::I64(Some(id)))
+            .column(
+                "message_id",
+                T::Guid,
+                ColumnData::Guid(Some(uuid::Uuid::nil())),
+            )
+            .column(
+                "payload",
+                T::BigVarBin,
+                ColumnData::Binary(Some(b"p".to_vec().into())),
+            )
+            .column(
+                "headers",
+                T::BigVarBin,
+                ColumnData::Binary(Some(headers.into())),
+            )
+            .column(
+                "options",
+                T::BigVarBin,
+                ColumnData::Binary(options.map(Into::into)),
+            )
+            .column("ordering_key", T::NVarchar, ColumnData::String(None))
+            .column("attempts", T::Int4, ColumnData::I32(Some(0)))
+            .column("created_at", T::Int8, ColumnData::I64(Some(0)))
+            .build()
+    }
+
+    #[test]
+    fn bad_json_rows_are_undecodable_not_errors() {
+        let good = decode(&claimed_row(1, b"{\"a\": \"b\"}", None)).expect("id");
+        assert_eq!(good.map(|m| m.headers["a"].clone()), Ok("b".to_string()));
+        for (headers, options, column) in [
+            (&b"[]"[..], None, "headers: must be a JSON object"),
+            (b"\"x\"", None, "headers: must be a JSON object"),
+            (b"1", None, "headers: must be a JSON object"),
+            (b"{bad", None, "headers: invalid JSON"),
+            (b"{}", Some(&b"[]"[..]), "options: must be a JSON object"),
+        ] {
+            match decode(&claimed_row(7, headers, options)) {
+                Ok(Err(Undecodable { id: 7, reason })) => {
+                    assert!(reason.starts_with(column), "{reason}")
+                }
+                other => panic!("{headers:?}: {other:?}"),
+            }
+        }
     }
 }
