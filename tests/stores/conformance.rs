@@ -317,6 +317,47 @@ pub fn lease_expiry_and_token_checked_marks<H: Harness>() {
     H::drop_table(&t);
 }
 
+/// `release` gives rows back without counting an attempt, available again after
+/// the delay it is given (by the database clock), and only under the lease's token.
+pub fn release_with_a_delay<H: Harness>() {
+    let t = unique("c_rel");
+    let s = store::<H>(&t);
+    s.enqueue(&[msg(1), msg(2)]).expect("enqueue");
+    let l = lease(60);
+    let got = s.claim(&l, 10.into()).expect("claim").messages;
+    let (a, b) = (got[0].id, got[1].id);
+    assert_eq!(
+        s.release(&lease(60), &[a, b], Duration::ZERO)
+            .expect("release"),
+        0,
+        "another token releases nothing"
+    );
+    assert_eq!(
+        s.release(&l, &[a], Duration::from_millis(1500))
+            .expect("release"),
+        1
+    );
+    assert_eq!(s.release(&l, &[b], Duration::ZERO).expect("release"), 1);
+    let l2 = lease(60);
+    let now = s.claim(&l2, 10.into()).expect("claim").messages;
+    assert_eq!(
+        now.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(),
+        vec![(b, 0)],
+        "zero delay: at once; the delayed one waits"
+    );
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.leased), (2, 1), "{st:?}");
+    std::thread::sleep(Duration::from_millis(1700));
+    let later = s.claim(&lease(60), 10.into()).expect("claim").messages;
+    assert_eq!(
+        later.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(),
+        vec![(a, 0)],
+        "after its delay, with no attempt counted"
+    );
+    assert_eq!(s.attempts_histogram().expect("histogram"), vec![(0, 2)]);
+    H::drop_table(&t);
+}
+
 pub fn concurrent_claimers_never_share_a_row<H: Harness>() {
     let t = unique("c_conc");
     let s = store::<H>(&t);
@@ -732,7 +773,7 @@ macro_rules! store_conformance {
             concurrent_claimers_never_share_a_row per_key_fifo rollback_stores_nothing
             cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table
             bad_names_and_unreachable_servers_are_typed_errors
-            undecodable_rows_are_claimed_apart);
+            undecodable_rows_are_claimed_apart release_with_a_delay);
     };
     (@tests $h:ty, $attrs:tt, $($name:ident)*) => {
         #[cfg(all(feature = "postgres", feature = "amqp"))]
