@@ -449,11 +449,14 @@ impl MssqlSql {
         )
     }
 
-    /// Gives `n` ids (`@P1..@Pn`) back if `@P{n+1}` still holds their lease.
+    /// Gives `n` ids (`@P1..@Pn`) back if `@P{n+1}` still holds their lease,
+    /// claimable again after `@P{n+2}` milliseconds.
     pub fn release(&self, n: usize) -> String {
         format!(
-            "UPDATE {} SET locked_by = NULL, locked_until = NULL WHERE id IN ({}) AND locked_by = @P{}",
+            "UPDATE {} SET locked_by = NULL, locked_until = NULL, available_at = {} \
+             WHERE id IN ({}) AND locked_by = @P{}",
             self.table,
+            utc_plus_ms(&format!("@P{}", n + 2)),
             placeholders(1, n),
             n + 1
         )
@@ -758,6 +761,9 @@ mod tests {
             .mark_dispatched(3)
             .contains("WHERE id IN (@P1, @P2, @P3) AND locked_by = @P4"));
         assert!(s.release(1).contains("id IN (@P1) AND locked_by = @P2"));
+        assert!(s
+            .release(1)
+            .contains("CAST(@P3 / 1000 AS INT), SYSUTCDATETIME()"));
         let f = s.mark_failed(2);
         assert!(
             f.contains("(VALUES (@P1, @P2, @P3, @P4), (@P5, @P6, @P7, @P8))"),

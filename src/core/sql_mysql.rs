@@ -257,10 +257,11 @@ impl MysqlSql {
         )
     }
 
-    /// Gives rows back without counting an attempt.
-    pub fn release(&self, ids: &[i64], token: &[u8; 16]) -> String {
+    /// Gives rows back without counting an attempt, claimable after the delay.
+    pub fn release(&self, ids: &[i64], token: &[u8; 16], delay_us: u64) -> String {
         format!(
-            "UPDATE {} SET {NO_LEASE} WHERE id IN ({}) AND locked_by = {}",
+            "UPDATE {} SET {NO_LEASE}, available_at = NOW(6) + INTERVAL {delay_us} MICROSECOND
+             WHERE id IN ({}) AND locked_by = {}",
             self.table,
             ids_list(ids),
             hex(token)

@@ -28,7 +28,7 @@ pub struct PgSql {
     pub mark_dispatched: String,
     /// ($1 ids, $2 errors, $3 delay ms, $4 park flags, $5 token)
     pub mark_failed: String,
-    /// ($1 ids, $2 token)
+    /// ($1 ids, $2 token, $3 delay ms)
     pub release: String,
     /// ($1 older than ms, $2 limit)
     pub cleanup: String,
@@ -168,7 +168,9 @@ impl PgSql {
                  WHERE u.id = f.id AND u.locked_by = $5 AND u.status = 'pending'"
             ),
             release: format!(
-                "UPDATE {t} SET locked_by = NULL, locked_until = NULL WHERE id = ANY($1) AND locked_by = $2"
+                "UPDATE {t} SET locked_by = NULL, locked_until = NULL,
+                    available_at = now() + $3::float8 * interval '1 millisecond'
+                 WHERE id = ANY($1) AND locked_by = $2"
             ),
             cleanup: format!(
                 "DELETE FROM {t} WHERE id IN (

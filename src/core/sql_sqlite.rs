@@ -42,7 +42,7 @@ pub struct SqliteSql {
     pub mark_dispatched: String,
     /// One row: (?1 id, ?2 error, ?3 available_at ms, ?4 park flag, ?5 token)
     pub mark_failed: String,
-    /// One row: (?1 id, ?2 token)
+    /// One row: (?1 id, ?2 token, ?3 available_at ms)
     pub release: String,
     /// (?1 cutoff ms, ?2 limit)
     pub cleanup: String,
@@ -209,7 +209,8 @@ impl SqliteSql {
                  WHERE id = ?1 AND locked_by = ?5 AND status = 'pending'"
             ),
             release: format!(
-                "UPDATE {t} SET locked_by = NULL, locked_until = NULL WHERE id = ?1 AND locked_by = ?2"
+                "UPDATE {t} SET locked_by = NULL, locked_until = NULL, available_at = ?3 \
+                 WHERE id = ?1 AND locked_by = ?2"
             ),
             cleanup: format!(
                 "DELETE FROM {t} WHERE id IN (

@@ -380,11 +380,14 @@ impl Store for MysqlStore {
         Ok(n)
     }
 
-    fn release(&self, lease: &Lease, ids: &[i64], _retry_in: Duration) -> Result<usize> {
+    fn release(&self, lease: &Lease, ids: &[i64], retry_in: Duration) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let stmt = self.inner.sql.release(ids, lease.token.as_bytes());
+        let stmt = self
+            .inner
+            .sql
+            .release(ids, lease.token.as_bytes(), micros(retry_in));
         Ok(self.write("releasing messages", stmt)? as usize)
     }
 

@@ -405,13 +405,16 @@ impl Store for PostgresStore {
         Ok(n as usize)
     }
 
-    fn release(&self, lease: &Lease, ids: &[i64], _retry_in: Duration) -> Result<usize> {
+    fn release(&self, lease: &Lease, ids: &[i64], retry_in: Duration) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
         let n = self
             .conn()?
-            .execute(&self.inner.sql.release, &[&ids, &lease.token])
+            .execute(
+                &self.inner.sql.release,
+                &[&ids, &lease.token, &millis(retry_in)],
+            )
             .map_err(|e| Error::db("releasing messages", e))?;
         Ok(n as usize)
     }

@@ -635,19 +635,20 @@ impl Store for SqliteStore {
         })
     }
 
-    fn release(&self, lease: &Lease, ids: &[i64], _retry_in: Duration) -> Result<usize> {
+    fn release(&self, lease: &Lease, ids: &[i64], retry_in: Duration) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
         let ctx = "releasing messages";
         let token = lease.token.as_bytes().as_slice();
-        self.write(ctx, |tx, _| {
+        self.write(ctx, |tx, now| {
+            let at = now.saturating_add(millis(retry_in));
             let mut stmt = tx
                 .prepare_cached(&self.inner.sql.release)
                 .map_err(db(ctx))?;
             let mut n = 0;
             for id in ids {
-                n += stmt.execute(params![id, token]).map_err(db(ctx))?;
+                n += stmt.execute(params![id, token, at]).map_err(db(ctx))?;
             }
             Ok(n)
         })

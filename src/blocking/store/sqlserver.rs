@@ -194,13 +194,14 @@ impl SqlServerStore {
         (self.inner.config.clone(), self.inner.connect_timeout)
     }
 
-    /// Runs `stmt(n)` over `ids` in padded chunks with the lease token last; sums the
-    /// rows changed.
+    /// Runs `stmt(n)` over `ids` in padded chunks, then the lease token and the
+    /// delay in milliseconds when given; sums the rows changed.
     fn by_ids(
         &self,
         ctx: &'static str,
         ids: &[i64],
         token: Option<uuid::Uuid>,
+        delay_ms: Option<i64>,
         stmt: impl Fn(&MssqlSql, usize) -> String,
     ) -> Result<u64> {
         if ids.is_empty() {
@@ -216,6 +217,9 @@ impl SqlServerStore {
             }
             if let Some(t) = token {
                 query.bind(t);
+            }
+            if let Some(d) = delay_ms {
+                query.bind(d);
             }
             total += conn.exec(ctx, query)?;
         }
@@ -817,6 +821,7 @@ impl Store for SqlServerStore {
             "marking messages dispatched",
             ids,
             Some(lease.token),
+            None,
             MssqlSql::mark_dispatched,
         )?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -842,11 +847,12 @@ impl Store for SqlServerStore {
         Ok(usize::try_from(total).unwrap_or(usize::MAX))
     }
 
-    fn release(&self, lease: &Lease, ids: &[i64], _retry_in: Duration) -> Result<usize> {
+    fn release(&self, lease: &Lease, ids: &[i64], retry_in: Duration) -> Result<usize> {
         let n = self.by_ids(
             "releasing messages",
             ids,
             Some(lease.token),
+            Some(q::delay_ms(retry_in)),
             MssqlSql::release,
         )?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -880,7 +886,7 @@ impl Store for SqlServerStore {
             Requeue::AllParked => self
                 .conn()?
                 .exec(ctx, Query::new(self.inner.sql.requeue_all.as_str())),
-            Requeue::Ids(ids) => self.by_ids(ctx, ids, None, MssqlSql::requeue_ids),
+            Requeue::Ids(ids) => self.by_ids(ctx, ids, None, None, MssqlSql::requeue_ids),
         }
     }
 
