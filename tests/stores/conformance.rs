@@ -449,6 +449,85 @@ pub fn per_key_fifo<H: Harness>() {
     H::drop_table(&t);
 }
 
+fn keyed(body: &str, key: &str) -> Message {
+    Message::new(body.as_bytes().to_vec()).ordering_key(key)
+}
+
+fn park(m: &StoredMessage, hold_key: bool) -> FailedAttempt {
+    FailedAttempt {
+        id: m.id,
+        error: format!("poison {}", String::from_utf8_lossy(&m.payload)),
+        retry_in: Duration::ZERO,
+        park: true,
+        hold_key,
+    }
+}
+
+fn bodies(v: &[StoredMessage]) -> Vec<String> {
+    v.iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
+}
+
+/// Claims everything claimable, marks it dispatched, returns the bodies.
+fn drain<S: Store>(s: &S) -> Vec<String> {
+    let l = lease(60);
+    let got = s.claim(&l, 100.into()).expect("claim").messages;
+    let ids: Vec<i64> = got.iter().map(|m| m.id).collect();
+    assert_eq!(s.mark_dispatched(&l, &ids).expect("mark"), ids.len());
+    bodies(&got)
+}
+
+/// A parked key head holds its key (by default): the key's later messages wait
+/// while other keys and unkeyed messages flow; requeued, the head goes first and
+/// the rest follow in order. Parked without holding, the key flows at once.
+pub fn parked_head_holds_its_key<H: Harness>() {
+    let t = unique("c_hold");
+    let s = store::<H>(&t);
+    s.enqueue(&[
+        keyed("k1 a", "k1"),
+        keyed("k1 b", "k1"),
+        keyed("k1 c", "k1"),
+        keyed("k2 a", "k2"),
+        msg(1),
+        keyed("k3 a", "k3"),
+        keyed("k3 b", "k3"),
+    ])
+    .expect("enqueue");
+    let l = lease(60);
+    let got = s.claim(&l, 100.into()).expect("claim").messages;
+    assert_eq!(bodies(&got), ["k1 a", "k2 a", "m1", "k3 a"]);
+    let fails = [park(&got[0], true), park(&got[3], false)];
+    assert_eq!(s.mark_failed(&l, &fails).expect("park"), 2);
+    s.mark_dispatched(&l, &[got[1].id, got[2].id])
+        .expect("mark");
+    s.enqueue(&[keyed("k2 b", "k2"), msg(2), keyed("k1 d", "k1")])
+        .expect("enqueue");
+    assert_eq!(
+        drain(&s),
+        ["k3 b", "k2 b", "m2"],
+        "k1 is held by its parked head; k3's head was parked without holding"
+    );
+    assert!(drain(&s).is_empty(), "k1 stays held");
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.parked), (3, 2), "{st:?}");
+    let parked: Vec<i64> = s.parked(10).expect("parked").iter().map(|p| p.id).collect();
+    assert_eq!(parked, vec![got[0].id, got[3].id]);
+    // The head back: first, alone, then the rest of the key in order.
+    assert_eq!(
+        s.requeue(&Requeue::Ids(vec![got[0].id])).expect("requeue"),
+        1
+    );
+    assert_eq!(drain(&s), ["k1 a"]);
+    assert_eq!(drain(&s), ["k1 b"]);
+    assert_eq!(drain(&s), ["k1 c"]);
+    assert_eq!(drain(&s), ["k1 d"]);
+    // A head parked without holding is still parked for the operator.
+    assert_eq!(s.requeue(&Requeue::AllParked).expect("requeue"), 1);
+    assert_eq!(drain(&s), ["k3 a"]);
+    H::drop_table(&t);
+}
+
 pub fn rollback_stores_nothing<H: Harness>() {
     let t = unique("c_rb");
     let s = store::<H>(&t);
@@ -773,7 +852,7 @@ macro_rules! store_conformance {
             concurrent_claimers_never_share_a_row per_key_fifo rollback_stores_nothing
             cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table
             bad_names_and_unreachable_servers_are_typed_errors
-            undecodable_rows_are_claimed_apart release_with_a_delay);
+            undecodable_rows_are_claimed_apart release_with_a_delay parked_head_holds_its_key);
     };
     (@tests $h:ty, $attrs:tt, $($name:ident)*) => {
         #[cfg(all(feature = "postgres", feature = "amqp"))]
