@@ -113,7 +113,7 @@ impl MysqlSql {
             indexes: vec![
                 // Claims: pending rows in id order. Requeue and stats use it too.
                 (format!("{name}_status_idx"), "status, id".into()),
-                // The per-key FIFO check: an earlier pending row of this key?
+                // The per-key FIFO check: an earlier pending or parked row of this key?
                 (format!("{name}_key_idx"), "ordering_key, status, id".into()),
                 // Cleanup: old dispatched rows.
                 (format!("{name}_dispatched_idx"), "status, dispatched_at".into()),
@@ -129,7 +129,8 @@ impl MysqlSql {
                    AND (e.locked_until IS NULL OR e.locked_until < NOW(6))
                    AND (e.ordering_key IS NULL OR NOT EXISTS (
                          SELECT 1 FROM {t} p
-                         WHERE p.ordering_key = e.ordering_key AND p.status = 'pending' AND p.id < e.id))
+                         WHERE p.ordering_key = e.ordering_key AND p.status IN ('pending', 'parked')
+                           AND p.id < e.id))
                  ORDER BY e.id LIMIT ?"
             ),
             columns: "id, message_id, payload, headers, options, ordering_key, attempts, \
@@ -137,24 +138,24 @@ impl MysqlSql {
             stats: format!(
                 "SELECT CAST(COALESCE(SUM(status = 'pending'), 0) AS SIGNED),
                         CAST(COALESCE(SUM(status = 'dispatched'), 0) AS SIGNED),
-                        CAST(COALESCE(SUM(status = 'parked'), 0) AS SIGNED),
+                        CAST(COALESCE(SUM(status IN ('parked', 'skipped')), 0) AS SIGNED),
                         CAST(COALESCE(SUM(status = 'pending' AND locked_until > NOW(6)), 0) AS SIGNED),
                         CAST(COALESCE(TIMESTAMPDIFF(MICROSECOND,
                             MIN(CASE WHEN status = 'pending' THEN created_at END), NOW(6)), 0) AS SIGNED)
                  FROM {t}"
             ),
             purge_parked: format!(
-                "DELETE FROM {t} WHERE status = 'parked'
+                "DELETE FROM {t} WHERE status IN ('parked', 'skipped')
                    AND created_at < NOW(6) - INTERVAL ? MICROSECOND
                  ORDER BY id LIMIT ?"
             ),
             attempts_histogram: format!(
                 "SELECT CAST(attempts AS SIGNED), CAST(COUNT(*) AS SIGNED) FROM {t} \
-                 WHERE status IN ('pending', 'parked') GROUP BY attempts ORDER BY attempts"
+                 WHERE status IN ('pending', 'parked', 'skipped') GROUP BY attempts ORDER BY attempts"
             ),
             parked: format!(
                 "SELECT id, message_id, CAST(attempts AS SIGNED), last_error FROM {t} \
-                 WHERE status = 'parked' ORDER BY id LIMIT ?"
+                 WHERE status IN ('parked', 'skipped') ORDER BY id LIMIT ?"
             ),
             cleanup: format!(
                 "DELETE FROM {t} WHERE status = 'dispatched'
@@ -245,14 +246,14 @@ impl MysqlSql {
         )
     }
 
-    /// One failed attempt: (?: error text); park and delay are formatted numbers.
-    pub fn mark_failed(&self, id: i64, token: &[u8; 16], delay_us: u64, park: bool) -> String {
+    /// One failed attempt: (?: error text); the status and delay are formatted from
+    /// our own values (`status` is [`failed_status`]).
+    pub fn mark_failed(&self, id: i64, token: &[u8; 16], delay_us: u64, status: &str) -> String {
         format!(
             "UPDATE {} SET attempts = attempts + 1, last_error = ?, {NO_LEASE},
-                available_at = NOW(6) + INTERVAL {delay_us} MICROSECOND, status = '{}'
+                available_at = NOW(6) + INTERVAL {delay_us} MICROSECOND, status = '{status}'
              WHERE id = {id} AND locked_by = {} AND status = 'pending'",
             self.table,
-            if park { "parked" } else { "pending" },
             hex(token)
         )
     }
@@ -268,7 +269,7 @@ impl MysqlSql {
         )
     }
 
-    /// Parked rows back to pending (all, or these ids).
+    /// Parked (and skipped) rows back to pending (all, or these ids).
     pub fn requeue(&self, ids: Option<&[i64]>) -> String {
         let filter = match ids {
             Some(ids) => format!(" AND id IN ({})", ids_list(ids)),
@@ -276,9 +277,19 @@ impl MysqlSql {
         };
         format!(
             "UPDATE {} SET status = 'pending', attempts = 0, available_at = NOW(6), {NO_LEASE}
-             WHERE status = 'parked'{filter}",
+             WHERE status IN ('parked', 'skipped'){filter}",
             self.table
         )
+    }
+}
+
+/// The status a failed attempt leaves: back to pending, parked holding its key, or
+/// parked without holding it (`skipped`).
+pub fn failed_status(park: bool, hold_key: bool) -> &'static str {
+    match (park, hold_key) {
+        (false, _) => "pending",
+        (true, true) => "parked",
+        (true, false) => "skipped",
     }
 }
 
@@ -336,6 +347,15 @@ mod tests {
         assert!(sql.fill_keys().contains("(4095)"));
         assert!(key_bucket("k") < KEY_LOCK_BUCKETS as u32);
         assert_eq!(key_bucket("order-42"), key_bucket("order-42"));
-        assert!(sql.mark_failed(1, &tok, 5, true).contains("'parked'"));
+        assert!(sql
+            .mark_failed(1, &tok, 5, failed_status(true, true))
+            .contains("status = 'parked'"));
+        assert_eq!(
+            [(false, true), (true, true), (true, false)].map(|(p, h)| failed_status(p, h)),
+            ["pending", "parked", "skipped"]
+        );
+        assert!(sql
+            .claim_candidates
+            .contains("p.status IN ('pending', 'parked')"));
     }
 }

@@ -40,15 +40,16 @@ pub struct SqliteSql {
     pub claim: String,
     /// One row: (?1 id, ?2 token, ?3 now ms)
     pub mark_dispatched: String,
-    /// One row: (?1 id, ?2 error, ?3 available_at ms, ?4 park flag, ?5 token)
+    /// One row: (?1 id, ?2 error, ?3 available_at ms, ?4 park flag, ?5 token,
+    /// ?6 hold-key flag)
     pub mark_failed: String,
     /// One row: (?1 id, ?2 token, ?3 available_at ms)
     pub release: String,
     /// (?1 cutoff ms, ?2 limit)
     pub cleanup: String,
-    /// One parked row back to pending: (?1 id, ?2 now ms)
+    /// One parked (or skipped) row back to pending: (?1 id, ?2 now ms)
     pub requeue_one: String,
-    /// Every parked row back to pending: (?1 now ms)
+    /// Every parked and skipped row back to pending: (?1 now ms)
     pub requeue_all: String,
     /// Counts (pending, dispatched, parked, leased) and the oldest pending
     /// `created_at` (NULL when none): (?1 now ms)
@@ -148,14 +149,17 @@ impl SqliteSql {
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE status = 'pending'",
                 idx("pending_idx")
             ),
-            // The per-key FIFO check: is there an earlier pending row of this key? The
-            // claim's `p.ordering_key = e.ordering_key` implies IS NOT NULL, so SQLite
-            // uses this partial index for it.
+            // The per-key FIFO check: is there an earlier pending or parked row of this
+            // key (a parked head holds its key, a skipped one does not)? The claim
+            // repeats the status term as written here and its `p.ordering_key =
+            // e.ordering_key` implies IS NOT NULL, so SQLite uses this partial index.
             format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (ordering_key, id) \
-                 WHERE status = 'pending' AND ordering_key IS NOT NULL",
-                idx("pending_key_idx")
+                 WHERE status IN ('pending', 'parked') AND ordering_key IS NOT NULL",
+                idx("undelivered_key_idx")
             ),
+            // Its pending-only predecessor (before parked heads held their keys).
+            format!("DROP INDEX IF EXISTS {}", idx("pending_key_idx")),
             // Cleanup deletes old dispatched rows.
             format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (dispatched_at) WHERE status = 'dispatched'",
@@ -164,6 +168,10 @@ impl SqliteSql {
             format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE status = 'parked'",
                 idx("parked_idx")
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE status = 'skipped'",
+                idx("skipped_idx")
             ),
         ];
         SqliteSql {
@@ -194,7 +202,8 @@ impl SqliteSql {
                       AND (e.locked_until IS NULL OR e.locked_until < ?4)
                       AND (e.ordering_key IS NULL OR NOT EXISTS (
                             SELECT 1 FROM {t} AS p
-                            WHERE p.status = 'pending' AND p.ordering_key = e.ordering_key AND p.id < e.id))
+                            WHERE p.status IN ('pending', 'parked') AND p.ordering_key = e.ordering_key
+                              AND p.id < e.id))
                     ORDER BY e.id
                     LIMIT ?1)
                  RETURNING {RETURNING}"
@@ -205,7 +214,8 @@ impl SqliteSql {
             ),
             mark_failed: format!(
                 "UPDATE {t} SET attempts = attempts + 1, last_error = ?2, locked_by = NULL, locked_until = NULL,
-                    available_at = ?3, status = CASE WHEN ?4 THEN 'parked' ELSE 'pending' END
+                    available_at = ?3,
+                    status = CASE WHEN NOT ?4 THEN 'pending' WHEN ?6 THEN 'parked' ELSE 'skipped' END
                  WHERE id = ?1 AND locked_by = ?5 AND status = 'pending'"
             ),
             release: format!(
@@ -219,33 +229,34 @@ impl SqliteSql {
             ),
             requeue_one: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?2, locked_by = NULL, locked_until = NULL \
-                 WHERE id = ?1 AND status = 'parked'"
+                 WHERE id = ?1 AND status IN ('parked', 'skipped')"
             ),
             requeue_all: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?1, locked_by = NULL, locked_until = NULL \
-                 WHERE status = 'parked'"
+                 WHERE status IN ('parked', 'skipped')"
             ),
             // One subquery per status, so each count reads its own partial index
             // instead of scanning the whole table.
             stats: format!(
                 "SELECT (SELECT count(*) FROM {t} WHERE status = 'pending'),
                         (SELECT count(*) FROM {t} WHERE status = 'dispatched'),
-                        (SELECT count(*) FROM {t} WHERE status = 'parked'),
+                        (SELECT count(*) FROM {t} WHERE status = 'parked')
+                          + (SELECT count(*) FROM {t} WHERE status = 'skipped'),
                         (SELECT count(*) FROM {t} WHERE status = 'pending' AND locked_until > ?1),
                         (SELECT min(created_at) FROM {t} WHERE status = 'pending')"
             ),
             purge_parked: format!(
                 "DELETE FROM {t} WHERE id IN (
-                    SELECT id FROM {t} WHERE status = 'parked' AND created_at < ?1
+                    SELECT id FROM {t} WHERE status IN ('parked', 'skipped') AND created_at < ?1
                     ORDER BY id LIMIT ?2)"
             ),
             attempts_histogram: format!(
-                "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked') \
+                "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked', 'skipped') \
                  GROUP BY attempts ORDER BY attempts"
             ),
             parked: format!(
-                "SELECT id, message_id, attempts, last_error FROM {t} WHERE status = 'parked' \
-                 ORDER BY id LIMIT ?1"
+                "SELECT id, message_id, attempts, last_error FROM {t} \
+                 WHERE status IN ('parked', 'skipped') ORDER BY id LIMIT ?1"
             ),
         }
     }

@@ -55,3 +55,66 @@ impl Harness for Pg {
 }
 
 store_conformance!(Pg);
+
+/// An upgraded table loses the pending-only key index of earlier versions, and the
+/// claim's key check (now over pending and parked rows) reads the new one with
+/// index scans only.
+#[test]
+fn claim_uses_the_undelivered_key_index_after_upgrade() {
+    use crate::conformance::{store, unique};
+    use outboxer::core::ident::TableName;
+    use outboxer::core::sql_pg::PgSql;
+    let t = unique("c_pgexplain");
+    let s = store::<Pg>(&t);
+    Pg::exec(&[
+        format!("CREATE INDEX \"{t}_pending_key_idx\" ON \"{t}\" (ordering_key, id) WHERE status = 'pending' AND ordering_key IS NOT NULL"),
+        format!(
+            "INSERT INTO \"{t}\" (payload, ordering_key, status) \
+             SELECT '\\x00', CASE WHEN g % 3 = 0 THEN 'k' || (g % 50) END, \
+                    CASE WHEN g <= 20000 THEN 'dispatched' WHEN g % 100 = 7 THEN 'parked' ELSE 'pending' END \
+             FROM generate_series(1, 30000) g"
+        ),
+        format!("ANALYZE \"{t}\""),
+    ]);
+    s.migrate().expect("migrate again");
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).expect("connect");
+    let names: Vec<String> = c
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = $1",
+            &[&t],
+        )
+        .expect("indexes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with("_pending_key_idx")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.ends_with("_undelivered_key_idx")),
+        "{names:?}"
+    );
+    let sql = PgSql::new(&TableName::parse(&t).expect("name"));
+    let mut tx = c.transaction().expect("tx");
+    tx.batch_execute("SET LOCAL enable_sort = off")
+        .expect("set");
+    let plan: Vec<String> = tx
+        .query(
+            &format!("EXPLAIN {}", sql.claim),
+            &[&100i64, &uuid::Uuid::nil(), &30000.0f64],
+        )
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("_pending_idx on"), "{plan}");
+    assert!(
+        plan.contains("Index Only Scan using") && plan.contains("_undelivered_key_idx"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    drop(tx);
+    Pg::drop_table(&t);
+}

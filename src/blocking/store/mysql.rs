@@ -9,7 +9,7 @@ use super::{
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
-use crate::core::sql_mysql::{MysqlSql, EXTRA_COLUMNS};
+use crate::core::sql_mysql::{failed_status, MysqlSql, EXTRA_COLUMNS};
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
 use mysql::prelude::Queryable;
@@ -371,7 +371,7 @@ impl Store for MysqlStore {
                 f.id,
                 lease.token.as_bytes(),
                 micros(f.retry_in),
-                f.park,
+                failed_status(f.park, f.hold_key),
             );
             tx.exec_drop(stmt, (&f.error,)).map_err(db)?;
             n += tx.affected_rows() as usize;

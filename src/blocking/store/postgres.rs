@@ -395,11 +395,12 @@ impl Store for PostgresStore {
         let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
         let delays: Vec<f64> = failures.iter().map(|f| millis(f.retry_in)).collect();
         let park: Vec<bool> = failures.iter().map(|f| f.park).collect();
+        let hold: Vec<bool> = failures.iter().map(|f| f.hold_key).collect();
         let n = self
             .conn()?
             .execute(
                 &self.inner.sql.mark_failed,
-                &[&ids, &errors, &delays, &park, &lease.token],
+                &[&ids, &errors, &delays, &park, &lease.token, &hold],
             )
             .map_err(|e| Error::db("recording failed attempts", e))?;
         Ok(n as usize)

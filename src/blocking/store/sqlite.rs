@@ -628,7 +628,7 @@ impl Store for SqliteStore {
             for f in failures {
                 let at = now.saturating_add(millis(f.retry_in));
                 n += stmt
-                    .execute(params![f.id, f.error, at, f.park, token])
+                    .execute(params![f.id, f.error, at, f.park, token, f.hold_key])
                     .map_err(db(ctx))?;
             }
             Ok(n)

@@ -289,6 +289,11 @@ impl SqlServerStore {
             query.bind(name.as_str());
             conn.exec("creating indexes", query)?;
         }
+        for (name, stmt) in &sql.drop_indexes {
+            let mut query = one(stmt);
+            query.bind(name.as_str());
+            conn.exec("dropping old indexes", query)?;
+        }
         if go {
             log::info!(
                 "outboxer: upgraded Go outboxer table {}",
@@ -840,6 +845,7 @@ impl Store for SqlServerStore {
                 query.bind(f.error.as_str());
                 query.bind(q::delay_ms(f.retry_in));
                 query.bind(f.park);
+                query.bind(f.hold_key);
             }
             query.bind(lease.token);
             total += conn.exec("recording failed attempts", query)?;
