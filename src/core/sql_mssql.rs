@@ -117,13 +117,17 @@ pub struct MssqlSql {
     /// Every parked row back to pending.
     pub requeue_all: String,
     /// One row: pending, dispatched, parked, leased (BIGINT), oldest pending age in
-    /// microseconds (BIGINT).
+    /// microseconds (BIGINT), held keys (BIGINT).
     pub stats: String,
+    /// (@P1 limit) keys held by a parked head: key, id, message_id, last_error,
+    /// waiting (BIGINT).
+    pub held_keys: String,
     /// (attempts, count) of pending and parked rows, ascending attempts.
     pub attempts_histogram: String,
     /// (@P1 older than ms, @P2 rows) delete parked rows by created_at.
     pub purge_parked: String,
-    /// (@P1 limit) parked rows: id, message_id, attempts, last_error.
+    /// (@P1 limit) parked rows: id, message_id, attempts, last_error, ordering_key,
+    /// holds key (INT 0/1).
     pub parked: String,
     /// `sp_getapplock` resource of `migrate` for this table.
     pub migrate_resource: String,
@@ -249,6 +253,12 @@ impl MssqlSql {
             ),
         )];
         let pkey = quote_part(&name("pkey"));
+        // A parked row `h` heads its key: no earlier pending or parked row of the key.
+        let heads_key = format!(
+            "h.ordering_key IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM {t} AS p WITH (NOLOCK) WHERE p.status IN ('pending', 'parked')
+                  AND p.ordering_key IS NOT NULL AND p.ordering_key = h.ordering_key AND p.id < h.id)"
+        );
         MssqlSql {
             session_setup: SESSION_SETUP,
             migrate_lock: "DECLARE @r INT; \
@@ -361,8 +371,19 @@ impl MssqlSql {
                     ISNULL(SUM(CAST(CASE WHEN status IN ('parked', 'skipped') THEN 1 ELSE 0 END AS BIGINT)), 0),
                     ISNULL(SUM(CAST(CASE WHEN status = 'pending' AND locked_until > SYSUTCDATETIME() THEN 1 ELSE 0 END AS BIGINT)), 0),
                     ISNULL((SELECT DATEDIFF_BIG(MICROSECOND, MIN(created_at), SYSUTCDATETIME())
-                            FROM {t} WITH (NOLOCK) WHERE status = 'pending'), 0)
+                            FROM {t} WITH (NOLOCK) WHERE status = 'pending'), 0),
+                    (SELECT CAST(COUNT(*) AS BIGINT) FROM {t} AS h WITH (NOLOCK)
+                     WHERE h.status = 'parked' AND {heads_key})
                  FROM {t} WITH (NOLOCK)"
+            ),
+            held_keys: format!(
+                "SELECT TOP (@P1) h.ordering_key, h.id, h.message_id, h.last_error,
+                        (SELECT CAST(COUNT(*) AS BIGINT) FROM {t} AS w WITH (NOLOCK)
+                         WHERE w.status IN ('pending', 'parked') AND w.ordering_key IS NOT NULL
+                           AND w.ordering_key = h.ordering_key AND w.id > h.id AND w.status = 'pending')
+                 FROM {t} AS h WITH (NOLOCK)
+                 WHERE h.status = 'parked' AND {heads_key}
+                 ORDER BY h.id"
             ),
             purge_parked: format!(
                 "WITH d AS (
@@ -378,8 +399,9 @@ impl MssqlSql {
                  WHERE status IN ('pending', 'parked', 'skipped') GROUP BY attempts ORDER BY attempts"
             ),
             parked: format!(
-                "SELECT TOP (@P1) id, message_id, attempts, last_error FROM {t} WITH (NOLOCK) \
-                 WHERE status IN ('parked', 'skipped') ORDER BY id"
+                "SELECT TOP (@P1) id, message_id, attempts, last_error, ordering_key, \
+                 CAST(CASE WHEN status = 'parked' AND ordering_key IS NOT NULL THEN 1 ELSE 0 END AS INT) \
+                 FROM {t} WITH (NOLOCK) WHERE status IN ('parked', 'skipped') ORDER BY id"
             ),
             migrate_resource: format!("outboxer:migrate:{}", table.plain()),
             plain: table.plain(),
@@ -490,6 +512,15 @@ impl MssqlSql {
         format!(
             "UPDATE {} SET status = 'pending', attempts = 0, available_at = SYSUTCDATETIME(), \
              locked_by = NULL, locked_until = NULL WHERE id IN ({}) AND status IN ('parked', 'skipped')",
+            self.table,
+            placeholders(1, n)
+        )
+    }
+
+    /// Parked rows among `n` ids (`@P1..@Pn`) give their keys up.
+    pub fn skip(&self, n: usize) -> String {
+        format!(
+            "UPDATE {} SET status = 'skipped' WHERE id IN ({}) AND status = 'parked'",
             self.table,
             placeholders(1, n)
         )
@@ -670,6 +701,8 @@ mod tests {
             s.mark_failed(2),
             s.release(2),
             s.requeue_ids(8),
+            s.skip(2),
+            s.held_keys.clone(),
             s.migrate_lock.clone(),
             s.inspect.clone(),
         ]

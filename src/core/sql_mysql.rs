@@ -62,13 +62,16 @@ pub struct MysqlSql {
     pub claim_candidates: String,
     /// Claim step 4: the claimed rows' data, given an id list and token.
     pub columns: &'static str,
-    /// Counts and oldest pending age (microseconds).
+    /// Counts, oldest pending age (microseconds), held keys.
     pub stats: String,
+    /// (? limit) keys held by a parked head: key, id, message_id, last_error, waiting.
+    pub held_keys: String,
     /// (attempts, count) of pending and parked rows, ascending attempts.
     pub attempts_histogram: String,
     /// (? older than µs, ? limit) delete parked rows by created_at.
     pub purge_parked: String,
-    /// (? limit) parked rows: id, message_id, attempts, last_error.
+    /// (? limit) parked rows: id, message_id, attempts, last_error, ordering_key,
+    /// holds key (0/1).
     pub parked: String,
     /// ($1 older-than microseconds, $2 limit)
     pub cleanup: String,
@@ -92,6 +95,12 @@ impl MysqlSql {
         let t = quoted(table.table());
         let keys_table = quoted(&format!("{}_keys", table.table()));
         let name = table.table();
+        // A parked row `h` heads its key: no earlier pending or parked row of the key.
+        let heads_key = format!(
+            "h.ordering_key IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM {t} p WHERE p.ordering_key = h.ordering_key
+                  AND p.status IN ('pending', 'parked') AND p.id < h.id)"
+        );
         MysqlSql {
             create: format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
@@ -141,8 +150,17 @@ impl MysqlSql {
                         CAST(COALESCE(SUM(status IN ('parked', 'skipped')), 0) AS SIGNED),
                         CAST(COALESCE(SUM(status = 'pending' AND locked_until > NOW(6)), 0) AS SIGNED),
                         CAST(COALESCE(TIMESTAMPDIFF(MICROSECOND,
-                            MIN(CASE WHEN status = 'pending' THEN created_at END), NOW(6)), 0) AS SIGNED)
+                            MIN(CASE WHEN status = 'pending' THEN created_at END), NOW(6)), 0) AS SIGNED),
+                        (SELECT CAST(COUNT(*) AS SIGNED) FROM {t} h WHERE h.status = 'parked' AND {heads_key})
                  FROM {t}"
+            ),
+            held_keys: format!(
+                "SELECT h.ordering_key, h.id, h.message_id, h.last_error,
+                        (SELECT CAST(COUNT(*) AS SIGNED) FROM {t} w
+                         WHERE w.ordering_key = h.ordering_key AND w.status = 'pending' AND w.id > h.id)
+                 FROM {t} h
+                 WHERE h.status = 'parked' AND {heads_key}
+                 ORDER BY h.id LIMIT ?"
             ),
             purge_parked: format!(
                 "DELETE FROM {t} WHERE status IN ('parked', 'skipped')
@@ -154,8 +172,9 @@ impl MysqlSql {
                  WHERE status IN ('pending', 'parked', 'skipped') GROUP BY attempts ORDER BY attempts"
             ),
             parked: format!(
-                "SELECT id, message_id, CAST(attempts AS SIGNED), last_error FROM {t} \
-                 WHERE status IN ('parked', 'skipped') ORDER BY id LIMIT ?"
+                "SELECT id, message_id, CAST(attempts AS SIGNED), last_error, ordering_key, \
+                        CAST(status = 'parked' AND ordering_key IS NOT NULL AS SIGNED) \
+                 FROM {t} WHERE status IN ('parked', 'skipped') ORDER BY id LIMIT ?"
             ),
             cleanup: format!(
                 "DELETE FROM {t} WHERE status = 'dispatched'
@@ -266,6 +285,15 @@ impl MysqlSql {
             self.table,
             ids_list(ids),
             hex(token)
+        )
+    }
+
+    /// Parked rows among these ids give their keys up.
+    pub fn skip(&self, ids: &[i64]) -> String {
+        format!(
+            "UPDATE {} SET status = 'skipped' WHERE status = 'parked' AND id IN ({})",
+            self.table,
+            ids_list(ids)
         )
     }
 

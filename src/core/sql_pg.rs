@@ -36,13 +36,18 @@ pub struct PgSql {
     pub requeue_ids: String,
     /// all parked (and skipped) rows back to pending
     pub requeue_all: String,
-    /// counts by status, leased count, oldest pending age in seconds
+    /// ($1 ids) parked rows give their keys up
+    pub skip: String,
+    /// ($1 limit) keys held by a parked head: key, id, message_id, last_error, waiting
+    pub held_keys: String,
+    /// counts by status, leased count, oldest pending age in seconds, held keys
     pub stats: String,
     /// (attempts, count) of pending and parked rows, ascending attempts
     pub attempts_histogram: String,
     /// ($1 older than ms, $2 limit) delete parked rows by created_at
     pub purge_parked: String,
-    /// ($1 limit) parked rows: id, message_id, attempts, last_error
+    /// ($1 limit) parked rows: id, message_id, attempts, last_error, ordering_key,
+    /// holds key
     pub parked: String,
     /// The LISTEN/NOTIFY channel name (unquoted).
     pub channel: String,
@@ -58,6 +63,12 @@ impl PgSql {
     pub fn new(table: &TableName) -> Self {
         let t = table.quoted();
         let idx = |s: &str| table.derived(s);
+        // A parked row `h` heads its key: no earlier pending or parked row of the key.
+        let heads_key = format!(
+            "h.ordering_key IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM {t} p WHERE p.status IN ('pending', 'parked')
+                  AND p.ordering_key = h.ordering_key AND p.id < h.id)"
+        );
         let migrate = vec![
             format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
@@ -198,12 +209,25 @@ impl PgSql {
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), locked_by = NULL, locked_until = NULL \
                  WHERE status IN ('parked', 'skipped')"
             ),
+            skip: format!(
+                "UPDATE {t} SET status = 'skipped' WHERE id = ANY($1) AND status = 'parked'"
+            ),
+            held_keys: format!(
+                "SELECT h.ordering_key, h.id, h.message_id, h.last_error,
+                        (SELECT count(*) FROM {t} w  -- the IN matches the key index
+                         WHERE w.status IN ('pending', 'parked') AND w.ordering_key = h.ordering_key
+                           AND w.id > h.id AND w.status = 'pending')
+                 FROM {t} h
+                 WHERE h.status = 'parked' AND {heads_key}
+                 ORDER BY h.id LIMIT $1"
+            ),
             stats: format!(
                 "SELECT count(*) FILTER (WHERE status = 'pending'),
                         count(*) FILTER (WHERE status = 'dispatched'),
                         count(*) FILTER (WHERE status IN ('parked', 'skipped')),
                         count(*) FILTER (WHERE status = 'pending' AND locked_until > now()),
-                        coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8, 0)
+                        coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8, 0),
+                        (SELECT count(*) FROM {t} h WHERE h.status = 'parked' AND {heads_key})
                  FROM {t}"
             ),
             purge_parked: format!(
@@ -217,8 +241,9 @@ impl PgSql {
                  GROUP BY attempts ORDER BY attempts"
             ),
             parked: format!(
-                "SELECT id, message_id, attempts, last_error FROM {t} WHERE status IN ('parked', 'skipped') \
-                 ORDER BY id LIMIT $1"
+                "SELECT id, message_id, attempts, last_error, ordering_key, \
+                        status = 'parked' AND ordering_key IS NOT NULL \
+                 FROM {t} WHERE status IN ('parked', 'skipped') ORDER BY id LIMIT $1"
             ),
             channel: channel_name(table),
         }

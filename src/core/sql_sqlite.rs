@@ -51,14 +51,19 @@ pub struct SqliteSql {
     pub requeue_one: String,
     /// Every parked and skipped row back to pending: (?1 now ms)
     pub requeue_all: String,
-    /// Counts (pending, dispatched, parked, leased) and the oldest pending
-    /// `created_at` (NULL when none): (?1 now ms)
+    /// Counts (pending, dispatched, parked, leased), the oldest pending
+    /// `created_at` (NULL when none) and held keys: (?1 now ms)
     pub stats: String,
+    /// One parked row gives its key up: (?1 id)
+    pub skip_one: String,
+    /// (?1 limit) keys held by a parked head: key, id, message_id, last_error, waiting.
+    pub held_keys: String,
     /// (attempts, count) of pending and parked rows, ascending attempts.
     pub attempts_histogram: String,
     /// (?1 cutoff ms, ?2 limit) delete parked rows created before the cutoff.
     pub purge_parked: String,
-    /// (?1 limit) parked rows: id, message_id, attempts, last_error.
+    /// (?1 limit) parked rows: id, message_id, attempts, last_error, ordering_key,
+    /// holds key (0/1).
     pub parked: String,
 }
 
@@ -90,6 +95,12 @@ impl SqliteSql {
     pub fn new(table: &TableName) -> Self {
         let t = table.quoted();
         let idx = |s: &str| table.derived(s);
+        // A parked row `h` heads its key: no earlier pending or parked row of the key.
+        let heads_key = format!(
+            "h.ordering_key IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM {t} AS p WHERE p.status IN ('pending', 'parked')
+                  AND p.ordering_key = h.ordering_key AND p.id < h.id)"
+        );
         // AUTOINCREMENT: ids are never reused after cleanup deletes the newest rows, so
         // a row id names one message for the table's whole life (logs, `Delivered`).
         let create_table = format!(
@@ -243,7 +254,18 @@ impl SqliteSql {
                         (SELECT count(*) FROM {t} WHERE status = 'parked')
                           + (SELECT count(*) FROM {t} WHERE status = 'skipped'),
                         (SELECT count(*) FROM {t} WHERE status = 'pending' AND locked_until > ?1),
-                        (SELECT min(created_at) FROM {t} WHERE status = 'pending')"
+                        (SELECT min(created_at) FROM {t} WHERE status = 'pending'),
+                        (SELECT count(*) FROM {t} AS h WHERE h.status = 'parked' AND {heads_key})"
+            ),
+            skip_one: format!("UPDATE {t} SET status = 'skipped' WHERE id = ?1 AND status = 'parked'"),
+            held_keys: format!(
+                "SELECT h.ordering_key, h.id, h.message_id, h.last_error,
+                        (SELECT count(*) FROM {t} AS w
+                         WHERE w.status IN ('pending', 'parked') AND w.ordering_key = h.ordering_key
+                           AND w.id > h.id AND w.status = 'pending')
+                 FROM {t} AS h
+                 WHERE h.status = 'parked' AND {heads_key}
+                 ORDER BY h.id LIMIT ?1"
             ),
             purge_parked: format!(
                 "DELETE FROM {t} WHERE id IN (
@@ -255,8 +277,9 @@ impl SqliteSql {
                  GROUP BY attempts ORDER BY attempts"
             ),
             parked: format!(
-                "SELECT id, message_id, attempts, last_error FROM {t} \
-                 WHERE status IN ('parked', 'skipped') ORDER BY id LIMIT ?1"
+                "SELECT id, message_id, attempts, last_error, ordering_key, \
+                        status = 'parked' AND ordering_key IS NOT NULL \
+                 FROM {t} WHERE status IN ('parked', 'skipped') ORDER BY id LIMIT ?1"
             ),
         }
     }

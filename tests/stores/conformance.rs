@@ -37,6 +37,11 @@ pub fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// [`lit`], or NULL.
+pub fn lit_or_null(v: Option<&str>) -> String {
+    v.map_or("NULL".to_string(), lit)
+}
+
 pub fn unique(prefix: &str) -> String {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -528,6 +533,92 @@ pub fn parked_head_holds_its_key<H: Harness>() {
     H::drop_table(&t);
 }
 
+/// Held keys are listed with their parked head and how many messages wait; `skip`
+/// gives a head up (it stays parked, the key flows), `requeue` puts it back first.
+pub fn skip_and_held_keys<H: Harness>() {
+    let t = unique("c_skip");
+    let s = store::<H>(&t);
+    s.enqueue(&[
+        keyed("k1 a", "k1"),
+        keyed("k1 b", "k1"),
+        keyed("k1 c", "k1"),
+        keyed("k2 a", "k2"),
+        keyed("k2 b", "k2"),
+        msg(1),
+        keyed("k4 a", "k4"),
+        keyed("k4 b", "k4"),
+    ])
+    .expect("enqueue");
+    let l = lease(60);
+    let got = s.claim(&l, 100.into()).expect("claim").messages;
+    assert_eq!(bodies(&got), ["k1 a", "k2 a", "m1", "k4 a"]);
+    let (k1a, k2a, m1, k4a) = (&got[0], &got[1], &got[2], &got[3]);
+    let fails = [
+        park(k1a, true),
+        park(k2a, true),
+        park(m1, true),
+        park(k4a, false),
+    ];
+    assert_eq!(s.mark_failed(&l, &fails).expect("park"), 4);
+    assert_eq!(drain(&s), ["k4 b"], "k4's head was parked without holding");
+
+    let held = s.held_keys(10).expect("held keys");
+    assert_eq!(
+        held.iter()
+            .map(|h| (h.ordering_key.as_str(), h.parked_id, h.waiting))
+            .collect::<Vec<_>>(),
+        vec![("k1", k1a.id, 2), ("k2", k2a.id, 1)]
+    );
+    assert_eq!(held[0].message_id, Some(k1a.message_id));
+    assert_eq!(held[0].last_error.as_deref(), Some("poison k1 a"));
+    assert_eq!(s.held_keys(1).expect("held keys").len(), 1, "limit");
+    let st = s.stats().expect("stats");
+    assert_eq!((st.parked, st.held_keys, st.pending), (4, 2, 3), "{st:?}");
+    let parked = s.parked(10).expect("parked");
+    assert_eq!(
+        parked
+            .iter()
+            .map(|p| (p.id, p.ordering_key.as_deref(), p.holds_key))
+            .collect::<Vec<_>>(),
+        vec![
+            (k1a.id, Some("k1"), true),
+            (k2a.id, Some("k2"), true),
+            (m1.id, None, false),
+            (k4a.id, Some("k4"), false)
+        ]
+    );
+
+    // Skip gives k2's head up: it stays parked, k2 b flows. Only parked rows move.
+    assert_eq!(
+        s.skip(&[k2a.id, k4a.id, i64::MAX]).expect("skip"),
+        1,
+        "k4 a is skipped already; no such row"
+    );
+    assert_eq!(s.skip(&[k2a.id]).expect("skip"), 0, "idempotent");
+    assert_eq!(s.skip(&[]).expect("skip"), 0);
+    assert_eq!(drain(&s), ["k2 b"], "k1 still held");
+    let st = s.stats().expect("stats");
+    assert_eq!((st.parked, st.held_keys, st.pending), (4, 1, 2), "{st:?}");
+    assert!(s
+        .parked(10)
+        .expect("parked")
+        .iter()
+        .any(|p| p.id == k2a.id && !p.holds_key));
+
+    // Requeue k1's head: it goes first, then the rest of k1 in order.
+    assert_eq!(s.requeue(&Requeue::Ids(vec![k1a.id])).expect("requeue"), 1);
+    assert!(s.held_keys(10).expect("held keys").is_empty());
+    assert_eq!(drain(&s), ["k1 a"]);
+    assert_eq!(drain(&s), ["k1 b"]);
+    assert_eq!(drain(&s), ["k1 c"]);
+    // A skipped head can still be requeued (published after its key's later ones).
+    assert_eq!(s.requeue(&Requeue::Ids(vec![k2a.id])).expect("requeue"), 1);
+    assert_eq!(drain(&s), ["k2 a"]);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.parked, st.held_keys, st.pending), (2, 0, 0), "{st:?}");
+    H::drop_table(&t);
+}
+
 pub fn rollback_stores_nothing<H: Harness>() {
     let t = unique("c_rb");
     let s = store::<H>(&t);
@@ -852,7 +943,8 @@ macro_rules! store_conformance {
             concurrent_claimers_never_share_a_row per_key_fifo rollback_stores_nothing
             cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table
             bad_names_and_unreachable_servers_are_typed_errors
-            undecodable_rows_are_claimed_apart release_with_a_delay parked_head_holds_its_key);
+            undecodable_rows_are_claimed_apart release_with_a_delay parked_head_holds_its_key
+            skip_and_held_keys);
     };
     (@tests $h:ty, $attrs:tt, $($name:ident)*) => {
         #[cfg(all(feature = "postgres", feature = "amqp"))]

@@ -1,6 +1,6 @@
 //! MySQL / MariaDB (OUTBOXER_MYSQL_URL, default the local MariaDB).
 
-use crate::conformance::{lit, Harness};
+use crate::conformance::{lit, lit_or_null, Harness};
 use mysql::prelude::Queryable;
 use outboxer::store::MysqlStore;
 use outboxer::Error;
@@ -54,14 +54,13 @@ impl Harness for My {
         options: Option<&str>,
         key: Option<&str>,
     ) -> String {
-        let or_null = |v: Option<&str>| v.map_or("NULL".to_string(), lit);
         format!(
             "INSERT INTO `{t}` (message_id, payload, headers, options, ordering_key) \
              VALUES (UNHEX(REPLACE(UUID(), '-', '')), {}, {}, {}, {})",
             lit(payload),
-            or_null(headers),
-            or_null(options),
-            or_null(key)
+            lit_or_null(headers),
+            lit_or_null(options),
+            lit_or_null(key)
         )
     }
 }

@@ -1,6 +1,6 @@
 //! PostgreSQL (OUTBOXER_PG_URL, default the local server).
 
-use crate::conformance::{lit, Harness};
+use crate::conformance::{lit, lit_or_null, Harness};
 use outboxer::store::PostgresStore;
 use outboxer::Error;
 
@@ -42,14 +42,13 @@ impl Harness for Pg {
         options: Option<&str>,
         key: Option<&str>,
     ) -> String {
-        let or_null = |v: Option<&str>| v.map_or("NULL".to_string(), lit);
         format!(
             "INSERT INTO \"{t}\" (payload, headers, options, ordering_key) \
              VALUES (convert_to({}, 'UTF8'), {}, {}, {})",
             lit(payload),
-            or_null(headers),
-            or_null(options),
-            or_null(key)
+            lit_or_null(headers),
+            lit_or_null(options),
+            lit_or_null(key)
         )
     }
 }

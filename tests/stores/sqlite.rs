@@ -92,15 +92,14 @@ impl Harness for Sqlite {
         key: Option<&str>,
     ) -> String {
         // SQLite has no defaults for the times: a writer sets them (unix ms).
-        let or_null = |v: Option<&str>| v.map_or("NULL".to_string(), conformance::lit);
         format!(
             "INSERT INTO \"{t}\" (message_id, payload, headers, options, ordering_key, created_at, available_at) \
              VALUES (randomblob(16), CAST({} AS BLOB), {}, {}, {}, \
                      CAST(unixepoch('subsec') * 1000 AS INTEGER), CAST(unixepoch('subsec') * 1000 AS INTEGER))",
             conformance::lit(payload),
-            or_null(headers),
-            or_null(options),
-            or_null(key)
+            conformance::lit_or_null(headers),
+            conformance::lit_or_null(options),
+            conformance::lit_or_null(key)
         )
     }
 }

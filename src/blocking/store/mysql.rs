@@ -3,8 +3,8 @@
 //! per-key enqueue locks on a small lock table, polling plus the in-process wake.
 
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store,
-    Undecodable,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
+    Store, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
@@ -254,6 +254,16 @@ fn decode_columns(id: i64, row: &mut Row) -> std::result::Result<StoredMessage, 
     })
 }
 
+/// Text columns arrive as bytes.
+fn lossy(b: Vec<u8>) -> String {
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+fn message_id_of(b: Option<Vec<u8>>) -> Option<MessageId> {
+    b.and_then(|b| uuid::Uuid::from_slice(&b).ok())
+        .map(MessageId::from_uuid)
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -435,30 +445,66 @@ impl Store for MysqlStore {
     }
 
     fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>> {
-        type Row = (i64, Option<Vec<u8>>, i64, Option<Vec<u8>>);
+        type Row = (
+            i64,
+            Option<Vec<u8>>,
+            i64,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            i64,
+        );
         let rows: Vec<Row> = self
             .conn()?
             .exec(&self.inner.sql.parked, (limit as u64,))
             .map_err(|e| Error::db("listing parked messages", e))?;
         Ok(rows
             .into_iter()
-            .map(|(id, message_id, attempts, last_error)| ParkedMessage {
-                id,
-                message_id: message_id
-                    .and_then(|b| uuid::Uuid::from_slice(&b).ok())
-                    .map(MessageId::from_uuid),
-                attempts: u32::try_from(attempts).unwrap_or(0),
-                last_error: last_error.map(|b| String::from_utf8_lossy(&b).into_owned()),
-            })
+            .map(
+                |(id, message_id, attempts, last_error, ordering_key, holds)| ParkedMessage {
+                    id,
+                    message_id: message_id_of(message_id),
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    last_error: last_error.map(lossy),
+                    ordering_key: ordering_key.map(lossy),
+                    holds_key: holds == 1,
+                },
+            )
+            .collect())
+    }
+
+    fn skip(&self, ids: &[i64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.write("skipping parked messages", self.inner.sql.skip(ids))
+    }
+
+    fn held_keys(&self, limit: usize) -> Result<Vec<HeldKey>> {
+        type Row = (Vec<u8>, i64, Option<Vec<u8>>, Option<Vec<u8>>, i64);
+        let rows: Vec<Row> = self
+            .conn()?
+            .exec(&self.inner.sql.held_keys, (limit as u64,))
+            .map_err(|e| Error::db("listing held keys", e))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(ordering_key, parked_id, message_id, last_error, waiting)| HeldKey {
+                    ordering_key: lossy(ordering_key),
+                    parked_id,
+                    message_id: message_id_of(message_id),
+                    last_error: last_error.map(lossy),
+                    waiting: u64::try_from(waiting).unwrap_or(0),
+                },
+            )
             .collect())
     }
 
     fn stats(&self) -> Result<Stats> {
-        let row: Option<(i64, i64, i64, i64, i64)> = self
+        let row: Option<(i64, i64, i64, i64, i64, i64)> = self
             .conn()?
             .query_first(&self.inner.sql.stats)
             .map_err(|e| Error::db("reading stats", e))?;
-        let (pending, dispatched, parked, leased, age_us) = row.unwrap_or_default();
+        let (pending, dispatched, parked, leased, age_us, held) = row.unwrap_or_default();
         let count = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok(Stats {
             pending: count(pending),
@@ -466,6 +512,7 @@ impl Store for MysqlStore {
             parked: count(parked),
             leased: count(leased),
             oldest_pending_age: Duration::from_micros(count(age_us)),
+            held_keys: count(held),
         })
     }
 }

@@ -2,8 +2,8 @@
 //! LISTEN/NOTIFY wake-ups, a small connection pool of its own.
 
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store,
-    Undecodable, WakeListener,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
+    Store, Undecodable, WakeListener,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
@@ -449,7 +449,39 @@ impl Store for PostgresStore {
             parked: count(2),
             leased: count(3),
             oldest_pending_age: Duration::try_from_secs_f64(age.max(0.0)).unwrap_or_default(),
+            held_keys: count(5),
         })
+    }
+
+    fn skip(&self, ids: &[i64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.conn()?
+            .execute(&self.inner.sql.skip, &[&ids])
+            .map_err(|e| Error::db("skipping parked messages", e))
+    }
+
+    fn held_keys(&self, limit: usize) -> Result<Vec<HeldKey>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .conn()?
+            .query(&self.inner.sql.held_keys, &[&limit])
+            .map_err(|e| Error::db("listing held keys", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let message_id: Option<uuid::Uuid> = r.get(2);
+                let waiting: i64 = r.get(4);
+                HeldKey {
+                    ordering_key: r.get(0),
+                    parked_id: r.get(1),
+                    message_id: message_id.map(MessageId::from_uuid),
+                    last_error: r.get(3),
+                    waiting: u64::try_from(waiting).unwrap_or(0),
+                }
+            })
+            .collect())
     }
 
     fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
@@ -493,6 +525,8 @@ impl Store for PostgresStore {
                     message_id: message_id.map(MessageId::from_uuid),
                     attempts: u32::try_from(attempts).unwrap_or(0),
                     last_error: r.get(3),
+                    ordering_key: r.get(4),
+                    holds_key: r.get(5),
                 }
             })
             .collect())

@@ -2,8 +2,8 @@
 //! writes, leases claimed with `UPDATE .. RETURNING`, a small pool of connections.
 
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store,
-    Undecodable,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
+    Store, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::rows;
@@ -480,6 +480,28 @@ fn db(context: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| Error::db(context, e)
 }
 
+/// A 16-byte blob as the store writes it, or UUID text from a hand-written row.
+fn message_id_of(v: ValueRef<'_>) -> Option<MessageId> {
+    let uuid = match v {
+        ValueRef::Blob(b) => uuid::Uuid::from_slice(b).ok(),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|s| uuid::Uuid::parse_str(s).ok()),
+        _ => None,
+    };
+    uuid.map(MessageId::from_uuid)
+}
+
+/// A column shown to an operator, whatever type a writer gave it.
+fn text_of(v: ValueRef<'_>) -> Option<String> {
+    match v {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+        ValueRef::Text(b) | ValueRef::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
 /// JSON stored as TEXT (or as a BLOB by other writers); NULL is none.
 fn json(v: ValueRef<'_>) -> std::result::Result<Option<serde_json::Value>, String> {
     match v {
@@ -727,19 +749,56 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(&self.inner.sql.parked).map_err(db(ctx))?;
             let rows = stmt
                 .query_map([limit], |r| {
-                    // A 16-byte blob as the store writes it, or UUID text from a hand-written row.
-                    let message_id = match r.get_ref(1)? {
-                        ValueRef::Blob(b) => uuid::Uuid::from_slice(b).ok(),
-                        ValueRef::Text(t) => std::str::from_utf8(t)
-                            .ok()
-                            .and_then(|s| uuid::Uuid::parse_str(s).ok()),
-                        _ => None,
-                    };
                     Ok(ParkedMessage {
                         id: r.get(0)?,
-                        message_id: message_id.map(MessageId::from_uuid),
+                        message_id: message_id_of(r.get_ref(1)?),
                         attempts: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                        last_error: r.get(3)?,
+                        last_error: text_of(r.get_ref(3)?),
+                        ordering_key: text_of(r.get_ref(4)?),
+                        holds_key: r.get::<_, i64>(5)? == 1,
+                    })
+                })
+                .map_err(db(ctx))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(db(ctx))?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn skip(&self, ids: &[i64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ctx = "skipping parked messages";
+        self.write(ctx, |tx, _| {
+            let mut stmt = tx
+                .prepare_cached(&self.inner.sql.skip_one)
+                .map_err(db(ctx))?;
+            let mut n = 0;
+            for id in ids {
+                n += stmt.execute([id]).map_err(db(ctx))?;
+            }
+            Ok(n as u64)
+        })
+    }
+
+    fn held_keys(&self, limit: usize) -> Result<Vec<HeldKey>> {
+        let ctx = "listing held keys";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(|c| {
+            let mut stmt = c
+                .prepare_cached(&self.inner.sql.held_keys)
+                .map_err(db(ctx))?;
+            let rows = stmt
+                .query_map([limit], |r| {
+                    Ok(HeldKey {
+                        ordering_key: text_of(r.get_ref(0)?).unwrap_or_default(),
+                        parked_id: r.get(1)?,
+                        message_id: message_id_of(r.get_ref(2)?),
+                        last_error: text_of(r.get_ref(3)?),
+                        waiting: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
                     })
                 })
                 .map_err(db(ctx))?;
@@ -754,7 +813,7 @@ impl Store for SqliteStore {
     fn stats(&self) -> Result<Stats> {
         let ctx = "reading stats";
         // One statement is one consistent snapshot; reads need no write lock.
-        let (pending, dispatched, parked, leased, oldest, now) = self.with_conn(|c| {
+        let (pending, dispatched, parked, leased, oldest, held, now) = self.with_conn(|c| {
             let now = now_ms();
             c.prepare_cached(&self.inner.sql.stats)
                 .and_then(|mut s| {
@@ -765,6 +824,7 @@ impl Store for SqliteStore {
                             r.get::<_, i64>(2)?,
                             r.get::<_, i64>(3)?,
                             r.get::<_, Option<i64>>(4)?,
+                            r.get::<_, i64>(5)?,
                             now,
                         ))
                     })
@@ -779,6 +839,7 @@ impl Store for SqliteStore {
             dispatched: count(dispatched),
             parked: count(parked),
             oldest_pending_age: Duration::from_millis(count(age)),
+            held_keys: count(held),
         })
     }
 }

@@ -5,8 +5,8 @@
 //! SQL text lives in [`crate::core::sql_mssql`], which also documents the schema.
 
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store,
-    Undecodable,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
+    Store, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::rows;
@@ -945,11 +945,44 @@ impl Store for SqlServerStore {
             let message_id: Option<uuid::Uuid> = row.try_get(1).map_err(e)?;
             let attempts: i32 = row.try_get(2).map_err(e)?.unwrap_or(0);
             let last_error: Option<&str> = row.try_get(3).map_err(e)?;
+            let ordering_key: Option<&str> = row.try_get(4).map_err(e)?;
+            let holds: i32 = row.try_get(5).map_err(e)?.unwrap_or(0);
             out.push(ParkedMessage {
                 id,
                 message_id: message_id.map(MessageId::from_uuid),
                 attempts: u32::try_from(attempts).unwrap_or(0),
                 last_error: last_error.map(str::to_string),
+                ordering_key: ordering_key.map(str::to_string),
+                holds_key: holds == 1,
+            });
+        }
+        Ok(out)
+    }
+
+    fn skip(&self, ids: &[i64]) -> Result<u64> {
+        self.by_ids("skipping parked messages", ids, None, None, MssqlSql::skip)
+    }
+
+    fn held_keys(&self, limit: usize) -> Result<Vec<HeldKey>> {
+        let ctx = "listing held keys";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .conn()?
+            .rows_dyn(ctx, &self.inner.sql.held_keys, &[&limit])?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let e = |e: tiberius::error::Error| Error::db(ctx, e);
+            let ordering_key: Option<&str> = row.try_get(0).map_err(e)?;
+            let parked_id: i64 = row.try_get(1).map_err(e)?.unwrap_or(0);
+            let message_id: Option<uuid::Uuid> = row.try_get(2).map_err(e)?;
+            let last_error: Option<&str> = row.try_get(3).map_err(e)?;
+            let waiting: i64 = row.try_get(4).map_err(e)?.unwrap_or(0);
+            out.push(HeldKey {
+                ordering_key: ordering_key.unwrap_or_default().to_string(),
+                parked_id,
+                message_id: message_id.map(MessageId::from_uuid),
+                last_error: last_error.map(str::to_string),
+                waiting: u64::try_from(waiting).unwrap_or(0),
             });
         }
         Ok(out)
@@ -972,6 +1005,7 @@ impl Store for SqlServerStore {
             parked: num(2)?,
             leased: num(3)?,
             oldest_pending_age: Duration::from_micros(num(4)?),
+            held_keys: num(5)?,
         })
     }
 }
