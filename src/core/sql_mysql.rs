@@ -1,6 +1,12 @@
-//! MySQL 8 / MariaDB 10.6+ SQL text for one outbox table. The table name is a
-//! validated identifier quoted with backticks; user values travel as parameters;
+//! MySQL 8.0.13+ / MariaDB 10.6+ SQL text for one outbox table. The table name is
+//! a validated identifier quoted with backticks; user values travel as parameters;
 //! id lists and lease tokens are formatted from integers and bytes we generated.
+//!
+//! Times are `DATETIME(6)` in UTC: every statement reads the clock with
+//! `UTC_TIMESTAMP(6)` and the time columns default to it, never to `NOW(6)` or
+//! `CURRENT_TIMESTAMP`, which follow the session's `time_zone`. So a session (ours
+//! or another application's) in another zone, or a DST change, cannot shorten or
+//! stretch a lease, a backoff or a cleanup cutoff.
 
 use super::ident::TableName;
 use std::fmt::Write as _;
@@ -19,14 +25,8 @@ pub const EXTRA_COLUMNS: [(&str, &str); 9] = [
     ),
     ("attempts", "INT NOT NULL DEFAULT 0"),
     ("last_error", "TEXT NULL"),
-    (
-        "created_at",
-        "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
-    ),
-    (
-        "available_at",
-        "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
-    ),
+    ("created_at", UTC_NOW_COLUMN),
+    ("available_at", UTC_NOW_COLUMN),
     (
         "locked_by",
         "BINARY(16) NOT NULL DEFAULT X'00000000000000000000000000000000'",
@@ -36,6 +36,13 @@ pub const EXTRA_COLUMNS: [(&str, &str); 9] = [
         "DATETIME(6) NOT NULL DEFAULT '1970-01-01 00:00:01'",
     ),
 ];
+
+/// A time column that defaults to the UTC time of the insert (an expression default:
+/// MySQL 8.0.13+, MariaDB 10.2+), whatever the writer's session `time_zone`.
+pub const UTC_NOW_COLUMN: &str = "DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6))";
+
+/// The columns that default to [`UTC_NOW_COLUMN`] (earlier versions: `CURRENT_TIMESTAMP(6)`).
+pub const UTC_DEFAULT_COLUMNS: [&str; 2] = ["created_at", "available_at"];
 
 /// The "no lease" values (the zero token, a past time) instead of NULL: see above.
 const NO_LEASE: &str =
@@ -50,6 +57,15 @@ pub struct MysqlSql {
     pub widen: String,
     /// Carries Go's `dispatched` flag over (only right after `status` was added).
     pub upgrade_go_rows: String,
+    /// The defaults of the time columns, lower-cased: `(column, default)` rows of
+    /// `(? schema or NULL, ? table)`.
+    pub time_defaults: &'static str,
+    /// Undelivered rows written under the `CURRENT_TIMESTAMP(6)` defaults and `NOW(6)`
+    /// of earlier versions hold local time: moved to UTC by (? µs, three times) the
+    /// offset of the migrating session's zone, the zone the store's sessions use.
+    pub undelivered_to_utc: String,
+    /// The time columns' defaults to `UTC_TIMESTAMP(6)`.
+    pub utc_defaults: String,
     /// `(index name, column list)`; MySQL has no partial indexes, so status leads.
     pub indexes: Vec<(String, String)>,
     /// The per-key lock table, created with the outbox table.
@@ -117,7 +133,24 @@ impl MysqlSql {
                  MODIFY dispatched_at DATETIME(6) NULL DEFAULT '1970-01-01 00:00:01'"
             ),
             upgrade_go_rows: format!(
-                "UPDATE {t} SET status = 'dispatched', dispatched_at = COALESCE(dispatched_at, NOW(6)) WHERE dispatched"
+                "UPDATE {t} SET status = 'dispatched', dispatched_at = COALESCE(dispatched_at, UTC_TIMESTAMP(6)) WHERE dispatched"
+            ),
+            time_defaults: "SELECT LOWER(column_name), LOWER(COALESCE(column_default, '')) \
+                 FROM information_schema.columns \
+                 WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? \
+                   AND column_name IN ('created_at', 'available_at')",
+            undelivered_to_utc: format!(
+                "UPDATE {t} SET
+                    created_at = created_at - INTERVAL ? MICROSECOND,
+                    available_at = available_at - INTERVAL ? MICROSECOND,
+                    locked_until = IF(locked_until > '1970-01-02', locked_until - INTERVAL ? MICROSECOND, locked_until)
+                 WHERE status IN ('pending', 'parked', 'skipped')"
+            ),
+            utc_defaults: format!(
+                "ALTER TABLE {t} {}",
+                UTC_DEFAULT_COLUMNS
+                    .map(|c| format!("MODIFY {c} {UTC_NOW_COLUMN}"))
+                    .join(", ")
             ),
             indexes: vec![
                 // Claims: pending rows in id order. Requeue and stats use it too.
@@ -134,8 +167,8 @@ impl MysqlSql {
             // primary key over every dispatched row (seen in EXPLAIN on MariaDB 10.11).
             claim_candidates: format!(
                 "SELECT e.id FROM {t} e FORCE INDEX (`{name}_status_idx`)
-                 WHERE e.status = 'pending' AND e.available_at <= NOW(6)
-                   AND (e.locked_until IS NULL OR e.locked_until < NOW(6))
+                 WHERE e.status = 'pending' AND e.available_at <= UTC_TIMESTAMP(6)
+                   AND (e.locked_until IS NULL OR e.locked_until < UTC_TIMESTAMP(6))
                    AND (e.ordering_key IS NULL OR NOT EXISTS (
                          SELECT 1 FROM {t} p
                          WHERE p.ordering_key = e.ordering_key AND p.status IN ('pending', 'parked')
@@ -148,9 +181,9 @@ impl MysqlSql {
                 "SELECT CAST(COALESCE(SUM(status = 'pending'), 0) AS SIGNED),
                         CAST(COALESCE(SUM(status = 'dispatched'), 0) AS SIGNED),
                         CAST(COALESCE(SUM(status IN ('parked', 'skipped')), 0) AS SIGNED),
-                        CAST(COALESCE(SUM(status = 'pending' AND locked_until > NOW(6)), 0) AS SIGNED),
+                        CAST(COALESCE(SUM(status = 'pending' AND locked_until > UTC_TIMESTAMP(6)), 0) AS SIGNED),
                         CAST(COALESCE(TIMESTAMPDIFF(MICROSECOND,
-                            MIN(CASE WHEN status = 'pending' THEN created_at END), NOW(6)), 0) AS SIGNED),
+                            MIN(CASE WHEN status = 'pending' THEN created_at END), UTC_TIMESTAMP(6)), 0) AS SIGNED),
                         (SELECT CAST(COUNT(*) AS SIGNED) FROM {t} h WHERE h.status = 'parked' AND {heads_key})
                  FROM {t}"
             ),
@@ -164,7 +197,7 @@ impl MysqlSql {
             ),
             purge_parked: format!(
                 "DELETE FROM {t} WHERE status IN ('parked', 'skipped')
-                   AND created_at < NOW(6) - INTERVAL ? MICROSECOND
+                   AND created_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND
                  ORDER BY id LIMIT ?"
             ),
             attempts_histogram: format!(
@@ -178,7 +211,7 @@ impl MysqlSql {
             ),
             cleanup: format!(
                 "DELETE FROM {t} WHERE status = 'dispatched'
-                   AND dispatched_at < NOW(6) - INTERVAL ? MICROSECOND
+                   AND dispatched_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND
                  ORDER BY dispatched_at LIMIT ?"
             ),
             table: t,
@@ -225,7 +258,7 @@ impl MysqlSql {
     pub fn claim_lock(&self, ids: &[i64]) -> String {
         format!(
             "SELECT id FROM {} WHERE id IN ({}) AND status = 'pending'
-               AND (locked_until IS NULL OR locked_until < NOW(6))
+               AND (locked_until IS NULL OR locked_until < UTC_TIMESTAMP(6))
              ORDER BY id FOR UPDATE SKIP LOCKED",
             self.table,
             ids_list(ids)
@@ -235,7 +268,7 @@ impl MysqlSql {
     /// Claim step 3: take the lease; Go rows without a message id get one.
     pub fn claim_update(&self, ids: &[i64], token: &[u8; 16], lease_us: u64) -> String {
         format!(
-            "UPDATE {} SET locked_by = {}, locked_until = NOW(6) + INTERVAL {lease_us} MICROSECOND,
+            "UPDATE {} SET locked_by = {}, locked_until = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND,
                 message_id = COALESCE(message_id, UNHEX(REPLACE(UUID(), '-', '')))
              WHERE id IN ({})",
             self.table,
@@ -257,7 +290,7 @@ impl MysqlSql {
     /// Marks rows dispatched if they still hold the lease.
     pub fn mark_dispatched(&self, ids: &[i64], token: &[u8; 16]) -> String {
         format!(
-            "UPDATE {} SET status = 'dispatched', dispatched_at = NOW(6), {NO_LEASE}
+            "UPDATE {} SET status = 'dispatched', dispatched_at = UTC_TIMESTAMP(6), {NO_LEASE}
              WHERE id IN ({}) AND locked_by = {} AND status = 'pending'",
             self.table,
             ids_list(ids),
@@ -270,7 +303,7 @@ impl MysqlSql {
     pub fn mark_failed(&self, id: i64, token: &[u8; 16], delay_us: u64, status: &str) -> String {
         format!(
             "UPDATE {} SET attempts = attempts + 1, last_error = ?, {NO_LEASE},
-                available_at = NOW(6) + INTERVAL {delay_us} MICROSECOND, status = '{status}'
+                available_at = UTC_TIMESTAMP(6) + INTERVAL {delay_us} MICROSECOND, status = '{status}'
              WHERE id = {id} AND locked_by = {} AND status = 'pending'",
             self.table,
             hex(token)
@@ -280,7 +313,7 @@ impl MysqlSql {
     /// Gives rows back without counting an attempt, claimable after the delay.
     pub fn release(&self, ids: &[i64], token: &[u8; 16], delay_us: u64) -> String {
         format!(
-            "UPDATE {} SET {NO_LEASE}, available_at = NOW(6) + INTERVAL {delay_us} MICROSECOND
+            "UPDATE {} SET {NO_LEASE}, available_at = UTC_TIMESTAMP(6) + INTERVAL {delay_us} MICROSECOND
              WHERE id IN ({}) AND locked_by = {}",
             self.table,
             ids_list(ids),
@@ -304,7 +337,7 @@ impl MysqlSql {
             None => String::new(),
         };
         format!(
-            "UPDATE {} SET status = 'pending', attempts = 0, available_at = NOW(6), {NO_LEASE}
+            "UPDATE {} SET status = 'pending', attempts = 0, available_at = UTC_TIMESTAMP(6), {NO_LEASE}
              WHERE status IN ('parked', 'skipped'){filter}",
             self.table
         )

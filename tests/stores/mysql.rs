@@ -229,3 +229,57 @@ fn session_time_zones_move_no_clock() {
     assert_eq!(utc.cleanup(Duration::ZERO, 100).expect("cleanup"), 1);
     My::drop_table(&t);
 }
+
+/// A table of an earlier version (time columns defaulting to the session's local
+/// time) holds local times; migrate from a +10:00 session moves its undelivered
+/// rows to UTC once, so that they are claimable at once and not 10 h late.
+#[test]
+fn migrate_moves_local_times_to_utc_once() {
+    use crate::conformance::{store, unique};
+    use outboxer::store::{Lease, Store};
+    use std::time::Duration;
+    let t = unique("c_tzup");
+    let utc = store::<My>(&t);
+    let pool = mysql::Pool::new(url().as_str()).expect("pool");
+    let mut w = pool.get_conn().expect("conn");
+    w.query_drop(format!(
+        "ALTER TABLE `{t}` MODIFY created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+         MODIFY available_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)"
+    ))
+    .expect("the earlier shape");
+    w.query_drop("SET time_zone = '+10:00'").expect("tz");
+    w.query_drop(format!(
+        "INSERT INTO `{t}` (message_id, payload) VALUES (UNHEX(REPLACE(UUID(), '-', '')), 'old')"
+    ))
+    .expect("a row written as before");
+    assert!(
+        utc.claim(&Lease::new(Duration::from_secs(1)), 10.into())
+            .expect("claim")
+            .is_empty(),
+        "10 h in the future before the upgrade"
+    );
+    let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&url()).expect("url"))
+        .init(vec!["SET time_zone = '+10:00'"]);
+    let ten = MysqlStore::from_opts(opts.into())
+        .table(&t)
+        .build()
+        .expect("store");
+    ten.migrate().expect("upgrade");
+    ten.migrate().expect("again: no second move");
+    let st = utc.stats().expect("stats");
+    assert!(st.oldest_pending_age < Duration::from_secs(60), "{st:?}");
+    let got = utc
+        .claim(&Lease::new(Duration::from_secs(30)), 10.into())
+        .expect("claim")
+        .messages;
+    assert_eq!(got.len(), 1, "claimable at once after the upgrade");
+    let defaults: Vec<String> = w
+        .exec(
+            "SELECT LOWER(column_default) FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = ? AND column_name IN ('created_at', 'available_at')",
+            (&t,),
+        )
+        .expect("defaults");
+    assert_eq!(defaults, ["utc_timestamp(6)", "utc_timestamp(6)"]);
+    My::drop_table(&t);
+}

@@ -24,9 +24,17 @@ use maybe_async::must_be_sync as maybe;
 #[path = "../../mirrored/mysql_enqueue.rs"]
 mod enqueue;
 
-/// The outbox table in MySQL 8 or MariaDB 10.6+ (both have `SKIP LOCKED`).
+/// The outbox table in MySQL 8.0.13+ or MariaDB 10.6+ (both have `SKIP LOCKED` and
+/// expression defaults).
 ///
 /// Cheap to clone: clones share one connection pool.
+///
+/// Times are stored in UTC (`DATETIME(6)`, defaults and clock reads
+/// `UTC_TIMESTAMP(6)`): sessions in any `time_zone` agree on leases, backoff and
+/// cleanup. Session settings of your own go in `mysql::OptsBuilder::init` with
+/// [`MysqlStore::from_opts`]. `migrate` upgrades tables of earlier versions, which
+/// held the server's local time: their undelivered rows are moved to UTC by the
+/// offset of the migrating session's zone; run it before starting new relays.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), outboxer::Error> {
@@ -159,6 +167,7 @@ impl MysqlStore {
                 conn.query_drop(&sql.upgrade_go_rows).map_err(db)?;
             }
         }
+        self.utc_defaults(conn)?;
         let indexes: Vec<String> = conn
             .exec(
                 "SELECT DISTINCT index_name FROM information_schema.statistics
@@ -172,6 +181,43 @@ impl MysqlStore {
                     .map_err(db)?;
             }
         }
+        Ok(())
+    }
+}
+
+impl MysqlStore {
+    /// Tables of earlier versions: the time columns defaulted to the session's local
+    /// time and rows were written with `NOW(6)`. Undelivered rows move to UTC (so
+    /// that none waits hours for its backoff or lease after the upgrade), then the
+    /// defaults become `UTC_TIMESTAMP(6)`. Dispatched rows keep their times: their
+    /// cleanup may run a few hours early or late, once.
+    fn utc_defaults(&self, conn: &mut mysql::PooledConn) -> Result<()> {
+        let sql = &self.inner.sql;
+        let t = &self.inner.table;
+        let db = |e| Error::db("moving the table's times to UTC", e);
+        let defaults: Vec<(String, String)> = conn
+            .exec(sql.time_defaults, (t.schema(), t.table()))
+            .map_err(db)?;
+        if defaults.iter().all(|(_, d)| d.contains("utc_timestamp")) {
+            return Ok(());
+        }
+        let offset_us: Option<i64> = conn
+            .query_first(
+                "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), NOW(6)) AS SIGNED)",
+            )
+            .map_err(db)?;
+        // Whole seconds: the two clock reads above may differ by a few microseconds.
+        let offset_us = (offset_us.unwrap_or(0) + 500_000).div_euclid(1_000_000) * 1_000_000;
+        if offset_us != 0 {
+            conn.exec_drop(&sql.undelivered_to_utc, (offset_us, offset_us, offset_us))
+                .map_err(db)?;
+            log::info!(
+                "outboxer: moved the undelivered rows of {} from local time (UTC{:+} s) to UTC",
+                t.plain(),
+                offset_us / 1_000_000
+            );
+        }
+        conn.query_drop(&sql.utc_defaults).map_err(db)?;
         Ok(())
     }
 }
