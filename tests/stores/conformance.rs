@@ -363,6 +363,50 @@ pub fn release_with_a_delay<H: Harness>() {
     H::drop_table(&t);
 }
 
+/// A claim stops at `BatchLimit::bytes` of payload, except that its first message
+/// always fits (a message larger than the cap is claimed alone); rows left out are
+/// not leased.
+pub fn claims_honour_the_byte_limit<H: Harness>() {
+    use outboxer::store::BatchLimit;
+    let t = unique("c_bytes");
+    let s = store::<H>(&t);
+    let kib = |n: usize| n * 1024;
+    s.enqueue(
+        &(0..10)
+            .map(|i| Message::new(vec![i as u8; kib(100)]))
+            .collect::<Vec<_>>(),
+    )
+    .expect("enqueue");
+    let limit = BatchLimit {
+        rows: 100,
+        bytes: kib(250),
+    };
+    let mut sizes = Vec::new();
+    loop {
+        let got = s.claim(&lease(60), limit).expect("claim").messages;
+        if got.is_empty() {
+            break;
+        }
+        sizes.push(got.len());
+        assert!(sizes.len() <= 10, "{sizes:?}");
+    }
+    assert_eq!(sizes, [2, 2, 2, 2, 2], "100 KiB rows under a 250 KiB cap");
+
+    let big = Message::new(vec![7u8; kib(1024)]);
+    s.enqueue(&[big.clone(), msg(1), msg(2), msg(3)])
+        .expect("enqueue");
+    let small = BatchLimit {
+        rows: 100,
+        bytes: kib(1),
+    };
+    let got = s.claim(&lease(60), small).expect("claim").messages;
+    assert_eq!(ids(&got), vec![big.message_id()], "1 MiB alone under 1 KiB");
+    let got = s.claim(&lease(60), small).expect("claim").messages;
+    assert_eq!(bodies(&got), ["m1", "m2", "m3"]);
+    assert_eq!(s.stats().expect("stats").leased, 14);
+    H::drop_table(&t);
+}
+
 pub fn concurrent_claimers_never_share_a_row<H: Harness>() {
     let t = unique("c_conc");
     let s = store::<H>(&t);
@@ -944,7 +988,7 @@ macro_rules! store_conformance {
             cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table
             bad_names_and_unreachable_servers_are_typed_errors
             undecodable_rows_are_claimed_apart release_with_a_delay parked_head_holds_its_key
-            skip_and_held_keys);
+            skip_and_held_keys claims_honour_the_byte_limit);
     };
     (@tests $h:ty, $attrs:tt, $($name:ident)*) => {
         #[cfg(all(feature = "postgres", feature = "amqp"))]
