@@ -108,9 +108,10 @@ pub struct MssqlSql {
     pub indexes: Vec<(String, String)>,
     /// Indexes of earlier versions to drop, same shape as `indexes`.
     pub drop_indexes: Vec<(String, String)>,
-    /// Claim: (@P1 limit, @P2 lease token, @P3 lease ms); the first result set holds
-    /// id, message_id, payload, headers, options, ordering_key, attempts, created_at
-    /// in microseconds since the Unix epoch.
+    /// Claim: (@P1 limit, @P2 lease token, @P3 lease ms, @P4 payload bytes, @P5 1 when
+    /// the first row fits whatever its size); the first result set holds id,
+    /// message_id, payload, headers, options, ordering_key, attempts, created_at in
+    /// microseconds since the Unix epoch, payload bytes.
     pub claim: String,
     /// (@P1 older than ms, @P2 limit)
     pub cleanup: String,
@@ -186,8 +187,6 @@ impl MssqlSql {
     pub fn new(table: &TableName) -> Self {
         let t = bracketed(table);
         let name = |suffix: &str| format!("{}_{suffix}", table.table());
-        let claim_cols = "e.id, e.message_id, e.payload, e.headers, e.options, e.ordering_key, \
-                          e.attempts, e.created_at, e.locked_by, e.locked_until";
         let indexes = vec![
             // Claims walk pending rows in id order; the lease and backoff columns are
             // included so that rows which are not claimable are skipped in the index.
@@ -330,10 +329,12 @@ impl MssqlSql {
             // It reads the per-key index only, whose keys claims never X-lock.
             // The isolation level is set for this statement because READPAST is refused
             // under SERIALIZABLE/SNAPSHOT, which a caller's transaction may have left.
+            // The byte cap is a running sum over the locked candidates in id order;
+            // candidates past it keep their update locks to the statement's end only.
             claim: format!(
                 "SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
                  WITH c AS (
-                    SELECT TOP (@P1) {claim_cols}
+                    SELECT TOP (@P1) e.id, DATALENGTH(e.payload) AS n
                     FROM {t} AS e WITH (UPDLOCK, ROWLOCK, READPAST)
                     WHERE e.status = 'pending' AND e.available_at <= SYSUTCDATETIME()
                       AND (e.locked_until IS NULL OR e.locked_until < SYSUTCDATETIME())
@@ -342,10 +343,17 @@ impl MssqlSql {
                             WHERE p.status IN ('pending', 'parked') AND p.ordering_key IS NOT NULL
                               AND p.ordering_key = e.ordering_key AND p.id < e.id))
                     ORDER BY e.id
+                 ), w AS (
+                    SELECT id, SUM(CAST(n AS BIGINT)) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS running,
+                           ROW_NUMBER() OVER (ORDER BY id) AS nth
+                    FROM c
                  )
-                 UPDATE c SET locked_by = @P2, locked_until = {lease_end}
+                 UPDATE u SET locked_by = @P2, locked_until = {lease_end}
                  OUTPUT inserted.id, inserted.message_id, inserted.payload, inserted.headers,
-                        inserted.options, inserted.ordering_key, inserted.attempts, {created};",
+                        inserted.options, inserted.ordering_key, inserted.attempts, {created},
+                        DATALENGTH(inserted.payload)
+                 FROM {t} AS u JOIN w ON u.id = w.id
+                 WHERE (w.nth = 1 AND @P5 = 1) OR w.running <= @P4;",
                 lease_end = utc_plus_ms("@P3"),
                 created = epoch_micros("inserted.created_at"),
             ),
@@ -773,7 +781,9 @@ mod tests {
         assert!(c.contains("SELECT TOP (@P1)"));
         assert!(c.contains("ORDER BY e.id"));
         assert!(c.contains("OUTPUT inserted.id, inserted.message_id"));
-        assert!(c.contains("UPDATE c SET locked_by = @P2"));
+        assert!(c.contains("UPDATE u SET locked_by = @P2"));
+        assert!(c.contains("FROM [app].[events] AS u JOIN w ON u.id = w.id"));
+        assert!(c.contains("WHERE (w.nth = 1 AND @P5 = 1) OR w.running <= @P4;"));
         assert!(c.contains("@P3 % 1000"));
         // The key-head check sees rows locked by others: no READPAST on its scan.
         let not_exists = &c[c.find("NOT EXISTS").expect("key check")..];

@@ -254,10 +254,11 @@ impl MysqlSql {
         )
     }
 
-    /// Claim step 2: lock the candidates still free, skipping rows others hold.
+    /// Claim step 2: lock the candidates still free, skipping rows others hold;
+    /// returns their ids and payload sizes, in id order.
     pub fn claim_lock(&self, ids: &[i64]) -> String {
         format!(
-            "SELECT id FROM {} WHERE id IN ({}) AND status = 'pending'
+            "SELECT id, CAST(LENGTH(payload) AS SIGNED) FROM {} WHERE id IN ({}) AND status = 'pending'
                AND (locked_until IS NULL OR locked_until < UTC_TIMESTAMP(6))
              ORDER BY id FOR UPDATE SKIP LOCKED",
             self.table,

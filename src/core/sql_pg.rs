@@ -22,7 +22,7 @@ pub struct PgSql {
     pub lock_keys: String,
     /// Wake other relays after commit: ($1 channel).
     pub notify: String,
-    /// Claim: ($1 limit, $2 lease token, $3 lease ms).
+    /// Claim: ($1 limit, $2 lease token, $3 lease ms, $4 payload bytes).
     pub claim: String,
     /// ($1 ids, $2 token)
     pub mark_dispatched: String,
@@ -161,9 +161,12 @@ impl PgSql {
                  (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k ORDER BY 1) AS keys"
                 .to_string(),
             notify: "SELECT pg_notify($1, '')".to_string(),
+            // The byte cap is a running sum over the locked candidates in id order;
+            // the first always fits. Candidates past the cap stay locked until COMMIT
+            // but are not leased.
             claim: format!(
                 "WITH c AS (
-                    SELECT e.id FROM {t} e
+                    SELECT e.id, octet_length(e.payload) AS n FROM {t} e
                     WHERE e.status = 'pending' AND e.available_at <= now()
                       AND (e.locked_until IS NULL OR e.locked_until < now())
                       AND (e.ordering_key IS NULL OR NOT EXISTS (
@@ -173,9 +176,12 @@ impl PgSql {
                     ORDER BY e.id
                     LIMIT $1
                     FOR UPDATE SKIP LOCKED
+                 ), w AS (
+                    SELECT id, sum(n) OVER (ORDER BY id) AS running, row_number() OVER (ORDER BY id) AS nth
+                    FROM c
                  )
                  UPDATE {t} AS u SET locked_by = $2, locked_until = now() + $3::float8 * interval '1 millisecond'
-                 FROM c WHERE u.id = c.id
+                 FROM w WHERE u.id = w.id AND (w.nth = 1 OR w.running <= $4)
                  RETURNING {RETURNING}"
             ),
             mark_dispatched: format!(

@@ -36,7 +36,8 @@ pub struct SqliteSql {
     /// One message: (?1 message_id blob, ?2 payload, ?3 headers json, ?4 options json,
     /// ?5 ordering key, ?6 now ms).
     pub insert: String,
-    /// Claim: (?1 limit, ?2 lease token blob, ?3 lease end ms, ?4 now ms).
+    /// Claim: (?1 limit, ?2 lease token blob, ?3 lease end ms, ?4 now ms, ?5 payload
+    /// bytes).
     pub claim: String,
     /// One row: (?1 id, ?2 token, ?3 now ms)
     pub mark_dispatched: String,
@@ -205,18 +206,25 @@ impl SqliteSql {
             // No SKIP LOCKED needed: the claim runs in a BEGIN IMMEDIATE transaction,
             // and SQLite has one writer at a time per file, so claims from any thread or
             // process are serialised and each sees the leases the previous one took.
+            // The byte cap is a running sum over the candidates in id order (the first
+            // always fits); octet_length reads a blob's size without loading it.
             claim: format!(
                 "UPDATE {t} SET locked_by = ?2, locked_until = ?3
                  WHERE id IN (
-                    SELECT e.id FROM {t} AS e
-                    WHERE e.status = 'pending' AND e.available_at <= ?4
-                      AND (e.locked_until IS NULL OR e.locked_until < ?4)
-                      AND (e.ordering_key IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM {t} AS p
-                            WHERE p.status IN ('pending', 'parked') AND p.ordering_key = e.ordering_key
-                              AND p.id < e.id))
-                    ORDER BY e.id
-                    LIMIT ?1)
+                    SELECT id FROM (
+                        SELECT id, sum(n) OVER (ORDER BY id) AS running,
+                               row_number() OVER (ORDER BY id) AS nth
+                        FROM (
+                            SELECT e.id, octet_length(e.payload) AS n FROM {t} AS e
+                            WHERE e.status = 'pending' AND e.available_at <= ?4
+                              AND (e.locked_until IS NULL OR e.locked_until < ?4)
+                              AND (e.ordering_key IS NULL OR NOT EXISTS (
+                                    SELECT 1 FROM {t} AS p
+                                    WHERE p.status IN ('pending', 'parked') AND p.ordering_key = e.ordering_key
+                                      AND p.id < e.id))
+                            ORDER BY e.id
+                            LIMIT ?1))
+                    WHERE nth = 1 OR running <= ?5)
                  RETURNING {RETURNING}"
             ),
             mark_dispatched: format!(

@@ -101,7 +101,7 @@ fn claim_uses_the_undelivered_key_index_after_upgrade() {
     let plan: Vec<String> = tx
         .query(
             &format!("EXPLAIN {}", sql.claim),
-            &[&100i64, &uuid::Uuid::nil(), &30000.0f64],
+            &[&100i64, &uuid::Uuid::nil(), &30000.0f64, &i64::MAX],
         )
         .expect("explain")
         .iter()

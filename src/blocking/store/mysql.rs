@@ -300,6 +300,22 @@ fn decode_columns(id: i64, row: &mut Row) -> std::result::Result<StoredMessage, 
     })
 }
 
+/// The ids of `(id, payload size)` rows, in order, up to `cap` bytes in all; the
+/// first always fits.
+fn within_bytes(rows: &[(i64, i64)], cap: usize) -> Vec<i64> {
+    let cap = u64::try_from(cap).unwrap_or(u64::MAX);
+    let mut total = 0u64;
+    let mut ids = Vec::with_capacity(rows.len());
+    for &(id, size) in rows {
+        total = total.saturating_add(u64::try_from(size).unwrap_or(0));
+        if total > cap && !ids.is_empty() {
+            break;
+        }
+        ids.push(id);
+    }
+    ids
+}
+
 /// Text columns arrive as bytes.
 fn lossy(b: Vec<u8>) -> String {
     String::from_utf8_lossy(&b).into_owned()
@@ -375,7 +391,6 @@ impl Store for MysqlStore {
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
-        let limit = limit.rows;
         let sql = &self.inner.sql;
         let db = |e| Error::db("claiming messages", e);
         let mut tx = self.tx("claiming messages")?;
@@ -384,15 +399,17 @@ impl Store for MysqlStore {
         let candidates: Vec<i64> = tx
             .exec(
                 &sql.claim_candidates,
-                (u64::try_from(limit).unwrap_or(u64::MAX),),
+                (u64::try_from(limit.rows).unwrap_or(u64::MAX),),
             )
             .map_err(db)?;
         if candidates.is_empty() {
             tx.commit().map_err(db)?;
             return Ok(Claim::default());
         }
-        // 2. Lock those still free; rows another relay is claiming are skipped.
-        let ids: Vec<i64> = tx.query(sql.claim_lock(&candidates)).map_err(db)?;
+        // 2. Lock those still free; rows another relay is claiming are skipped. Past
+        //    the byte cap the rest stay locked until COMMIT but are not leased.
+        let locked: Vec<(i64, i64)> = tx.query(sql.claim_lock(&candidates)).map_err(db)?;
+        let ids = within_bytes(&locked, limit.bytes);
         if ids.is_empty() {
             tx.commit().map_err(db)?;
             return Ok(Claim::default());

@@ -599,7 +599,10 @@ impl Store for SqliteStore {
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
-        let limit = i64::try_from(limit.rows).unwrap_or(i64::MAX);
+        let (max_rows, max_bytes) = (
+            i64::try_from(limit.rows).unwrap_or(i64::MAX),
+            i64::try_from(limit.bytes).unwrap_or(i64::MAX),
+        );
         let token = lease.token.as_bytes().as_slice();
         let ctx = "claiming messages";
         // A row that cannot be decoded is leased like the others and returned apart,
@@ -608,7 +611,9 @@ impl Store for SqliteStore {
             let until = now.saturating_add(millis(lease.duration));
             let mut stmt = tx.prepare_cached(&self.inner.sql.claim).map_err(db(ctx))?;
             let rows = stmt
-                .query_map(params![limit, token, until, now], |r| Ok(decode(r)))
+                .query_map(params![max_rows, token, until, now, max_bytes], |r| {
+                    Ok(decode(r))
+                })
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(db(ctx))?;
             Ok(rows)

@@ -793,13 +793,13 @@ impl Store for SqlServerStore {
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
-        let limit = limit.rows;
         let mut out: Vec<Decoded> = Vec::new();
-        if limit == 0 {
+        if limit.rows == 0 {
             return Ok(Claim::default());
         }
         let mut conn = self.conn()?;
-        let mut remaining = limit;
+        let mut remaining = limit.rows;
+        let mut bytes_left = i64::try_from(limit.bytes).unwrap_or(i64::MAX);
         // Several statements for big batches: one statement locking more than a few
         // thousand rows would escalate to a table lock.
         while remaining > 0 {
@@ -808,12 +808,17 @@ impl Store for SqlServerStore {
             query.bind(i64::try_from(n).unwrap_or(i64::MAX));
             query.bind(lease.token);
             query.bind(q::delay_ms(lease.duration));
+            query.bind(bytes_left);
+            // Only the claim's first statement takes a first row larger than the cap.
+            query.bind(i32::from(out.is_empty()));
             let rows = conn.rows("claiming messages", query)?;
             let got = rows.len();
             for row in &rows {
                 out.push(decode(row)?);
+                let size: Option<i64> = row.try_get(8).unwrap_or(None);
+                bytes_left = bytes_left.saturating_sub(size.unwrap_or(0));
             }
-            if got < n {
+            if got < n || bytes_left <= 0 {
                 break;
             }
             remaining -= n;
