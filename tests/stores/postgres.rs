@@ -117,3 +117,122 @@ fn claim_uses_the_undelivered_key_index_after_upgrade() {
     drop(tx);
     Pg::drop_table(&t);
 }
+
+/// The pool opens at most `max_connections` connections: a caller beyond them
+/// waits for one to come back, and after `pool_timeout` gets `Error::Timeout`.
+#[test]
+fn pool_caps_open_connections() {
+    use crate::conformance::unique;
+    use outboxer::Store;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    let t = unique("c_pool");
+    let app = unique("outboxer_pool");
+    let build = |wait: Duration| {
+        PostgresStore::builder(&format!("{}?application_name={app}", url()))
+            .table(&t)
+            .max_connections(2)
+            .pool_timeout(wait)
+            .build()
+            .expect("store")
+    };
+    let s = build(Duration::from_secs(30));
+    s.migrate().expect("migrate");
+    let mut watcher = postgres::Client::connect(&url(), postgres::NoTls).expect("connect");
+    let mut open = || -> i64 {
+        watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .expect("pg_stat_activity")
+            .get(0)
+    };
+    std::thread::scope(|sc| {
+        // Two transactions held open: both connections are in use.
+        let mut release = Vec::new();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        for _ in 0..2 {
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            release.push(go_tx);
+            let (s, ready) = (&s, ready_tx.clone());
+            sc.spawn(move || {
+                let r: Result<(), outboxer::Error> = s.with_transaction(|_tx| {
+                    ready.send(()).expect("ready");
+                    go_rx.recv().expect("released");
+                    Ok(())
+                });
+                r.expect("transaction");
+            });
+        }
+        for _ in 0..2 {
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("holding");
+        }
+        assert_eq!(open(), 2);
+        // A third caller waits for one of them.
+        let (done_tx, done_rx) = mpsc::channel();
+        let s3 = &s;
+        sc.spawn(move || {
+            let started = Instant::now();
+            let r = s3.stats().map(|_| started.elapsed());
+            done_tx.send(r).expect("done");
+        });
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(done_rx.try_recv().is_err(), "the third caller waits");
+        assert_eq!(open(), 2, "never more than max_connections");
+        release.remove(0).send(()).expect("release one");
+        let waited = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the third caller gets the connection")
+            .expect("stats");
+        assert!(waited >= Duration::from_millis(500), "{waited:?}");
+        assert!(open() <= 2);
+        release.remove(0).send(()).expect("release the other");
+    });
+
+    // With both held past pool_timeout, a typed error.
+    let quick = build(Duration::from_millis(300));
+    let a = quick.with_transaction(|_a| {
+        quick.with_transaction(|_b| {
+            let started = Instant::now();
+            let r = quick.stats();
+            let took = started.elapsed();
+            assert!(matches!(r, Err(outboxer::Error::Timeout(_))), "{r:?}");
+            assert!(
+                took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+                "{took:?}"
+            );
+            Ok::<_, outboxer::Error>(())
+        })
+    });
+    a.expect("the held transactions commit");
+    for bad in [0usize] {
+        let r = PostgresStore::builder(&url()).max_connections(bad).build();
+        assert!(
+            matches!(
+                r,
+                Err(outboxer::Error::Config {
+                    field: "max_connections",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    let r = PostgresStore::builder(&url())
+        .pool_timeout(Duration::ZERO)
+        .build();
+    assert!(
+        matches!(
+            r,
+            Err(outboxer::Error::Config {
+                field: "pool_timeout",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    Pg::drop_table(&t);
+}
