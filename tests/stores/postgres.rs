@@ -208,19 +208,17 @@ fn pool_caps_open_connections() {
         })
     });
     a.expect("the held transactions commit");
-    for bad in [0usize] {
-        let r = PostgresStore::builder(&url()).max_connections(bad).build();
-        assert!(
-            matches!(
-                r,
-                Err(outboxer::Error::Config {
-                    field: "max_connections",
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
-    }
+    let r = PostgresStore::builder(&url()).max_connections(0).build();
+    assert!(
+        matches!(
+            r,
+            Err(outboxer::Error::Config {
+                field: "max_connections",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     let r = PostgresStore::builder(&url())
         .pool_timeout(Duration::ZERO)
         .build();

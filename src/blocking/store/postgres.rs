@@ -11,14 +11,14 @@ use crate::core::rows;
 use crate::core::sql_pg::PgSql;
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::tls::{MakeTlsConnect, TlsConnect};
 use postgres::{Client, GenericClient, Socket};
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 // The enqueue path shared with the async store (compiled here without `.await`).
 use maybe_async::must_be_sync as maybe;
@@ -50,9 +50,19 @@ struct Inner {
     table: TableName,
     sql: PgSql,
     connect: Box<Connector>,
-    idle: Mutex<Vec<Client>>,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection goes back to the pool or is closed.
+    freed: Condvar,
     max_idle: usize,
+    max_connections: usize,
+    pool_timeout: Duration,
     notify: bool,
+}
+
+/// The pool's connections: idle ones, and how many are open (idle or in use).
+struct Pool {
+    idle: Vec<Client>,
+    open: usize,
 }
 
 /// Settings of a [`PostgresStore`].
@@ -60,6 +70,8 @@ pub struct PostgresStoreBuilder {
     config: std::result::Result<postgres::Config, Error>,
     table: std::result::Result<TableName, Error>,
     max_idle: usize,
+    max_connections: usize,
+    pool_timeout: Duration,
     notify: bool,
     connector: Option<Box<dyn FnOnce(postgres::Config) -> Box<Connector>>>,
 }
@@ -104,16 +116,49 @@ impl PostgresStore {
         &self.inner.table
     }
 
+    /// A connection from the pool: an idle one, a new one while fewer than
+    /// `max_connections` are open, or else the next one given back, waiting up to
+    /// `pool_timeout` for it.
     fn conn(&self) -> Result<Conn<'_>> {
-        let pooled = self.inner.idle.lock().pop();
-        let client = match pooled {
-            Some(c) if !c.is_closed() => c,
-            _ => (self.inner.connect)().map_err(|e| Error::db("connecting to PostgreSQL", e))?,
-        };
-        Ok(Conn {
-            inner: &self.inner,
-            client: Some(client),
-        })
+        let inner = &*self.inner;
+        let deadline = Instant::now() + inner.pool_timeout;
+        let mut pool = inner.pool.lock();
+        loop {
+            while let Some(c) = pool.idle.pop() {
+                if !c.is_closed() {
+                    return Ok(Conn {
+                        inner,
+                        client: Some(c),
+                    });
+                }
+                pool.open = pool.open.saturating_sub(1);
+            }
+            if pool.open < inner.max_connections {
+                pool.open += 1;
+                drop(pool);
+                return match (inner.connect)() {
+                    Ok(c) => Ok(Conn {
+                        inner,
+                        client: Some(c),
+                    }),
+                    Err(e) => {
+                        let mut pool = inner.pool.lock();
+                        pool.open = pool.open.saturating_sub(1);
+                        drop(pool);
+                        inner.freed.notify_one();
+                        Err(Error::db("connecting to PostgreSQL", e))
+                    }
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "no PostgreSQL connection came free within {:?} (pool_timeout): all {} \
+                     (max_connections) are in use",
+                    inner.pool_timeout, inner.max_connections
+                )));
+            }
+            inner.freed.wait_until(&mut pool, deadline);
+        }
     }
 
     fn insert(&self, client: &mut impl GenericClient, messages: &[Message]) -> Result<()> {
@@ -161,6 +206,8 @@ impl PostgresStoreBuilder {
             config,
             table: Ok(TableName::default()),
             max_idle: 8,
+            max_connections: 16,
+            pool_timeout: Duration::from_secs(30),
             notify: true,
             connector: None,
         }
@@ -175,6 +222,24 @@ impl PostgresStoreBuilder {
     /// Connections kept open between uses (default 8).
     pub fn max_idle(mut self, n: usize) -> Self {
         self.max_idle = n;
+        self
+    }
+
+    /// Most connections the pool opens at once, idle or in use (default 16; at
+    /// least 1). A caller beyond them waits for one to be given back, up to
+    /// [`pool_timeout`](Self::pool_timeout). Not counted: the one LISTEN
+    /// connection of each running relay (with [`notify`](Self::notify) on).
+    /// A [`Store::with_transaction`] closure holds one connection while it runs:
+    /// store calls made inside it need another.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// How long a caller waits for a connection when `max_connections` are in use
+    /// (default 30 s); then it gets [`Error::Timeout`].
+    pub fn pool_timeout(mut self, wait: Duration) -> Self {
+        self.pool_timeout = wait;
         self
     }
 
@@ -204,6 +269,12 @@ impl PostgresStoreBuilder {
     pub fn build(self) -> Result<PostgresStore> {
         let mut config = self.config?;
         let table = self.table?;
+        if self.max_connections == 0 {
+            return Err(Error::config("max_connections", "must be at least 1"));
+        }
+        if self.pool_timeout.is_zero() {
+            return Err(Error::config("pool_timeout", "must be greater than zero"));
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -219,8 +290,14 @@ impl PostgresStoreBuilder {
                 sql: PgSql::new(&table),
                 table,
                 connect,
-                idle: Mutex::new(Vec::new()),
+                pool: Mutex::new(Pool {
+                    idle: Vec::new(),
+                    open: 0,
+                }),
+                freed: Condvar::new(),
                 max_idle: self.max_idle,
+                max_connections: self.max_connections,
+                pool_timeout: self.pool_timeout,
                 notify: self.notify,
             }),
         };
@@ -250,14 +327,21 @@ impl DerefMut for Conn<'_> {
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            if !c.is_closed() {
-                let mut idle = self.inner.idle.lock();
-                if idle.len() < self.inner.max_idle {
-                    idle.push(c);
-                }
-            }
-        }
+        let Some(c) = self.client.take() else {
+            return;
+        };
+        let mut pool = self.inner.pool.lock();
+        let closing = if !c.is_closed() && pool.idle.len() < self.inner.max_idle {
+            pool.idle.push(c);
+            None
+        } else {
+            pool.open = pool.open.saturating_sub(1);
+            Some(c)
+        };
+        drop(pool);
+        self.inner.freed.notify_one();
+        // Closed outside the lock: closing sends a Terminate to the server.
+        drop(closing);
     }
 }
 
