@@ -1881,6 +1881,12 @@ impl<S: Store> Store for TimedStore<S> {
     fn requeue(&self, which: &Requeue) -> outboxer::Result<u64> {
         self.inner.requeue(which)
     }
+    fn skip(&self, ids: &[i64]) -> outboxer::Result<u64> {
+        self.inner.skip(ids)
+    }
+    fn held_keys(&self, limit: usize) -> outboxer::Result<Vec<outboxer::store::HeldKey>> {
+        self.inner.held_keys(limit)
+    }
     fn stats(&self) -> outboxer::Result<Stats> {
         self.inner.stats()
     }

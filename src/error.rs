@@ -99,7 +99,8 @@ pub enum Error {
         /// The broker's reply text.
         text: String,
     },
-    /// The broker did not confirm in time.
+    /// The broker did not confirm in time, or no pooled database connection came
+    /// free in time (`PostgresStoreBuilder::pool_timeout`).
     #[error("timed out: {0}")]
     Timeout(String),
     /// The relay's lease on these rows expired and another relay took them over.

@@ -524,6 +524,141 @@ fn requeue_and_purge_change_the_counts_mariadb() {
     my_drop(&table);
 }
 
+/// Held keys in `stats`, `skip` giving a head up (and refusing an id that is not
+/// parked), `requeue` putting a head back first; rows written by plain SQL.
+#[test]
+fn stats_lists_held_keys_and_skip_gives_a_head_up() {
+    let table = unique("cli_skip");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    let id_of = |payload: &str| -> i64 {
+        pg().query_one(
+            &format!("SELECT id FROM \"{table}\" WHERE payload = convert_to($1, 'UTF8')"),
+            &[&payload],
+        )
+        .expect("row")
+        .get(0)
+    };
+    let mut c = pg();
+    for (payload, key) in [
+        ("k1 a", Some("k1")),
+        ("k1 b", Some("k1")),
+        ("k1 c", Some("k1")),
+        ("k2 a", Some("k2")),
+        ("m", None),
+        ("k3 a", Some("k3")),
+        ("k3 b", Some("k3")),
+    ] {
+        c.execute(
+            &format!("INSERT INTO \"{table}\" (payload, ordering_key) VALUES (convert_to($1, 'UTF8'), $2)"),
+            &[&payload, &key],
+        )
+        .expect("plain SQL insert");
+    }
+    c.batch_execute(&format!(
+        "UPDATE \"{table}\" SET status = 'parked', attempts = 10, last_error = 'NOT_FOUND - no exchange' \
+         WHERE payload IN ('k1 a', 'm', 'k3 a')"
+    ))
+    .expect("park");
+    let (k1a, k2a, m, k3a) = (id_of("k1 a"), id_of("k2 a"), id_of("m"), id_of("k3 a"));
+
+    let v = stats_json(&store, &table);
+    assert_eq!(
+        (v["parked"].as_u64(), v["held_keys"].as_u64()),
+        (Some(3), Some(2)),
+        "{v}"
+    );
+    let heads = &v["held_key_heads"];
+    assert_eq!(heads[0]["ordering_key"], "k1", "{v}");
+    assert_eq!(heads[0]["parked_id"], k1a);
+    assert_eq!(heads[0]["waiting"], 2);
+    assert_eq!(heads[0]["last_error"], "NOT_FOUND - no exchange");
+    assert_eq!(heads[0]["message_id"].as_str().map(str::len), Some(36));
+    assert_eq!(
+        (
+            heads[1]["ordering_key"].as_str(),
+            heads[1]["waiting"].as_u64()
+        ),
+        (Some("k3"), Some(1))
+    );
+    let parked = v["parked_messages"].as_array().expect("list");
+    let holds: Vec<(i64, bool)> = parked
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_i64().unwrap_or(0),
+                p["holds_key"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(holds, vec![(k1a, true), (m, false), (k3a, true)]);
+    let human = ok(&["stats", "--store", &store, "--table", &table]);
+    assert!(
+        human.contains("held keys   2")
+            && human.contains(&format!("key k1  head id {k1a} "))
+            && human.contains("waiting 2"),
+        "{human}"
+    );
+
+    // An id that is not a parked message: refused by name, nothing moves.
+    let o = run(&[
+        "skip",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--id",
+        &k2a.to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("id {k2a} is not a parked message")),
+        "{}",
+        text(&o)
+    );
+    let out = ok(&[
+        "skip",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--id",
+        &k1a.to_string(),
+    ]);
+    assert!(out.contains("skipped 1 parked message(s)"), "{out}");
+    let v = stats_json(&store, &table);
+    assert_eq!(
+        (v["parked"].as_u64(), v["held_keys"].as_u64()),
+        (Some(3), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["held_key_heads"][0]["ordering_key"], "k3");
+    let missing = run(&["skip", "--store", &store, "--table", &table]);
+    assert_eq!(missing.status.code(), Some(2), "--id is required");
+
+    // Requeue puts k3's head back first; k1's later messages flow past its skipped head.
+    ok(&[
+        "requeue",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--id",
+        &k3a.to_string(),
+    ]);
+    let s = common::store(&table);
+    let l = outboxer::store::Lease::new(Duration::from_secs(30));
+    let claimed = outboxer::Store::claim(&s, &l, 100.into())
+        .expect("claim")
+        .messages;
+    let bodies: Vec<String> = claimed
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert_eq!(bodies, ["k1 b", "k2 a", "k3 a"]);
+    drop_table(&table);
+}
+
 #[test]
 fn sqlite_is_the_default_store() {
     let dir = std::env::temp_dir().join(unique("cli_sqlite"));

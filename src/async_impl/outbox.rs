@@ -166,6 +166,13 @@ impl<S: Store> Outbox<S> {
         unblock("requeueing parked messages", move || outbox.requeue(&which)).await
     }
 
+    /// Gives parked key heads up (see [`crate::Store::skip`]): they stay parked,
+    /// and their keys' later messages flow. Returns how many moved.
+    pub async fn skip(&self, ids: Vec<i64>) -> Result<u64> {
+        let outbox = Arc::clone(&self.inner);
+        unblock("skipping parked messages", move || outbox.skip(&ids)).await
+    }
+
     /// Counts by status and the age of the oldest pending message.
     pub async fn stats(&self) -> Result<Stats> {
         let outbox = Arc::clone(&self.inner);

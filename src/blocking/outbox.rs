@@ -191,6 +191,16 @@ impl<S: Store> Outbox<S> {
         Ok(n)
     }
 
+    /// Gives parked key heads up (see [`Store::skip`]): they stay parked, and
+    /// their keys' later messages flow. Returns how many moved.
+    pub fn skip(&self, ids: &[i64]) -> Result<u64> {
+        let n = self.shared.store.skip(ids)?;
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
     /// Counts by status and the age of the oldest pending message.
     pub fn stats(&self) -> Result<Stats> {
         self.shared.store.stats()

@@ -1,6 +1,12 @@
-//! MySQL 8 / MariaDB 10.6+ SQL text for one outbox table. The table name is a
-//! validated identifier quoted with backticks; user values travel as parameters;
+//! MySQL 8.0.13+ / MariaDB 10.6+ SQL text for one outbox table. The table name is
+//! a validated identifier quoted with backticks; user values travel as parameters;
 //! id lists and lease tokens are formatted from integers and bytes we generated.
+//!
+//! Times are `DATETIME(6)` in UTC: every statement reads the clock with
+//! `UTC_TIMESTAMP(6)` and the time columns default to it, never to `NOW(6)` or
+//! `CURRENT_TIMESTAMP`, which follow the session's `time_zone`. So a session (ours
+//! or another application's) in another zone, or a DST change, cannot shorten or
+//! stretch a lease, a backoff or a cleanup cutoff.
 
 use super::ident::TableName;
 use std::fmt::Write as _;
@@ -19,14 +25,8 @@ pub const EXTRA_COLUMNS: [(&str, &str); 9] = [
     ),
     ("attempts", "INT NOT NULL DEFAULT 0"),
     ("last_error", "TEXT NULL"),
-    (
-        "created_at",
-        "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
-    ),
-    (
-        "available_at",
-        "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
-    ),
+    ("created_at", UTC_NOW_COLUMN),
+    ("available_at", UTC_NOW_COLUMN),
     (
         "locked_by",
         "BINARY(16) NOT NULL DEFAULT X'00000000000000000000000000000000'",
@@ -36,6 +36,13 @@ pub const EXTRA_COLUMNS: [(&str, &str); 9] = [
         "DATETIME(6) NOT NULL DEFAULT '1970-01-01 00:00:01'",
     ),
 ];
+
+/// A time column that defaults to the UTC time of the insert (an expression default:
+/// MySQL 8.0.13+, MariaDB 10.2+), whatever the writer's session `time_zone`.
+pub const UTC_NOW_COLUMN: &str = "DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6))";
+
+/// The columns that default to [`UTC_NOW_COLUMN`] (earlier versions: `CURRENT_TIMESTAMP(6)`).
+pub const UTC_DEFAULT_COLUMNS: [&str; 2] = ["created_at", "available_at"];
 
 /// The "no lease" values (the zero token, a past time) instead of NULL: see above.
 const NO_LEASE: &str =
@@ -50,6 +57,15 @@ pub struct MysqlSql {
     pub widen: String,
     /// Carries Go's `dispatched` flag over (only right after `status` was added).
     pub upgrade_go_rows: String,
+    /// The defaults of the time columns, lower-cased: `(column, default)` rows of
+    /// `(? schema or NULL, ? table)`.
+    pub time_defaults: &'static str,
+    /// Undelivered rows written under the `CURRENT_TIMESTAMP(6)` defaults and `NOW(6)`
+    /// of earlier versions hold local time: moved to UTC by (? µs, three times) the
+    /// offset of the migrating session's zone, the zone the store's sessions use.
+    pub undelivered_to_utc: String,
+    /// The time columns' defaults to `UTC_TIMESTAMP(6)`.
+    pub utc_defaults: String,
     /// `(index name, column list)`; MySQL has no partial indexes, so status leads.
     pub indexes: Vec<(String, String)>,
     /// The per-key lock table, created with the outbox table.
@@ -62,13 +78,16 @@ pub struct MysqlSql {
     pub claim_candidates: String,
     /// Claim step 4: the claimed rows' data, given an id list and token.
     pub columns: &'static str,
-    /// Counts and oldest pending age (microseconds).
+    /// Counts, oldest pending age (microseconds), held keys.
     pub stats: String,
+    /// (? limit) keys held by a parked head: key, id, message_id, last_error, waiting.
+    pub held_keys: String,
     /// (attempts, count) of pending and parked rows, ascending attempts.
     pub attempts_histogram: String,
     /// (? older than µs, ? limit) delete parked rows by created_at.
     pub purge_parked: String,
-    /// (? limit) parked rows: id, message_id, attempts, last_error.
+    /// (? limit) parked rows: id, message_id, attempts, last_error, ordering_key,
+    /// holds key (0/1).
     pub parked: String,
     /// ($1 older-than microseconds, $2 limit)
     pub cleanup: String,
@@ -92,6 +111,12 @@ impl MysqlSql {
         let t = quoted(table.table());
         let keys_table = quoted(&format!("{}_keys", table.table()));
         let name = table.table();
+        // A parked row `h` heads its key: no earlier pending or parked row of the key.
+        let heads_key = format!(
+            "h.ordering_key IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM {t} p WHERE p.ordering_key = h.ordering_key
+                  AND p.status IN ('pending', 'parked') AND p.id < h.id)"
+        );
         MysqlSql {
             create: format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
@@ -108,12 +133,29 @@ impl MysqlSql {
                  MODIFY dispatched_at DATETIME(6) NULL DEFAULT '1970-01-01 00:00:01'"
             ),
             upgrade_go_rows: format!(
-                "UPDATE {t} SET status = 'dispatched', dispatched_at = COALESCE(dispatched_at, NOW(6)) WHERE dispatched"
+                "UPDATE {t} SET status = 'dispatched', dispatched_at = COALESCE(dispatched_at, UTC_TIMESTAMP(6)) WHERE dispatched"
+            ),
+            time_defaults: "SELECT LOWER(column_name), LOWER(COALESCE(column_default, '')) \
+                 FROM information_schema.columns \
+                 WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? \
+                   AND column_name IN ('created_at', 'available_at')",
+            undelivered_to_utc: format!(
+                "UPDATE {t} SET
+                    created_at = created_at - INTERVAL ? MICROSECOND,
+                    available_at = available_at - INTERVAL ? MICROSECOND,
+                    locked_until = IF(locked_until > '1970-01-02', locked_until - INTERVAL ? MICROSECOND, locked_until)
+                 WHERE status IN ('pending', 'parked', 'skipped')"
+            ),
+            utc_defaults: format!(
+                "ALTER TABLE {t} {}",
+                UTC_DEFAULT_COLUMNS
+                    .map(|c| format!("MODIFY {c} {UTC_NOW_COLUMN}"))
+                    .join(", ")
             ),
             indexes: vec![
                 // Claims: pending rows in id order. Requeue and stats use it too.
                 (format!("{name}_status_idx"), "status, id".into()),
-                // The per-key FIFO check: an earlier pending row of this key?
+                // The per-key FIFO check: an earlier pending or parked row of this key?
                 (format!("{name}_key_idx"), "ordering_key, status, id".into()),
                 // Cleanup: old dispatched rows.
                 (format!("{name}_dispatched_idx"), "status, dispatched_at".into()),
@@ -125,11 +167,12 @@ impl MysqlSql {
             // primary key over every dispatched row (seen in EXPLAIN on MariaDB 10.11).
             claim_candidates: format!(
                 "SELECT e.id FROM {t} e FORCE INDEX (`{name}_status_idx`)
-                 WHERE e.status = 'pending' AND e.available_at <= NOW(6)
-                   AND (e.locked_until IS NULL OR e.locked_until < NOW(6))
+                 WHERE e.status = 'pending' AND e.available_at <= UTC_TIMESTAMP(6)
+                   AND (e.locked_until IS NULL OR e.locked_until < UTC_TIMESTAMP(6))
                    AND (e.ordering_key IS NULL OR NOT EXISTS (
                          SELECT 1 FROM {t} p
-                         WHERE p.ordering_key = e.ordering_key AND p.status = 'pending' AND p.id < e.id))
+                         WHERE p.ordering_key = e.ordering_key AND p.status IN ('pending', 'parked')
+                           AND p.id < e.id))
                  ORDER BY e.id LIMIT ?"
             ),
             columns: "id, message_id, payload, headers, options, ordering_key, attempts, \
@@ -137,28 +180,38 @@ impl MysqlSql {
             stats: format!(
                 "SELECT CAST(COALESCE(SUM(status = 'pending'), 0) AS SIGNED),
                         CAST(COALESCE(SUM(status = 'dispatched'), 0) AS SIGNED),
-                        CAST(COALESCE(SUM(status = 'parked'), 0) AS SIGNED),
-                        CAST(COALESCE(SUM(status = 'pending' AND locked_until > NOW(6)), 0) AS SIGNED),
+                        CAST(COALESCE(SUM(status IN ('parked', 'skipped')), 0) AS SIGNED),
+                        CAST(COALESCE(SUM(status = 'pending' AND locked_until > UTC_TIMESTAMP(6)), 0) AS SIGNED),
                         CAST(COALESCE(TIMESTAMPDIFF(MICROSECOND,
-                            MIN(CASE WHEN status = 'pending' THEN created_at END), NOW(6)), 0) AS SIGNED)
+                            MIN(CASE WHEN status = 'pending' THEN created_at END), UTC_TIMESTAMP(6)), 0) AS SIGNED),
+                        (SELECT CAST(COUNT(*) AS SIGNED) FROM {t} h WHERE h.status = 'parked' AND {heads_key})
                  FROM {t}"
             ),
+            held_keys: format!(
+                "SELECT h.ordering_key, h.id, h.message_id, h.last_error,
+                        (SELECT CAST(COUNT(*) AS SIGNED) FROM {t} w
+                         WHERE w.ordering_key = h.ordering_key AND w.status = 'pending' AND w.id > h.id)
+                 FROM {t} h
+                 WHERE h.status = 'parked' AND {heads_key}
+                 ORDER BY h.id LIMIT ?"
+            ),
             purge_parked: format!(
-                "DELETE FROM {t} WHERE status = 'parked'
-                   AND created_at < NOW(6) - INTERVAL ? MICROSECOND
+                "DELETE FROM {t} WHERE status IN ('parked', 'skipped')
+                   AND created_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND
                  ORDER BY id LIMIT ?"
             ),
             attempts_histogram: format!(
                 "SELECT CAST(attempts AS SIGNED), CAST(COUNT(*) AS SIGNED) FROM {t} \
-                 WHERE status IN ('pending', 'parked') GROUP BY attempts ORDER BY attempts"
+                 WHERE status IN ('pending', 'parked', 'skipped') GROUP BY attempts ORDER BY attempts"
             ),
             parked: format!(
-                "SELECT id, message_id, CAST(attempts AS SIGNED), last_error FROM {t} \
-                 WHERE status = 'parked' ORDER BY id LIMIT ?"
+                "SELECT id, message_id, CAST(attempts AS SIGNED), last_error, ordering_key, \
+                        CAST(status = 'parked' AND ordering_key IS NOT NULL AS SIGNED) \
+                 FROM {t} WHERE status IN ('parked', 'skipped') ORDER BY id LIMIT ?"
             ),
             cleanup: format!(
                 "DELETE FROM {t} WHERE status = 'dispatched'
-                   AND dispatched_at < NOW(6) - INTERVAL ? MICROSECOND
+                   AND dispatched_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND
                  ORDER BY dispatched_at LIMIT ?"
             ),
             table: t,
@@ -201,11 +254,12 @@ impl MysqlSql {
         )
     }
 
-    /// Claim step 2: lock the candidates still free, skipping rows others hold.
+    /// Claim step 2: lock the candidates still free, skipping rows others hold;
+    /// returns their ids and payload sizes, in id order.
     pub fn claim_lock(&self, ids: &[i64]) -> String {
         format!(
-            "SELECT id FROM {} WHERE id IN ({}) AND status = 'pending'
-               AND (locked_until IS NULL OR locked_until < NOW(6))
+            "SELECT id, CAST(LENGTH(payload) AS SIGNED) FROM {} WHERE id IN ({}) AND status = 'pending'
+               AND (locked_until IS NULL OR locked_until < UTC_TIMESTAMP(6))
              ORDER BY id FOR UPDATE SKIP LOCKED",
             self.table,
             ids_list(ids)
@@ -215,7 +269,7 @@ impl MysqlSql {
     /// Claim step 3: take the lease; Go rows without a message id get one.
     pub fn claim_update(&self, ids: &[i64], token: &[u8; 16], lease_us: u64) -> String {
         format!(
-            "UPDATE {} SET locked_by = {}, locked_until = NOW(6) + INTERVAL {lease_us} MICROSECOND,
+            "UPDATE {} SET locked_by = {}, locked_until = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND,
                 message_id = COALESCE(message_id, UNHEX(REPLACE(UUID(), '-', '')))
              WHERE id IN ({})",
             self.table,
@@ -237,7 +291,7 @@ impl MysqlSql {
     /// Marks rows dispatched if they still hold the lease.
     pub fn mark_dispatched(&self, ids: &[i64], token: &[u8; 16]) -> String {
         format!(
-            "UPDATE {} SET status = 'dispatched', dispatched_at = NOW(6), {NO_LEASE}
+            "UPDATE {} SET status = 'dispatched', dispatched_at = UTC_TIMESTAMP(6), {NO_LEASE}
              WHERE id IN ({}) AND locked_by = {} AND status = 'pending'",
             self.table,
             ids_list(ids),
@@ -256,39 +310,59 @@ impl MysqlSql {
         )
     }
 
-    /// One failed attempt: (?: error text); park and delay are formatted numbers.
-    pub fn mark_failed(&self, id: i64, token: &[u8; 16], delay_us: u64, park: bool) -> String {
+    /// One failed attempt: (?: error text); the status and delay are formatted from
+    /// our own values (`status` is [`failed_status`]).
+    pub fn mark_failed(&self, id: i64, token: &[u8; 16], delay_us: u64, status: &str) -> String {
         format!(
             "UPDATE {} SET attempts = attempts + 1, last_error = ?, {NO_LEASE},
-                available_at = NOW(6) + INTERVAL {delay_us} MICROSECOND, status = '{}'
+                available_at = UTC_TIMESTAMP(6) + INTERVAL {delay_us} MICROSECOND, status = '{status}'
              WHERE id = {id} AND locked_by = {} AND status = 'pending'",
             self.table,
-            if park { "parked" } else { "pending" },
             hex(token)
         )
     }
 
-    /// Gives rows back without counting an attempt.
-    pub fn release(&self, ids: &[i64], token: &[u8; 16]) -> String {
+    /// Gives rows back without counting an attempt, claimable after the delay.
+    pub fn release(&self, ids: &[i64], token: &[u8; 16], delay_us: u64) -> String {
         format!(
-            "UPDATE {} SET {NO_LEASE} WHERE id IN ({}) AND locked_by = {}",
+            "UPDATE {} SET {NO_LEASE}, available_at = UTC_TIMESTAMP(6) + INTERVAL {delay_us} MICROSECOND
+             WHERE id IN ({}) AND locked_by = {}",
             self.table,
             ids_list(ids),
             hex(token)
         )
     }
 
-    /// Parked rows back to pending (all, or these ids).
+    /// Parked rows among these ids give their keys up.
+    pub fn skip(&self, ids: &[i64]) -> String {
+        format!(
+            "UPDATE {} SET status = 'skipped' WHERE status = 'parked' AND id IN ({})",
+            self.table,
+            ids_list(ids)
+        )
+    }
+
+    /// Parked (and skipped) rows back to pending (all, or these ids).
     pub fn requeue(&self, ids: Option<&[i64]>) -> String {
         let filter = match ids {
             Some(ids) => format!(" AND id IN ({})", ids_list(ids)),
             None => String::new(),
         };
         format!(
-            "UPDATE {} SET status = 'pending', attempts = 0, available_at = NOW(6), {NO_LEASE}
-             WHERE status = 'parked'{filter}",
+            "UPDATE {} SET status = 'pending', attempts = 0, available_at = UTC_TIMESTAMP(6), {NO_LEASE}
+             WHERE status IN ('parked', 'skipped'){filter}",
             self.table
         )
+    }
+}
+
+/// The status a failed attempt leaves: back to pending, parked holding its key, or
+/// parked without holding it (`skipped`).
+pub fn failed_status(park: bool, hold_key: bool) -> &'static str {
+    match (park, hold_key) {
+        (false, _) => "pending",
+        (true, true) => "parked",
+        (true, false) => "skipped",
     }
 }
 
@@ -346,6 +420,15 @@ mod tests {
         assert!(sql.fill_keys().contains("(4095)"));
         assert!(key_bucket("k") < KEY_LOCK_BUCKETS as u32);
         assert_eq!(key_bucket("order-42"), key_bucket("order-42"));
-        assert!(sql.mark_failed(1, &tok, 5, true).contains("'parked'"));
+        assert!(sql
+            .mark_failed(1, &tok, 5, failed_status(true, true))
+            .contains("status = 'parked'"));
+        assert_eq!(
+            [(false, true), (true, true), (true, false)].map(|(p, h)| failed_status(p, h)),
+            ["pending", "parked", "skipped"]
+        );
+        assert!(sql
+            .claim_candidates
+            .contains("p.status IN ('pending', 'parked')"));
     }
 }

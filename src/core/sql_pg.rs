@@ -22,27 +22,32 @@ pub struct PgSql {
     pub lock_keys: String,
     /// Wake other relays after commit: ($1 channel).
     pub notify: String,
-    /// Claim: ($1 limit, $2 lease token, $3 lease ms).
+    /// Claim: ($1 limit, $2 lease token, $3 lease ms, $4 payload bytes).
     pub claim: String,
     /// ($1 ids, $2 token)
     pub mark_dispatched: String,
-    /// ($1 ids, $2 errors, $3 delay ms, $4 park flags, $5 token)
+    /// ($1 ids, $2 errors, $3 delay ms, $4 park flags, $5 token, $6 hold-key flags)
     pub mark_failed: String,
-    /// ($1 ids, $2 token)
+    /// ($1 ids, $2 token, $3 delay ms)
     pub release: String,
     /// ($1 older than ms, $2 limit)
     pub cleanup: String,
-    /// ($1 ids) parked rows back to pending
+    /// ($1 ids) parked (or skipped) rows back to pending
     pub requeue_ids: String,
-    /// all parked rows back to pending
+    /// all parked (and skipped) rows back to pending
     pub requeue_all: String,
-    /// counts by status, leased count, oldest pending age in seconds
+    /// ($1 ids) parked rows give their keys up
+    pub skip: String,
+    /// ($1 limit) keys held by a parked head: key, id, message_id, last_error, waiting
+    pub held_keys: String,
+    /// counts by status, leased count, oldest pending age in seconds, held keys
     pub stats: String,
     /// (attempts, count) of pending and parked rows, ascending attempts
     pub attempts_histogram: String,
     /// ($1 older than ms, $2 limit) delete parked rows by created_at
     pub purge_parked: String,
-    /// ($1 limit) parked rows: id, message_id, attempts, last_error
+    /// ($1 limit) parked rows: id, message_id, attempts, last_error, ordering_key,
+    /// holds key
     pub parked: String,
     /// The LISTEN/NOTIFY channel name (unquoted).
     pub channel: String,
@@ -58,6 +63,12 @@ impl PgSql {
     pub fn new(table: &TableName) -> Self {
         let t = table.quoted();
         let idx = |s: &str| table.derived(s);
+        // A parked row `h` heads its key: no earlier pending or parked row of the key.
+        let heads_key = format!(
+            "h.ordering_key IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM {t} p WHERE p.status IN ('pending', 'parked')
+                  AND p.ordering_key = h.ordering_key AND p.id < h.id)"
+        );
         let migrate = vec![
             format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
@@ -89,11 +100,17 @@ impl PgSql {
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE status = 'pending'",
                 idx("pending_idx")
             ),
-            // The per-key FIFO check: is there an earlier pending row of this key?
+            // The per-key FIFO check: is there an earlier row of this key that is
+            // pending or parked (a parked head holds its key; a skipped one does not)?
             format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (ordering_key, id) \
-                 WHERE status = 'pending' AND ordering_key IS NOT NULL",
-                idx("pending_key_idx")
+                 WHERE status IN ('pending', 'parked') AND ordering_key IS NOT NULL",
+                idx("undelivered_key_idx")
+            ),
+            // Its pending-only predecessor (before parked heads held their keys).
+            format!(
+                "DROP INDEX IF EXISTS {}",
+                qualified(table, "pending_key_idx")
             ),
             // Cleanup deletes old dispatched rows.
             format!(
@@ -103,6 +120,10 @@ impl PgSql {
             format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE status = 'parked'",
                 idx("parked_idx")
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE status = 'skipped'",
+                idx("skipped_idx")
             ),
         ];
         let inspect = "SELECT \
@@ -140,20 +161,27 @@ impl PgSql {
                  (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k ORDER BY 1) AS keys"
                 .to_string(),
             notify: "SELECT pg_notify($1, '')".to_string(),
+            // The byte cap is a running sum over the locked candidates in id order;
+            // the first always fits. Candidates past the cap stay locked until COMMIT
+            // but are not leased.
             claim: format!(
                 "WITH c AS (
-                    SELECT e.id FROM {t} e
+                    SELECT e.id, octet_length(e.payload) AS n FROM {t} e
                     WHERE e.status = 'pending' AND e.available_at <= now()
                       AND (e.locked_until IS NULL OR e.locked_until < now())
                       AND (e.ordering_key IS NULL OR NOT EXISTS (
                             SELECT 1 FROM {t} p
-                            WHERE p.status = 'pending' AND p.ordering_key = e.ordering_key AND p.id < e.id))
+                            WHERE p.status IN ('pending', 'parked') AND p.ordering_key = e.ordering_key
+                              AND p.id < e.id))
                     ORDER BY e.id
                     LIMIT $1
                     FOR UPDATE SKIP LOCKED
+                 ), w AS (
+                    SELECT id, sum(n) OVER (ORDER BY id) AS running, row_number() OVER (ORDER BY id) AS nth
+                    FROM c
                  )
                  UPDATE {t} AS u SET locked_by = $2, locked_until = now() + $3::float8 * interval '1 millisecond'
-                 FROM c WHERE u.id = c.id
+                 FROM w WHERE u.id = w.id AND (w.nth = 1 OR w.running <= $4)
                  RETURNING {RETURNING}"
             ),
             mark_dispatched: format!(
@@ -163,12 +191,15 @@ impl PgSql {
             mark_failed: format!(
                 "UPDATE {t} AS u SET attempts = u.attempts + 1, last_error = f.err, locked_by = NULL, locked_until = NULL,
                     available_at = now() + f.delay_ms * interval '1 millisecond',
-                    status = CASE WHEN f.park THEN 'parked' ELSE 'pending' END
-                 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::bool[]) AS f(id, err, delay_ms, park)
+                    status = CASE WHEN NOT f.park THEN 'pending' WHEN f.hold THEN 'parked' ELSE 'skipped' END
+                 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::bool[], $6::bool[])
+                      AS f(id, err, delay_ms, park, hold)
                  WHERE u.id = f.id AND u.locked_by = $5 AND u.status = 'pending'"
             ),
             release: format!(
-                "UPDATE {t} SET locked_by = NULL, locked_until = NULL WHERE id = ANY($1) AND locked_by = $2"
+                "UPDATE {t} SET locked_by = NULL, locked_until = NULL,
+                    available_at = now() + $3::float8 * interval '1 millisecond'
+                 WHERE id = ANY($1) AND locked_by = $2"
             ),
             cleanup: format!(
                 "DELETE FROM {t} WHERE id IN (
@@ -178,36 +209,58 @@ impl PgSql {
             ),
             requeue_ids: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), locked_by = NULL, locked_until = NULL \
-                 WHERE id = ANY($1) AND status = 'parked'"
+                 WHERE id = ANY($1) AND status IN ('parked', 'skipped')"
             ),
             requeue_all: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), locked_by = NULL, locked_until = NULL \
-                 WHERE status = 'parked'"
+                 WHERE status IN ('parked', 'skipped')"
+            ),
+            skip: format!(
+                "UPDATE {t} SET status = 'skipped' WHERE id = ANY($1) AND status = 'parked'"
+            ),
+            held_keys: format!(
+                "SELECT h.ordering_key, h.id, h.message_id, h.last_error,
+                        (SELECT count(*) FROM {t} w  -- the IN matches the key index
+                         WHERE w.status IN ('pending', 'parked') AND w.ordering_key = h.ordering_key
+                           AND w.id > h.id AND w.status = 'pending')
+                 FROM {t} h
+                 WHERE h.status = 'parked' AND {heads_key}
+                 ORDER BY h.id LIMIT $1"
             ),
             stats: format!(
                 "SELECT count(*) FILTER (WHERE status = 'pending'),
                         count(*) FILTER (WHERE status = 'dispatched'),
-                        count(*) FILTER (WHERE status = 'parked'),
+                        count(*) FILTER (WHERE status IN ('parked', 'skipped')),
                         count(*) FILTER (WHERE status = 'pending' AND locked_until > now()),
-                        coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8, 0)
+                        coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8, 0),
+                        (SELECT count(*) FROM {t} h WHERE h.status = 'parked' AND {heads_key})
                  FROM {t}"
             ),
             purge_parked: format!(
                 "DELETE FROM {t} WHERE id IN (
-                    SELECT id FROM {t} WHERE status = 'parked'
+                    SELECT id FROM {t} WHERE status IN ('parked', 'skipped')
                       AND created_at < now() - $1::float8 * interval '1 millisecond'
                     ORDER BY id LIMIT $2)"
             ),
             attempts_histogram: format!(
-                "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked') \
+                "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked', 'skipped') \
                  GROUP BY attempts ORDER BY attempts"
             ),
             parked: format!(
-                "SELECT id, message_id, attempts, last_error FROM {t} WHERE status = 'parked' \
-                 ORDER BY id LIMIT $1"
+                "SELECT id, message_id, attempts, last_error, ordering_key, \
+                        status = 'parked' AND ordering_key IS NOT NULL \
+                 FROM {t} WHERE status IN ('parked', 'skipped') ORDER BY id LIMIT $1"
             ),
             channel: channel_name(table),
         }
+    }
+}
+
+/// An index of the table, schema-qualified when the table is (for `DROP INDEX`).
+fn qualified(table: &TableName, suffix: &str) -> String {
+    match table.schema() {
+        Some(s) => format!("\"{s}\".{}", table.derived(suffix)),
+        None => table.derived(suffix),
     }
 }
 
@@ -241,8 +294,15 @@ mod tests {
             TableName::parse(&format!("{}.{}", "s".repeat(40), "t".repeat(40))).expect("valid");
         assert!(PgSql::new(&long).channel.len() <= 63);
         assert!(sql.migrate.iter().all(|s| !s.contains("$1")));
-        assert!(sql.parked.contains("status = 'parked'") && sql.parked.contains("LIMIT $1"));
+        assert!(
+            sql.parked.contains("status IN ('parked', 'skipped')")
+                && sql.parked.contains("LIMIT $1")
+        );
         assert!(sql.attempts_histogram.contains("GROUP BY attempts"));
-        assert!(sql.purge_parked.contains("status = 'parked'"));
+        assert!(sql.purge_parked.contains("status IN ('parked', 'skipped')"));
+        assert!(sql
+            .migrate
+            .iter()
+            .any(|s| s == "DROP INDEX IF EXISTS \"app\".\"events_pending_key_idx\""));
     }
 }

@@ -36,28 +36,35 @@ pub struct SqliteSql {
     /// One message: (?1 message_id blob, ?2 payload, ?3 headers json, ?4 options json,
     /// ?5 ordering key, ?6 now ms).
     pub insert: String,
-    /// Claim: (?1 limit, ?2 lease token blob, ?3 lease end ms, ?4 now ms).
+    /// Claim: (?1 limit, ?2 lease token blob, ?3 lease end ms, ?4 now ms, ?5 payload
+    /// bytes).
     pub claim: String,
     /// One row: (?1 id, ?2 token, ?3 now ms)
     pub mark_dispatched: String,
-    /// One row: (?1 id, ?2 error, ?3 available_at ms, ?4 park flag, ?5 token)
+    /// One row: (?1 id, ?2 error, ?3 available_at ms, ?4 park flag, ?5 token,
+    /// ?6 hold-key flag)
     pub mark_failed: String,
-    /// One row: (?1 id, ?2 token)
+    /// One row: (?1 id, ?2 token, ?3 available_at ms)
     pub release: String,
     /// (?1 cutoff ms, ?2 limit)
     pub cleanup: String,
-    /// One parked row back to pending: (?1 id, ?2 now ms)
+    /// One parked (or skipped) row back to pending: (?1 id, ?2 now ms)
     pub requeue_one: String,
-    /// Every parked row back to pending: (?1 now ms)
+    /// Every parked and skipped row back to pending: (?1 now ms)
     pub requeue_all: String,
-    /// Counts (pending, dispatched, parked, leased) and the oldest pending
-    /// `created_at` (NULL when none): (?1 now ms)
+    /// Counts (pending, dispatched, parked, leased), the oldest pending
+    /// `created_at` (NULL when none) and held keys: (?1 now ms)
     pub stats: String,
+    /// One parked row gives its key up: (?1 id)
+    pub skip_one: String,
+    /// (?1 limit) keys held by a parked head: key, id, message_id, last_error, waiting.
+    pub held_keys: String,
     /// (attempts, count) of pending and parked rows, ascending attempts.
     pub attempts_histogram: String,
     /// (?1 cutoff ms, ?2 limit) delete parked rows created before the cutoff.
     pub purge_parked: String,
-    /// (?1 limit) parked rows: id, message_id, attempts, last_error.
+    /// (?1 limit) parked rows: id, message_id, attempts, last_error, ordering_key,
+    /// holds key (0/1).
     pub parked: String,
 }
 
@@ -89,6 +96,12 @@ impl SqliteSql {
     pub fn new(table: &TableName) -> Self {
         let t = table.quoted();
         let idx = |s: &str| table.derived(s);
+        // A parked row `h` heads its key: no earlier pending or parked row of the key.
+        let heads_key = format!(
+            "h.ordering_key IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM {t} AS p WHERE p.status IN ('pending', 'parked')
+                  AND p.ordering_key = h.ordering_key AND p.id < h.id)"
+        );
         // AUTOINCREMENT: ids are never reused after cleanup deletes the newest rows, so
         // a row id names one message for the table's whole life (logs, `Delivered`).
         let create_table = format!(
@@ -148,14 +161,17 @@ impl SqliteSql {
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE status = 'pending'",
                 idx("pending_idx")
             ),
-            // The per-key FIFO check: is there an earlier pending row of this key? The
-            // claim's `p.ordering_key = e.ordering_key` implies IS NOT NULL, so SQLite
-            // uses this partial index for it.
+            // The per-key FIFO check: is there an earlier pending or parked row of this
+            // key (a parked head holds its key, a skipped one does not)? The claim
+            // repeats the status term as written here and its `p.ordering_key =
+            // e.ordering_key` implies IS NOT NULL, so SQLite uses this partial index.
             format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (ordering_key, id) \
-                 WHERE status = 'pending' AND ordering_key IS NOT NULL",
-                idx("pending_key_idx")
+                 WHERE status IN ('pending', 'parked') AND ordering_key IS NOT NULL",
+                idx("undelivered_key_idx")
             ),
+            // Its pending-only predecessor (before parked heads held their keys).
+            format!("DROP INDEX IF EXISTS {}", idx("pending_key_idx")),
             // Cleanup deletes old dispatched rows.
             format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (dispatched_at) WHERE status = 'dispatched'",
@@ -164,6 +180,10 @@ impl SqliteSql {
             format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE status = 'parked'",
                 idx("parked_idx")
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE status = 'skipped'",
+                idx("skipped_idx")
             ),
         ];
         SqliteSql {
@@ -186,17 +206,25 @@ impl SqliteSql {
             // No SKIP LOCKED needed: the claim runs in a BEGIN IMMEDIATE transaction,
             // and SQLite has one writer at a time per file, so claims from any thread or
             // process are serialised and each sees the leases the previous one took.
+            // The byte cap is a running sum over the candidates in id order (the first
+            // always fits); octet_length reads a blob's size without loading it.
             claim: format!(
                 "UPDATE {t} SET locked_by = ?2, locked_until = ?3
                  WHERE id IN (
-                    SELECT e.id FROM {t} AS e
-                    WHERE e.status = 'pending' AND e.available_at <= ?4
-                      AND (e.locked_until IS NULL OR e.locked_until < ?4)
-                      AND (e.ordering_key IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM {t} AS p
-                            WHERE p.status = 'pending' AND p.ordering_key = e.ordering_key AND p.id < e.id))
-                    ORDER BY e.id
-                    LIMIT ?1)
+                    SELECT id FROM (
+                        SELECT id, sum(n) OVER (ORDER BY id) AS running,
+                               row_number() OVER (ORDER BY id) AS nth
+                        FROM (
+                            SELECT e.id, octet_length(e.payload) AS n FROM {t} AS e
+                            WHERE e.status = 'pending' AND e.available_at <= ?4
+                              AND (e.locked_until IS NULL OR e.locked_until < ?4)
+                              AND (e.ordering_key IS NULL OR NOT EXISTS (
+                                    SELECT 1 FROM {t} AS p
+                                    WHERE p.status IN ('pending', 'parked') AND p.ordering_key = e.ordering_key
+                                      AND p.id < e.id))
+                            ORDER BY e.id
+                            LIMIT ?1))
+                    WHERE nth = 1 OR running <= ?5)
                  RETURNING {RETURNING}"
             ),
             mark_dispatched: format!(
@@ -205,11 +233,13 @@ impl SqliteSql {
             ),
             mark_failed: format!(
                 "UPDATE {t} SET attempts = attempts + 1, last_error = ?2, locked_by = NULL, locked_until = NULL,
-                    available_at = ?3, status = CASE WHEN ?4 THEN 'parked' ELSE 'pending' END
+                    available_at = ?3,
+                    status = CASE WHEN NOT ?4 THEN 'pending' WHEN ?6 THEN 'parked' ELSE 'skipped' END
                  WHERE id = ?1 AND locked_by = ?5 AND status = 'pending'"
             ),
             release: format!(
-                "UPDATE {t} SET locked_by = NULL, locked_until = NULL WHERE id = ?1 AND locked_by = ?2"
+                "UPDATE {t} SET locked_by = NULL, locked_until = NULL, available_at = ?3 \
+                 WHERE id = ?1 AND locked_by = ?2"
             ),
             cleanup: format!(
                 "DELETE FROM {t} WHERE id IN (
@@ -218,33 +248,46 @@ impl SqliteSql {
             ),
             requeue_one: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?2, locked_by = NULL, locked_until = NULL \
-                 WHERE id = ?1 AND status = 'parked'"
+                 WHERE id = ?1 AND status IN ('parked', 'skipped')"
             ),
             requeue_all: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?1, locked_by = NULL, locked_until = NULL \
-                 WHERE status = 'parked'"
+                 WHERE status IN ('parked', 'skipped')"
             ),
             // One subquery per status, so each count reads its own partial index
             // instead of scanning the whole table.
             stats: format!(
                 "SELECT (SELECT count(*) FROM {t} WHERE status = 'pending'),
                         (SELECT count(*) FROM {t} WHERE status = 'dispatched'),
-                        (SELECT count(*) FROM {t} WHERE status = 'parked'),
+                        (SELECT count(*) FROM {t} WHERE status = 'parked')
+                          + (SELECT count(*) FROM {t} WHERE status = 'skipped'),
                         (SELECT count(*) FROM {t} WHERE status = 'pending' AND locked_until > ?1),
-                        (SELECT min(created_at) FROM {t} WHERE status = 'pending')"
+                        (SELECT min(created_at) FROM {t} WHERE status = 'pending'),
+                        (SELECT count(*) FROM {t} AS h WHERE h.status = 'parked' AND {heads_key})"
+            ),
+            skip_one: format!("UPDATE {t} SET status = 'skipped' WHERE id = ?1 AND status = 'parked'"),
+            held_keys: format!(
+                "SELECT h.ordering_key, h.id, h.message_id, h.last_error,
+                        (SELECT count(*) FROM {t} AS w
+                         WHERE w.status IN ('pending', 'parked') AND w.ordering_key = h.ordering_key
+                           AND w.id > h.id AND w.status = 'pending')
+                 FROM {t} AS h
+                 WHERE h.status = 'parked' AND {heads_key}
+                 ORDER BY h.id LIMIT ?1"
             ),
             purge_parked: format!(
                 "DELETE FROM {t} WHERE id IN (
-                    SELECT id FROM {t} WHERE status = 'parked' AND created_at < ?1
+                    SELECT id FROM {t} WHERE status IN ('parked', 'skipped') AND created_at < ?1
                     ORDER BY id LIMIT ?2)"
             ),
             attempts_histogram: format!(
-                "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked') \
+                "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked', 'skipped') \
                  GROUP BY attempts ORDER BY attempts"
             ),
             parked: format!(
-                "SELECT id, message_id, attempts, last_error FROM {t} WHERE status = 'parked' \
-                 ORDER BY id LIMIT ?1"
+                "SELECT id, message_id, attempts, last_error, ordering_key, \
+                        status = 'parked' AND ordering_key IS NOT NULL \
+                 FROM {t} WHERE status IN ('parked', 'skipped') ORDER BY id LIMIT ?1"
             ),
         }
     }

@@ -20,6 +20,26 @@ pub trait Harness {
     fn go_table(table: &str) -> Vec<String>;
     /// Drops the table.
     fn drop_table(table: &str);
+    /// One `INSERT` of a row as another language writes it with plain SQL: the
+    /// payload text as bytes, headers and options as JSON text (or NULL), an
+    /// optional ordering key; every other column from its default (or "now").
+    fn insert_sql(
+        table: &str,
+        payload: &str,
+        headers: Option<&str>,
+        options: Option<&str>,
+        key: Option<&str>,
+    ) -> String;
+}
+
+/// An SQL string literal (single quotes doubled).
+pub fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// [`lit`], or NULL.
+pub fn lit_or_null(v: Option<&str>) -> String {
+    v.map_or("NULL".to_string(), lit)
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -332,6 +352,91 @@ pub fn mark_reports_exactly_the_rows_still_held<H: Harness>() {
     H::drop_table(&t);
 }
 
+/// `release` gives rows back without counting an attempt, available again after
+/// the delay it is given (by the database clock), and only under the lease's token.
+pub fn release_with_a_delay<H: Harness>() {
+    let t = unique("c_rel");
+    let s = store::<H>(&t);
+    s.enqueue(&[msg(1), msg(2)]).expect("enqueue");
+    let l = lease(60);
+    let got = s.claim(&l, 10.into()).expect("claim").messages;
+    let (a, b) = (got[0].id, got[1].id);
+    assert_eq!(
+        s.release(&lease(60), &[a, b], Duration::ZERO)
+            .expect("release"),
+        0,
+        "another token releases nothing"
+    );
+    assert_eq!(
+        s.release(&l, &[a], Duration::from_millis(1500))
+            .expect("release"),
+        1
+    );
+    assert_eq!(s.release(&l, &[b], Duration::ZERO).expect("release"), 1);
+    let l2 = lease(60);
+    let now = s.claim(&l2, 10.into()).expect("claim").messages;
+    assert_eq!(
+        now.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(),
+        vec![(b, 0)],
+        "zero delay: at once; the delayed one waits"
+    );
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.leased), (2, 1), "{st:?}");
+    std::thread::sleep(Duration::from_millis(1700));
+    let later = s.claim(&lease(60), 10.into()).expect("claim").messages;
+    assert_eq!(
+        later.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(),
+        vec![(a, 0)],
+        "after its delay, with no attempt counted"
+    );
+    assert_eq!(s.attempts_histogram().expect("histogram"), vec![(0, 2)]);
+    H::drop_table(&t);
+}
+
+/// A claim stops at `BatchLimit::bytes` of payload, except that its first message
+/// always fits (a message larger than the cap is claimed alone); rows left out are
+/// not leased.
+pub fn claims_honour_the_byte_limit<H: Harness>() {
+    use outboxer::store::BatchLimit;
+    let t = unique("c_bytes");
+    let s = store::<H>(&t);
+    let kib = |n: usize| n * 1024;
+    s.enqueue(
+        &(0..10)
+            .map(|i| Message::new(vec![i as u8; kib(100)]))
+            .collect::<Vec<_>>(),
+    )
+    .expect("enqueue");
+    let limit = BatchLimit {
+        rows: 100,
+        bytes: kib(250),
+    };
+    let mut sizes = Vec::new();
+    loop {
+        let got = s.claim(&lease(60), limit).expect("claim").messages;
+        if got.is_empty() {
+            break;
+        }
+        sizes.push(got.len());
+        assert!(sizes.len() <= 10, "{sizes:?}");
+    }
+    assert_eq!(sizes, [2, 2, 2, 2, 2], "100 KiB rows under a 250 KiB cap");
+
+    let big = Message::new(vec![7u8; kib(1024)]);
+    s.enqueue(&[big.clone(), msg(1), msg(2), msg(3)])
+        .expect("enqueue");
+    let small = BatchLimit {
+        rows: 100,
+        bytes: kib(1),
+    };
+    let got = s.claim(&lease(60), small).expect("claim").messages;
+    assert_eq!(ids(&got), vec![big.message_id()], "1 MiB alone under 1 KiB");
+    let got = s.claim(&lease(60), small).expect("claim").messages;
+    assert_eq!(bodies(&got), ["m1", "m2", "m3"]);
+    assert_eq!(s.stats().expect("stats").leased, 14);
+    H::drop_table(&t);
+}
+
 pub fn concurrent_claimers_never_share_a_row<H: Harness>() {
     let t = unique("c_conc");
     let s = store::<H>(&t);
@@ -421,6 +526,172 @@ pub fn per_key_fifo<H: Harness>() {
     s.mark_dispatched(&l2, &[k1a_id]).expect("mark").len();
     let next = s.claim(&lease(60), 10.into()).expect("claim").messages;
     assert_eq!(ids(&next), vec![k1b.message_id()]);
+    H::drop_table(&t);
+}
+
+fn keyed(body: &str, key: &str) -> Message {
+    Message::new(body.as_bytes().to_vec()).ordering_key(key)
+}
+
+fn park(m: &StoredMessage, hold_key: bool) -> FailedAttempt {
+    FailedAttempt {
+        id: m.id,
+        error: format!("poison {}", String::from_utf8_lossy(&m.payload)),
+        retry_in: Duration::ZERO,
+        park: true,
+        hold_key,
+    }
+}
+
+fn bodies(v: &[StoredMessage]) -> Vec<String> {
+    v.iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
+}
+
+/// Claims everything claimable, marks it dispatched, returns the bodies.
+fn drain<S: Store>(s: &S) -> Vec<String> {
+    let l = lease(60);
+    let got = s.claim(&l, 100.into()).expect("claim").messages;
+    let ids: Vec<i64> = got.iter().map(|m| m.id).collect();
+    assert_eq!(s.mark_dispatched(&l, &ids).expect("mark").len(), ids.len());
+    bodies(&got)
+}
+
+/// A parked key head holds its key (by default): the key's later messages wait
+/// while other keys and unkeyed messages flow; requeued, the head goes first and
+/// the rest follow in order. Parked without holding, the key flows at once.
+pub fn parked_head_holds_its_key<H: Harness>() {
+    let t = unique("c_hold");
+    let s = store::<H>(&t);
+    s.enqueue(&[
+        keyed("k1 a", "k1"),
+        keyed("k1 b", "k1"),
+        keyed("k1 c", "k1"),
+        keyed("k2 a", "k2"),
+        msg(1),
+        keyed("k3 a", "k3"),
+        keyed("k3 b", "k3"),
+    ])
+    .expect("enqueue");
+    let l = lease(60);
+    let got = s.claim(&l, 100.into()).expect("claim").messages;
+    assert_eq!(bodies(&got), ["k1 a", "k2 a", "m1", "k3 a"]);
+    let fails = [park(&got[0], true), park(&got[3], false)];
+    assert_eq!(s.mark_failed(&l, &fails).expect("park"), 2);
+    s.mark_dispatched(&l, &[got[1].id, got[2].id])
+        .expect("mark")
+        .len();
+    s.enqueue(&[keyed("k2 b", "k2"), msg(2), keyed("k1 d", "k1")])
+        .expect("enqueue");
+    assert_eq!(
+        drain(&s),
+        ["k3 b", "k2 b", "m2"],
+        "k1 is held by its parked head; k3's head was parked without holding"
+    );
+    assert!(drain(&s).is_empty(), "k1 stays held");
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.parked), (3, 2), "{st:?}");
+    let parked: Vec<i64> = s.parked(10).expect("parked").iter().map(|p| p.id).collect();
+    assert_eq!(parked, vec![got[0].id, got[3].id]);
+    // The head back: first, alone, then the rest of the key in order.
+    assert_eq!(
+        s.requeue(&Requeue::Ids(vec![got[0].id])).expect("requeue"),
+        1
+    );
+    assert_eq!(drain(&s), ["k1 a"]);
+    assert_eq!(drain(&s), ["k1 b"]);
+    assert_eq!(drain(&s), ["k1 c"]);
+    assert_eq!(drain(&s), ["k1 d"]);
+    // A head parked without holding is still parked for the operator.
+    assert_eq!(s.requeue(&Requeue::AllParked).expect("requeue"), 1);
+    assert_eq!(drain(&s), ["k3 a"]);
+    H::drop_table(&t);
+}
+
+/// Held keys are listed with their parked head and how many messages wait; `skip`
+/// gives a head up (it stays parked, the key flows), `requeue` puts it back first.
+pub fn skip_and_held_keys<H: Harness>() {
+    let t = unique("c_skip");
+    let s = store::<H>(&t);
+    s.enqueue(&[
+        keyed("k1 a", "k1"),
+        keyed("k1 b", "k1"),
+        keyed("k1 c", "k1"),
+        keyed("k2 a", "k2"),
+        keyed("k2 b", "k2"),
+        msg(1),
+        keyed("k4 a", "k4"),
+        keyed("k4 b", "k4"),
+    ])
+    .expect("enqueue");
+    let l = lease(60);
+    let got = s.claim(&l, 100.into()).expect("claim").messages;
+    assert_eq!(bodies(&got), ["k1 a", "k2 a", "m1", "k4 a"]);
+    let (k1a, k2a, m1, k4a) = (&got[0], &got[1], &got[2], &got[3]);
+    let fails = [
+        park(k1a, true),
+        park(k2a, true),
+        park(m1, true),
+        park(k4a, false),
+    ];
+    assert_eq!(s.mark_failed(&l, &fails).expect("park"), 4);
+    assert_eq!(drain(&s), ["k4 b"], "k4's head was parked without holding");
+
+    let held = s.held_keys(10).expect("held keys");
+    assert_eq!(
+        held.iter()
+            .map(|h| (h.ordering_key.as_str(), h.parked_id, h.waiting))
+            .collect::<Vec<_>>(),
+        vec![("k1", k1a.id, 2), ("k2", k2a.id, 1)]
+    );
+    assert_eq!(held[0].message_id, Some(k1a.message_id));
+    assert_eq!(held[0].last_error.as_deref(), Some("poison k1 a"));
+    assert_eq!(s.held_keys(1).expect("held keys").len(), 1, "limit");
+    let st = s.stats().expect("stats");
+    assert_eq!((st.parked, st.held_keys, st.pending), (4, 2, 3), "{st:?}");
+    let parked = s.parked(10).expect("parked");
+    assert_eq!(
+        parked
+            .iter()
+            .map(|p| (p.id, p.ordering_key.as_deref(), p.holds_key))
+            .collect::<Vec<_>>(),
+        vec![
+            (k1a.id, Some("k1"), true),
+            (k2a.id, Some("k2"), true),
+            (m1.id, None, false),
+            (k4a.id, Some("k4"), false)
+        ]
+    );
+
+    // Skip gives k2's head up: it stays parked, k2 b flows. Only parked rows move.
+    assert_eq!(
+        s.skip(&[k2a.id, k4a.id, i64::MAX]).expect("skip"),
+        1,
+        "k4 a is skipped already; no such row"
+    );
+    assert_eq!(s.skip(&[k2a.id]).expect("skip"), 0, "idempotent");
+    assert_eq!(s.skip(&[]).expect("skip"), 0);
+    assert_eq!(drain(&s), ["k2 b"], "k1 still held");
+    let st = s.stats().expect("stats");
+    assert_eq!((st.parked, st.held_keys, st.pending), (4, 1, 2), "{st:?}");
+    assert!(s
+        .parked(10)
+        .expect("parked")
+        .iter()
+        .any(|p| p.id == k2a.id && !p.holds_key));
+
+    // Requeue k1's head: it goes first, then the rest of k1 in order.
+    assert_eq!(s.requeue(&Requeue::Ids(vec![k1a.id])).expect("requeue"), 1);
+    assert!(s.held_keys(10).expect("held keys").is_empty());
+    assert_eq!(drain(&s), ["k1 a"]);
+    assert_eq!(drain(&s), ["k1 b"]);
+    assert_eq!(drain(&s), ["k1 c"]);
+    // A skipped head can still be requeued (published after its key's later ones).
+    assert_eq!(s.requeue(&Requeue::Ids(vec![k2a.id])).expect("requeue"), 1);
+    assert_eq!(drain(&s), ["k2 a"]);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.parked, st.held_keys, st.pending), (2, 0, 0), "{st:?}");
     H::drop_table(&t);
 }
 
@@ -578,6 +849,164 @@ pub fn relay_end_to_end_with_amqp<H: Harness>() {
     H::drop_table(&t);
 }
 
+/// Rows written by plain SQL whose headers or options are JSON but not an object
+/// (`'[]'` is what PHP's `json_encode([])` writes) are leased with the claim and
+/// returned apart, with the column named; they never fail the claim, and every
+/// other row of it is returned.
+pub fn undecodable_rows_are_claimed_apart<H: Harness>() {
+    let t = unique("c_undec");
+    let s = store::<H>(&t);
+    let route = Some(r#"{"exchange.name": "x", "routing_key": "r"}"#);
+    let rows: [(&str, Option<&str>, Option<&str>); 7] = [
+        ("g1", Some(r#"{"n": "1"}"#), route),
+        ("bad headers []", Some("[]"), route),
+        ("g2", None, None),
+        ("bad headers string", Some(r#""x""#), None),
+        ("bad headers number", Some("1"), None),
+        ("bad options []", None, Some("[]")),
+        ("g3", Some("{}"), Some("{}")),
+    ];
+    let inserts: Vec<String> = rows
+        .iter()
+        .map(|(p, h, o)| H::insert_sql(&t, p, *h, *o, None))
+        .collect();
+    H::exec(&inserts);
+    let l = lease(30);
+    let claim = s
+        .claim(&l, 100.into())
+        .expect("a bad row never fails the claim");
+    let payloads: Vec<&[u8]> = claim
+        .messages
+        .iter()
+        .map(|m| m.payload.as_slice())
+        .collect();
+    assert_eq!(payloads, [&b"g1"[..], b"g2", b"g3"], "every good row");
+    let reasons: Vec<&str> = claim
+        .undecodable
+        .iter()
+        .map(|u| u.reason.as_str())
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    for (reason, column) in reasons
+        .iter()
+        .zip(["headers", "headers", "headers", "options"])
+    {
+        assert!(reason.contains(column), "{reason:?} names {column}");
+    }
+    let (good, bad): (Vec<i64>, Vec<i64>) = (
+        claim.messages.iter().map(|m| m.id).collect(),
+        claim.undecodable.iter().map(|u| u.id).collect(),
+    );
+    assert!(
+        good[0] < bad[0] && bad[0] < good[1] && bad[3] < good[2],
+        "{good:?} {bad:?}"
+    );
+    assert_eq!(claim.len(), 7);
+    assert!(
+        s.claim(&lease(30), 100.into()).expect("claim").is_empty(),
+        "the bad rows are leased too"
+    );
+    // What the relay does with them: a permanent failure, parked with the reason.
+    let park: Vec<FailedAttempt> = claim
+        .undecodable
+        .iter()
+        .map(|u| FailedAttempt {
+            id: u.id,
+            error: u.reason.clone(),
+            retry_in: Duration::ZERO,
+            park: true,
+            hold_key: true,
+        })
+        .collect();
+    assert_eq!(s.mark_failed(&l, &park).expect("park"), 4);
+    assert_eq!(s.mark_dispatched(&l, &good).expect("mark").len(), 3);
+    let parked = s.parked(10).expect("parked");
+    assert_eq!(parked.iter().map(|p| p.id).collect::<Vec<_>>(), bad);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.dispatched, st.parked), (0, 3, 4), "{st:?}");
+    H::drop_table(&t);
+}
+
+/// A real relay on a table where plain SQL wrote bad rows between good ones: the
+/// good ones are delivered within seconds, each bad one is parked alone with a
+/// `last_error` that names what is wrong.
+#[cfg(all(feature = "postgres", feature = "amqp"))]
+pub fn relay_parks_undecodable_rows_alone<H: Harness>() {
+    use crate::common::Sink;
+    use outboxer::stream::AmqpStream;
+    use outboxer::Outbox;
+    let t = unique("c_undec_e2e");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let s = store::<H>(&t);
+    let good =
+        format!(r#"{{"exchange.name": "{ex}", "exchange.type": "topic", "routing_key": "r"}}"#);
+    let bad: [(&str, Option<&str>, Option<String>, &str); 5] = [
+        ("bad 1", Some("[]"), Some(good.clone()), "headers"),
+        ("bad 2", Some(r#""x""#), Some(good.clone()), "headers"),
+        ("bad 3", Some("1"), Some(good.clone()), "headers"),
+        ("bad 4", None, Some("[]".into()), "options"),
+        (
+            "bad 5",
+            None,
+            Some(format!(
+                r#"{{"exchange.name": "{ex}", "routing_key": "r", "exchange.durable": "yes"}}"#
+            )),
+            "exchange.durable",
+        ),
+    ];
+    let mut inserts = Vec::new();
+    for i in 0..10 {
+        inserts.push(H::insert_sql(
+            &t,
+            &format!("good {i}"),
+            Some(r#"{"a": "b"}"#),
+            Some(&good),
+            None,
+        ));
+        if let Some((p, h, o, _)) = bad.get(i) {
+            inserts.push(H::insert_sql(&t, p, *h, o.as_deref(), None));
+        }
+    }
+    H::exec(&inserts);
+    let outbox = Outbox::builder()
+        .store(s.clone())
+        .stream(AmqpStream::connect(&crate::common::amqp_url()).expect("RabbitMQ"))
+        .batch_size(50)
+        .check_interval(Duration::from_millis(20))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let got = sink.collect(10, Duration::from_secs(10));
+    let mut bodies: Vec<String> = got
+        .iter()
+        .map(|g| String::from_utf8_lossy(&g.body).into_owned())
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(
+        bodies,
+        (0..10).map(|i| format!("good {i}")).collect::<Vec<_>>()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let parked = loop {
+        let p = s.parked(10).expect("parked");
+        if p.len() >= bad.len() || std::time::Instant::now() > deadline {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    relay.stop().expect("stop");
+    assert_eq!(parked.len(), bad.len(), "{parked:?}");
+    for (p, (_, _, _, names)) in parked.iter().zip(&bad) {
+        let e = p.last_error.as_deref().unwrap_or("");
+        assert!(e.contains(names), "row {}: {e:?} names {names}", p.id);
+    }
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.dispatched, st.parked), (0, 10, 5), "{st:?}");
+    H::drop_table(&t);
+}
+
 /// Expands the whole suite as `#[test]`s for a harness; extra attributes (e.g. `#[ignore]`) mark tests
 /// that need a server this machine may not have.
 #[macro_export]
@@ -589,11 +1018,15 @@ macro_rules! store_conformance {
             lease_expiry_and_token_checked_marks mark_reports_exactly_the_rows_still_held
             concurrent_claimers_never_share_a_row per_key_fifo rollback_stores_nothing
             cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table
-            bad_names_and_unreachable_servers_are_typed_errors);
+            bad_names_and_unreachable_servers_are_typed_errors
+            undecodable_rows_are_claimed_apart release_with_a_delay parked_head_holds_its_key
+            skip_and_held_keys claims_honour_the_byte_limit);
     };
     (@tests $h:ty, $attrs:tt, $($name:ident)*) => {
         #[cfg(all(feature = "postgres", feature = "amqp"))]
         $crate::store_conformance!(@one $h, $attrs, relay_end_to_end_with_amqp);
+        #[cfg(all(feature = "postgres", feature = "amqp"))]
+        $crate::store_conformance!(@one $h, $attrs, relay_parks_undecodable_rows_alone);
         $( $crate::store_conformance!(@one $h, $attrs, $name); )*
     };
     (@one $h:ty, [$(#[$m:meta])*], $name:ident) => {

@@ -1,6 +1,6 @@
 //! MySQL / MariaDB (OUTBOXER_MYSQL_URL, default the local MariaDB).
 
-use crate::conformance::Harness;
+use crate::conformance::{lit, lit_or_null, Harness};
 use mysql::prelude::Queryable;
 use outboxer::store::MysqlStore;
 use outboxer::Error;
@@ -46,6 +46,22 @@ impl Harness for My {
             format!("DROP TABLE IF EXISTS `{t}`"),
             format!("DROP TABLE IF EXISTS `{t}_keys`"),
         ]);
+    }
+    fn insert_sql(
+        t: &str,
+        payload: &str,
+        headers: Option<&str>,
+        options: Option<&str>,
+        key: Option<&str>,
+    ) -> String {
+        format!(
+            "INSERT INTO `{t}` (message_id, payload, headers, options, ordering_key) \
+             VALUES (UNHEX(REPLACE(UUID(), '-', '')), {}, {}, {}, {})",
+            lit(payload),
+            lit_or_null(headers),
+            lit_or_null(options),
+            lit_or_null(key)
+        )
     }
 }
 
@@ -105,5 +121,168 @@ fn claim_and_cleanup_use_indexes() {
         cleanup.iter().any(|k| k.ends_with("_dispatched_idx")),
         "cleanup: {cleanup:?}"
     );
+    My::drop_table(&t);
+}
+
+/// Times are UTC whatever a session's `time_zone`: a row written by plain SQL from a
+/// +10:00 session is claimable at once, and leases, backoff, release delays, cleanup
+/// and purge cutoffs and stats ages mean the same from a +10:00 session as from the
+/// server's own zone (this server runs in UTC).
+#[test]
+fn session_time_zones_move_no_clock() {
+    use crate::conformance::{store, unique};
+    use outboxer::store::{FailedAttempt, Lease, Store};
+    use outboxer::Message;
+    use std::time::Duration;
+    let t = unique("c_tz");
+    let utc = store::<My>(&t);
+    let plus10 = |t: &str| -> MysqlStore {
+        let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&url()).expect("url"))
+            .init(vec!["SET time_zone = '+10:00'"]);
+        MysqlStore::from_opts(opts.into())
+            .table(t)
+            .max_connections(2)
+            .build()
+            .expect("store with +10:00 sessions")
+    };
+    let ten = plus10(&t);
+    let lease = |secs| Lease::new(Duration::from_secs(secs));
+
+    // A writer in +10:00 inserts with the columns' defaults.
+    let pool = mysql::Pool::new(url().as_str()).expect("pool");
+    let mut w = pool.get_conn().expect("conn");
+    w.query_drop("SET time_zone = '+10:00'").expect("tz");
+    w.query_drop(format!(
+        "INSERT INTO `{t}` (message_id, payload) VALUES (UNHEX(REPLACE(UUID(), '-', '')), 'plain')"
+    ))
+    .expect("plain SQL insert");
+    let l = lease(60);
+    let got = utc.claim(&l, 10.into()).expect("claim").messages;
+    assert_eq!(got.len(), 1, "a row written in +10:00 is claimable at once");
+    let r1 = got[0].id;
+    assert!(
+        ten.claim(&lease(60), 10.into()).expect("claim").is_empty(),
+        "a 60 s lease taken in UTC still holds for a +10:00 session"
+    );
+    let backoff = [FailedAttempt {
+        id: r1,
+        error: "nack".into(),
+        retry_in: Duration::from_secs(3600),
+        park: false,
+        hold_key: true,
+    }];
+    assert_eq!(utc.mark_failed(&l, &backoff).expect("fail"), 1);
+    assert!(
+        ten.claim(&lease(60), 10.into()).expect("claim").is_empty(),
+        "a 1 h backoff still holds for a +10:00 session"
+    );
+
+    // Released with a delay by a +10:00 session: not claimable from UTC before it.
+    ten.enqueue(&[Message::new(b"r2".to_vec()), Message::new(b"r3".to_vec())])
+        .expect("enqueue");
+    let l10 = lease(60);
+    let got = ten.claim(&l10, 10.into()).expect("claim").messages;
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        ten.release(&l10, &[got[0].id], Duration::from_secs(3600))
+            .expect("release"),
+        1
+    );
+    assert_eq!(
+        ten.mark_dispatched(&l10, &[got[1].id]).expect("mark").len(),
+        1
+    );
+    assert!(
+        utc.claim(&lease(60), 10.into()).expect("claim").is_empty(),
+        "a 1 h release delay from +10:00 holds in UTC"
+    );
+    let st = utc.stats().expect("stats");
+    assert!(st.oldest_pending_age < Duration::from_secs(60), "{st:?}");
+    let st = ten.stats().expect("stats");
+    assert!(st.oldest_pending_age < Duration::from_secs(60), "{st:?}");
+
+    // Cutoffs: a row dispatched (or parked) just now is not an hour old anywhere.
+    utc.enqueue(&[Message::new(b"r4".to_vec())])
+        .expect("enqueue");
+    let l = lease(60);
+    let got = utc.claim(&l, 10.into()).expect("claim").messages;
+    let park = [FailedAttempt {
+        id: got[0].id,
+        error: "poison".into(),
+        retry_in: Duration::ZERO,
+        park: true,
+        hold_key: true,
+    }];
+    assert_eq!(utc.mark_failed(&l, &park).expect("park"), 1);
+    assert_eq!(
+        ten.cleanup(Duration::from_secs(3600), 100)
+            .expect("cleanup"),
+        0
+    );
+    assert_eq!(
+        ten.purge_parked(Duration::from_secs(3600), 100)
+            .expect("purge"),
+        0
+    );
+    assert_eq!(
+        utc.cleanup(Duration::from_secs(3600), 100)
+            .expect("cleanup"),
+        0
+    );
+    assert_eq!(utc.cleanup(Duration::ZERO, 100).expect("cleanup"), 1);
+    My::drop_table(&t);
+}
+
+/// A table of an earlier version (time columns defaulting to the session's local
+/// time) holds local times; migrate from a +10:00 session moves its undelivered
+/// rows to UTC once, so that they are claimable at once and not 10 h late.
+#[test]
+fn migrate_moves_local_times_to_utc_once() {
+    use crate::conformance::{store, unique};
+    use outboxer::store::{Lease, Store};
+    use std::time::Duration;
+    let t = unique("c_tzup");
+    let utc = store::<My>(&t);
+    let pool = mysql::Pool::new(url().as_str()).expect("pool");
+    let mut w = pool.get_conn().expect("conn");
+    w.query_drop(format!(
+        "ALTER TABLE `{t}` MODIFY created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+         MODIFY available_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)"
+    ))
+    .expect("the earlier shape");
+    w.query_drop("SET time_zone = '+10:00'").expect("tz");
+    w.query_drop(format!(
+        "INSERT INTO `{t}` (message_id, payload) VALUES (UNHEX(REPLACE(UUID(), '-', '')), 'old')"
+    ))
+    .expect("a row written as before");
+    assert!(
+        utc.claim(&Lease::new(Duration::from_secs(1)), 10.into())
+            .expect("claim")
+            .is_empty(),
+        "10 h in the future before the upgrade"
+    );
+    let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&url()).expect("url"))
+        .init(vec!["SET time_zone = '+10:00'"]);
+    let ten = MysqlStore::from_opts(opts.into())
+        .table(&t)
+        .build()
+        .expect("store");
+    ten.migrate().expect("upgrade");
+    ten.migrate().expect("again: no second move");
+    let st = utc.stats().expect("stats");
+    assert!(st.oldest_pending_age < Duration::from_secs(60), "{st:?}");
+    let got = utc
+        .claim(&Lease::new(Duration::from_secs(30)), 10.into())
+        .expect("claim")
+        .messages;
+    assert_eq!(got.len(), 1, "claimable at once after the upgrade");
+    let defaults: Vec<String> = w
+        .exec(
+            "SELECT LOWER(column_default) FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = ? AND column_name IN ('created_at', 'available_at')",
+            (&t,),
+        )
+        .expect("defaults");
+    assert_eq!(defaults, ["utc_timestamp(6)", "utc_timestamp(6)"]);
     My::drop_table(&t);
 }

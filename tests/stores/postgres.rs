@@ -1,6 +1,6 @@
 //! PostgreSQL (OUTBOXER_PG_URL, default the local server).
 
-use crate::conformance::Harness;
+use crate::conformance::{lit, lit_or_null, Harness};
 use outboxer::store::PostgresStore;
 use outboxer::Error;
 
@@ -35,6 +35,202 @@ impl Harness for Pg {
     fn drop_table(t: &str) {
         Self::exec(&[format!("DROP TABLE IF EXISTS \"{t}\"")]);
     }
+    fn insert_sql(
+        t: &str,
+        payload: &str,
+        headers: Option<&str>,
+        options: Option<&str>,
+        key: Option<&str>,
+    ) -> String {
+        format!(
+            "INSERT INTO \"{t}\" (payload, headers, options, ordering_key) \
+             VALUES (convert_to({}, 'UTF8'), {}, {}, {})",
+            lit(payload),
+            lit_or_null(headers),
+            lit_or_null(options),
+            lit_or_null(key)
+        )
+    }
 }
 
 store_conformance!(Pg);
+
+/// An upgraded table loses the pending-only key index of earlier versions, and the
+/// claim's key check (now over pending and parked rows) reads the new one with
+/// index scans only.
+#[test]
+fn claim_uses_the_undelivered_key_index_after_upgrade() {
+    use crate::conformance::{store, unique};
+    use outboxer::core::ident::TableName;
+    use outboxer::core::sql_pg::PgSql;
+    let t = unique("c_pgexplain");
+    let s = store::<Pg>(&t);
+    Pg::exec(&[
+        format!("CREATE INDEX \"{t}_pending_key_idx\" ON \"{t}\" (ordering_key, id) WHERE status = 'pending' AND ordering_key IS NOT NULL"),
+        format!(
+            "INSERT INTO \"{t}\" (payload, ordering_key, status) \
+             SELECT '\\x00', CASE WHEN g % 3 = 0 THEN 'k' || (g % 50) END, \
+                    CASE WHEN g <= 20000 THEN 'dispatched' WHEN g % 100 = 7 THEN 'parked' ELSE 'pending' END \
+             FROM generate_series(1, 30000) g"
+        ),
+        format!("ANALYZE \"{t}\""),
+    ]);
+    s.migrate().expect("migrate again");
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).expect("connect");
+    let names: Vec<String> = c
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = $1",
+            &[&t],
+        )
+        .expect("indexes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with("_pending_key_idx")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.ends_with("_undelivered_key_idx")),
+        "{names:?}"
+    );
+    let sql = PgSql::new(&TableName::parse(&t).expect("name"));
+    let mut tx = c.transaction().expect("tx");
+    tx.batch_execute("SET LOCAL enable_sort = off")
+        .expect("set");
+    let plan: Vec<String> = tx
+        .query(
+            &format!("EXPLAIN {}", sql.claim),
+            &[&100i64, &uuid::Uuid::nil(), &30000.0f64, &i64::MAX],
+        )
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("_pending_idx on"), "{plan}");
+    assert!(
+        plan.contains("Index Only Scan using") && plan.contains("_undelivered_key_idx"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    drop(tx);
+    Pg::drop_table(&t);
+}
+
+/// The pool opens at most `max_connections` connections: a caller beyond them
+/// waits for one to come back, and after `pool_timeout` gets `Error::Timeout`.
+#[test]
+fn pool_caps_open_connections() {
+    use crate::conformance::unique;
+    use outboxer::Store;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    let t = unique("c_pool");
+    let app = unique("outboxer_pool");
+    let build = |wait: Duration| {
+        PostgresStore::builder(&format!("{}?application_name={app}", url()))
+            .table(&t)
+            .max_connections(2)
+            .pool_timeout(wait)
+            .build()
+            .expect("store")
+    };
+    let s = build(Duration::from_secs(30));
+    s.migrate().expect("migrate");
+    let mut watcher = postgres::Client::connect(&url(), postgres::NoTls).expect("connect");
+    let mut open = || -> i64 {
+        watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .expect("pg_stat_activity")
+            .get(0)
+    };
+    std::thread::scope(|sc| {
+        // Two transactions held open: both connections are in use.
+        let mut release = Vec::new();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        for _ in 0..2 {
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            release.push(go_tx);
+            let (s, ready) = (&s, ready_tx.clone());
+            sc.spawn(move || {
+                let r: Result<(), outboxer::Error> = s.with_transaction(|_tx| {
+                    ready.send(()).expect("ready");
+                    go_rx.recv().expect("released");
+                    Ok(())
+                });
+                r.expect("transaction");
+            });
+        }
+        for _ in 0..2 {
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("holding");
+        }
+        assert_eq!(open(), 2);
+        // A third caller waits for one of them.
+        let (done_tx, done_rx) = mpsc::channel();
+        let s3 = &s;
+        sc.spawn(move || {
+            let started = Instant::now();
+            let r = s3.stats().map(|_| started.elapsed());
+            done_tx.send(r).expect("done");
+        });
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(done_rx.try_recv().is_err(), "the third caller waits");
+        assert_eq!(open(), 2, "never more than max_connections");
+        release.remove(0).send(()).expect("release one");
+        let waited = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the third caller gets the connection")
+            .expect("stats");
+        assert!(waited >= Duration::from_millis(500), "{waited:?}");
+        assert!(open() <= 2);
+        release.remove(0).send(()).expect("release the other");
+    });
+
+    // With both held past pool_timeout, a typed error.
+    let quick = build(Duration::from_millis(300));
+    let a = quick.with_transaction(|_a| {
+        quick.with_transaction(|_b| {
+            let started = Instant::now();
+            let r = quick.stats();
+            let took = started.elapsed();
+            assert!(matches!(r, Err(outboxer::Error::Timeout(_))), "{r:?}");
+            assert!(
+                took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+                "{took:?}"
+            );
+            Ok::<_, outboxer::Error>(())
+        })
+    });
+    a.expect("the held transactions commit");
+    let r = PostgresStore::builder(&url()).max_connections(0).build();
+    assert!(
+        matches!(
+            r,
+            Err(outboxer::Error::Config {
+                field: "max_connections",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = PostgresStore::builder(&url())
+        .pool_timeout(Duration::ZERO)
+        .build();
+    assert!(
+        matches!(
+            r,
+            Err(outboxer::Error::Config {
+                field: "pool_timeout",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    Pg::drop_table(&t);
+}

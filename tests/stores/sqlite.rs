@@ -84,6 +84,24 @@ impl Harness for Sqlite {
     fn drop_table(t: &str) {
         Self::exec(&[format!("DROP TABLE IF EXISTS \"{t}\"")]);
     }
+    fn insert_sql(
+        t: &str,
+        payload: &str,
+        headers: Option<&str>,
+        options: Option<&str>,
+        key: Option<&str>,
+    ) -> String {
+        // SQLite has no defaults for the times: a writer sets them (unix ms).
+        format!(
+            "INSERT INTO \"{t}\" (message_id, payload, headers, options, ordering_key, created_at, available_at) \
+             VALUES (randomblob(16), CAST({} AS BLOB), {}, {}, {}, \
+                     CAST(unixepoch('subsec') * 1000 AS INTEGER), CAST(unixepoch('subsec') * 1000 AS INTEGER))",
+            conformance::lit(payload),
+            conformance::lit_or_null(headers),
+            conformance::lit_or_null(options),
+            conformance::lit_or_null(key)
+        )
+    }
 }
 
 store_conformance!(Sqlite);
@@ -324,4 +342,57 @@ fn claimer_process() {
     }
     let text: String = mine.iter().map(|id| format!("{id}\n")).collect();
     std::fs::write(out, text).expect("write claimed ids");
+}
+
+/// SQLite keeps whatever a writer puts in a column: invalid JSON, a message id or a
+/// payload of the wrong type. Each such row is returned apart, with the column
+/// named, and the claim goes on.
+#[test]
+fn loosely_typed_bad_rows_are_claimed_apart() {
+    let t = conformance::unique("sq_loose");
+    let s = conformance::store::<Sqlite>(&t);
+    let now = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+    let row = |message_id: &str, payload: &str, headers: &str| {
+        format!(
+            "INSERT INTO \"{t}\" (message_id, payload, headers, created_at, available_at) \
+             VALUES ({message_id}, {payload}, {headers}, {now}, {now})"
+        )
+    };
+    Sqlite::exec(&[
+        row("randomblob(16)", "CAST('g1' AS BLOB)", "NULL"),
+        row("randomblob(16)", "CAST('x' AS BLOB)", "'{not json'"),
+        row("42", "CAST('x' AS BLOB)", "NULL"),
+        row("randomblob(3)", "CAST('x' AS BLOB)", "NULL"),
+        row("randomblob(16)", "1.5", "NULL"),
+        row("randomblob(16)", "CAST('x' AS BLOB)", "7"),
+        // Text forms another tool may write are read, not refused.
+        row(
+            "'0190a8c0-0000-7000-8000-000000000001'",
+            "'g2'",
+            "'{\"a\": \"b\"}'",
+        ),
+    ]);
+    let claim = s
+        .claim(&Lease::new(Duration::from_secs(30)), 100.into())
+        .expect("a bad row never fails the claim");
+    let payloads: Vec<&[u8]> = claim
+        .messages
+        .iter()
+        .map(|m| m.payload.as_slice())
+        .collect();
+    assert_eq!(payloads, [&b"g1"[..], b"g2"]);
+    let reasons: Vec<&str> = claim
+        .undecodable
+        .iter()
+        .map(|u| u.reason.as_str())
+        .collect();
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    for (reason, column) in
+        reasons
+            .iter()
+            .zip(["headers", "message_id", "message_id", "payload", "headers"])
+    {
+        assert!(reason.contains(column), "{reason:?} names {column}");
+    }
+    Sqlite::drop_table(&t);
 }

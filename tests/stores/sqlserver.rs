@@ -7,7 +7,7 @@
 //! server with `OUTBOXER_MSSQL_URL=.. cargo test --features sqlserver --test stores
 //! sqlserver -- --include-ignored`. The tests below this suite need no server.
 
-use crate::conformance::Harness;
+use crate::conformance::{lit, Harness};
 use outboxer::core::sql_mssql::redact_ado;
 use outboxer::store::SqlServerStore;
 use outboxer::{Error, Store};
@@ -69,6 +69,26 @@ impl Harness for Mssql {
     }
     fn drop_table(t: &str) {
         Self::exec(&[format!("DROP TABLE IF EXISTS [{t}]")]);
+    }
+    fn insert_sql(
+        t: &str,
+        payload: &str,
+        headers: Option<&str>,
+        options: Option<&str>,
+        key: Option<&str>,
+    ) -> String {
+        let bytes = |v: Option<&str>| {
+            v.map_or("NULL".to_string(), |v| {
+                format!("CAST({} AS VARBINARY(MAX))", lit(v))
+            })
+        };
+        format!(
+            "INSERT INTO [{t}] (payload, headers, options, ordering_key) VALUES ({}, {}, {}, {})",
+            bytes(Some(payload)),
+            bytes(headers),
+            bytes(options),
+            key.map_or("NULL".to_string(), |k| format!("N{}", lit(k)))
+        )
     }
 }
 

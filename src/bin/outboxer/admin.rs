@@ -1,8 +1,8 @@
-//! The operator's commands: migrate, stats, requeue, purge.
+//! The operator's commands: migrate, stats, requeue, skip, purge.
 
 use crate::fail::Fail;
 use crate::parse;
-use outboxer::store::{ParkedMessage, Requeue, Stats};
+use outboxer::store::{HeldKey, ParkedMessage, Requeue, Stats};
 use outboxer::Store;
 use serde_json::json;
 use std::io::Write;
@@ -19,16 +19,23 @@ pub struct Snapshot {
     pub stats: Stats,
     pub histogram: Vec<(u32, u64)>,
     pub parked: Vec<ParkedMessage>,
+    pub held: Vec<HeldKey>,
 }
 
 pub fn snapshot<S: Store>(store: &S, parked_limit: usize) -> Result<Snapshot, Fail> {
+    let listed = parked_limit > 0;
     Ok(Snapshot {
         stats: store.stats()?,
         histogram: store.attempts_histogram()?,
-        parked: if parked_limit == 0 {
-            Vec::new()
-        } else {
+        parked: if listed {
             store.parked(parked_limit)?
+        } else {
+            Vec::new()
+        },
+        held: if listed {
+            store.held_keys(parked_limit)?
+        } else {
+            Vec::new()
         },
     })
 }
@@ -42,6 +49,7 @@ pub fn to_json(s: &Snapshot, store: &str, table: &str) -> serde_json::Value {
         "leased": s.stats.leased,
         "dispatched": s.stats.dispatched,
         "parked": s.stats.parked,
+        "held_keys": s.stats.held_keys,
         "oldest_pending_age_secs": s.stats.oldest_pending_age.as_secs_f64(),
         "attempts_histogram": s.histogram.iter()
             .map(|(attempts, count)| json!({"attempts": attempts, "count": count}))
@@ -52,6 +60,17 @@ pub fn to_json(s: &Snapshot, store: &str, table: &str) -> serde_json::Value {
                 "message_id": p.message_id.map(|m| m.to_string()),
                 "attempts": p.attempts,
                 "last_error": p.last_error,
+                "ordering_key": p.ordering_key,
+                "holds_key": p.holds_key,
+            }))
+            .collect::<Vec<_>>(),
+        "held_key_heads": s.held.iter()
+            .map(|h| json!({
+                "ordering_key": h.ordering_key,
+                "parked_id": h.parked_id,
+                "message_id": h.message_id.map(|m| m.to_string()),
+                "last_error": h.last_error,
+                "waiting": h.waiting,
             }))
             .collect::<Vec<_>>(),
     })
@@ -75,12 +94,13 @@ pub fn to_text(s: &Snapshot, store: &str, table: &str) -> String {
     let st = &s.stats;
     let mut out = format!(
         "store       {store}\ntable       {table}\n\
-         pending     {} (leased {})\ndispatched  {}\nparked      {}\n\
+         pending     {} (leased {})\ndispatched  {}\nparked      {}\nheld keys   {}\n\
          oldest pending  {}\n",
         st.pending,
         st.leased,
         st.dispatched,
         st.parked,
+        st.held_keys,
         if st.pending == 0 {
             "-".to_string()
         } else {
@@ -112,6 +132,25 @@ pub fn to_text(s: &Snapshot, store: &str, table: &str) -> String {
                     .unwrap_or_else(|| "-".into()),
                 p.attempts,
                 one_line(p.last_error.as_deref().unwrap_or("-"), 160),
+            ));
+        }
+    }
+    if !s.held.is_empty() {
+        out.push_str(&format!(
+            "held keys (first {}; their later messages wait for the parked head: \
+             `outboxer requeue --id ID` puts it back in order, `outboxer skip --id ID` gives it up):\n",
+            s.held.len()
+        ));
+        for h in &s.held {
+            out.push_str(&format!(
+                "  key {}  head id {}  message {}  waiting {}  {}\n",
+                one_line(&h.ordering_key, 80),
+                h.parked_id,
+                h.message_id
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                h.waiting,
+                one_line(h.last_error.as_deref().unwrap_or("-"), 160),
             ));
         }
     }
@@ -162,6 +201,29 @@ pub fn requeue<S: Store>(store: &S, which: &Requeue) -> Result<(), Fail> {
     let n = store.requeue(which)?;
     println!("requeued {n} parked message(s)");
     Ok(())
+}
+
+/// Gives parked key heads up, one id at a time so that an id that is not a parked
+/// message holding its key is named in the error (the others are skipped).
+pub fn skip<S: Store>(store: &S, ids: &[i64]) -> Result<(), Fail> {
+    let mut moved = 0u64;
+    let mut refused = Vec::new();
+    for &id in ids {
+        match store.skip(&[id])? {
+            0 => refused.push(id.to_string()),
+            n => moved += n,
+        }
+    }
+    println!("skipped {moved} parked message(s): their keys' later messages flow");
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(Fail::runtime(format!(
+            "not skipped: id {} is not a parked message holding its key (pending, \
+             dispatched, skipped already or no such row)",
+            refused.join(", ")
+        )))
+    }
 }
 
 /// Deletes dispatched rows older than `age` (and with `parked`, parked rows enqueued

@@ -24,10 +24,14 @@ pub enum Command {
     Migrate(Common),
     /// Run the relay until SIGINT or SIGTERM.
     Relay(RelayArgs),
-    /// Counts by status, oldest pending age, attempts histogram, parked messages.
+    /// Counts by status, oldest pending age, attempts histogram, parked messages,
+    /// keys held by a parked head.
     Stats(StatsArgs),
-    /// Move parked messages back to pending with a fresh attempt budget.
+    /// Move parked messages back to pending with a fresh attempt budget (a parked
+    /// key head goes first, in key order).
     Requeue(RequeueArgs),
+    /// Give parked key heads up: they stay parked, their keys' later messages flow.
+    Skip(SkipArgs),
     /// Delete dispatched messages (with --include-parked also parked ones) older than a time or an age.
     Purge(PurgeArgs),
     /// Enqueue N messages through the library while a relay publishes them;
@@ -109,9 +113,18 @@ pub struct StatsArgs {
     /// With --watch: stop after this many refreshes
     #[arg(long, value_name = "N", requires = "watch")]
     pub count: Option<u64>,
-    /// Most parked messages listed
+    /// Most parked messages (and most held keys) listed
     #[arg(long, default_value_t = 20)]
     pub parked_limit: usize,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SkipArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Row id of a parked message holding its key (repeatable; see `outboxer stats`)
+    #[arg(long = "id", value_name = "ID", required = true)]
+    pub id: Vec<i64>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -133,6 +133,11 @@ fn run(command: Command) -> Result<(), Fail> {
             let o = open(&a.common, &file, "event_store")?;
             with_store!(o.store, s => admin::requeue(&s, &which))
         }
+        Command::Skip(a) => {
+            let file = FileConfig::load(&a.common)?;
+            let o = open(&a.common, &file, "event_store")?;
+            with_store!(o.store, s => admin::skip(&s, &a.id))
+        }
         Command::Purge(a) => {
             let file = FileConfig::load(&a.common)?;
             let age = parse::age_or_time(&a.before, SystemTime::now())

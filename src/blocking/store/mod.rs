@@ -127,7 +127,36 @@ impl Claim {
     pub fn len(&self) -> usize {
         self.messages.len() + self.undecodable.len()
     }
+
+    /// A claim from rows decoded one by one, each list in id order.
+    #[cfg(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "sqlite",
+        feature = "sqlserver"
+    ))]
+    pub(crate) fn from_rows(rows: impl IntoIterator<Item = Decoded>) -> Claim {
+        let mut claim = Claim::default();
+        for row in rows {
+            match row {
+                Ok(m) => claim.messages.push(m),
+                Err(u) => claim.undecodable.push(u),
+            }
+        }
+        claim.messages.sort_by_key(|m| m.id);
+        claim.undecodable.sort_by_key(|u| u.id);
+        claim
+    }
 }
+
+/// One claimed row: a message, or why it cannot be one.
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+pub(crate) type Decoded = std::result::Result<crate::message::StoredMessage, Undecodable>;
 
 /// A failed attempt to record.
 #[derive(Clone, Debug, PartialEq)]
@@ -163,10 +192,14 @@ pub struct Stats {
     pub leased: u64,
     /// Published and not yet cleaned up.
     pub dispatched: u64,
-    /// Given up after `max_attempts` or a permanent error.
+    /// Given up after `max_attempts` or a permanent error (holding their key or
+    /// skipped).
     pub parked: u64,
     /// Age of the oldest pending message (zero when none).
     pub oldest_pending_age: Duration,
+    /// Ordering keys held by a parked head: their later messages wait until the
+    /// head is requeued or skipped (see [`Store::held_keys`]).
+    pub held_keys: u64,
 }
 
 /// A parked message, as listed by [`Store::parked`]: what an operator needs to
@@ -174,8 +207,15 @@ pub struct Stats {
 ///
 /// ```
 /// use outboxer::store::ParkedMessage;
-/// let p = ParkedMessage { id: 7, message_id: None, attempts: 10, last_error: Some("nack".into()) };
-/// assert_eq!(p.attempts, 10);
+/// let p = ParkedMessage {
+///     id: 7,
+///     message_id: None,
+///     attempts: 10,
+///     last_error: Some("nack".into()),
+///     ordering_key: Some("order-42".into()),
+///     holds_key: true,
+/// };
+/// assert!(p.holds_key, "order-42's later messages wait for it");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParkedMessage {
@@ -188,6 +228,39 @@ pub struct ParkedMessage {
     pub attempts: u32,
     /// The error of the last attempt.
     pub last_error: Option<String>,
+    /// Its ordering key, if any.
+    pub ordering_key: Option<String>,
+    /// True when it holds its ordering key: it has one and was parked holding it
+    /// (the default), so the key's later messages wait for it. False for messages
+    /// without a key and for skipped ones ([`Store::skip`], `OnPark::ReleaseKey`).
+    pub holds_key: bool,
+}
+
+/// An ordering key held by its parked head, as listed by [`Store::held_keys`].
+///
+/// ```
+/// use outboxer::store::HeldKey;
+/// let k = HeldKey {
+///     ordering_key: "order-42".into(),
+///     parked_id: 7,
+///     message_id: None,
+///     last_error: Some("exchange not found".into()),
+///     waiting: 3,
+/// };
+/// assert_eq!(k.waiting, 3);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldKey {
+    /// The key.
+    pub ordering_key: String,
+    /// Row id of the parked head (what `requeue` and `skip` take).
+    pub parked_id: i64,
+    /// The head's message id (`None` only for hand-written rows without one).
+    pub message_id: Option<crate::MessageId>,
+    /// The head's last error.
+    pub last_error: Option<String>,
+    /// Later messages of the key waiting behind it (pending).
+    pub waiting: u64,
 }
 
 /// Wake-ups from other processes (PostgreSQL LISTEN/NOTIFY). A hint only:
@@ -241,8 +314,30 @@ pub trait Store: Send + Sync + 'static {
     /// from the database clock at each call); returns how many were deleted.
     fn cleanup(&self, older_than: Duration, limit: usize) -> Result<u64>;
 
-    /// Moves parked messages back to pending with a fresh attempt budget.
+    /// Moves parked messages back to pending with a fresh attempt budget. A
+    /// requeued key head has its key's lowest id, so it is claimed before the
+    /// key's later messages: key order is kept.
     fn requeue(&self, which: &Requeue) -> Result<u64>;
+
+    /// Gives parked key heads up: they stay parked (status `skipped`: listed,
+    /// counted, requeueable and purgeable like any parked message) but no longer
+    /// hold their keys, so the keys' later messages flow. Only rows that are parked
+    /// and not skipped yet move; returns how many did.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// for held in store.held_keys(100)? {
+    ///     println!("key {} waits for row {}: {:?}", held.ordering_key, held.parked_id, held.last_error);
+    /// }
+    /// let heads: Vec<i64> = store.held_keys(100)?.iter().map(|k| k.parked_id).collect();
+    /// store.skip(&heads)?;
+    /// # Ok(()) }
+    /// ```
+    fn skip(&self, ids: &[i64]) -> Result<u64>;
+
+    /// Up to `limit` ordering keys whose earliest undelivered message is parked and
+    /// holds the key, oldest head first, with how many later messages wait.
+    fn held_keys(&self, limit: usize) -> Result<Vec<HeldKey>>;
 
     /// Deletes up to `limit` parked messages enqueued (`created_at`) more than
     /// `older_than` ago, by the database clock; returns how many were deleted.
@@ -274,7 +369,8 @@ pub trait Store: Send + Sync + 'static {
     /// ```
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>>;
 
-    /// Up to `limit` parked messages, oldest (lowest id) first, with their last error.
+    /// Up to `limit` parked messages (skipped ones too), oldest (lowest id) first,
+    /// with their last error.
     ///
     /// ```no_run
     /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {

@@ -2,11 +2,14 @@
 //! `FOR UPDATE SKIP LOCKED` in a two-step claim (MariaDB has no `UPDATE .. RETURNING`),
 //! per-key enqueue locks on a small lock table, polling plus the in-process wake.
 
-use super::{BatchLimit, Claim, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
+use super::{
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
+    Store, Undecodable,
+};
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
-use crate::core::sql_mysql::{MysqlSql, EXTRA_COLUMNS};
+use crate::core::sql_mysql::{failed_status, MysqlSql, EXTRA_COLUMNS};
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
 use mysql::prelude::Queryable;
@@ -21,9 +24,17 @@ use maybe_async::must_be_sync as maybe;
 #[path = "../../mirrored/mysql_enqueue.rs"]
 mod enqueue;
 
-/// The outbox table in MySQL 8 or MariaDB 10.6+ (both have `SKIP LOCKED`).
+/// The outbox table in MySQL 8.0.13+ or MariaDB 10.6+ (both have `SKIP LOCKED` and
+/// expression defaults).
 ///
 /// Cheap to clone: clones share one connection pool.
+///
+/// Times are stored in UTC (`DATETIME(6)`, defaults and clock reads
+/// `UTC_TIMESTAMP(6)`): sessions in any `time_zone` agree on leases, backoff and
+/// cleanup. Session settings of your own go in `mysql::OptsBuilder::init` with
+/// [`MysqlStore::from_opts`]. `migrate` upgrades tables of earlier versions, which
+/// held the server's local time: their undelivered rows are moved to UTC by the
+/// offset of the migrating session's zone; run it before starting new relays.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), outboxer::Error> {
@@ -156,6 +167,7 @@ impl MysqlStore {
                 conn.query_drop(&sql.upgrade_go_rows).map_err(db)?;
             }
         }
+        self.utc_defaults(conn)?;
         let indexes: Vec<String> = conn
             .exec(
                 "SELECT DISTINCT index_name FROM information_schema.statistics
@@ -169,6 +181,43 @@ impl MysqlStore {
                     .map_err(db)?;
             }
         }
+        Ok(())
+    }
+}
+
+impl MysqlStore {
+    /// Tables of earlier versions: the time columns defaulted to the session's local
+    /// time and rows were written with `NOW(6)`. Undelivered rows move to UTC (so
+    /// that none waits hours for its backoff or lease after the upgrade), then the
+    /// defaults become `UTC_TIMESTAMP(6)`. Dispatched rows keep their times: their
+    /// cleanup may run a few hours early or late, once.
+    fn utc_defaults(&self, conn: &mut mysql::PooledConn) -> Result<()> {
+        let sql = &self.inner.sql;
+        let t = &self.inner.table;
+        let db = |e| Error::db("moving the table's times to UTC", e);
+        let defaults: Vec<(String, String)> = conn
+            .exec(sql.time_defaults, (t.schema(), t.table()))
+            .map_err(db)?;
+        if defaults.iter().all(|(_, d)| d.contains("utc_timestamp")) {
+            return Ok(());
+        }
+        let offset_us: Option<i64> = conn
+            .query_first(
+                "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), NOW(6)) AS SIGNED)",
+            )
+            .map_err(db)?;
+        // Whole seconds: the two clock reads above may differ by a few microseconds.
+        let offset_us = (offset_us.unwrap_or(0) + 500_000).div_euclid(1_000_000) * 1_000_000;
+        if offset_us != 0 {
+            conn.exec_drop(&sql.undelivered_to_utc, (offset_us, offset_us, offset_us))
+                .map_err(db)?;
+            log::info!(
+                "outboxer: moved the undelivered rows of {} from local time (UTC{:+} s) to UTC",
+                t.plain(),
+                offset_us / 1_000_000
+            );
+        }
+        conn.query_drop(&sql.utc_defaults).map_err(db)?;
         Ok(())
     }
 }
@@ -207,43 +256,74 @@ impl MysqlStoreBuilder {
     }
 }
 
-fn decode(mut row: Row) -> Result<StoredMessage> {
+/// A claimed row; only an unreadable id fails (the row cannot even be named).
+fn decode(mut row: Row) -> Result<Decoded> {
     let id: i64 = row
         .take_opt(0)
         .and_then(|r| r.ok())
         .ok_or_else(|| Error::db("decoding a claimed row", "no id"))?;
-    let bad = |reason: String| Error::Decode { id, reason };
+    Ok(decode_columns(id, &mut row).map_err(|reason| Undecodable { id, reason }))
+}
+
+fn decode_columns(id: i64, row: &mut Row) -> std::result::Result<StoredMessage, String> {
     fn col<T: mysql::prelude::FromValue>(
         row: &mut Row,
         i: usize,
+        name: &str,
     ) -> std::result::Result<T, String> {
         row.take_opt::<T, usize>(i)
-            .ok_or_else(|| format!("column {i} missing"))?
-            .map_err(|e| e.to_string())
+            .ok_or_else(|| format!("{name}: missing"))?
+            .map_err(|e| format!("{name}: {e}"))
     }
-    let uuid: Option<Vec<u8>> = col(&mut row, 1).map_err(bad)?;
+    let uuid: Option<Vec<u8>> = col(row, 1, "message_id")?;
     let uuid = uuid
         .and_then(|b| uuid::Uuid::from_slice(&b).ok())
-        .ok_or_else(|| bad("message_id is not 16 bytes".into()))?;
+        .ok_or("message_id: not 16 bytes")?;
     // JSON arrives as text bytes (MariaDB stores it as LONGTEXT).
-    let json = |b: Option<Vec<u8>>| -> std::result::Result<Option<serde_json::Value>, String> {
-        b.map(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    let json = |name: &str, b: Option<Vec<u8>>| {
+        b.map(|b| serde_json::from_slice(&b).map_err(|e| format!("{name}: invalid JSON: {e}")))
             .transpose()
     };
-    let headers = json(col(&mut row, 3).map_err(bad)?).map_err(bad)?;
-    let options = json(col(&mut row, 4).map_err(bad)?).map_err(bad)?;
-    let attempts: i64 = col(&mut row, 6).map_err(bad)?;
-    let micros: i64 = col(&mut row, 7).map_err(bad)?;
+    let headers = json("headers", col(row, 3, "headers")?)?;
+    let options = json("options", col(row, 4, "options")?)?;
+    let attempts: i64 = col(row, 6, "attempts")?;
+    let micros: i64 = col(row, 7, "created_at")?;
     Ok(StoredMessage {
         id,
         message_id: MessageId::from_uuid(uuid),
-        payload: col(&mut row, 2).map_err(bad)?,
-        headers: rows::headers_from_json(headers).map_err(bad)?,
-        options: rows::options_from_json(options).map_err(bad)?,
-        ordering_key: col(&mut row, 5).map_err(bad)?,
+        payload: col(row, 2, "payload")?,
+        headers: rows::headers_from_json(headers)?,
+        options: rows::options_from_json(options)?,
+        ordering_key: col(row, 5, "ordering_key")?,
         attempts: u32::try_from(attempts).unwrap_or(0),
         created_at: UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0)),
     })
+}
+
+/// The ids of `(id, payload size)` rows, in order, up to `cap` bytes in all; the
+/// first always fits.
+fn within_bytes(rows: &[(i64, i64)], cap: usize) -> Vec<i64> {
+    let cap = u64::try_from(cap).unwrap_or(u64::MAX);
+    let mut total = 0u64;
+    let mut ids = Vec::with_capacity(rows.len());
+    for &(id, size) in rows {
+        total = total.saturating_add(u64::try_from(size).unwrap_or(0));
+        if total > cap && !ids.is_empty() {
+            break;
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+/// Text columns arrive as bytes.
+fn lossy(b: Vec<u8>) -> String {
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+fn message_id_of(b: Option<Vec<u8>>) -> Option<MessageId> {
+    b.and_then(|b| uuid::Uuid::from_slice(&b).ok())
+        .map(MessageId::from_uuid)
 }
 
 fn micros(d: Duration) -> u64 {
@@ -311,7 +391,6 @@ impl Store for MysqlStore {
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
-        let limit = limit.rows;
         let sql = &self.inner.sql;
         let db = |e| Error::db("claiming messages", e);
         let mut tx = self.tx("claiming messages")?;
@@ -320,15 +399,17 @@ impl Store for MysqlStore {
         let candidates: Vec<i64> = tx
             .exec(
                 &sql.claim_candidates,
-                (u64::try_from(limit).unwrap_or(u64::MAX),),
+                (u64::try_from(limit.rows).unwrap_or(u64::MAX),),
             )
             .map_err(db)?;
         if candidates.is_empty() {
             tx.commit().map_err(db)?;
             return Ok(Claim::default());
         }
-        // 2. Lock those still free; rows another relay is claiming are skipped.
-        let ids: Vec<i64> = tx.query(sql.claim_lock(&candidates)).map_err(db)?;
+        // 2. Lock those still free; rows another relay is claiming are skipped. Past
+        //    the byte cap the rest stay locked until COMMIT but are not leased.
+        let locked: Vec<(i64, i64)> = tx.query(sql.claim_lock(&candidates)).map_err(db)?;
+        let ids = within_bytes(&locked, limit.bytes);
         if ids.is_empty() {
             tx.commit().map_err(db)?;
             return Ok(Claim::default());
@@ -339,10 +420,8 @@ impl Store for MysqlStore {
             .map_err(db)?;
         let rows: Vec<Row> = tx.query(sql.claim_read(&ids)).map_err(db)?;
         tx.commit().map_err(db)?;
-        Ok(Claim {
-            messages: rows.into_iter().map(decode).collect::<Result<_>>()?,
-            undecodable: Vec::new(),
-        })
+        let decoded = rows.into_iter().map(decode).collect::<Result<Vec<_>>>()?;
+        Ok(Claim::from_rows(decoded))
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
@@ -384,7 +463,7 @@ impl Store for MysqlStore {
                 f.id,
                 lease.token.as_bytes(),
                 micros(f.retry_in),
-                f.park,
+                failed_status(f.park, f.hold_key),
             );
             tx.exec_drop(stmt, (&f.error,)).map_err(db)?;
             n += tx.affected_rows() as usize;
@@ -393,11 +472,14 @@ impl Store for MysqlStore {
         Ok(n)
     }
 
-    fn release(&self, lease: &Lease, ids: &[i64], _retry_in: Duration) -> Result<usize> {
+    fn release(&self, lease: &Lease, ids: &[i64], retry_in: Duration) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let stmt = self.inner.sql.release(ids, lease.token.as_bytes());
+        let stmt = self
+            .inner
+            .sql
+            .release(ids, lease.token.as_bytes(), micros(retry_in));
         Ok(self.write("releasing messages", stmt)? as usize)
     }
 
@@ -445,30 +527,66 @@ impl Store for MysqlStore {
     }
 
     fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>> {
-        type Row = (i64, Option<Vec<u8>>, i64, Option<Vec<u8>>);
+        type Row = (
+            i64,
+            Option<Vec<u8>>,
+            i64,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            i64,
+        );
         let rows: Vec<Row> = self
             .conn()?
             .exec(&self.inner.sql.parked, (limit as u64,))
             .map_err(|e| Error::db("listing parked messages", e))?;
         Ok(rows
             .into_iter()
-            .map(|(id, message_id, attempts, last_error)| ParkedMessage {
-                id,
-                message_id: message_id
-                    .and_then(|b| uuid::Uuid::from_slice(&b).ok())
-                    .map(MessageId::from_uuid),
-                attempts: u32::try_from(attempts).unwrap_or(0),
-                last_error: last_error.map(|b| String::from_utf8_lossy(&b).into_owned()),
-            })
+            .map(
+                |(id, message_id, attempts, last_error, ordering_key, holds)| ParkedMessage {
+                    id,
+                    message_id: message_id_of(message_id),
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    last_error: last_error.map(lossy),
+                    ordering_key: ordering_key.map(lossy),
+                    holds_key: holds == 1,
+                },
+            )
+            .collect())
+    }
+
+    fn skip(&self, ids: &[i64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.write("skipping parked messages", self.inner.sql.skip(ids))
+    }
+
+    fn held_keys(&self, limit: usize) -> Result<Vec<HeldKey>> {
+        type Row = (Vec<u8>, i64, Option<Vec<u8>>, Option<Vec<u8>>, i64);
+        let rows: Vec<Row> = self
+            .conn()?
+            .exec(&self.inner.sql.held_keys, (limit as u64,))
+            .map_err(|e| Error::db("listing held keys", e))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(ordering_key, parked_id, message_id, last_error, waiting)| HeldKey {
+                    ordering_key: lossy(ordering_key),
+                    parked_id,
+                    message_id: message_id_of(message_id),
+                    last_error: last_error.map(lossy),
+                    waiting: u64::try_from(waiting).unwrap_or(0),
+                },
+            )
             .collect())
     }
 
     fn stats(&self) -> Result<Stats> {
-        let row: Option<(i64, i64, i64, i64, i64)> = self
+        let row: Option<(i64, i64, i64, i64, i64, i64)> = self
             .conn()?
             .query_first(&self.inner.sql.stats)
             .map_err(|e| Error::db("reading stats", e))?;
-        let (pending, dispatched, parked, leased, age_us) = row.unwrap_or_default();
+        let (pending, dispatched, parked, leased, age_us, held) = row.unwrap_or_default();
         let count = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok(Stats {
             pending: count(pending),
@@ -476,6 +594,7 @@ impl Store for MysqlStore {
             parked: count(parked),
             leased: count(leased),
             oldest_pending_age: Duration::from_micros(count(age_us)),
+            held_keys: count(held),
         })
     }
 }

@@ -1,7 +1,10 @@
 //! SQLite store on `rusqlite` with its bundled SQLite: WAL mode, `BEGIN IMMEDIATE`
 //! writes, leases claimed with `UPDATE .. RETURNING`, a small pool of connections.
 
-use super::{BatchLimit, Claim, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
+use super::{
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
+    Store, Undecodable,
+};
 use crate::core::ident::TableName;
 use crate::core::rows;
 use crate::core::sql_sqlite::{millis, sqlite_table, SqliteSql};
@@ -477,6 +480,28 @@ fn db(context: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| Error::db(context, e)
 }
 
+/// A 16-byte blob as the store writes it, or UUID text from a hand-written row.
+fn message_id_of(v: ValueRef<'_>) -> Option<MessageId> {
+    let uuid = match v {
+        ValueRef::Blob(b) => uuid::Uuid::from_slice(b).ok(),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|s| uuid::Uuid::parse_str(s).ok()),
+        _ => None,
+    };
+    uuid.map(MessageId::from_uuid)
+}
+
+/// A column shown to an operator, whatever type a writer gave it.
+fn text_of(v: ValueRef<'_>) -> Option<String> {
+    match v {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+        ValueRef::Text(b) | ValueRef::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
 /// JSON stored as TEXT (or as a BLOB by other writers); NULL is none.
 fn json(v: ValueRef<'_>) -> std::result::Result<Option<serde_json::Value>, String> {
     match v {
@@ -488,41 +513,40 @@ fn json(v: ValueRef<'_>) -> std::result::Result<Option<serde_json::Value>, Strin
     }
 }
 
-fn decode(row: &rusqlite::Row<'_>) -> Result<StoredMessage> {
+/// A claimed row; only an unreadable id fails (the row cannot even be named).
+/// SQLite keeps any type in any column, so every other column is checked here.
+fn decode(row: &rusqlite::Row<'_>) -> Result<Decoded> {
     let id: i64 = row.get(0).map_err(db("decoding a claimed row"))?;
-    let bad = |reason: String| Error::Decode { id, reason };
-    let get = |e: rusqlite::Error| bad(e.to_string());
-    let message_id = match row.get_ref(1).map_err(get)? {
-        ValueRef::Blob(b) => {
-            uuid::Uuid::from_slice(b).map_err(|e| bad(format!("message_id: {e}")))?
-        }
+    Ok(decode_columns(id, row).map_err(|reason| Undecodable { id, reason }))
+}
+
+fn decode_columns(id: i64, row: &rusqlite::Row<'_>) -> std::result::Result<StoredMessage, String> {
+    let cell = |i: usize, name: &str| row.get_ref(i).map_err(|e| format!("{name}: {e}"));
+    let get = |i: usize, name: &str| row.get::<_, i64>(i).map_err(|e| format!("{name}: {e}"));
+    let message_id = match cell(1, "message_id")? {
+        ValueRef::Blob(b) => uuid::Uuid::from_slice(b).map_err(|e| format!("message_id: {e}"))?,
         // Rows written by hand or by other tools may hold the hyphenated text form.
         ValueRef::Text(t) => std::str::from_utf8(t)
             .ok()
             .and_then(|s| uuid::Uuid::parse_str(s).ok())
-            .ok_or_else(|| bad("message_id is not a UUID".into()))?,
-        other => {
-            return Err(bad(format!(
-                "message_id is {}, not a UUID",
-                other.data_type()
-            )))
-        }
+            .ok_or("message_id: not a UUID")?,
+        other => return Err(format!("message_id: {}, not a UUID", other.data_type())),
     };
-    let payload = match row.get_ref(2).map_err(get)? {
+    let payload = match cell(2, "payload")? {
         ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
-        other => return Err(bad(format!("payload is {}, not bytes", other.data_type()))),
+        other => return Err(format!("payload: {}, not bytes", other.data_type())),
     };
-    let headers = json(row.get_ref(3).map_err(get)?).map_err(|e| bad(format!("headers: {e}")))?;
-    let options = json(row.get_ref(4).map_err(get)?).map_err(|e| bad(format!("options: {e}")))?;
-    let attempts: i64 = row.get(6).map_err(get)?;
-    let created_ms: i64 = row.get(7).map_err(get)?;
+    let headers = json(cell(3, "headers")?).map_err(|e| format!("headers: {e}"))?;
+    let options = json(cell(4, "options")?).map_err(|e| format!("options: {e}"))?;
+    let attempts = get(6, "attempts")?;
+    let created_ms = get(7, "created_at")?;
     Ok(StoredMessage {
         id,
         message_id: MessageId::from_uuid(message_id),
         payload,
-        headers: rows::headers_from_json(headers).map_err(bad)?,
-        options: rows::options_from_json(options).map_err(bad)?,
-        ordering_key: row.get(5).map_err(get)?,
+        headers: rows::headers_from_json(headers)?,
+        options: rows::options_from_json(options)?,
+        ordering_key: row.get(5).map_err(|e| format!("ordering_key: {e}"))?,
         attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
         created_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(created_ms).unwrap_or(0)),
     })
@@ -575,28 +599,28 @@ impl Store for SqliteStore {
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
-        let limit = i64::try_from(limit.rows).unwrap_or(i64::MAX);
+        let (max_rows, max_bytes) = (
+            i64::try_from(limit.rows).unwrap_or(i64::MAX),
+            i64::try_from(limit.bytes).unwrap_or(i64::MAX),
+        );
         let token = lease.token.as_bytes().as_slice();
         let ctx = "claiming messages";
-        // Rows are decoded after COMMIT, as in the PostgreSQL store: a row that cannot
-        // be decoded stays leased and is skipped until its lease expires, rather than
-        // failing every claim.
+        // A row that cannot be decoded is leased like the others and returned apart,
+        // so the relay parks it instead of the claim failing.
         let rows = self.write(ctx, |tx, now| {
             let until = now.saturating_add(millis(lease.duration));
             let mut stmt = tx.prepare_cached(&self.inner.sql.claim).map_err(db(ctx))?;
             let rows = stmt
-                .query_map(params![limit, token, until, now], |r| Ok(decode(r)))
+                .query_map(params![max_rows, token, until, now, max_bytes], |r| {
+                    Ok(decode(r))
+                })
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(db(ctx))?;
             Ok(rows)
         })?;
-        let mut out = rows.into_iter().collect::<Result<Vec<_>>>()?;
-        // RETURNING gives rows in no promised order.
-        out.sort_by_key(|m| m.id);
-        Ok(Claim {
-            messages: out,
-            undecodable: Vec::new(),
-        })
+        // RETURNING gives rows in no promised order: from_rows sorts them.
+        let decoded = rows.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(Claim::from_rows(decoded))
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
@@ -633,26 +657,27 @@ impl Store for SqliteStore {
             for f in failures {
                 let at = now.saturating_add(millis(f.retry_in));
                 n += stmt
-                    .execute(params![f.id, f.error, at, f.park, token])
+                    .execute(params![f.id, f.error, at, f.park, token, f.hold_key])
                     .map_err(db(ctx))?;
             }
             Ok(n)
         })
     }
 
-    fn release(&self, lease: &Lease, ids: &[i64], _retry_in: Duration) -> Result<usize> {
+    fn release(&self, lease: &Lease, ids: &[i64], retry_in: Duration) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
         let ctx = "releasing messages";
         let token = lease.token.as_bytes().as_slice();
-        self.write(ctx, |tx, _| {
+        self.write(ctx, |tx, now| {
+            let at = now.saturating_add(millis(retry_in));
             let mut stmt = tx
                 .prepare_cached(&self.inner.sql.release)
                 .map_err(db(ctx))?;
             let mut n = 0;
             for id in ids {
-                n += stmt.execute(params![id, token]).map_err(db(ctx))?;
+                n += stmt.execute(params![id, token, at]).map_err(db(ctx))?;
             }
             Ok(n)
         })
@@ -731,19 +756,56 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(&self.inner.sql.parked).map_err(db(ctx))?;
             let rows = stmt
                 .query_map([limit], |r| {
-                    // A 16-byte blob as the store writes it, or UUID text from a hand-written row.
-                    let message_id = match r.get_ref(1)? {
-                        ValueRef::Blob(b) => uuid::Uuid::from_slice(b).ok(),
-                        ValueRef::Text(t) => std::str::from_utf8(t)
-                            .ok()
-                            .and_then(|s| uuid::Uuid::parse_str(s).ok()),
-                        _ => None,
-                    };
                     Ok(ParkedMessage {
                         id: r.get(0)?,
-                        message_id: message_id.map(MessageId::from_uuid),
+                        message_id: message_id_of(r.get_ref(1)?),
                         attempts: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                        last_error: r.get(3)?,
+                        last_error: text_of(r.get_ref(3)?),
+                        ordering_key: text_of(r.get_ref(4)?),
+                        holds_key: r.get::<_, i64>(5)? == 1,
+                    })
+                })
+                .map_err(db(ctx))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(db(ctx))?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn skip(&self, ids: &[i64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ctx = "skipping parked messages";
+        self.write(ctx, |tx, _| {
+            let mut stmt = tx
+                .prepare_cached(&self.inner.sql.skip_one)
+                .map_err(db(ctx))?;
+            let mut n = 0;
+            for id in ids {
+                n += stmt.execute([id]).map_err(db(ctx))?;
+            }
+            Ok(n as u64)
+        })
+    }
+
+    fn held_keys(&self, limit: usize) -> Result<Vec<HeldKey>> {
+        let ctx = "listing held keys";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(|c| {
+            let mut stmt = c
+                .prepare_cached(&self.inner.sql.held_keys)
+                .map_err(db(ctx))?;
+            let rows = stmt
+                .query_map([limit], |r| {
+                    Ok(HeldKey {
+                        ordering_key: text_of(r.get_ref(0)?).unwrap_or_default(),
+                        parked_id: r.get(1)?,
+                        message_id: message_id_of(r.get_ref(2)?),
+                        last_error: text_of(r.get_ref(3)?),
+                        waiting: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
                     })
                 })
                 .map_err(db(ctx))?;
@@ -758,7 +820,7 @@ impl Store for SqliteStore {
     fn stats(&self) -> Result<Stats> {
         let ctx = "reading stats";
         // One statement is one consistent snapshot; reads need no write lock.
-        let (pending, dispatched, parked, leased, oldest, now) = self.with_conn(|c| {
+        let (pending, dispatched, parked, leased, oldest, held, now) = self.with_conn(|c| {
             let now = now_ms();
             c.prepare_cached(&self.inner.sql.stats)
                 .and_then(|mut s| {
@@ -769,6 +831,7 @@ impl Store for SqliteStore {
                             r.get::<_, i64>(2)?,
                             r.get::<_, i64>(3)?,
                             r.get::<_, Option<i64>>(4)?,
+                            r.get::<_, i64>(5)?,
                             now,
                         ))
                     })
@@ -783,6 +846,7 @@ impl Store for SqliteStore {
             dispatched: count(dispatched),
             parked: count(parked),
             oldest_pending_age: Duration::from_millis(count(age)),
+            held_keys: count(held),
         })
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! SQL text lives in [`crate::core::sql_mssql`], which also documents the schema.
 
-use super::{BatchLimit, Claim, FailedAttempt, Lease, ParkedMessage, Requeue, Stats, Store};
+use super::{
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
+    Store, Undecodable,
+};
 use crate::core::ident::TableName;
 use crate::core::rows;
 use crate::core::sql_mssql::{self as q, batch, MssqlSql};
@@ -191,13 +194,14 @@ impl SqlServerStore {
         (self.inner.config.clone(), self.inner.connect_timeout)
     }
 
-    /// Runs `stmt(n)` over `ids` in padded chunks with the lease token last; sums the
-    /// rows changed.
+    /// Runs `stmt(n)` over `ids` in padded chunks, then the lease token and the
+    /// delay in milliseconds when given; sums the rows changed.
     fn by_ids(
         &self,
         ctx: &'static str,
         ids: &[i64],
         token: Option<uuid::Uuid>,
+        delay_ms: Option<i64>,
         stmt: impl Fn(&MssqlSql, usize) -> String,
     ) -> Result<u64> {
         if ids.is_empty() {
@@ -213,6 +217,9 @@ impl SqlServerStore {
             }
             if let Some(t) = token {
                 query.bind(t);
+            }
+            if let Some(d) = delay_ms {
+                query.bind(d);
             }
             total += conn.exec(ctx, query)?;
         }
@@ -281,6 +288,11 @@ impl SqlServerStore {
             let mut query = one(stmt);
             query.bind(name.as_str());
             conn.exec("creating indexes", query)?;
+        }
+        for (name, stmt) in &sql.drop_indexes {
+            let mut query = one(stmt);
+            query.bind(name.as_str());
+            conn.exec("dropping old indexes", query)?;
         }
         if go {
             log::info!(
@@ -680,30 +692,35 @@ impl Drop for SqlServerTx<'_> {
     }
 }
 
-fn decode(row: &Row) -> Result<StoredMessage> {
+/// A claimed row; only an unreadable id fails (the row cannot even be named).
+fn decode(row: &Row) -> Result<Decoded> {
     let id: i64 = row
         .try_get::<i64, _>(0)
         .map_err(|e| Error::db("decoding a claimed row", e))?
         .ok_or_else(|| Error::db("decoding a claimed row", "NULL id"))?;
-    let bad = |reason: String| Error::Decode { id, reason };
-    let tds = |e: tiberius::error::Error| bad(e.to_string());
-    let message_id: uuid::Uuid = row
-        .try_get(1)
-        .map_err(tds)?
-        .ok_or_else(|| bad("NULL message_id".into()))?;
-    let payload: &[u8] = row
-        .try_get(2)
-        .map_err(tds)?
-        .ok_or_else(|| bad("NULL payload".into()))?;
-    let ordering_key: Option<&str> = row.try_get(5).map_err(tds)?;
-    let attempts: i32 = row.try_get(6).map_err(tds)?.unwrap_or(0);
-    let micros: i64 = row.try_get(7).map_err(tds)?.unwrap_or(0);
+    Ok(decode_columns(id, row).map_err(|reason| Undecodable { id, reason }))
+}
+
+fn decode_columns(id: i64, row: &Row) -> std::result::Result<StoredMessage, String> {
+    fn col<'a, T: tiberius::FromSql<'a>>(
+        row: &'a Row,
+        i: usize,
+        name: &str,
+    ) -> std::result::Result<Option<T>, String> {
+        row.try_get(i).map_err(|e| format!("{name}: {e}"))
+    }
+    let message_id: uuid::Uuid = col(row, 1, "message_id")?.ok_or("message_id: NULL")?;
+    let payload: &[u8] = col(row, 2, "payload")?.ok_or("payload: NULL")?;
+    let ordering_key: Option<&str> = col(row, 5, "ordering_key")?;
+    let attempts: i32 = col(row, 6, "attempts")?.unwrap_or(0);
+    let micros: i64 = col(row, 7, "created_at")?.unwrap_or(0);
+    let json = |i: usize, name: &str| json_cell(row, i).map_err(|e| format!("{name}: {e}"));
     Ok(StoredMessage {
         id,
         message_id: MessageId::from_uuid(message_id),
         payload: payload.to_vec(),
-        headers: rows::headers_from_json(json_cell(row, 3).map_err(bad)?).map_err(bad)?,
-        options: rows::options_from_json(json_cell(row, 4).map_err(bad)?).map_err(bad)?,
+        headers: rows::headers_from_json(json(3, "headers")?)?,
+        options: rows::options_from_json(json(4, "options")?)?,
         ordering_key: ordering_key.map(str::to_string),
         attempts: u32::try_from(attempts).unwrap_or(0),
         created_at: UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0)),
@@ -717,11 +734,9 @@ fn json_cell(row: &Row, idx: usize) -> std::result::Result<Option<serde_json::Va
         ColumnData::Binary(Some(b)) => serde_json::from_slice(b),
         ColumnData::String(Some(s)) => serde_json::from_str(s),
         ColumnData::Binary(None) | ColumnData::String(None) => return Ok(None),
-        other => return Err(format!("column {idx} holds {other:?}, expected JSON")),
+        other => return Err(format!("holds {other:?}, expected JSON")),
     };
-    parsed
-        .map(Some)
-        .map_err(|e| format!("column {idx} is not JSON: {e}"))
+    parsed.map(Some).map_err(|e| format!("invalid JSON: {e}"))
 }
 
 impl Store for SqlServerStore {
@@ -778,13 +793,13 @@ impl Store for SqlServerStore {
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
-        let limit = limit.rows;
-        let mut out = Vec::new();
-        if limit == 0 {
+        let mut out: Vec<Decoded> = Vec::new();
+        if limit.rows == 0 {
             return Ok(Claim::default());
         }
         let mut conn = self.conn()?;
-        let mut remaining = limit;
+        let mut remaining = limit.rows;
+        let mut bytes_left = i64::try_from(limit.bytes).unwrap_or(i64::MAX);
         // Several statements for big batches: one statement locking more than a few
         // thousand rows would escalate to a table lock.
         while remaining > 0 {
@@ -793,21 +808,22 @@ impl Store for SqlServerStore {
             query.bind(i64::try_from(n).unwrap_or(i64::MAX));
             query.bind(lease.token);
             query.bind(q::delay_ms(lease.duration));
+            query.bind(bytes_left);
+            // Only the claim's first statement takes a first row larger than the cap.
+            query.bind(i32::from(out.is_empty()));
             let rows = conn.rows("claiming messages", query)?;
             let got = rows.len();
             for row in &rows {
                 out.push(decode(row)?);
+                let size: Option<i64> = row.try_get(8).unwrap_or(None);
+                bytes_left = bytes_left.saturating_sub(size.unwrap_or(0));
             }
-            if got < n {
+            if got < n || bytes_left <= 0 {
                 break;
             }
             remaining -= n;
         }
-        out.sort_by_key(|m| m.id);
-        Ok(Claim {
-            messages: out,
-            undecodable: Vec::new(),
-        })
+        Ok(Claim::from_rows(out))
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
@@ -846,6 +862,7 @@ impl Store for SqlServerStore {
                 query.bind(f.error.as_str());
                 query.bind(q::delay_ms(f.retry_in));
                 query.bind(f.park);
+                query.bind(f.hold_key);
             }
             query.bind(lease.token);
             total += conn.exec("recording failed attempts", query)?;
@@ -853,11 +870,12 @@ impl Store for SqlServerStore {
         Ok(usize::try_from(total).unwrap_or(usize::MAX))
     }
 
-    fn release(&self, lease: &Lease, ids: &[i64], _retry_in: Duration) -> Result<usize> {
+    fn release(&self, lease: &Lease, ids: &[i64], retry_in: Duration) -> Result<usize> {
         let n = self.by_ids(
             "releasing messages",
             ids,
             Some(lease.token),
+            Some(q::delay_ms(retry_in)),
             MssqlSql::release,
         )?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -891,7 +909,7 @@ impl Store for SqlServerStore {
             Requeue::AllParked => self
                 .conn()?
                 .exec(ctx, Query::new(self.inner.sql.requeue_all.as_str())),
-            Requeue::Ids(ids) => self.by_ids(ctx, ids, None, MssqlSql::requeue_ids),
+            Requeue::Ids(ids) => self.by_ids(ctx, ids, None, None, MssqlSql::requeue_ids),
         }
     }
 
@@ -944,11 +962,44 @@ impl Store for SqlServerStore {
             let message_id: Option<uuid::Uuid> = row.try_get(1).map_err(e)?;
             let attempts: i32 = row.try_get(2).map_err(e)?.unwrap_or(0);
             let last_error: Option<&str> = row.try_get(3).map_err(e)?;
+            let ordering_key: Option<&str> = row.try_get(4).map_err(e)?;
+            let holds: i32 = row.try_get(5).map_err(e)?.unwrap_or(0);
             out.push(ParkedMessage {
                 id,
                 message_id: message_id.map(MessageId::from_uuid),
                 attempts: u32::try_from(attempts).unwrap_or(0),
                 last_error: last_error.map(str::to_string),
+                ordering_key: ordering_key.map(str::to_string),
+                holds_key: holds == 1,
+            });
+        }
+        Ok(out)
+    }
+
+    fn skip(&self, ids: &[i64]) -> Result<u64> {
+        self.by_ids("skipping parked messages", ids, None, None, MssqlSql::skip)
+    }
+
+    fn held_keys(&self, limit: usize) -> Result<Vec<HeldKey>> {
+        let ctx = "listing held keys";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .conn()?
+            .rows_dyn(ctx, &self.inner.sql.held_keys, &[&limit])?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let e = |e: tiberius::error::Error| Error::db(ctx, e);
+            let ordering_key: Option<&str> = row.try_get(0).map_err(e)?;
+            let parked_id: i64 = row.try_get(1).map_err(e)?.unwrap_or(0);
+            let message_id: Option<uuid::Uuid> = row.try_get(2).map_err(e)?;
+            let last_error: Option<&str> = row.try_get(3).map_err(e)?;
+            let waiting: i64 = row.try_get(4).map_err(e)?.unwrap_or(0);
+            out.push(HeldKey {
+                ordering_key: ordering_key.unwrap_or_default().to_string(),
+                parked_id,
+                message_id: message_id.map(MessageId::from_uuid),
+                last_error: last_error.map(str::to_string),
+                waiting: u64::try_from(waiting).unwrap_or(0),
             });
         }
         Ok(out)
@@ -971,6 +1022,7 @@ impl Store for SqlServerStore {
             parked: num(2)?,
             leased: num(3)?,
             oldest_pending_age: Duration::from_micros(num(4)?),
+            held_keys: num(5)?,
         })
     }
 }
@@ -1076,5 +1128,56 @@ mod tests {
         assert_eq!(json_cell(&row(ColumnData::Binary(None)), 0), Ok(None));
         assert!(json_cell(&row(ColumnData::Binary(Some(b"{".to_vec().into()))), 0).is_err());
         assert!(json_cell(&row(ColumnData::I32(Some(1))), 0).is_err());
+    }
+
+    /// A claimed row as the claim's OUTPUT returns it, with these headers and options.
+    fn claimed_row(id: i64, headers: &'static [u8], options: Option<&'static [u8]>) -> Row {
+        use tiberius::ColumnType as T;
+        Row::builder()
+            .column("id", T::Int8, ColumnData::I64(Some(id)))
+            .column(
+                "message_id",
+                T::Guid,
+                ColumnData::Guid(Some(uuid::Uuid::nil())),
+            )
+            .column(
+                "payload",
+                T::BigVarBin,
+                ColumnData::Binary(Some(b"p".to_vec().into())),
+            )
+            .column(
+                "headers",
+                T::BigVarBin,
+                ColumnData::Binary(Some(headers.into())),
+            )
+            .column(
+                "options",
+                T::BigVarBin,
+                ColumnData::Binary(options.map(Into::into)),
+            )
+            .column("ordering_key", T::NVarchar, ColumnData::String(None))
+            .column("attempts", T::Int4, ColumnData::I32(Some(0)))
+            .column("created_at", T::Int8, ColumnData::I64(Some(0)))
+            .build()
+    }
+
+    #[test]
+    fn bad_json_rows_are_undecodable_not_errors() {
+        let good = decode(&claimed_row(1, b"{\"a\": \"b\"}", None)).expect("id");
+        assert_eq!(good.map(|m| m.headers["a"].clone()), Ok("b".to_string()));
+        for (headers, options, column) in [
+            (&b"[]"[..], None, "headers: must be a JSON object"),
+            (b"\"x\"", None, "headers: must be a JSON object"),
+            (b"1", None, "headers: must be a JSON object"),
+            (b"{bad", None, "headers: invalid JSON"),
+            (b"{}", Some(&b"[]"[..]), "options: must be a JSON object"),
+        ] {
+            match decode(&claimed_row(7, headers, options)) {
+                Ok(Err(Undecodable { id: 7, reason })) => {
+                    assert!(reason.starts_with(column), "{reason}")
+                }
+                other => panic!("{headers:?}: {other:?}"),
+            }
+        }
     }
 }
