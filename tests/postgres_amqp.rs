@@ -270,7 +270,7 @@ fn failing_message_is_parked_while_other_keys_flow() {
                 .expect("send")
         })
         .collect();
-    let got = sink.collect(21, Duration::from_secs(30));
+    let mut got = sink.collect(20, Duration::from_secs(30));
     let c = counts(&got);
     for id in &good {
         assert_eq!(
@@ -279,8 +279,13 @@ fn failing_message_is_parked_while_other_keys_flow() {
             "good message delivered once"
         );
     }
-    // The key's next message waits until the failing one is parked, then flows.
-    assert_eq!(c.get(&blocked.to_string()), Some(&1));
+    // The key's next message waits behind its parked head (OnPark::HoldKey).
+    got.extend(sink.drain(Duration::from_secs(1)));
+    assert_eq!(
+        counts(&got).get(&blocked.to_string()),
+        None,
+        "held by its parked head"
+    );
     let row = pg()
         .query_one(
             &format!("SELECT status, attempts, last_error FROM \"{table}\" WHERE message_id = $1"),
@@ -311,6 +316,22 @@ fn failing_message_is_parked_while_other_keys_flow() {
         got.first().and_then(|g| g.message_id.clone()),
         Some(bad.to_string())
     );
+    // Then the key's next message, after its head.
+    let after = sink.collect(1, Duration::from_secs(20));
+    assert_eq!(
+        after.first().and_then(|g| g.message_id.clone()),
+        Some(blocked.to_string())
+    );
+    let order: Vec<String> = pg()
+        .query(
+            &format!("SELECT message_id::text FROM \"{table}\" WHERE ordering_key = 'bad' ORDER BY dispatched_at, id"),
+            &[],
+        )
+        .expect("order")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(order, vec![bad.to_string(), blocked.to_string()]);
     relay.stop().expect("stop");
     drop_table(&table);
 }
@@ -389,7 +410,7 @@ fn migrate_is_idempotent_under_concurrent_callers() {
         )
         .expect("indexes")
         .get(0);
-    assert_eq!(idx, 5, "primary key + 4 partial indexes");
+    assert_eq!(idx, 6, "primary key + 5 partial indexes");
     drop_table(&table);
 }
 
