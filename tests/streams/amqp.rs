@@ -65,6 +65,14 @@ use outboxer::stream::Deadline;
 use outboxer::{Error, MessageId, StoredMessage, Stream};
 use std::time::{Instant, SystemTime};
 
+/// Cases that cut every connection (`delivery_resumes_after_connections_are_cut`)
+/// run alone; these share the broker with each other.
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    crate::conformance::DISRUPTION
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 fn msg(id: i64, payload: &[u8], options: &Options) -> StoredMessage {
     StoredMessage {
         id,
@@ -106,6 +114,7 @@ pub fn direct_exchange(name: &str) {
 /// message failure (Rejected), the ten are confirmed and delivered, and the stream
 /// keeps publishing afterwards.
 fn refused_ahead_of_ten_good(bad: Options) {
+    let _shared = shared();
     let ex = unique("s_refused");
     let sink = Sink::new(&ex, "#");
     let good: Options = amqp::topic(&ex, "k").into();
@@ -166,6 +175,7 @@ fn exchange_type_clash_declared_no_wait_fails_alone() {
 
 #[test]
 fn several_refusals_in_one_batch_each_fail_alone() {
+    let _shared = shared();
     let ex = unique("s_several");
     let sink = Sink::new(&ex, "#");
     let good: Options = amqp::topic(&ex, "k").into();
@@ -203,6 +213,7 @@ fn several_refusals_in_one_batch_each_fail_alone() {
 
 #[test]
 fn a_return_counts_when_the_connection_drops_after_the_first_confirm() {
+    let _shared = shared();
     let ex = unique("s_cut_ret");
     let sink = Sink::new(&ex, "good.#");
     let proxy = AmqpCutProxy::start(&broker_host_port());
@@ -245,6 +256,7 @@ fn a_return_counts_when_the_connection_drops_after_the_first_confirm() {
 
 #[test]
 fn a_return_does_not_hit_another_message_with_the_same_id() {
+    let _shared = shared();
     let ex = unique("s_dup_id");
     let sink = Sink::new(&ex, "good.#");
     let mut s = Amqp::stream();
@@ -265,6 +277,7 @@ fn a_return_does_not_hit_another_message_with_the_same_id() {
 
 #[test]
 fn wrong_password_is_unauthorized_for_every_message() {
+    let _shared = shared();
     let ex = unique("s_badpw");
     let _sink = Sink::new(&ex, "#");
     let url = amqp_url().replacen("guest:guest", "guest:wrong-password", 1);
@@ -287,6 +300,7 @@ fn wrong_password_is_unauthorized_for_every_message() {
 
 #[test]
 fn no_access_to_the_vhost_is_unauthorized() {
+    let _shared = shared();
     let user = RabbitUser::new("ob_novhost", None);
     let ex = unique("s_novhost");
     let _sink = Sink::new(&ex, "#");
@@ -300,6 +314,7 @@ fn no_access_to_the_vhost_is_unauthorized() {
 
 #[test]
 fn write_refused_on_one_exchange_is_an_outage_for_its_messages_only() {
+    let _shared = shared();
     let allowed = unique("ob_ok");
     let denied = unique("ob_denied");
     let user = RabbitUser::new("ob_nowrite", Some((".*", &format!("^{allowed}$"), ".*")));
@@ -330,6 +345,7 @@ fn write_refused_on_one_exchange_is_an_outage_for_its_messages_only() {
 
 #[test]
 fn a_silent_server_costs_at_most_the_connection_timeout() {
+    let _shared = shared();
     let server = SilentServer::start();
     let mut s = AmqpStream::builder(&server.url(Duration::from_millis(500)))
         .build()
@@ -360,6 +376,7 @@ fn a_silent_server_costs_at_most_the_connection_timeout() {
 
 #[test]
 fn an_expired_deadline_starts_no_connection() {
+    let _shared = shared();
     let server = SilentServer::start();
     let mut s = AmqpStream::builder(&server.url(Duration::from_secs(20)))
         .build()
@@ -386,6 +403,7 @@ fn broker_host_port() -> String {
 
 #[test]
 fn a_broker_silent_mid_batch_costs_at_most_the_confirm_timeout() {
+    let _shared = shared();
     let ex = unique("s_frozen");
     let _sink = Sink::new(&ex, "#");
     let proxy = AmqpCutProxy::start(&broker_host_port());
