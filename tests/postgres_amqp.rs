@@ -744,7 +744,7 @@ fn relay_killed_with_sigkill_loses_nothing() {
 
 // ---- Issue 12: refused messages park alone, credentials are outages, stop is bounded ----
 
-use common::amqp_faults::{RabbitUser, SilentServer};
+use common::amqp_faults::{broker_addr, AmqpCutProxy, RabbitUser, SilentServer};
 
 /// A relay with `max_attempts(2)` on a fresh table and the given stream.
 fn relay_outbox(table: &str, stream: AmqpStream) -> Outbox<PostgresStore> {
@@ -949,5 +949,46 @@ fn stop_returns_promptly_while_connecting_to_a_silent_broker() {
     );
     let (status, attempts, _) = row_state(&table, &id);
     assert_eq!((status.as_str(), attempts), ("pending", 0));
+    drop_table(&table);
+}
+
+#[test]
+fn stop_waits_at_most_one_confirm_timeout_for_a_broker_gone_silent() {
+    let table = unique("frozen");
+    let ex = unique("ex");
+    let _sink = Sink::new(&ex, "#");
+    let proxy = AmqpCutProxy::start(&broker_addr());
+    proxy.freeze_after_acks(0); // the broker's first confirm never arrives
+    let stream = AmqpStream::builder(&proxy.url())
+        .confirm_timeout(Duration::from_secs(2))
+        .build()
+        .expect("stream");
+    let outbox = relay_outbox(&table, stream);
+    let id = outbox
+        .send(Message::new(b"x".to_vec()).route(amqp::topic(&ex, "k")))
+        .expect("send");
+    let relay = outbox.start().expect("start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.cuts() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        proxy.cuts(),
+        1,
+        "the relay awaits a confirm that never comes"
+    );
+    let started = Instant::now();
+    relay.stop().expect("stop");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(3500),
+        "stop() waits at most one confirm timeout (2 s): {took:?}"
+    );
+    let (status, attempts, _) = row_state(&table, &id);
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("pending", 0),
+        "released, not counted"
+    );
     drop_table(&table);
 }

@@ -11,6 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// `host:port` of the test broker.
+pub fn broker_addr() -> String {
+    crate::common::amqp_url()
+        .split_once('@')
+        .and_then(|(_, r)| r.split('/').next().map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1:5672".into())
+}
+
 /// Runs `rabbitmqctl -q args..`; true on success.
 pub fn rabbitmqctl(args: &[&str]) -> bool {
     Command::new("rabbitmqctl")

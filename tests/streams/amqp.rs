@@ -59,7 +59,7 @@ stream_conformance!(Amqp);
 
 // ---- Issue 12: refusals that close the channel, returns, credentials, deadlines ----
 
-use crate::common::amqp_faults::{AmqpCutProxy, RabbitUser, SilentServer};
+use crate::common::amqp_faults::{broker_addr, AmqpCutProxy, RabbitUser, SilentServer};
 use crate::common::{deadline, unique};
 use outboxer::stream::Deadline;
 use outboxer::{Error, MessageId, StoredMessage, Stream};
@@ -216,7 +216,7 @@ fn a_return_counts_when_the_connection_drops_after_the_first_confirm() {
     let _shared = shared();
     let ex = unique("s_cut_ret");
     let sink = Sink::new(&ex, "good.#");
-    let proxy = AmqpCutProxy::start(&broker_host_port());
+    let proxy = AmqpCutProxy::start(&broker_addr());
     let mut s = AmqpStream::builder(&proxy.url()).build().expect("stream");
     // Connect (and declare) before arming the proxy.
     let warm = s.publish(
@@ -394,19 +394,12 @@ fn an_expired_deadline_starts_no_connection() {
     );
 }
 
-fn broker_host_port() -> String {
-    amqp_url()
-        .split_once('@')
-        .and_then(|(_, r)| r.split('/').next().map(str::to_string))
-        .unwrap_or_else(|| "127.0.0.1:5672".into())
-}
-
 #[test]
 fn a_broker_silent_mid_batch_costs_at_most_the_confirm_timeout() {
     let _shared = shared();
     let ex = unique("s_frozen");
     let _sink = Sink::new(&ex, "#");
-    let proxy = AmqpCutProxy::start(&broker_host_port());
+    let proxy = AmqpCutProxy::start(&broker_addr());
     let mut s = AmqpStream::builder(&proxy.url())
         .confirm_timeout(Duration::from_secs(1))
         .build()
