@@ -410,3 +410,82 @@ fn mariadb_connections_killed_mid_stream_lose_nothing() {
     let mut c = pool.get_conn().expect("conn");
     let _ = c.query_drop(format!("DROP TABLE IF EXISTS `{table}`, `{table}_keys`"));
 }
+
+/// RabbitMQ 3.10 has `max_message_size` only as a global setting (no per-vhost
+/// limit, no policy), read by each channel when it opens: it is lowered here, in
+/// the serial fault binary, and restored by a guard. 2 MiB stays above what the
+/// other test suites publish, so that a concurrent run elsewhere is not hurt.
+#[test]
+fn a_message_above_the_brokers_max_message_size_fails_alone() {
+    use common::amqp_faults::MaxMessageSize;
+    use outboxer::{MessageId, StoredMessage, Stream};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _limit = MaxMessageSize::set(2 * 1024 * 1024);
+    let big = vec![7u8; 3 * 1024 * 1024];
+
+    // The stream: the oversized message fails (Rejected), the ten behind it are published.
+    let ex = unique("ex_big");
+    let sink = Sink::new(&ex, "#");
+    let route: outboxer::Options = amqp::topic(&ex, "k").into();
+    let stored = |id: i64, payload: Vec<u8>| StoredMessage {
+        id,
+        message_id: MessageId::new(),
+        payload,
+        headers: Default::default(),
+        options: route.clone(),
+        ordering_key: None,
+        attempts: 0,
+        created_at: std::time::SystemTime::now(),
+    };
+    let mut s = stream();
+    let mut batch = vec![stored(1, big.clone())];
+    batch.extend((0..10).map(|i| stored(2 + i, format!("good {i}").into_bytes())));
+    let out = s.publish(&batch, &deadline());
+    assert!(
+        matches!(&out[0], Err(outboxer::Error::Rejected(r)) if r.contains("max size")),
+        "{:?}",
+        out[0]
+    );
+    assert!(out[1..].iter().all(|o| o.is_ok()), "{out:?}");
+    assert_eq!(counts(&sink.collect(10, Duration::from_secs(10))).len(), 10);
+    s.close();
+
+    // The relay: parked after two attempts, the ten behind it delivered promptly.
+    let table = unique("big");
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(stream())
+        .check_interval(Duration::from_millis(20))
+        .max_attempts(2)
+        .backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .build()
+        .expect("outbox");
+    let bad = outbox
+        .send(Message::new(big).route(amqp::topic(&ex, "k")))
+        .expect("send");
+    let good: Vec<Message> = (0..10)
+        .map(|i| Message::new(format!("relayed {i}").into_bytes()).route(amqp::topic(&ex, "k")))
+        .collect();
+    let good = outbox.send_batch(&good).expect("send");
+    let relay = outbox.start().expect("start");
+    let got = counts(&sink.collect(10, Duration::from_secs(10)));
+    for id in &good {
+        assert!(got.contains_key(&id.to_string()), "delivered within 10 s");
+    }
+    let status = |id: &MessageId| -> (String, i32) {
+        let row = pg()
+            .query_one(
+                &format!("SELECT status, attempts FROM \"{table}\" WHERE message_id = $1"),
+                &[id.as_uuid()],
+            )
+            .expect("row");
+        (row.get(0), row.get(1))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&bad).0 != "parked" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status(&bad), ("parked".to_string(), 2));
+    relay.stop().expect("stop");
+    drop_table(&table);
+}

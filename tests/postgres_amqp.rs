@@ -1125,3 +1125,254 @@ fn batches_are_capped_by_bytes() {
     }
     drop_table(&table);
 }
+
+// ---- Issue 12: refused messages park alone, credentials are outages, stop is bounded ----
+
+use common::amqp_faults::{broker_addr, AmqpCutProxy, RabbitUser, SilentServer};
+
+/// A relay with `max_attempts(2)` on a fresh table and the given stream.
+fn relay_outbox(table: &str, stream: AmqpStream) -> Outbox<PostgresStore> {
+    Outbox::builder()
+        .store(store(table))
+        .stream(stream)
+        .check_interval(Duration::from_millis(20))
+        .max_attempts(2)
+        .backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .build()
+        .expect("outbox")
+}
+
+fn row_state(table: &str, id: &MessageId) -> (String, i32, String) {
+    let row = pg()
+        .query_one(
+            &format!("SELECT status, attempts, last_error FROM \"{table}\" WHERE message_id = $1"),
+            &[id.as_uuid()],
+        )
+        .expect("row");
+    (
+        row.get(0),
+        row.get(1),
+        row.get::<_, Option<String>>(2).unwrap_or_default(),
+    )
+}
+
+/// `bad` is sent ahead of ten good messages (one claim): the ten are delivered
+/// promptly, the bad one is parked after two attempts with the broker's reason.
+fn refused_message_parks_while_the_ten_behind_it_flow(bad: Message, reason: &str) {
+    let table = unique("refused");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let outbox = relay_outbox(&table, stream());
+    let bad = outbox.send(bad).expect("send bad");
+    let good: Vec<Message> = (0..10)
+        .map(|i| Message::new(format!("good {i}").into_bytes()).route(amqp::topic(&ex, "k")))
+        .collect();
+    let good = outbox.send_batch(&good).expect("send good");
+    let relay = outbox.start().expect("start");
+    let got = sink.collect(10, Duration::from_secs(10));
+    let c = counts(&got);
+    for id in &good {
+        assert!(
+            c.contains_key(&id.to_string()),
+            "good message delivered within 10 s"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while row_state(&table, &bad).0 != "parked" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, attempts, last_error) = row_state(&table, &bad);
+    assert_eq!((status.as_str(), attempts), ("parked", 2), "{last_error}");
+    assert!(last_error.contains(reason), "{last_error}");
+    relay.stop().expect("stop");
+    drop_table(&table);
+}
+
+#[test]
+fn missing_amq_exchange_parks_alone() {
+    refused_message_parks_while_the_ten_behind_it_flow(
+        Message::new(b"bad".to_vec()).route(amqp::topic("amq.nope", "k")),
+        "no exchange 'amq.nope'",
+    );
+}
+
+#[test]
+fn internal_exchange_parks_alone() {
+    refused_message_parks_while_the_ten_behind_it_flow(
+        Message::new(b"bad".to_vec()).route(amqp::topic(&unique("internal"), "k").internal(true)),
+        "internal exchange",
+    );
+}
+
+#[test]
+fn exchange_type_clash_parks_alone() {
+    let name = unique("clash");
+    let mut conn = amiquip::Connection::insecure_open(&amqp_url()).expect("admin");
+    let ch = conn.open_channel(None).expect("channel");
+    ch.exchange_declare(
+        amiquip::ExchangeType::Direct,
+        name.as_str(),
+        amiquip::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+    )
+    .expect("declare direct");
+    let _ = conn.close();
+    refused_message_parks_while_the_ten_behind_it_flow(
+        Message::new(b"bad".to_vec()).route(amqp::topic(&name, "k")),
+        "inequivalent arg 'type'",
+    );
+}
+
+/// Nothing parks and no attempt is counted within 10 s; the outage is reported
+/// on `err()` as `Unauthorized`.
+fn outage_parks_nothing(
+    relay: outboxer::Relay,
+    outbox: &Outbox<PostgresStore>,
+    ids: &[MessageId],
+    table: &str,
+) {
+    std::thread::sleep(Duration::from_secs(10));
+    let stats = outbox.stats().expect("stats");
+    assert_eq!(stats.parked, 0, "an outage never parks");
+    for id in ids {
+        let (status, attempts, _) = row_state(table, id);
+        assert_eq!(
+            (status.as_str(), attempts),
+            ("pending", 0),
+            "no attempt counted"
+        );
+    }
+    let mut unauthorized = 0;
+    while let Ok(f) = relay.err().try_recv() {
+        assert_eq!(f.action, FailureAction::Released, "{f:?}");
+        if matches!(f.error, Error::Unauthorized { .. }) {
+            unauthorized += 1;
+        }
+    }
+    assert!(unauthorized > 0, "reported on err() as Unauthorized");
+    relay.stop().expect("stop");
+}
+
+#[test]
+fn wrong_password_parks_nothing() {
+    let table = unique("badpw");
+    let ex = unique("ex");
+    let _sink = Sink::new(&ex, "#");
+    let url = amqp_url().replacen("guest:guest", "guest:wrong-password", 1);
+    let outbox = relay_outbox(&table, AmqpStream::builder(&url).build().expect("stream"));
+    let ids: Vec<MessageId> = (0..3)
+        .map(|i| {
+            outbox
+                .send(Message::new(format!("m{i}").into_bytes()).route(amqp::topic(&ex, "k")))
+                .expect("send")
+        })
+        .collect();
+    let relay = outbox.start().expect("start");
+    outage_parks_nothing(relay, &outbox, &ids, &table);
+    drop_table(&table);
+}
+
+#[test]
+fn write_permission_refused_parks_nothing_and_other_exchanges_flow() {
+    let table = unique("nowrite");
+    let allowed = unique("ob_ok");
+    let denied = unique("ob_denied");
+    let user = RabbitUser::new(
+        "ob_relay_nowrite",
+        Some((".*", &format!("^{allowed}$"), ".*")),
+    );
+    let sink = Sink::new(&allowed, "#");
+    let _denied_sink = Sink::new(&denied, "#");
+    let outbox = relay_outbox(
+        &table,
+        AmqpStream::builder(&user.url()).build().expect("stream"),
+    );
+    let refused = outbox
+        .send(Message::new(b"denied".to_vec()).route(amqp::topic(&denied, "k")))
+        .expect("send");
+    let good = outbox
+        .send(Message::new(b"allowed".to_vec()).route(amqp::topic(&allowed, "k")))
+        .expect("send");
+    let relay = outbox.start().expect("start");
+    let got = sink.collect(1, Duration::from_secs(10));
+    assert!(
+        counts(&got).contains_key(&good.to_string()),
+        "a message to an allowed exchange flows although another is refused"
+    );
+    outage_parks_nothing(relay, &outbox, &[refused], &table);
+    drop_table(&table);
+}
+
+#[test]
+fn stop_returns_promptly_while_connecting_to_a_silent_broker() {
+    let table = unique("silent");
+    let server = SilentServer::start();
+    // A long connection timeout: stop() must not wait for it.
+    let stream = AmqpStream::builder(&server.url(Duration::from_secs(10)))
+        .build()
+        .expect("stream");
+    let outbox = relay_outbox(&table, stream);
+    let id = outbox
+        .send(Message::new(b"x".to_vec()).route(amqp::queue("q")))
+        .expect("send");
+    let relay = outbox.start().expect("start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.accepted() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.accepted(), 1, "the relay is connecting");
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    relay.stop().expect("stop");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "stop() abandons a connect in progress: {took:?}"
+    );
+    let (status, attempts, _) = row_state(&table, &id);
+    assert_eq!((status.as_str(), attempts), ("pending", 0));
+    drop_table(&table);
+}
+
+#[test]
+fn stop_waits_at_most_one_confirm_timeout_for_a_broker_gone_silent() {
+    let table = unique("frozen");
+    let ex = unique("ex");
+    let _sink = Sink::new(&ex, "#");
+    let proxy = AmqpCutProxy::start(&broker_addr());
+    proxy.freeze_after_acks(0); // the broker's first confirm never arrives
+    let stream = AmqpStream::builder(&proxy.url())
+        .confirm_timeout(Duration::from_secs(2))
+        .build()
+        .expect("stream");
+    let outbox = relay_outbox(&table, stream);
+    let id = outbox
+        .send(Message::new(b"x".to_vec()).route(amqp::topic(&ex, "k")))
+        .expect("send");
+    let relay = outbox.start().expect("start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.cuts() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        proxy.cuts(),
+        1,
+        "the relay awaits a confirm that never comes"
+    );
+    let started = Instant::now();
+    relay.stop().expect("stop");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(3500),
+        "stop() waits at most one confirm timeout (2 s): {took:?}"
+    );
+    let (status, attempts, _) = row_state(&table, &id);
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("pending", 0),
+        "released, not counted"
+    );
+    drop_table(&table);
+}

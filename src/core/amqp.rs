@@ -199,6 +199,83 @@ impl From<AmqpRoute> for Options {
     }
 }
 
+/// What a channel close by the broker says about the publish that caused it.
+///
+/// RabbitMQ processes a channel's publishes in order and closes the channel at the
+/// first one it refuses; its reply text names the exchange or the size limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+pub(crate) enum Refusal {
+    /// The named exchange refuses publishes: missing (404), internal or a write
+    /// permission refused (403), or a declaration that clashes with it (406).
+    Exchange {
+        /// The exchange, as named in the reply (`amq.default` is the default exchange).
+        name: String,
+        /// The cached declaration of the exchange is stale (missing or clashing).
+        forget_declaration: bool,
+    },
+    /// The message body is larger than the broker's `max_message_size`.
+    TooLarge {
+        /// The broker's limit, in bytes.
+        max: usize,
+    },
+    /// The reply names neither: the culprit is found by publishing one at a time.
+    Unknown,
+}
+
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+impl Refusal {
+    /// Reads a channel close (`code`, reply text).
+    pub(crate) fn parse(code: u16, text: &str) -> Refusal {
+        if code == 406 {
+            // "PRECONDITION_FAILED - message size 3145728 is larger than configured max size 2097152"
+            if let Some(max) = text
+                .split_once("max size ")
+                .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+            {
+                return Refusal::TooLarge { max };
+            }
+        }
+        if !matches!(code, 403..=406) {
+            return Refusal::Unknown;
+        }
+        // "NOT_FOUND - no exchange 'x' in vhost '/'", "ACCESS_REFUSED - cannot publish to
+        // internal exchange 'x' ...", "... write access to exchange 'x' in vhost '/' refused
+        // for user 'u'", "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x' ...".
+        // Exchange names never contain a quote (see `AmqpRoute::parse`).
+        match text
+            .split_once("exchange '")
+            .and_then(|(_, rest)| rest.split_once('\''))
+        {
+            Some((name, _)) => Refusal::Exchange {
+                name: name.to_string(),
+                forget_declaration: code == 404
+                    || (code == 406 && text.contains("inequivalent arg")),
+            },
+            None => Refusal::Unknown,
+        }
+    }
+
+    /// True when `route` goes to the exchange this refusal names.
+    pub(crate) fn names_exchange_of(&self, route: &AmqpRoute) -> bool {
+        match self {
+            Refusal::Exchange { name, .. } => {
+                *name == route.exchange || (name == "amq.default" && route.exchange.is_empty())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// True when a close (of the channel or the connection) refuses the user, not the
+/// message: login, vhost access or a permission. An outage for the operator to fix.
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+pub(crate) fn refused_for_user(code: u16, text: &str) -> bool {
+    matches!(code, 403 | 530)
+        && (text.contains("refused for user") || text.contains("Login was refused"))
+}
+
 fn check_short_str(key: &str, v: &str) -> Result<()> {
     if v.len() > 255 {
         return Err(Error::option(key, "longer than 255 bytes"));
@@ -244,6 +321,67 @@ mod tests {
                 .map(|r| r.needs_declare())
                 .ok(),
             Some(false)
+        );
+    }
+
+    #[test]
+    fn channel_closes_name_their_culprit() {
+        let missing = Refusal::parse(404, "NOT_FOUND - no exchange 'amq.nope' in vhost '/'");
+        assert_eq!(
+            missing,
+            Refusal::Exchange {
+                name: "amq.nope".into(),
+                forget_declaration: true
+            }
+        );
+        assert!(missing.names_exchange_of(&topic("amq.nope", "k")));
+        assert!(!missing.names_exchange_of(&topic("amq.nope2", "k")));
+        let internal = Refusal::parse(
+            403,
+            "ACCESS_REFUSED - cannot publish to internal exchange 'int' in vhost '/'",
+        );
+        assert!(internal.names_exchange_of(&topic("int", "k")));
+        assert!(matches!(
+            internal,
+            Refusal::Exchange {
+                forget_declaration: false,
+                ..
+            }
+        ));
+        let clash = Refusal::parse(
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'c' in vhost '/': \
+             received 'topic' but current is 'direct'",
+        );
+        assert_eq!(
+            clash,
+            Refusal::Exchange {
+                name: "c".into(),
+                forget_declaration: true
+            }
+        );
+        assert_eq!(
+            Refusal::parse(
+                406,
+                "PRECONDITION_FAILED - message size 3145728 is larger than configured max size 2097152"
+            ),
+            Refusal::TooLarge { max: 2097152 }
+        );
+        let write = "ACCESS_REFUSED - write access to exchange 'amq.default' in vhost '/' refused for user 'u'";
+        assert!(refused_for_user(403, write));
+        assert!(Refusal::parse(403, write).names_exchange_of(&queue("q")));
+        assert!(refused_for_user(
+            530,
+            "NOT_ALLOWED - access to vhost '/' refused for user 'u'"
+        ));
+        assert!(!refused_for_user(
+            403,
+            "ACCESS_REFUSED - cannot publish to internal exchange 'x' in vhost '/'"
+        ));
+        assert_eq!(Refusal::parse(541, "INTERNAL_ERROR"), Refusal::Unknown);
+        assert_eq!(
+            Refusal::parse(406, "PRECONDITION_FAILED - something else"),
+            Refusal::Unknown
         );
     }
 

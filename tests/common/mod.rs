@@ -2,6 +2,8 @@
 //! 127.0.0.1 (URLs overridable with OUTBOXER_PG_URL / OUTBOXER_AMQP_URL).
 #![allow(dead_code)]
 
+pub mod amqp_faults;
+
 use amiquip::{
     Connection, ConsumerMessage, ConsumerOptions, ExchangeDeclareOptions, ExchangeType, FieldTable,
     QueueDeclareOptions,

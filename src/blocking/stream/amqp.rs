@@ -65,7 +65,8 @@ pub use self::driver::{AmqpStream, AmqpStreamBuilder};
 #[cfg(feature = "amqp")]
 mod driver {
     use super::*;
-    use crate::blocking::stream::Stream;
+    use crate::blocking::stream::{Deadline, Stream};
+    use crate::core::amqp::{refused_for_user, Refusal};
     use crate::core::redact::redact_url;
     use crate::message::{StoredMessage, MESSAGE_ID_HEADER};
     use amiquip::{
@@ -74,9 +75,13 @@ mod driver {
     };
     use crossbeam_channel::{Receiver, RecvTimeoutError};
     use std::collections::{BTreeMap, HashMap, HashSet};
-    use std::net::ToSocketAddrs;
+    use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant, UNIX_EPOCH};
+
+    /// The longest `close()` waits for the broker to acknowledge a graceful close.
+    const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
     /// Where and how to connect, parsed from the URL.
     #[derive(Clone)]
@@ -113,6 +118,46 @@ mod driver {
     /// let stream = AmqpStream::connect("amqp://guest:guest@127.0.0.1:5672/%2f")?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Outcomes
+    ///
+    /// - Confirmed (acked) and not returned: `Ok`.
+    /// - Returned by the broker (`basic.return`: no queue bound for a mandatory
+    ///   message): [`Error::Unroutable`], also when its ack followed. Returns are
+    ///   collected before every ack is trusted, so a connection lost mid-batch
+    ///   never turns a returned message into `Ok`.
+    /// - Refused by a channel close: a publish to an exchange that does not exist
+    ///   (`amq.*` names are never declared) or is `internal`, a declaration that
+    ///   clashes with an existing exchange's type or flags, a body above the broker's
+    ///   `max_message_size`: [`Error::Rejected`] for that message (a message failure:
+    ///   it counts an attempt and parks after `max_attempts`). The channel is
+    ///   reopened and the rest of the batch is published again on it. The culprit
+    ///   is the message the broker's reply names (exchange or size): RabbitMQ
+    ///   handles a channel's publishes in order and closes the channel at the first
+    ///   one it refuses. When the reply names neither, the rest of the batch is
+    ///   published one message at a time, so that the next close pins its culprit.
+    ///   Messages ahead of the culprit whose confirms had not arrived are published
+    ///   again: a consumer may see them twice (at-least-once, de-duplicate by id).
+    /// - Login refused, no access to the vhost, or a permission refused to the user
+    ///   (`... refused for user ...`): [`Error::Unauthorized`], an outage: the relay
+    ///   releases the messages without counting an attempt. A refused write on one
+    ///   exchange fails only the messages to that exchange.
+    /// - Broker unreachable, connection lost: [`Error::Unavailable`]; no answer in
+    ///   time: [`Error::Timeout`] (both transient).
+    ///
+    /// # Time bounds
+    ///
+    /// `publish` honours the relay's [`Deadline`]: connecting waits at most the URL's
+    /// `connection_timeout` (default 10 s) and is abandoned as soon as the relay
+    /// stops; every other answer of the broker (channel open, exchange declaration,
+    /// publisher confirms) is awaited at most
+    /// [`confirm_timeout`](AmqpStreamBuilder::confirm_timeout); every wait is also
+    /// cut at the deadline, and no reconnect or republish starts once it has
+    /// passed. A broker that does not answer in time loses its connection (dropped
+    /// without a graceful close), and messages without an outcome get a transient
+    /// [`Error::Timeout`]. So `Relay::stop()` waits for this stream at most one
+    /// confirm timeout (a batch awaiting confirms) plus up to 5 s for a graceful
+    /// close of a live connection; a connect in progress ends within ~20 ms.
     pub struct AmqpStream {
         target: Target,
         mandatory: bool,
@@ -130,6 +175,9 @@ mod driver {
         /// Exchanges declared on this connection (redeclared after a reconnect).
         declared: HashSet<Declared>,
         connection: Connection,
+        /// The connection's socket (a second handle): shutting it down ends every
+        /// blocking call on the connection (see [`Watchdog`]).
+        socket: TcpStream,
     }
 
     impl std::fmt::Debug for AmqpStream {
@@ -138,6 +186,65 @@ mod driver {
                 .field("url", &self.target.redacted)
                 .field("connected", &self.session.is_some())
                 .finish()
+        }
+    }
+
+    /// Ends a blocking amiquip call that outlives its bound. amiquip's calls
+    /// (handshake, channel open, declarations, close) have no timeout of their own;
+    /// shutting the connection's socket down makes its I/O thread exit and every
+    /// pending call return an error.
+    struct Watchdog {
+        disarm: Option<crossbeam_channel::Sender<()>>,
+        fired: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Watchdog {
+        /// Fires after `limit`, or as soon as the relay stops when `stop` is given.
+        fn arm(socket: &TcpStream, limit: Duration, stop: Option<&Deadline>) -> Result<Watchdog> {
+            let unavailable = |e: std::io::Error| Error::unavailable("amqp", e);
+            let socket = socket.try_clone().map_err(unavailable)?;
+            let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+            let fired = Arc::new(AtomicBool::new(false));
+            let flag = fired.clone();
+            let stop = stop.cloned();
+            let end = Instant::now() + limit;
+            let thread = std::thread::Builder::new()
+                .name("outboxer-amqp-watchdog".into())
+                .spawn(move || loop {
+                    let left = end.saturating_duration_since(Instant::now());
+                    let step = match stop {
+                        Some(_) => left.min(Duration::from_millis(20)),
+                        None => left,
+                    };
+                    match rx.recv_timeout(step) {
+                        Err(RecvTimeoutError::Timeout) => {
+                            if Instant::now() >= end
+                                || stop.as_ref().is_some_and(Deadline::stopping)
+                            {
+                                flag.store(true, Ordering::SeqCst);
+                                let _ = socket.shutdown(Shutdown::Both);
+                                return;
+                            }
+                        }
+                        _ => return, // disarmed
+                    }
+                })
+                .map_err(unavailable)?;
+            Ok(Watchdog {
+                disarm: Some(tx),
+                fired,
+                thread: Some(thread),
+            })
+        }
+
+        /// Disarms it; true when it had fired (the socket is shut down).
+        fn disarm(mut self) -> bool {
+            drop(self.disarm.take());
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            self.fired.load(Ordering::SeqCst)
         }
     }
 
@@ -225,7 +332,7 @@ mod driver {
         /// reported at start-up. Use [`AmqpStream::builder`] for settings or a lazy connect.
         pub fn connect(url: &str) -> Result<Self> {
             let mut s = Self::builder(url).build()?;
-            s.session()?;
+            s.session(&Deadline::after(s.target.connect_timeout))?;
             Ok(s)
         }
 
@@ -245,45 +352,57 @@ mod driver {
             Error::unavailable("amqp", format!("{}: {e}", self.target.redacted))
         }
 
-        fn open(&self) -> Result<Session> {
+        fn timed_out(&self, what: &str, deadline: &Deadline) -> Error {
+            let why = if deadline.stopping() {
+                "abandoned, the relay is stopping"
+            } else {
+                "no answer in time"
+            };
+            Error::Timeout(format!("{}: {what}: {why}", self.target.redacted))
+        }
+
+        /// An error of the connection (not of one message): refused credentials and
+        /// permissions are [`Error::Unauthorized`], the rest [`Error::Unavailable`].
+        fn connection_error(&self, e: amiquip::Error) -> Error {
+            use amiquip::Error as E;
+            let redacted = &self.target.redacted;
+            match &e {
+                E::InvalidCredentials => Error::unauthorized(
+                    "amqp",
+                    format!("{redacted}: login refused (user name or password)"),
+                ),
+                E::ServerClosedConnection { code, message }
+                | E::ServerClosedChannel { code, message, .. }
+                    if refused_for_user(*code, message) =>
+                {
+                    Error::unauthorized("amqp", format!("{redacted}: {e}"))
+                }
+                E::ConnectionTimeout => Error::Timeout(format!(
+                    "{redacted}: no answer from the broker within the connection timeout"
+                )),
+                _ => self.unavailable(e),
+            }
+        }
+
+        /// Connects within `connection_timeout` and the deadline; abandoned when the
+        /// relay stops.
+        fn open(&self, deadline: &Deadline) -> Result<Session> {
             let t = &self.target;
+            let started = Instant::now();
+            let bound = t.connect_timeout.min(deadline.remaining());
             let addrs = (t.host.as_str(), t.port)
                 .to_socket_addrs()
                 .map_err(|e| self.unavailable(format!("resolving host: {e}")))?;
             let mut last = None;
             for addr in addrs {
-                match std::net::TcpStream::connect_timeout(&addr, t.connect_timeout) {
+                let left = bound.saturating_sub(started.elapsed());
+                if left.is_zero() || deadline.expired() {
+                    return Err(self.timed_out("connecting", deadline));
+                }
+                match TcpStream::connect_timeout(&addr, left) {
                     Ok(tcp) => {
-                        // amiquip never sets TCP_NODELAY; without it a confirm round trip
-                        // waits for delayed ACKs (~33 ms instead of ~1 ms).
-                        tcp.set_nodelay(true).map_err(|e| self.unavailable(e))?;
-                        let tcp = mio::net::TcpStream::from_stream(tcp)
-                            .map_err(|e| self.unavailable(e))?;
-                        let options = ConnectionOptions::<Auth>::default()
-                            .auth(Auth::Plain {
-                                username: t.user.clone(),
-                                password: t.password.clone(),
-                            })
-                            .virtual_host(t.vhost.clone())
-                            .heartbeat(t.heartbeat)
-                            .connection_timeout(Some(t.connect_timeout))
-                            .information(Some("outboxer".into()));
-                        let mut connection = Connection::insecure_open_stream(
-                            tcp,
-                            options,
-                            ConnectionTuning::default(),
-                        )
-                        .map_err(|e| self.unavailable(e))?;
-                        let (channel, confirms, returns) =
-                            open_channel(&mut connection).map_err(|e| self.unavailable(e))?;
-                        return Ok(Session {
-                            channel,
-                            confirms,
-                            returns,
-                            next_tag: 1,
-                            declared: HashSet::new(),
-                            connection,
-                        });
+                        let left = bound.saturating_sub(started.elapsed());
+                        return self.handshake(tcp, left, deadline);
                     }
                     Err(e) => last = Some(e),
                 }
@@ -294,9 +413,57 @@ mod driver {
             }))
         }
 
-        fn session(&mut self) -> Result<&mut Session> {
+        /// AMQP handshake and the first channel on a connected socket, at most `left`.
+        fn handshake(
+            &self,
+            tcp: TcpStream,
+            left: Duration,
+            deadline: &Deadline,
+        ) -> Result<Session> {
+            let t = &self.target;
+            // amiquip never sets TCP_NODELAY; without it a confirm round trip
+            // waits for delayed ACKs (~33 ms instead of ~1 ms).
+            tcp.set_nodelay(true).map_err(|e| self.unavailable(e))?;
+            let socket = tcp.try_clone().map_err(|e| self.unavailable(e))?;
+            let tcp = mio::net::TcpStream::from_stream(tcp).map_err(|e| self.unavailable(e))?;
+            let options = ConnectionOptions::<Auth>::default()
+                .auth(Auth::Plain {
+                    username: t.user.clone(),
+                    password: t.password.clone(),
+                })
+                .virtual_host(t.vhost.clone())
+                .heartbeat(t.heartbeat)
+                .connection_timeout(Some(left.max(Duration::from_millis(1))))
+                .information(Some("outboxer".into()));
+            let dog = Watchdog::arm(&socket, left, Some(deadline))?;
+            // On an error the connection is dropped (closed) here, while the
+            // watchdog still bounds it.
+            let opened =
+                Connection::insecure_open_stream(tcp, options, ConnectionTuning::default())
+                    .and_then(|mut connection| {
+                        let (channel, confirms, returns) = open_channel(&mut connection)?;
+                        Ok((connection, channel, confirms, returns))
+                    });
+            let fired = dog.disarm();
+            match opened {
+                Ok((connection, channel, confirms, returns)) if !fired => Ok(Session {
+                    channel,
+                    confirms,
+                    returns,
+                    next_tag: 1,
+                    declared: HashSet::new(),
+                    connection,
+                    socket,
+                }),
+                Ok(_) => Err(self.timed_out("connecting", deadline)),
+                Err(_) if fired => Err(self.timed_out("connecting", deadline)),
+                Err(e) => Err(self.connection_error(e)),
+            }
+        }
+
+        fn session(&mut self, deadline: &Deadline) -> Result<&mut Session> {
             if self.session.is_none() {
-                let s = self.open()?;
+                let s = self.open(deadline)?;
                 log::info!("outboxer: connected to {}", self.target.redacted);
                 self.session = Some(s);
             }
@@ -305,20 +472,45 @@ mod driver {
                 .ok_or_else(|| Error::unavailable("amqp", "no session"))
         }
 
+        /// Drops a connection that failed or did not answer in time: its socket is
+        /// shut down first, so that closing it cannot wait on a silent broker.
         fn drop_session(&mut self, why: &str) {
             if let Some(s) = self.session.take() {
                 log::warn!(
                     "outboxer: dropping AMQP connection to {}: {why}",
                     self.target.redacted
                 );
-                let Session {
-                    channel,
-                    connection,
-                    ..
-                } = s;
-                drop(channel);
-                drop(connection);
+                let _ = s.socket.shutdown(Shutdown::Both);
+                drop(s);
             }
+        }
+
+        /// Replaces a channel the broker closed, at most `limit`.
+        fn reopen_channel(&mut self, limit: Duration, deadline: &Deadline) -> Result<()> {
+            let opened = {
+                let session = self
+                    .session
+                    .as_mut()
+                    .ok_or_else(|| Error::unavailable("amqp", "no session"))?;
+                let dog = Watchdog::arm(&session.socket, limit, None)?;
+                let opened = open_channel(&mut session.connection);
+                (opened, dog.disarm())
+            };
+            let (channel, confirms, returns) = match opened {
+                (Ok(c), false) => c,
+                (_, true) => return Err(self.timed_out("reopening the channel", deadline)),
+                (Err(e), false) => return Err(self.connection_error(e)),
+            };
+            let session = self
+                .session
+                .as_mut()
+                .ok_or_else(|| Error::unavailable("amqp", "no session"))?;
+            // The old channel is closed by the broker already: dropping it does not wait.
+            drop(std::mem::replace(&mut session.channel, channel));
+            session.confirms = confirms;
+            session.returns = returns;
+            session.next_tag = 1;
+            Ok(())
         }
     }
 
@@ -339,8 +531,17 @@ mod driver {
             self.mandatory = on;
             self
         }
-        /// How long to wait for the broker's confirms of one batch (default 15 s).
-        /// Keep it well below the relay's lease.
+        /// How long to wait for the broker's confirms of one batch, and for any other
+        /// answer while publishing (channel open, exchange declaration); default 15 s.
+        /// Every wait is also cut at the relay's publish deadline (the batch's lease,
+        /// less a margin). A broker silent for this long loses its connection and the
+        /// unconfirmed messages get a transient [`Error::Timeout`].
+        ///
+        /// This is the bound of `Relay::stop()` for this stream: a batch awaiting
+        /// confirms is waited for at most one confirm timeout, then a live
+        /// connection is closed gracefully within at most 5 s; a connect in progress
+        /// (bounded by the URL's `connection_timeout`, default 10 s) is abandoned at
+        /// once. Keep it well below the relay's lease.
         pub fn confirm_timeout(mut self, d: Duration) -> Self {
             self.confirm_timeout = d;
             self
@@ -419,6 +620,140 @@ mod driver {
         )
     }
 
+    /// The state of one `publish` call across its rounds.
+    #[derive(Default)]
+    struct Attempt {
+        /// Publish one message at a time (a close named no culprit).
+        one_at_a_time: bool,
+        /// Channels the broker closed on a refusal during this call.
+        channel_closes: usize,
+        /// Connections replaced during this call after a channel close.
+        reconnects: usize,
+    }
+
+    /// A channel the broker closed while a chunk of the batch was in flight.
+    struct Closed {
+        code: u16,
+        text: String,
+        /// Published on that channel and not confirmed, in publish order.
+        unconfirmed: Vec<usize>,
+    }
+
+    /// The publishes of one chunk awaiting their confirms.
+    #[derive(Default)]
+    struct InFlight {
+        /// Delivery tag -> index in the batch.
+        tags: BTreeMap<u64, usize>,
+        /// Messages the broker returned (unroutable), by index in the batch.
+        returned: HashMap<usize, (u16, String)>,
+    }
+
+    impl InFlight {
+        /// Applies a confirm. A mandatory message nobody could receive comes back
+        /// (basic.return) BEFORE its ack: the returns that arrived first are
+        /// collected before the ack is trusted.
+        fn settle(
+            &mut self,
+            confirm: Confirm,
+            returns: &Receiver<Return>,
+            batch: &[StoredMessage],
+            routes: &[Option<AmqpRoute>],
+            out: &mut [Option<Result<()>>],
+        ) {
+            self.collect_returns(returns, batch, routes);
+            let (payload, ok) = match confirm {
+                Confirm::Ack(p) => (p, true),
+                Confirm::Nack(p) => (p, false),
+            };
+            let tags: Vec<u64> = if payload.multiple {
+                self.tags
+                    .range(..=payload.delivery_tag)
+                    .map(|(t, _)| *t)
+                    .collect()
+            } else {
+                vec![payload.delivery_tag]
+            };
+            for t in tags {
+                if let Some(i) = self.tags.remove(&t) {
+                    out[i] = Some(match (ok, self.returned.remove(&i)) {
+                        (true, None) => Ok(()),
+                        (true, Some((code, text))) => Err(Error::Unroutable { code, text }),
+                        (false, _) => Err(Error::Rejected("broker nacked the publish".into())),
+                    });
+                }
+            }
+        }
+
+        /// Marks the returned messages. A return names the message id, exchange and
+        /// routing key; it can only be for a message not acked yet. When several
+        /// unacked messages share all three, all of them are marked (they are
+        /// retried: at-least-once), never one that was not returned.
+        fn collect_returns(
+            &mut self,
+            returns: &Receiver<Return>,
+            batch: &[StoredMessage],
+            routes: &[Option<AmqpRoute>],
+        ) {
+            for ret in returns.try_iter() {
+                let id = ret.properties.message_id().clone();
+                let same_id: Vec<usize> = self
+                    .tags
+                    .values()
+                    .copied()
+                    .filter(|&i| Some(batch[i].message_id.to_string()) == id)
+                    .collect();
+                let same_route: Vec<usize> = same_id
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        routes[i].as_ref().is_some_and(|r| {
+                            r.exchange == ret.exchange && r.routing_key == ret.routing_key
+                        })
+                    })
+                    .collect();
+                let hit = if same_route.is_empty() {
+                    same_id
+                } else {
+                    same_route
+                };
+                if hit.is_empty() {
+                    log::warn!(
+                        "outboxer: a basic.return (message id {id:?}) matches no message in flight"
+                    );
+                }
+                for i in hit {
+                    self.returned
+                        .insert(i, (ret.reply_code, ret.reply_text.clone()));
+                }
+            }
+        }
+    }
+
+    /// The error a closed channel or connection left for the next call on the channel
+    /// (the channel is gone: the call returns at once).
+    fn why_closed(channel: &Channel) -> amiquip::Error {
+        match channel.qos(0, 0, false) {
+            Err(e) => e,
+            Ok(()) => amiquip::Error::ClientClosedChannel,
+        }
+    }
+
+    /// The same failure for another message (an outage hits the rest of the batch).
+    fn like(e: &Error) -> Error {
+        match e {
+            Error::Timeout(r) => Error::Timeout(r.clone()),
+            Error::Unauthorized { what, reason } => Error::Unauthorized {
+                what,
+                reason: reason.clone(),
+            },
+            Error::Unavailable { what, reason } => Error::Unavailable {
+                what,
+                reason: reason.clone(),
+            },
+            other => Error::unavailable("amqp", other),
+        }
+    }
+
     impl Stream for AmqpStream {
         fn validator(&self) -> Arc<dyn Validate> {
             Arc::new(AmqpValidator {
@@ -426,11 +761,7 @@ mod driver {
             })
         }
 
-        fn publish(
-            &mut self,
-            batch: &[StoredMessage],
-            _deadline: &crate::blocking::stream::Deadline,
-        ) -> Vec<Result<()>> {
+        fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>> {
             let mut out: Vec<Option<Result<()>>> = (0..batch.len()).map(|_| None).collect();
             let validator = AmqpValidator {
                 max_message_size: self.max_message_size,
@@ -448,15 +779,42 @@ mod driver {
                     }
                 }
             }
-            if let Err(e) = self.publish_routed(batch, &routes, &mut out) {
-                let why = e.to_string();
-                self.drop_session(&why);
-                for o in out.iter_mut().filter(|o| o.is_none()) {
-                    *o = Some(Err(Error::unavailable("amqp", &why)));
+            // Each round settles every message, or ends at a channel closed by a
+            // refusal having settled at least one message (or switched to one at a
+            // time, which then settles one per close).
+            let mut attempt = Attempt::default();
+            for _ in 0..batch.len() + 4 {
+                if out.iter().all(Option::is_some) || deadline.expired() {
+                    break;
+                }
+                if let Err(e) = self.round(batch, &routes, &mut out, deadline, &mut attempt) {
+                    self.drop_session(&e.to_string());
+                    // While a channel closes, amiquip may drop the rest of a publish it
+                    // was writing, and RabbitMQ may then close the whole connection
+                    // (505 UNEXPECTED_FRAME): caused by the refusal, not an outage, so
+                    // reconnect (once per channel close) and publish the rest again.
+                    let caused_by_refusal = attempt.channel_closes > attempt.reconnects
+                        && matches!(e, Error::Unavailable { .. });
+                    if caused_by_refusal {
+                        attempt.reconnects += 1;
+                        continue;
+                    }
+                    for o in out.iter_mut().filter(|o| o.is_none()) {
+                        *o = Some(Err(like(&e)));
+                    }
                 }
             }
+            let unsettled = || {
+                if deadline.stopping() {
+                    Error::Timeout("not published: the relay is stopping".into())
+                } else if deadline.expired() {
+                    Error::Timeout("not published: the publish deadline passed".into())
+                } else {
+                    self.unavailable("not published: the broker kept closing the channel")
+                }
+            };
             out.into_iter()
-                .map(|o| o.unwrap_or_else(|| Err(Error::unavailable("amqp", "not published"))))
+                .map(|o| o.unwrap_or_else(|| Err(unsettled())))
                 .collect()
         }
 
@@ -465,33 +823,91 @@ mod driver {
                 let Session {
                     channel,
                     connection,
+                    socket,
                     ..
                 } = s;
-                let _ = channel.close();
-                let _ = connection.close();
+                let limit = self.target.connect_timeout.min(CLOSE_TIMEOUT);
+                match Watchdog::arm(&socket, limit, None) {
+                    Ok(dog) => {
+                        let _ = channel.close();
+                        let _ = connection.close();
+                        dog.disarm();
+                    }
+                    Err(_) => {
+                        // No watchdog: do not risk waiting on a silent broker.
+                        let _ = socket.shutdown(Shutdown::Both);
+                        drop(channel);
+                        drop(connection);
+                    }
+                }
             }
         }
     }
 
+    impl Drop for AmqpStream {
+        fn drop(&mut self) {
+            self.close();
+        }
+    }
+
     impl AmqpStream {
-        /// Declares, publishes and awaits confirms. An `Err` means the connection is
-        /// unusable: every message without an outcome yet gets a transient error.
-        fn publish_routed(
+        /// Connects if needed, declares, publishes what has no outcome yet and awaits
+        /// the confirms. Ends early when the broker closes the channel (the culprits
+        /// are settled, the channel reopened); `Err` when the connection is unusable.
+        fn round(
             &mut self,
             batch: &[StoredMessage],
             routes: &[Option<AmqpRoute>],
             out: &mut [Option<Result<()>>],
+            deadline: &Deadline,
+            attempt: &mut Attempt,
         ) -> Result<()> {
-            self.declare_exchanges(routes, out)?;
+            self.session(deadline)?;
+            self.declare_exchanges(routes, out, deadline, attempt)?;
+            let pending: Vec<usize> = (0..batch.len()).filter(|&i| out[i].is_none()).collect();
+            let chunks: Vec<&[usize]> = if attempt.one_at_a_time {
+                pending.chunks(1).collect()
+            } else {
+                vec![&pending[..]]
+            };
+            for chunk in chunks {
+                if chunk.is_empty() || deadline.expired() {
+                    break;
+                }
+                if let Some(closed) = self.publish_chunk(batch, routes, chunk, out, deadline)? {
+                    let limit = self.confirm_timeout.min(deadline.remaining());
+                    attempt.channel_closes += 1;
+                    // Settle the culprits first: they keep their outcome even when the
+                    // channel cannot be reopened.
+                    self.refused(batch, routes, out, closed, &mut attempt.one_at_a_time);
+                    self.reopen_channel(limit, deadline)?;
+                    return Ok(());
+                }
+            }
+            Ok(())
+        }
+
+        /// Publishes `chunk` and awaits its confirms. `Some` when the broker closed
+        /// the channel meanwhile.
+        fn publish_chunk(
+            &mut self,
+            batch: &[StoredMessage],
+            routes: &[Option<AmqpRoute>],
+            chunk: &[usize],
+            out: &mut [Option<Result<()>>],
+            deadline: &Deadline,
+        ) -> Result<Option<Closed>> {
             let mandatory = self.mandatory;
-            let timeout = self.confirm_timeout;
-            let session = self.session()?;
+            let wait = self.confirm_timeout.min(deadline.remaining());
+            let Some(session) = self.session.as_mut() else {
+                return Err(Error::unavailable("amqp", "no session"));
+            };
             // Returns of an earlier batch were handled then; anything left is stale.
             while session.returns.try_recv().is_ok() {}
-            let mut by_tag: BTreeMap<u64, usize> = BTreeMap::new();
-            let mut by_id: HashMap<String, usize> = HashMap::new();
-            for (i, m) in batch.iter().enumerate() {
-                let Some(route) = routes[i].as_ref().filter(|_| out[i].is_none()) else {
+            let mut in_flight = InFlight::default();
+            let mut failed = None;
+            for &i in chunk {
+                let (Some(route), m) = (routes[i].as_ref(), &batch[i]) else {
                     continue;
                 };
                 let publish =
@@ -500,94 +916,159 @@ mod driver {
                     mandatory,
                     ..publish
                 };
-                session
+                match session
                     .channel
                     .basic_publish(route.exchange.clone(), publish)
-                    .map_err(|e| Error::unavailable("amqp", e))?;
-                by_tag.insert(session.next_tag, i);
-                by_id.insert(m.message_id.to_string(), i);
-                session.next_tag += 1;
+                {
+                    Ok(()) => {
+                        in_flight.tags.insert(session.next_tag, i);
+                        session.next_tag += 1;
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
             }
-            let deadline = Instant::now() + timeout;
-            while let Some((&first, _)) = by_tag.first_key_value() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let confirm = match session.confirms.recv_timeout(left) {
-                    Ok(c) => c,
-                    Err(RecvTimeoutError::Timeout) => {
-                        for i in by_tag.into_values() {
-                            out[i] = Some(Err(Error::Timeout(format!(
-                                "no publisher confirm within {timeout:?}"
-                            ))));
+            if failed.is_some() {
+                // The channel or connection is gone; confirms that came before still count.
+                for c in session.confirms.try_iter().collect::<Vec<_>>() {
+                    in_flight.settle(c, &session.returns, batch, routes, out);
+                }
+            } else {
+                let end = Instant::now() + wait;
+                while !in_flight.tags.is_empty() {
+                    let left = end.saturating_duration_since(Instant::now());
+                    match session.confirms.recv_timeout(left) {
+                        Ok(c) => in_flight.settle(c, &session.returns, batch, routes, out),
+                        Err(RecvTimeoutError::Timeout) => {
+                            return Err(Error::Timeout(format!(
+                                "{}: no publisher confirm within {wait:?}",
+                                self.target.redacted
+                            )))
                         }
-                        return Err(Error::Timeout("publisher confirms".into()));
-                    }
-                    Err(RecvTimeoutError::Disconnected) => {
-                        return Err(Error::unavailable(
-                            "amqp",
-                            "connection closed while awaiting confirms",
-                        ))
-                    }
-                };
-                let (payload, ok) = match confirm {
-                    Confirm::Ack(p) => (p, true),
-                    Confirm::Nack(p) => (p, false),
-                };
-                let tags: Vec<u64> = if payload.multiple {
-                    by_tag
-                        .range(first..=payload.delivery_tag)
-                        .map(|(t, _)| *t)
-                        .collect()
-                } else {
-                    vec![payload.delivery_tag]
-                };
-                for t in tags {
-                    if let Some(i) = by_tag.remove(&t) {
-                        out[i] = Some(if ok {
-                            Ok(())
-                        } else {
-                            Err(Error::Rejected("broker nacked the publish".into()))
-                        });
+                        Err(RecvTimeoutError::Disconnected) => {
+                            failed = Some(why_closed(&session.channel));
+                            break;
+                        }
                     }
                 }
             }
-            // A mandatory message nobody could receive comes back as basic.return
-            // BEFORE its ack: the ack alone does not mean delivered.
-            while let Ok(ret) = session.returns.try_recv() {
-                let idx = ret
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .and_then(|id| by_id.get(id));
-                if let Some(&i) = idx {
-                    out[i] = Some(Err(Error::Unroutable {
-                        code: ret.reply_code,
-                        text: ret.reply_text,
-                    }));
+            match failed {
+                None => Ok(None),
+                Some(amiquip::Error::ServerClosedChannel { code, message, .. }) => {
+                    Ok(Some(Closed {
+                        code,
+                        text: message,
+                        unconfirmed: in_flight.tags.into_values().collect(),
+                    }))
                 }
+                Some(e) => Err(self.connection_error(e)),
             }
-            Ok(())
         }
 
-        /// Declares each exchange of the batch once per connection. A refused
-        /// declaration (e.g. a type clash) fails its messages and reopens the channel.
+        /// Settles the messages a channel close refused: the ones the broker's reply
+        /// names (an exchange, or a body above its size limit), or, in one-at-a-time
+        /// mode, the one in flight. When the reply names none, switches to one at a time.
+        fn refused(
+            &mut self,
+            batch: &[StoredMessage],
+            routes: &[Option<AmqpRoute>],
+            out: &mut [Option<Result<()>>],
+            closed: Closed,
+            one_at_a_time: &mut bool,
+        ) {
+            let Closed {
+                code,
+                text,
+                unconfirmed,
+            } = closed;
+            let outage = refused_for_user(code, &text);
+            let refusal = Refusal::parse(code, &text);
+            if let Refusal::Exchange {
+                name,
+                forget_declaration: true,
+            } = &refusal
+            {
+                if let Some(s) = self.session.as_mut() {
+                    s.declared.retain(|d| d.0 != *name);
+                }
+            }
+            let mut culprits: Vec<usize> = match &refusal {
+                Refusal::Exchange { .. } => (0..batch.len())
+                    .filter(|&i| {
+                        out[i].is_none()
+                            && routes[i]
+                                .as_ref()
+                                .is_some_and(|r| refusal.names_exchange_of(r))
+                    })
+                    .collect(),
+                // The broker checks the body size; every pending body above it fails.
+                Refusal::TooLarge { max } => (0..batch.len())
+                    .filter(|&i| out[i].is_none() && batch[i].payload.len() > *max)
+                    .collect(),
+                Refusal::Unknown => Vec::new(),
+            };
+            if *one_at_a_time {
+                // Only one message was in flight: it caused the close.
+                for &i in &unconfirmed {
+                    if !culprits.contains(&i) {
+                        culprits.push(i);
+                    }
+                }
+            }
+            if culprits.is_empty() {
+                if outage {
+                    // A permission refused without naming the exchange: all of it waits.
+                    culprits = (0..batch.len()).filter(|&i| out[i].is_none()).collect();
+                } else {
+                    log::warn!(
+                        "outboxer: {} closed the channel ({code} {text}) naming no message; \
+                         publishing the rest of the batch one at a time",
+                        self.target.redacted
+                    );
+                    *one_at_a_time = true;
+                    return;
+                }
+            }
+            let reason = format!("broker closed the channel: {code} {text}");
+            for i in culprits {
+                out[i] = Some(Err(if outage {
+                    Error::unauthorized("amqp", &reason)
+                } else {
+                    Error::Rejected(reason.clone())
+                }));
+            }
+        }
+
+        /// Declares each exchange the pending messages need, once per connection. A
+        /// refused declaration (a type or flag clash, a permission) settles the
+        /// messages to that exchange and reopens the channel.
         fn declare_exchanges(
             &mut self,
             routes: &[Option<AmqpRoute>],
             out: &mut [Option<Result<()>>],
+            deadline: &Deadline,
+            attempt: &mut Attempt,
         ) -> Result<()> {
             let mut wanted: Vec<&AmqpRoute> = Vec::new();
             let mut seen = HashSet::new();
-            for r in routes.iter().flatten() {
-                if r.needs_declare() && seen.insert(declared_key(r)) {
-                    wanted.push(r);
+            for (i, r) in routes.iter().enumerate() {
+                if let (Some(r), None) = (r, &out[i]) {
+                    if r.needs_declare() && seen.insert(declared_key(r)) {
+                        wanted.push(r);
+                    }
                 }
             }
-            if wanted.is_empty() {
-                return Ok(());
-            }
-            for r in wanted {
-                let key = declared_key(r);
-                let session = self.session()?;
+            let mut queue: std::collections::VecDeque<AmqpRoute> =
+                wanted.into_iter().cloned().collect();
+            let mut refusals = 0;
+            while let Some(r) = queue.pop_front() {
+                let key = declared_key(&r);
+                let limit = self.confirm_timeout.min(deadline.remaining());
+                let Some(session) = self.session.as_mut() else {
+                    return Err(Error::unavailable("amqp", "no session"));
+                };
                 if session.declared.contains(&key) {
                     continue;
                 }
@@ -597,6 +1078,7 @@ mod driver {
                     internal: r.internal,
                     arguments: FieldTable::new(),
                 };
+                let dog = Watchdog::arm(&session.socket, limit, None)?;
                 let res = if r.no_wait {
                     session
                         .channel
@@ -608,29 +1090,62 @@ mod driver {
                         .exchange_declare(exchange_type(r.kind), r.exchange.clone(), opts)
                         .map(|_| ())
                 };
-                match res {
+                if dog.disarm() {
+                    return Err(self.timed_out("declaring an exchange", deadline));
+                }
+                let (code, message) = match res {
                     Ok(()) => {
                         session.declared.insert(key);
+                        continue;
                     }
                     Err(amiquip::Error::ServerClosedChannel { code, message, .. }) => {
-                        for (i, route) in routes.iter().enumerate() {
-                            if route.as_ref().map(declared_key).as_ref() == Some(&key) {
-                                out[i] = Some(Err(Error::Rejected(format!(
-                                    "exchange {:?} declaration refused: {code} {message}",
-                                    r.exchange
-                                ))));
-                            }
-                        }
-                        let session = self.session()?;
-                        let (channel, confirms, returns) = open_channel(&mut session.connection)
-                            .map_err(|e| Error::unavailable("amqp", e))?;
-                        session.channel = channel;
-                        session.confirms = confirms;
-                        session.returns = returns;
-                        session.next_tag = 1;
+                        (code, message)
                     }
-                    Err(e) => return Err(Error::unavailable("amqp", e)),
+                    Err(e) => return Err(self.connection_error(e)),
+                };
+                attempt.channel_closes += 1;
+                refusals += 1;
+                if refusals > routes.len() + 1 {
+                    return Err(self.unavailable("the broker keeps closing the channel"));
                 }
+                // A `no_wait` declaration refused earlier surfaces on the next call: the
+                // reply names the exchange it is about, which may not be this one.
+                let refusal = Refusal::parse(code, &message);
+                let named = |route: &AmqpRoute| match &refusal {
+                    Refusal::Exchange { .. } => refusal.names_exchange_of(route),
+                    _ => declared_key(route) == key,
+                };
+                let hits: Vec<usize> = (0..routes.len())
+                    .filter(|&i| out[i].is_none() && routes[i].as_ref().is_some_and(named))
+                    .collect();
+                let hits = if hits.is_empty() {
+                    (0..routes.len())
+                        .filter(|&i| {
+                            out[i].is_none()
+                                && routes[i].as_ref().map(declared_key).as_ref() == Some(&key)
+                        })
+                        .collect()
+                } else {
+                    hits
+                };
+                let outage = refused_for_user(code, &message);
+                let reason = format!("exchange declaration refused: {code} {message}");
+                for &i in &hits {
+                    if let Some(route) = &routes[i] {
+                        session.declared.remove(&declared_key(route));
+                    }
+                    out[i] = Some(Err(if outage {
+                        Error::unauthorized("amqp", &reason)
+                    } else {
+                        Error::Rejected(reason.clone())
+                    }));
+                }
+                if out.iter().zip(routes).any(|(o, route)| {
+                    o.is_none() && route.as_ref().map(declared_key) == Some(key.clone())
+                }) {
+                    queue.push_front(r); // refused for another exchange: declare it again
+                }
+                self.reopen_channel(limit, deadline)?;
             }
             Ok(())
         }
