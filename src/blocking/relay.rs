@@ -724,10 +724,11 @@ fn sort<'a, S: Store>(ctx: &Ctx<S>, sent: &'a [Sent], outcomes: Vec<Result<()>>)
 }
 
 /// How long released messages wait before they are claimed again: short at
-/// first, longer while the outage lasts, so other routes keep flowing and a dead
-/// server is not hammered.
+/// first, longer while the outage lasts (1 s doubling up to 10 s, with jitter), so
+/// other routes keep flowing, a dead server is not hammered, and messages go out
+/// within seconds of the server's return.
 fn release_delay(streak: u32) -> Duration {
-    Backoff::new(Duration::from_secs(1), Duration::from_secs(30))
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(10))
         .map(|b| b.delay(streak.max(1)))
         .unwrap_or(Duration::from_secs(1))
 }
@@ -918,10 +919,10 @@ mod tests {
         let first = release_delay(1);
         assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
         assert!(release_delay(0) <= Duration::from_secs(1));
-        for n in [6, 10, 1000, u32::MAX] {
+        for n in [5, 10, 1000, u32::MAX] {
             let d = release_delay(n);
             assert!(
-                d >= Duration::from_secs(15) && d <= Duration::from_secs(30),
+                d >= Duration::from_secs(5) && d <= Duration::from_secs(10),
                 "{d:?}"
             );
         }

@@ -1200,8 +1200,14 @@ fn a_relay_parks_nothing_while_credentials_are_refused() {
         100_000,
     ));
     *switch.0.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(StaticToken::new("t"));
-    hold("API 403");
+    // Released rows come back after the relay's outage delay (at most 10 s).
+    let until = Instant::now() + Duration::from_secs(15);
+    while front.requests() == 0 && Instant::now() < until {
+        assert_eq!(outbox.stats().expect("stats").parked, 0, "parked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(front.requests() > 0, "the API was called");
+    hold("API 403");
     let failures: Vec<_> = relay.err().try_iter().collect();
     assert!(
         failures
