@@ -201,15 +201,20 @@ fn relay_cmd(store: &str, table: &str, extra: &[&str]) -> Command {
 /// `n` messages written as a non-Rust application writes them (README, "Writing
 /// messages without the library"): payload `m1..mN`, routed to `exchange`.
 fn pg_insert(table: &str, exchange: &str, n: i64) {
+    pg_insert_from(table, exchange, 1, n);
+}
+
+/// Messages `m{from}..=m{to}`, as [`pg_insert`] writes them.
+fn pg_insert_from(table: &str, exchange: &str, from: i64, to: i64) {
     pg().execute(
         &format!(
             "INSERT INTO \"{table}\" (payload, options, headers)
              SELECT convert_to('m' || g, 'UTF8'),
                     jsonb_build_object('exchange.name', $1::text, 'exchange.type', 'topic', 'routing_key', 'orders.paid'),
                     '{{\"source\": \"sql\"}}'::jsonb
-             FROM generate_series(1, $2::bigint) AS g"
+             FROM generate_series($2::bigint, $3::bigint) AS g"
         ),
-        &[&exchange, &n],
+        &[&exchange, &from, &to],
     )
     .expect("plain SQL insert");
 }
@@ -1029,5 +1034,119 @@ fn a_panicking_relay_exits_non_zero_and_a_restart_delivers_everything() {
     let got = sink.collect(50, Duration::from_secs(60));
     assert_eq!(all_delivered(&got, 50), 1, "all delivered at least once");
     relay.terminate();
+    drop_table(&table);
+}
+
+/// Issue 12's acceptance: a table holding one row of each bad kind among 1000
+/// good rows, all written by plain SQL. The relay delivers the 1000 within 10 s
+/// and parks exactly the bad rows; nothing is left pending.
+#[test]
+fn bad_rows_and_refused_messages_park_alone_while_1000_good_ones_flow() {
+    let table = unique("cli_bad");
+    let ex = unique("ex");
+    let clash = unique("clash");
+    let sink = Sink::new(&ex, "orders.#");
+    // An exchange of another type than the bad row asks for.
+    {
+        let mut conn = amiquip::Connection::insecure_open(&amqp_url()).expect("amqp");
+        let ch = conn.open_channel(None).expect("channel");
+        ch.exchange_declare(
+            amiquip::ExchangeType::Direct,
+            clash.as_str(),
+            amiquip::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+        )
+        .expect("declare");
+        conn.close().expect("close");
+    }
+    ok(&["migrate", "--store", &pg_url(), "--table", &table]);
+    pg_insert(&table, &ex, 500);
+    let route = |exchange: &str| {
+        format!(
+            r#"{{"exchange.name": "{exchange}", "exchange.type": "topic", "routing_key": "orders.paid"}}"#
+        )
+    };
+    // (what is wrong, options, headers): rows another language could write.
+    let bad: Vec<(&str, String, String)> = vec![
+        ("headers is a JSON array", route(&ex), "[]".into()),
+        ("headers is a JSON string", route(&ex), r#""x""#.into()),
+        ("headers is a JSON number", route(&ex), "1".into()),
+        ("options is a JSON array", "[]".into(), "{}".into()),
+        (
+            "an option of the wrong type",
+            format!(
+                r#"{{"exchange.name": "{ex}", "exchange.durable": "yes", "routing_key": "orders.paid"}}"#
+            ),
+            "{}".into(),
+        ),
+        (
+            "an amq.* exchange that does not exist",
+            route("amq.nope"),
+            "{}".into(),
+        ),
+        (
+            "an internal exchange",
+            format!(
+                r#"{{"exchange.name": "{ex}_internal", "exchange.internal": true, "routing_key": "orders.paid"}}"#
+            ),
+            "{}".into(),
+        ),
+        ("an exchange of another type", route(&clash), "{}".into()),
+    ];
+    let mut bad_ids = Vec::new();
+    let mut client = pg();
+    for (what, options, headers) in &bad {
+        let row = client
+            .query_one(
+                &format!(
+                    "INSERT INTO \"{table}\" (payload, options, headers) \
+                     VALUES (convert_to($1, 'UTF8'), $2::text::jsonb, $3::text::jsonb) RETURNING id"
+                ),
+                &[what, options, headers],
+            )
+            .expect("insert a bad row");
+        bad_ids.push(row.get::<_, i64>(0));
+    }
+    pg_insert_from(&table, &ex, 501, 1000);
+    let started = Instant::now();
+    let relay = RelayProc::spawn(relay_cmd(
+        &pg_url(),
+        &table,
+        &[
+            "--max-attempts",
+            "2",
+            "--backoff-base",
+            "50ms",
+            "--backoff-max",
+            "100ms",
+        ],
+    ));
+    let got = sink.collect(1000, Duration::from_secs(10));
+    let took = started.elapsed();
+    assert_eq!(all_delivered(&got, 1000), 1, "each good row delivered once");
+    assert!(took < Duration::from_secs(10), "1000 delivered in {took:?}");
+    let mut parked: Vec<i64> = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        parked = client
+            .query(
+                &format!("SELECT id FROM \"{table}\" WHERE status = 'parked' ORDER BY id"),
+                &[],
+            )
+            .expect("parked")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if parked.len() >= bad_ids.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    relay.terminate();
+    assert_eq!(parked, bad_ids, "exactly the bad rows are parked");
+    let v = stats_json(&pg_url(), &table);
+    assert_eq!(counts(&v), (0, 0, 1000, bad_ids.len() as u64), "{v}");
     drop_table(&table);
 }
