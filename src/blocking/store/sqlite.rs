@@ -60,7 +60,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// let lease = Lease::new(Duration::from_secs(30));
 /// let claimed = store.claim(&lease, 10.into())?;
 /// let ids: Vec<i64> = claimed.messages.iter().map(|m| m.id).collect();
-/// assert_eq!(store.mark_dispatched(&lease, &ids)?, ids.len());
+/// assert_eq!(store.mark_dispatched(&lease, &ids)?, ids);
 /// # drop(store);
 /// # for ext in ["", "-wal", "-shm"] {
 /// #     let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
