@@ -888,6 +888,47 @@ fn a_panicking_stream_stops_the_relay_cleanly_and_it_starts_again() {
 }
 
 #[test]
+fn a_stream_that_breaks_its_contract_stops_the_relay_like_a_panic() {
+    let table = unique("contract");
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        // One outcome fewer than messages, every time.
+        .stream(Hooked::new(|_, batch, _| {
+            batch.iter().skip(1).map(|_| Ok(())).collect()
+        }))
+        .check_interval(Duration::from_millis(20))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    outbox
+        .send_batch(&[Message::new(b"a".to_vec()), Message::new(b"b".to_vec())])
+        .expect("send");
+    let f = relay
+        .err()
+        .recv_timeout(Duration::from_secs(10))
+        .expect("reported");
+    assert!(
+        matches!(f.error, Error::RelayPanicked("publisher")),
+        "{f:?}"
+    );
+    assert!(matches!(
+        relay.stop(),
+        Err(Error::RelayPanicked("publisher"))
+    ));
+    let c = status_counts(&table);
+    assert_eq!(c.get("pending"), Some(&2), "{c:?}");
+    let leased: i64 = pg()
+        .query_one(
+            &format!("SELECT count(*) FROM \"{table}\" WHERE locked_by IS NOT NULL"),
+            &[],
+        )
+        .expect("leased")
+        .get(0);
+    assert_eq!(leased, 0, "released");
+    drop_table(&table);
+}
+
+#[test]
 fn a_lost_lease_is_reported_as_not_marked_never_as_delivered() {
     let table = unique("lost");
     let ex = unique("ex");
