@@ -611,13 +611,15 @@ fn publisher<S: Store>(
         })) {
             Ok(o) if o.len() == claimed.messages.len() => o,
             Ok(o) => {
-                // A stream that breaks the one-outcome-per-message contract.
-                log::error!(
-                    "outboxer: the stream returned {} outcomes for {} messages; releasing the batch",
+                // A stream that breaks the one-outcome-per-message contract would
+                // do it again with every batch: a bug, stopped like a panic.
+                let what = format!(
+                    "the stream returned {} outcomes for {} messages",
                     o.len(),
                     claimed.messages.len()
                 );
                 ctx.release_claimed(&claimed);
+                ctx.panicked("publisher", &what);
                 continue;
             }
             Err(p) => {
