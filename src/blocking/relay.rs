@@ -835,11 +835,12 @@ fn persist<S: Store, T>(
             Err(e) => {
                 attempt += 1;
                 let wait = pause.delay(attempt);
-                if lease_left(lease, at) <= wait {
-                    ctx.store_failed(e);
+                let give_up = lease_left(lease, at) <= wait;
+                // Part of the database's outage, even when a retry succeeds.
+                ctx.store_failed(e);
+                if give_up {
                     return None;
                 }
-                log::debug!("outboxer: {e}; retrying");
                 std::thread::sleep(wait);
             }
         }
