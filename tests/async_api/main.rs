@@ -1,0 +1,34 @@
+//! The async API (`outboxer::async_impl`) against real servers: the store cases
+//! that go through the Outbox API, for every store compiled in; the stream cases
+//! through the async Outbox for AMQP; a current-thread runtime that must keep
+//! ticking while the relay works; both APIs on one table in one build
+//! (`required-features` in Cargo.toml: async, postgres, amqp).
+
+// The helpers every integration test shares (tests/common); each directory target
+// includes them this one way.
+#[path = "../common/mod.rs"]
+mod common;
+
+/// The stream suite's harness trait (its cases run in tests/streams).
+#[path = "../streams/conformance.rs"]
+#[allow(dead_code)]
+mod conformance;
+
+#[path = "conformance.rs"]
+#[macro_use]
+mod async_conformance;
+
+mod postgres;
+
+#[cfg(feature = "async-mysql")]
+mod mysql;
+
+#[cfg(feature = "sqlserver")]
+mod sqlserver;
+
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+mod streams;
+
+mod runtime;
