@@ -9,14 +9,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-/// The stream suite's harness trait (its cases run in tests/streams).
-#[path = "../streams/conformance.rs"]
-#[allow(dead_code)]
-mod conformance;
-
-#[path = "conformance.rs"]
 #[macro_use]
-mod async_conformance;
+mod conformance;
 
 mod postgres;
 

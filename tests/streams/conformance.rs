@@ -1,56 +1,13 @@
 //! One conformance suite for every stream. A stream's test module implements
-//! [`StreamHarness`] and expands `stream_conformance!(TheHarness)`. The cases
+//! [`StreamHarness`] (tests/common/stream_harness.rs) and expands `stream_conformance!(TheHarness)`. The cases
 //! drive the `Stream` trait directly (as the relay does) and check what a real
 //! consumer of the broker received.
 
+pub use crate::common::stream_harness::{Consumer, Received, StreamHarness, DISRUPTION};
+pub use crate::common::unique;
 use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
 use std::collections::BTreeMap;
-use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
-
-/// Cases that cut every connection take this lock for writing; all others for reading.
-pub static DISRUPTION: RwLock<()> = RwLock::new(());
-
-/// What a consumer received.
-#[derive(Clone, Debug)]
-pub struct Received {
-    pub payload: Vec<u8>,
-    pub headers: BTreeMap<String, String>,
-}
-
-/// A consumer on one destination.
-pub trait Consumer {
-    /// Receives until `n` messages arrived or `within` passed.
-    fn receive(&self, n: usize, within: Duration) -> Vec<Received>;
-}
-
-/// What the suite needs from a stream's test module.
-pub trait StreamHarness {
-    type S: Stream;
-    type C: Consumer;
-    /// A connected stream.
-    fn stream() -> Self::S;
-    /// The same stream type pointed at a server that is not there (not yet connected).
-    fn unreachable() -> Self::S;
-    /// A fresh destination with a consumer attached; returns its routing options.
-    fn destination(name: &str) -> (Options, Self::C);
-    /// Routing options that this broker refuses per message (e.g. unroutable).
-    fn refused_destination(name: &str) -> Options;
-    /// Options the stream rejects as invalid (unknown key or wrong type).
-    fn invalid_options() -> Options;
-    /// The stream's size limit at `send`.
-    fn max_message_size() -> usize;
-    /// Cuts every connection the broker has (the stream must reconnect by itself).
-    fn cut_connections();
-}
-
-pub fn unique(prefix: &str) -> String {
-    let n = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{}", std::process::id(), n % 1_000_000_000_000)
-}
 
 fn stored(id: i64, payload: Vec<u8>, options: &Options, key: Option<&str>) -> StoredMessage {
     StoredMessage {

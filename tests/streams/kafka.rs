@@ -193,6 +193,7 @@ impl Consumer for Sink {
             .map(|r| Received {
                 payload: r.payload,
                 headers: r.headers,
+                key: r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
             })
             .collect()
     }

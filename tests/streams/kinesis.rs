@@ -110,12 +110,13 @@ impl Consumer for ShardReader {
     fn receive(&self, n: usize, within: Duration) -> Vec<Received> {
         self.records(n, within)
             .into_iter()
-            .map(|(_, r)| {
+            .map(|(partition_key, r)| {
                 let mut headers = r.headers;
                 headers.insert(MESSAGE_ID_HEADER.to_string(), r.message_id);
                 Received {
                     payload: r.payload,
                     headers,
+                    key: Some(partition_key),
                 }
             })
             .collect()

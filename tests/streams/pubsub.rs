@@ -170,6 +170,7 @@ impl Consumer for Sub {
             .map(|p| Received {
                 payload: p.data,
                 headers: p.attributes,
+                key: p.ordering_key,
             })
             .collect()
     }

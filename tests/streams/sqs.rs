@@ -101,6 +101,8 @@ impl Consumer for QueueReader {
                 Received {
                     payload: d.payload,
                     headers,
+                    // The FIFO message group is not read back here.
+                    key: None,
                 }
             })
             .collect()
