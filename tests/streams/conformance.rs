@@ -195,6 +195,84 @@ pub fn delivery_resumes_after_connections_are_cut<H: StreamHarness>() {
     s.close();
 }
 
+/// The whole path, the same for every stream: messages committed in PostgreSQL,
+/// two relays on one table, a consumer of the destination. Keyed and unkeyed
+/// messages: every message arrives exactly once (by message id, and nothing more
+/// shows up later), with its headers, each key's messages in key order and, where
+/// the consumer sees the broker's key (Kafka record key, Kinesis partition key,
+/// Pub/Sub ordering key), under that key.
+pub fn relay_end_to_end_from_postgres<H: StreamHarness>() {
+    use outboxer::{Message, Outbox};
+    let _g = read();
+    let (dest, consumer) = H::destination(&unique("s_e2e"));
+    let table = unique("e2e");
+    let outboxes: Vec<_> = (0..2)
+        .map(|_| {
+            Outbox::builder()
+                .store(crate::common::store(&table))
+                .stream(H::stream())
+                .batch_size(50)
+                .check_interval(Duration::from_millis(20))
+                .build()
+                .expect("outbox")
+        })
+        .collect();
+    let relays: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
+    const N: usize = 300;
+    // Body "<key>:<n>", or "-:<n>" for the unkeyed quarter.
+    let msgs: Vec<Message> = (0..N)
+        .map(|i| {
+            let key = (i % 4 != 3).then(|| format!("key-{}", i % 6));
+            let body = format!("{}:{i}", key.as_deref().unwrap_or("-"));
+            let m = Message::new(body.into_bytes())
+                .route(dest.clone())
+                .header("n", i.to_string());
+            match key {
+                Some(k) => m.ordering_key(k),
+                None => m,
+            }
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for chunk in msgs.chunks(30) {
+        sent.extend(outboxes[0].send_batch(chunk).expect("send"));
+    }
+    let got = consumer.receive(N, Duration::from_secs(120));
+    // Anything beyond N would be a duplicate: wait a little for one to show up.
+    let extra = consumer.receive(1, Duration::from_secs(2));
+    assert!(extra.is_empty(), "duplicate: {extra:?}");
+    let ids: std::collections::HashSet<&str> = got
+        .iter()
+        .map(|r| r.headers.get(MESSAGE_ID_HEADER).map_or("", String::as_str))
+        .collect();
+    assert_eq!(got.len(), N, "every message delivered");
+    assert_eq!(ids.len(), N, "no duplicates");
+    assert!(sent.iter().all(|id| ids.contains(id.to_string().as_str())));
+    let mut last: BTreeMap<String, usize> = BTreeMap::new();
+    let mut keyed = 0;
+    for r in &got {
+        let body = String::from_utf8(r.payload.clone()).expect("utf8");
+        let (k, i) = body.split_once(':').expect("key:n");
+        let i: usize = i.parse().expect("n");
+        assert_eq!(r.headers.get("n"), Some(&i.to_string()));
+        if k == "-" {
+            continue;
+        }
+        keyed += 1;
+        if let Some(broker_key) = &r.key {
+            assert_eq!(broker_key, k, "message {i} under its key");
+        }
+        if let Some(prev) = last.insert(k.to_string(), i) {
+            assert!(i > prev, "key {k}: {i} after {prev}");
+        }
+    }
+    assert_eq!((last.len(), keyed), (6, N - N / 4), "keyed and unkeyed");
+    for r in &relays {
+        r.stop().expect("stop");
+    }
+    crate::common::drop_table(&table);
+}
+
 /// A publish to a server that accepts connections and never answers returns by its
 /// deadline, plus at most one request timeout, with a transient error for every
 /// message (nothing lost, nothing parked).
@@ -271,10 +349,17 @@ pub fn relay_stops_within_one_request_timeout(
     crate::common::drop_table(&table);
 }
 
-/// Expands the suite as `#[test]`s for a harness.
+/// Expands the suite as `#[test]`s for a harness: the cases that drive `Stream`
+/// directly and the relay case. `stream_conformance!(H, publish_only)` leaves the
+/// relay case out, for a second destination kind of a stream whose relay case runs
+/// with its first (SQS standard queues; it runs on FIFO queues, which keep key order).
 #[macro_export]
 macro_rules! stream_conformance {
     ($h:ty) => {
+        $crate::stream_conformance!($h, publish_only);
+        $crate::stream_conformance!(@tests $h, relay_end_to_end_from_postgres);
+    };
+    ($h:ty, publish_only) => {
         $crate::stream_conformance!(@tests $h,
             batch_roundtrip_byte_exact per_message_outcomes_in_a_batch per_key_order_in_a_batch
             oversize_and_invalid_rejected_at_send server_down_is_a_transient_error

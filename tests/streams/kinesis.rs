@@ -356,66 +356,6 @@ fn bad_input_is_refused_at_send() {
     }
 }
 
-/// PostgreSQL -> two relays -> Kinesis: every message once, per-key order.
-#[test]
-fn relay_end_to_end_from_postgres() {
-    use crate::common::{store, unique as table_name};
-    use outboxer::{Message, Outbox};
-    let _g = read();
-    let name = unique("k_e2e");
-    create_stream(&name);
-    let reader = ShardReader::new(&name);
-    let table = table_name("kinesis_e2e");
-    let outboxes: Vec<_> = (0..2)
-        .map(|_| {
-            Outbox::builder()
-                .store(store(&table))
-                .stream(KinesisStream::connect(&url("kinesis", &endpoint())).expect("stream"))
-                .batch_size(100)
-                .check_interval(Duration::from_millis(20))
-                .build()
-                .expect("outbox")
-        })
-        .collect();
-    let relays: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
-    const N: usize = 300;
-    let msgs: Vec<Message> = (0..N)
-        .map(|i| {
-            Message::new(format!("{}:{i}", i % 6).into_bytes())
-                .route(kinesis::stream(&name))
-                .header("n", i.to_string())
-                .ordering_key(format!("key-{}", i % 6))
-        })
-        .collect();
-    let mut sent = Vec::new();
-    for chunk in msgs.chunks(30) {
-        sent.extend(outboxes[0].send_batch(chunk).expect("send"));
-    }
-    let got = reader.records(N, Duration::from_secs(120));
-    let extra = reader.records(1, Duration::from_secs(1));
-    assert!(extra.is_empty(), "duplicate: {extra:?}");
-    let ids: std::collections::HashSet<&String> = got.iter().map(|(_, r)| &r.message_id).collect();
-    assert_eq!(got.len(), N, "every message delivered");
-    assert_eq!(ids.len(), N, "no duplicates");
-    assert!(sent.iter().all(|id| ids.contains(&id.to_string())));
-    // Per shard the records are in order; a key maps to one shard.
-    let mut last: BTreeMap<String, usize> = BTreeMap::new();
-    for (pk, r) in &got {
-        let body = String::from_utf8(r.payload.clone()).expect("utf8");
-        let (k, i) = body.split_once(':').expect("k:i");
-        let i: usize = i.parse().expect("i");
-        assert_eq!(pk, &format!("key-{k}"));
-        assert_eq!(r.headers.get("n"), Some(&i.to_string()));
-        if let Some(prev) = last.insert(k.to_string(), i) {
-            assert!(i > prev, "key {k}: {i} after {prev}");
-        }
-    }
-    for r in &relays {
-        r.stop().expect("stop");
-    }
-    let _ = crate::common::pg().batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""));
-}
-
 /// Against the signature-checking moto: a wrong secret or a failing credentials
 /// provider is `Unauthorized` (an outage, never counted) for every record, a
 /// missing stream is still the message's own failure once the credentials work.
