@@ -9,11 +9,17 @@ use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAG
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-fn stored(id: i64, payload: Vec<u8>, options: &Options, key: Option<&str>) -> StoredMessage {
+/// A stored message as the relay hands it to `publish` (a fresh message id, no headers).
+pub fn stored(
+    id: i64,
+    payload: impl AsRef<[u8]>,
+    options: &Options,
+    key: Option<&str>,
+) -> StoredMessage {
     StoredMessage {
         id,
         message_id: MessageId::new(),
-        payload,
+        payload: payload.as_ref().to_vec(),
         headers: Headers::new(),
         options: options.clone(),
         ordering_key: key.map(str::to_string),
@@ -22,7 +28,8 @@ fn stored(id: i64, payload: Vec<u8>, options: &Options, key: Option<&str>) -> St
     }
 }
 
-fn read() -> std::sync::RwLockReadGuard<'static, ()> {
+/// Taken by every case that does not cut connections (see [`DISRUPTION`]).
+pub fn read() -> std::sync::RwLockReadGuard<'static, ()> {
     DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -33,7 +40,7 @@ pub fn batch_roundtrip_byte_exact<H: StreamHarness>() {
     let mut a = stored(1, vec![0, 159, 146, 150, 255, b'\n', 0], &dest, None);
     a.headers.insert("ключ".into(), "значение 🎉".into());
     a.headers.insert("tenant".into(), "acme".into());
-    let b = stored(2, b"plain".to_vec(), &dest, None);
+    let b = stored(2, b"plain", &dest, None);
     let c = stored(3, vec![7u8; 64 * 1024], &dest, None);
     let batch = vec![a.clone(), b.clone(), c.clone()];
     let out = s.publish(&batch, &crate::common::deadline());
@@ -59,10 +66,10 @@ pub fn per_message_outcomes_in_a_batch<H: StreamHarness>() {
     let refused = H::refused_destination(&unique("s_ref"));
     let mut s = H::stream();
     let batch = vec![
-        stored(1, b"ok 1".to_vec(), &dest, None),
-        stored(2, b"refused".to_vec(), &refused, None),
-        stored(3, b"invalid".to_vec(), &H::invalid_options(), None),
-        stored(4, b"ok 2".to_vec(), &dest, None),
+        stored(1, b"ok 1", &dest, None),
+        stored(2, b"refused", &refused, None),
+        stored(3, b"invalid", &H::invalid_options(), None),
+        stored(4, b"ok 2", &dest, None),
     ];
     let out = s.publish(&batch, &crate::common::deadline());
     assert_eq!(out.len(), 4);
@@ -83,7 +90,7 @@ pub fn per_message_outcomes_in_a_batch<H: StreamHarness>() {
     assert_eq!(bodies, vec![b"ok 1".to_vec(), b"ok 2".to_vec()]);
     // The stream stays usable after refusals.
     let again = s.publish(
-        &[stored(5, b"after".to_vec(), &dest, None)],
+        &[stored(5, b"after", &dest, None)],
         &crate::common::deadline(),
     );
     assert!(again[0].is_ok(), "{again:?}");
@@ -139,10 +146,7 @@ pub fn server_down_is_a_transient_error<H: StreamHarness>() {
     let (dest, _consumer) = H::destination(&unique("s_down"));
     let mut s = H::unreachable();
     let out = s.publish(
-        &[
-            stored(1, b"x".to_vec(), &dest, None),
-            stored(2, b"y".to_vec(), &dest, None),
-        ],
+        &[stored(1, b"x", &dest, None), stored(2, b"y", &dest, None)],
         &crate::common::deadline(),
     );
     assert_eq!(out.len(), 2);
@@ -156,7 +160,7 @@ pub fn delivery_resumes_after_connections_are_cut<H: StreamHarness>() {
     let (dest, consumer) = H::destination(&unique("s_cut"));
     let mut s = H::stream();
     assert!(s.publish(
-        &[stored(1, b"before".to_vec(), &dest, None)],
+        &[stored(1, b"before", &dest, None)],
         &crate::common::deadline()
     )[0]
     .is_ok());
@@ -167,7 +171,7 @@ pub fn delivery_resumes_after_connections_are_cut<H: StreamHarness>() {
     let mut failures = 0;
     for i in 0..20 {
         match &s.publish(
-            &[stored(2 + i, b"after".to_vec(), &dest, None)],
+            &[stored(2 + i, b"after", &dest, None)],
             &crate::common::deadline(),
         )[0]
         {

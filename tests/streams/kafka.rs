@@ -5,9 +5,9 @@
 //! destination creates its topic, and `cut_connections` (a broker restart)
 //! creates them again.
 
-use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
+use crate::conformance::{read, stored, unique, Consumer, Received, StreamHarness};
 use outboxer::stream::kafka::{self, KafkaStream, DEFAULT_MAX_MESSAGE_SIZE};
-use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
+use outboxer::{Error, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers as _, Message as _};
@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 3;
 
@@ -296,23 +296,6 @@ stream_conformance!(Kafka);
 
 // Kafka-specific cases.
 
-fn stored(id: i64, payload: &[u8], options: &Options, key: Option<&str>) -> StoredMessage {
-    StoredMessage {
-        id,
-        message_id: MessageId::new(),
-        payload: payload.to_vec(),
-        headers: Headers::new(),
-        options: options.clone(),
-        ordering_key: key.map(str::to_string),
-        attempts: 0,
-        created_at: SystemTime::now(),
-    }
-}
-
-fn read() -> std::sync::RwLockReadGuard<'static, ()> {
-    DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
-}
-
 #[test]
 fn key_maps_to_one_partition_and_options_route() {
     let _g = read();
@@ -467,7 +450,7 @@ fn compressed_batches_round_trip() {
         .build()
         .expect("stream");
     let batch: Vec<StoredMessage> = (0..50)
-        .map(|i| stored(i, &vec![b'x'; 1000 + i as usize], &dest, None))
+        .map(|i| stored(i, vec![b'x'; 1000 + i as usize], &dest, None))
         .collect();
     assert!(s
         .publish(&batch, &crate::common::deadline())

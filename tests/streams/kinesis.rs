@@ -2,15 +2,15 @@
 //! the conformance streams behind the shared fault proxy (see `sqs.rs`).
 
 use crate::aws::{client, cut_shared_proxy, endpoint, own_proxy, shared_proxy, url};
-use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
+use crate::conformance::{read, stored, unique, Consumer, Received, StreamHarness};
 use crate::fault_proxy::Fault;
 use outboxer::stream::aws::{AwsClient, Service};
 use outboxer::stream::kinesis::{self, KinesisStream, MAX_RECORD_SIZE};
-use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
+use outboxer::{Error, Headers, Options, Stream, MESSAGE_ID_HEADER};
 use serde_json::json;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const SHARDS: u64 = 2;
 
@@ -162,23 +162,6 @@ impl StreamHarness for Kinesis {
 }
 
 stream_conformance!(Kinesis);
-
-fn stored(id: i64, payload: &[u8], options: &Options, key: Option<&str>) -> StoredMessage {
-    StoredMessage {
-        id,
-        message_id: MessageId::new(),
-        payload: payload.to_vec(),
-        headers: Headers::new(),
-        options: options.clone(),
-        ordering_key: key.map(str::to_string),
-        attempts: 0,
-        created_at: SystemTime::now(),
-    }
-}
-
-fn read() -> std::sync::RwLockReadGuard<'static, ()> {
-    DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
-}
 
 /// moto never throttles, so throttled records are injected: the first
 /// PutRecords answer says record 0 went in and record 1 was throttled. The

@@ -7,14 +7,14 @@ use crate::aws::{
     auth_endpoint, client, cut_shared_proxy, endpoint, own_proxy, shared_proxy, signed_admin,
     signer, url, FailingProvider, Switchable,
 };
-use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
+use crate::conformance::{read, stored, unique, Consumer, Received, StreamHarness};
 use crate::fault_proxy::{Fault, SilentServer};
 use outboxer::stream::aws::{AwsClient, Credentials, Service};
 use outboxer::stream::sqs::{self, SqsStream, DEFAULT_MAX_MESSAGE_SIZE};
-use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
+use outboxer::{Error, Options, Stream, MESSAGE_ID_HEADER};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Creates a queue (FIFO when the name ends in `.fifo`) and returns its URL.
 fn create_queue(name: &str) -> String {
@@ -199,23 +199,6 @@ mod fifo {
 }
 
 // SQS-specific cases.
-
-fn stored(id: i64, payload: &[u8], options: &Options, key: Option<&str>) -> StoredMessage {
-    StoredMessage {
-        id,
-        message_id: MessageId::new(),
-        payload: payload.to_vec(),
-        headers: Headers::new(),
-        options: options.clone(),
-        ordering_key: key.map(str::to_string),
-        attempts: 0,
-        created_at: SystemTime::now(),
-    }
-}
-
-fn read() -> std::sync::RwLockReadGuard<'static, ()> {
-    DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
-}
 
 #[test]
 fn throttling_and_server_errors_are_retried_then_delivered_once() {

@@ -9,14 +9,14 @@
 //! on loopback and check the `Authorization` header that reaches the proxy.
 //! The emulator client and the harness are in emulator.rs, the auth fixtures in auth.rs.
 
-use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
+use crate::conformance::{read, stored, unique, Consumer, Received, StreamHarness};
 use crate::fault_proxy::{Fault, FaultProxy};
 use base64::Engine as _;
 use outboxer::stream::pubsub::{
     self, MetadataServer, PubSubStream, ServiceAccount, StaticToken, MAX_MESSAGE_SIZE,
     METADATA_TOKEN_PATH, PUBSUB_SCOPE,
 };
-use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
+use outboxer::{Error, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -33,23 +33,6 @@ use emulator::*;
 stream_conformance!(PubSub);
 
 // Pub/Sub-specific cases.
-
-fn stored(id: i64, payload: &[u8], options: &Options, key: Option<&str>) -> StoredMessage {
-    StoredMessage {
-        id,
-        message_id: MessageId::new(),
-        payload: payload.to_vec(),
-        headers: Headers::new(),
-        options: options.clone(),
-        ordering_key: key.map(str::to_string),
-        attempts: 0,
-        created_at: SystemTime::now(),
-    }
-}
-
-fn read() -> std::sync::RwLockReadGuard<'static, ()> {
-    DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A stream through its own proxy (faults here touch no other test).
 fn via(proxy: &FaultProxy) -> pubsub::PubSubStreamBuilder {
@@ -260,12 +243,7 @@ fn large_batches_split_within_request_limits() {
         .map(|i| stored(i, format!("m{i}").as_bytes(), &dest, None))
         .collect();
     for i in 0..3u8 {
-        batch.push(stored(
-            3000 + i64::from(i),
-            &vec![i; 4_000_000],
-            &dest,
-            None,
-        ));
+        batch.push(stored(3000 + i64::from(i), vec![i; 4_000_000], &dest, None));
     }
     let out = s.publish(&batch, &crate::common::deadline());
     assert!(
