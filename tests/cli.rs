@@ -1,3 +1,4 @@
+// Over 800 lines on purpose: 13 long end-to-end runs of the binary, each its own scenario; topic modules would rename every test (cli::<case>).
 //! The `outboxer` command, run as a user runs it: the built binary against the real
 //! PostgreSQL, MariaDB and RabbitMQ on 127.0.0.1. Rows are written with plain SQL,
 //! as a non-Rust application writes them; deliveries are checked with a RabbitMQ

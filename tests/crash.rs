@@ -1,3 +1,4 @@
+// Over 800 lines on purpose: one crash kit (child relays, consumer, driver, checker) sharing private types; the child is this binary re-run by test name.
 //! Crash kit: N relay processes on one outbox table, SIGKILLed at random points
 //! while messages are committed at a steady rate; the consumer side then checks
 //! 0 lost, 0 rolled-back messages published, every duplicate carries the same

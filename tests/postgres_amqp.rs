@@ -1,3 +1,4 @@
+// Over 800 lines on purpose: 28 self-contained relay scenarios with few shared helpers; topic modules would rename every test (postgres_amqp::<case>).
 //! End-to-end tests: real PostgreSQL and RabbitMQ on 127.0.0.1.
 
 mod common;

@@ -1,3 +1,4 @@
+// Over 800 lines on purpose: one module per store below, each compiled with its store's feature and read on its own.
 //! Security: table names and message contents never reach SQL unescaped, and
 //! credentials are never printed.
 //!

@@ -220,7 +220,7 @@ macro_rules! async_store_conformance {
         $(
             #[tokio::test]
             async fn $name() {
-                $crate::async_conformance::$name::<$h>().await;
+                $crate::conformance::$name::<$h>().await;
             }
         )*
     };

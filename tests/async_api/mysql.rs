@@ -1,7 +1,7 @@
 //! MySQL / MariaDB through the async API (mysql_async for sends).
 
-use crate::async_conformance::{off, AsyncHarness};
 use crate::common::unique;
+use crate::conformance::{off, AsyncHarness};
 use outboxer::async_impl::store::{mysql_async, MysqlStore};
 use outboxer::async_impl::{Outbox, Store};
 use outboxer::store::{Lease, Store as BlockingStore};

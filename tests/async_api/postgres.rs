@@ -1,7 +1,7 @@
 //! PostgreSQL through the async API (tokio-postgres for sends).
 
-use crate::async_conformance::{off, AsyncHarness};
 use crate::common::{drop_table, pg_url, unique};
+use crate::conformance::{off, AsyncHarness};
 use outboxer::async_impl::store::{tokio_postgres, PostgresStore};
 use outboxer::async_impl::{Outbox, Store};
 use outboxer::store::{Lease, Store as BlockingStore};

@@ -1,7 +1,7 @@
 //! The async API never blocks a runtime worker, and lives beside the blocking API.
 
-use crate::async_conformance::{off, AsyncHarness};
 use crate::common::{counts, stream, unique, Sink};
+use crate::conformance::{off, AsyncHarness};
 use crate::postgres::Pg;
 use outboxer::stream::amqp;
 use outboxer::Message;

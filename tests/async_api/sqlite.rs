@@ -1,7 +1,7 @@
 //! SQLite through the async API (rusqlite on tokio's blocking pool).
 
-use crate::async_conformance::{off, AsyncHarness};
 use crate::common::unique;
+use crate::conformance::{off, AsyncHarness};
 use outboxer::async_impl::store::SqliteStore;
 use outboxer::async_impl::{Outbox, Store};
 use outboxer::store::{Lease, Store as BlockingStore};

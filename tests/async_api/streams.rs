@@ -1,15 +1,14 @@
 //! The stream conformance cases through the async Outbox and its relay (the
 //! suite in tests/streams/conformance.rs drives `Stream` directly), for AMQP.
-//! Generic over the stream suite's [`StreamHarness`], so other streams can
+//! Generic over the stream suite's [`StreamHarness`] (tests/common/stream_harness.rs), so other streams can
 //! expand them too.
 
-use crate::async_conformance::{off, AsyncHarness};
-use crate::common::{amqp_url, unique, Sink};
-use crate::conformance::{Consumer, Received, StreamHarness};
+use crate::common::stream_harness::{Consumer, Received, StreamHarness};
+use crate::common::unique;
+use crate::conformance::{off, AsyncHarness};
 use crate::postgres::Pg;
 use outboxer::async_impl::store::PostgresStore;
 use outboxer::async_impl::Outbox;
-use outboxer::stream::amqp::{self, AmqpStream, DEFAULT_MAX_MESSAGE_SIZE};
 use outboxer::{Error, FailureAction, Message, Options, MESSAGE_ID_HEADER};
 use std::time::Duration;
 
@@ -219,50 +218,7 @@ macro_rules! async_stream_conformance {
 
 /// RabbitMQ (OUTBOXER_AMQP_URL, default the local broker).
 mod amqp_stream {
-    use super::*;
-
-    impl Consumer for Sink {
-        fn receive(&self, n: usize, within: Duration) -> Vec<Received> {
-            self.collect(n, within)
-                .into_iter()
-                .map(|g| Received {
-                    payload: g.body,
-                    headers: g.headers,
-                })
-                .collect()
-        }
-    }
-
-    pub struct Amqp;
-
-    impl StreamHarness for Amqp {
-        type S = AmqpStream;
-        type C = Sink;
-        fn stream() -> AmqpStream {
-            AmqpStream::connect(&amqp_url()).expect("RabbitMQ on 127.0.0.1:5672")
-        }
-        fn unreachable() -> AmqpStream {
-            AmqpStream::builder("amqp://guest:secret@127.0.0.1:1/%2f")
-                .build()
-                .expect("valid URL")
-        }
-        fn destination(name: &str) -> (Options, Sink) {
-            (amqp::topic(name, "k").into(), Sink::new(name, "#"))
-        }
-        fn refused_destination(name: &str) -> Options {
-            // An exchange with no queue bound: the mandatory publish comes back.
-            amqp::topic(name, "nobody.listens").into()
-        }
-        fn invalid_options() -> Options {
-            Options::from([("exchange.nam".to_string(), serde_json::json!("typo"))])
-        }
-        fn max_message_size() -> usize {
-            DEFAULT_MAX_MESSAGE_SIZE
-        }
-        fn cut_connections() {
-            unreachable!("not used by the async cases")
-        }
-    }
+    use crate::common::stream_harness::Amqp;
 
     async_stream_conformance!(Amqp);
 }

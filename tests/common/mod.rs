@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod amqp_faults;
+pub mod stream_harness;
 
 use amiquip::{
     Connection, ConsumerMessage, ConsumerOptions, ExchangeDeclareOptions, ExchangeType, FieldTable,

@@ -1,62 +1,25 @@
 //! One conformance suite for every stream. A stream's test module implements
-//! [`StreamHarness`] and expands `stream_conformance!(TheHarness)`. The cases
+//! [`StreamHarness`] (tests/common/stream_harness.rs) and expands `stream_conformance!(TheHarness)`. The cases
 //! drive the `Stream` trait directly (as the relay does) and check what a real
 //! consumer of the broker received.
 
+pub use crate::common::stream_harness::{Consumer, Received, StreamHarness, DISRUPTION};
+pub use crate::common::unique;
 use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
 use std::collections::BTreeMap;
-use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
 
-/// Cases that cut every connection take this lock for writing; all others for reading.
-pub static DISRUPTION: RwLock<()> = RwLock::new(());
-
-/// What a consumer received.
-#[derive(Clone, Debug)]
-pub struct Received {
-    pub payload: Vec<u8>,
-    pub headers: BTreeMap<String, String>,
-}
-
-/// A consumer on one destination.
-pub trait Consumer {
-    /// Receives until `n` messages arrived or `within` passed.
-    fn receive(&self, n: usize, within: Duration) -> Vec<Received>;
-}
-
-/// What the suite needs from a stream's test module.
-pub trait StreamHarness {
-    type S: Stream;
-    type C: Consumer;
-    /// A connected stream.
-    fn stream() -> Self::S;
-    /// The same stream type pointed at a server that is not there (not yet connected).
-    fn unreachable() -> Self::S;
-    /// A fresh destination with a consumer attached; returns its routing options.
-    fn destination(name: &str) -> (Options, Self::C);
-    /// Routing options that this broker refuses per message (e.g. unroutable).
-    fn refused_destination(name: &str) -> Options;
-    /// Options the stream rejects as invalid (unknown key or wrong type).
-    fn invalid_options() -> Options;
-    /// The stream's size limit at `send`.
-    fn max_message_size() -> usize;
-    /// Cuts every connection the broker has (the stream must reconnect by itself).
-    fn cut_connections();
-}
-
-pub fn unique(prefix: &str) -> String {
-    let n = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{}", std::process::id(), n % 1_000_000_000_000)
-}
-
-fn stored(id: i64, payload: Vec<u8>, options: &Options, key: Option<&str>) -> StoredMessage {
+/// A stored message as the relay hands it to `publish` (a fresh message id, no headers).
+pub fn stored(
+    id: i64,
+    payload: impl AsRef<[u8]>,
+    options: &Options,
+    key: Option<&str>,
+) -> StoredMessage {
     StoredMessage {
         id,
         message_id: MessageId::new(),
-        payload,
+        payload: payload.as_ref().to_vec(),
         headers: Headers::new(),
         options: options.clone(),
         ordering_key: key.map(str::to_string),
@@ -65,7 +28,8 @@ fn stored(id: i64, payload: Vec<u8>, options: &Options, key: Option<&str>) -> St
     }
 }
 
-fn read() -> std::sync::RwLockReadGuard<'static, ()> {
+/// Taken by every case that does not cut connections (see [`DISRUPTION`]).
+pub fn read() -> std::sync::RwLockReadGuard<'static, ()> {
     DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -76,7 +40,7 @@ pub fn batch_roundtrip_byte_exact<H: StreamHarness>() {
     let mut a = stored(1, vec![0, 159, 146, 150, 255, b'\n', 0], &dest, None);
     a.headers.insert("ключ".into(), "значение 🎉".into());
     a.headers.insert("tenant".into(), "acme".into());
-    let b = stored(2, b"plain".to_vec(), &dest, None);
+    let b = stored(2, b"plain", &dest, None);
     let c = stored(3, vec![7u8; 64 * 1024], &dest, None);
     let batch = vec![a.clone(), b.clone(), c.clone()];
     let out = s.publish(&batch, &crate::common::deadline());
@@ -102,10 +66,10 @@ pub fn per_message_outcomes_in_a_batch<H: StreamHarness>() {
     let refused = H::refused_destination(&unique("s_ref"));
     let mut s = H::stream();
     let batch = vec![
-        stored(1, b"ok 1".to_vec(), &dest, None),
-        stored(2, b"refused".to_vec(), &refused, None),
-        stored(3, b"invalid".to_vec(), &H::invalid_options(), None),
-        stored(4, b"ok 2".to_vec(), &dest, None),
+        stored(1, b"ok 1", &dest, None),
+        stored(2, b"refused", &refused, None),
+        stored(3, b"invalid", &H::invalid_options(), None),
+        stored(4, b"ok 2", &dest, None),
     ];
     let out = s.publish(&batch, &crate::common::deadline());
     assert_eq!(out.len(), 4);
@@ -126,7 +90,7 @@ pub fn per_message_outcomes_in_a_batch<H: StreamHarness>() {
     assert_eq!(bodies, vec![b"ok 1".to_vec(), b"ok 2".to_vec()]);
     // The stream stays usable after refusals.
     let again = s.publish(
-        &[stored(5, b"after".to_vec(), &dest, None)],
+        &[stored(5, b"after", &dest, None)],
         &crate::common::deadline(),
     );
     assert!(again[0].is_ok(), "{again:?}");
@@ -182,10 +146,7 @@ pub fn server_down_is_a_transient_error<H: StreamHarness>() {
     let (dest, _consumer) = H::destination(&unique("s_down"));
     let mut s = H::unreachable();
     let out = s.publish(
-        &[
-            stored(1, b"x".to_vec(), &dest, None),
-            stored(2, b"y".to_vec(), &dest, None),
-        ],
+        &[stored(1, b"x", &dest, None), stored(2, b"y", &dest, None)],
         &crate::common::deadline(),
     );
     assert_eq!(out.len(), 2);
@@ -199,7 +160,7 @@ pub fn delivery_resumes_after_connections_are_cut<H: StreamHarness>() {
     let (dest, consumer) = H::destination(&unique("s_cut"));
     let mut s = H::stream();
     assert!(s.publish(
-        &[stored(1, b"before".to_vec(), &dest, None)],
+        &[stored(1, b"before", &dest, None)],
         &crate::common::deadline()
     )[0]
     .is_ok());
@@ -210,7 +171,7 @@ pub fn delivery_resumes_after_connections_are_cut<H: StreamHarness>() {
     let mut failures = 0;
     for i in 0..20 {
         match &s.publish(
-            &[stored(2 + i, b"after".to_vec(), &dest, None)],
+            &[stored(2 + i, b"after", &dest, None)],
             &crate::common::deadline(),
         )[0]
         {
@@ -236,6 +197,84 @@ pub fn delivery_resumes_after_connections_are_cut<H: StreamHarness>() {
         "{bodies:?}"
     );
     s.close();
+}
+
+/// The whole path, the same for every stream: messages committed in PostgreSQL,
+/// two relays on one table, a consumer of the destination. Keyed and unkeyed
+/// messages: every message arrives exactly once (by message id, and nothing more
+/// shows up later), with its headers, each key's messages in key order and, where
+/// the consumer sees the broker's key (Kafka record key, Kinesis partition key,
+/// Pub/Sub ordering key), under that key.
+pub fn relay_end_to_end_from_postgres<H: StreamHarness>() {
+    use outboxer::{Message, Outbox};
+    let _g = read();
+    let (dest, consumer) = H::destination(&unique("s_e2e"));
+    let table = unique("e2e");
+    let outboxes: Vec<_> = (0..2)
+        .map(|_| {
+            Outbox::builder()
+                .store(crate::common::store(&table))
+                .stream(H::stream())
+                .batch_size(50)
+                .check_interval(Duration::from_millis(20))
+                .build()
+                .expect("outbox")
+        })
+        .collect();
+    let relays: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
+    const N: usize = 300;
+    // Body "<key>:<n>", or "-:<n>" for the unkeyed quarter.
+    let msgs: Vec<Message> = (0..N)
+        .map(|i| {
+            let key = (i % 4 != 3).then(|| format!("key-{}", i % 6));
+            let body = format!("{}:{i}", key.as_deref().unwrap_or("-"));
+            let m = Message::new(body.into_bytes())
+                .route(dest.clone())
+                .header("n", i.to_string());
+            match key {
+                Some(k) => m.ordering_key(k),
+                None => m,
+            }
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for chunk in msgs.chunks(30) {
+        sent.extend(outboxes[0].send_batch(chunk).expect("send"));
+    }
+    let got = consumer.receive(N, Duration::from_secs(120));
+    // Anything beyond N would be a duplicate: wait a little for one to show up.
+    let extra = consumer.receive(1, Duration::from_secs(2));
+    assert!(extra.is_empty(), "duplicate: {extra:?}");
+    let ids: std::collections::HashSet<&str> = got
+        .iter()
+        .map(|r| r.headers.get(MESSAGE_ID_HEADER).map_or("", String::as_str))
+        .collect();
+    assert_eq!(got.len(), N, "every message delivered");
+    assert_eq!(ids.len(), N, "no duplicates");
+    assert!(sent.iter().all(|id| ids.contains(id.to_string().as_str())));
+    let mut last: BTreeMap<String, usize> = BTreeMap::new();
+    let mut keyed = 0;
+    for r in &got {
+        let body = String::from_utf8(r.payload.clone()).expect("utf8");
+        let (k, i) = body.split_once(':').expect("key:n");
+        let i: usize = i.parse().expect("n");
+        assert_eq!(r.headers.get("n"), Some(&i.to_string()));
+        if k == "-" {
+            continue;
+        }
+        keyed += 1;
+        if let Some(broker_key) = &r.key {
+            assert_eq!(broker_key, k, "message {i} under its key");
+        }
+        if let Some(prev) = last.insert(k.to_string(), i) {
+            assert!(i > prev, "key {k}: {i} after {prev}");
+        }
+    }
+    assert_eq!((last.len(), keyed), (6, N - N / 4), "keyed and unkeyed");
+    for r in &relays {
+        r.stop().expect("stop");
+    }
+    crate::common::drop_table(&table);
 }
 
 /// A publish to a server that accepts connections and never answers returns by its
@@ -314,10 +353,17 @@ pub fn relay_stops_within_one_request_timeout(
     crate::common::drop_table(&table);
 }
 
-/// Expands the suite as `#[test]`s for a harness.
+/// Expands the suite as `#[test]`s for a harness: the cases that drive `Stream`
+/// directly and the relay case. `stream_conformance!(H, publish_only)` leaves the
+/// relay case out, for a second destination kind of a stream whose relay case runs
+/// with its first (SQS standard queues; it runs on FIFO queues, which keep key order).
 #[macro_export]
 macro_rules! stream_conformance {
     ($h:ty) => {
+        $crate::stream_conformance!($h, publish_only);
+        $crate::stream_conformance!(@tests $h, relay_end_to_end_from_postgres);
+    };
+    ($h:ty, publish_only) => {
         $crate::stream_conformance!(@tests $h,
             batch_roundtrip_byte_exact per_message_outcomes_in_a_batch per_key_order_in_a_batch
             oversize_and_invalid_rejected_at_send server_down_is_a_transient_error

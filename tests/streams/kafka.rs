@@ -5,9 +5,9 @@
 //! destination creates its topic, and `cut_connections` (a broker restart)
 //! creates them again.
 
-use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
+use crate::conformance::{read, stored, unique, Consumer, Received, StreamHarness};
 use outboxer::stream::kafka::{self, KafkaStream, DEFAULT_MAX_MESSAGE_SIZE};
-use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
+use outboxer::{Error, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers as _, Message as _};
@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 3;
 
@@ -193,6 +193,7 @@ impl Consumer for Sink {
             .map(|r| Received {
                 payload: r.payload,
                 headers: r.headers,
+                key: r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
             })
             .collect()
     }
@@ -294,23 +295,6 @@ impl StreamHarness for Kafka {
 stream_conformance!(Kafka);
 
 // Kafka-specific cases.
-
-fn stored(id: i64, payload: &[u8], options: &Options, key: Option<&str>) -> StoredMessage {
-    StoredMessage {
-        id,
-        message_id: MessageId::new(),
-        payload: payload.to_vec(),
-        headers: Headers::new(),
-        options: options.clone(),
-        ordering_key: key.map(str::to_string),
-        attempts: 0,
-        created_at: SystemTime::now(),
-    }
-}
-
-fn read() -> std::sync::RwLockReadGuard<'static, ()> {
-    DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
-}
 
 #[test]
 fn key_maps_to_one_partition_and_options_route() {
@@ -466,7 +450,7 @@ fn compressed_batches_round_trip() {
         .build()
         .expect("stream");
     let batch: Vec<StoredMessage> = (0..50)
-        .map(|i| stored(i, &vec![b'x'; 1000 + i as usize], &dest, None))
+        .map(|i| stored(i, vec![b'x'; 1000 + i as usize], &dest, None))
         .collect();
     assert!(s
         .publish(&batch, &crate::common::deadline())
@@ -475,72 +459,6 @@ fn compressed_batches_round_trip() {
     let got = sink.records(50, Duration::from_secs(20));
     assert_eq!(got.len(), 50);
     s.close();
-}
-
-/// The whole path: messages committed in PostgreSQL, two relays, Kafka consumers:
-/// every message once, message ids and headers on the records, per-key order.
-#[test]
-fn relay_end_to_end_from_postgres() {
-    use crate::common::{store, unique as table_name};
-    use outboxer::{Message, Outbox};
-    let _g = read();
-    let topic = unique("e2e");
-    create_topic(&topic, PARTITIONS);
-    let sink = Sink::new(&topic);
-    let table = table_name("kafka_e2e");
-    let outboxes: Vec<_> = (0..2)
-        .map(|_| {
-            Outbox::builder()
-                .store(store(&table))
-                .stream(KafkaStream::connect(&kafka_url()).expect("Kafka stream"))
-                .batch_size(50)
-                .check_interval(Duration::from_millis(20))
-                .build()
-                .expect("outbox")
-        })
-        .collect();
-    let relays: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
-    const N: usize = 300;
-    let msgs: Vec<Message> = (0..N)
-        .map(|i| {
-            Message::new(format!("{}:{i}", i % 6).into_bytes())
-                .route(kafka::topic(&topic))
-                .header("n", i.to_string())
-                .ordering_key(format!("key-{}", i % 6))
-        })
-        .collect();
-    let mut sent = Vec::new();
-    for chunk in msgs.chunks(30) {
-        sent.extend(outboxes[0].send_batch(chunk).expect("send"));
-    }
-    let got = sink.records(N, Duration::from_secs(120));
-    let ids: Vec<String> = got
-        .iter()
-        .map(|r| {
-            r.headers
-                .get(MESSAGE_ID_HEADER)
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect();
-    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
-    assert_eq!(got.len(), N, "every message delivered");
-    assert_eq!(distinct.len(), N, "no duplicates");
-    assert!(sent.iter().all(|id| distinct.contains(&id.to_string())));
-    let mut last: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &got {
-        let body = String::from_utf8(r.payload.clone()).expect("utf8");
-        let (k, i) = body.split_once(':').expect("k:i");
-        let i: usize = i.parse().expect("i");
-        assert_eq!(r.headers.get("n"), Some(&i.to_string()));
-        if let Some(prev) = last.insert(k.to_string(), i) {
-            assert!(i > prev, "key {k}: {i} after {prev}");
-        }
-    }
-    for r in &relays {
-        r.stop().expect("stop");
-    }
-    let _ = crate::common::pg().batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""));
 }
 
 /// Issue 12, item 7: with a broker that refuses connections or never answers, a

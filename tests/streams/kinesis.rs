@@ -2,15 +2,15 @@
 //! the conformance streams behind the shared fault proxy (see `sqs.rs`).
 
 use crate::aws::{client, cut_shared_proxy, endpoint, own_proxy, shared_proxy, url};
-use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
+use crate::conformance::{read, stored, unique, Consumer, Received, StreamHarness};
 use crate::fault_proxy::Fault;
 use outboxer::stream::aws::{AwsClient, Service};
 use outboxer::stream::kinesis::{self, KinesisStream, MAX_RECORD_SIZE};
-use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
+use outboxer::{Error, Headers, Options, Stream, MESSAGE_ID_HEADER};
 use serde_json::json;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const SHARDS: u64 = 2;
 
@@ -110,12 +110,13 @@ impl Consumer for ShardReader {
     fn receive(&self, n: usize, within: Duration) -> Vec<Received> {
         self.records(n, within)
             .into_iter()
-            .map(|(_, r)| {
+            .map(|(partition_key, r)| {
                 let mut headers = r.headers;
                 headers.insert(MESSAGE_ID_HEADER.to_string(), r.message_id);
                 Received {
                     payload: r.payload,
                     headers,
+                    key: Some(partition_key),
                 }
             })
             .collect()
@@ -161,23 +162,6 @@ impl StreamHarness for Kinesis {
 }
 
 stream_conformance!(Kinesis);
-
-fn stored(id: i64, payload: &[u8], options: &Options, key: Option<&str>) -> StoredMessage {
-    StoredMessage {
-        id,
-        message_id: MessageId::new(),
-        payload: payload.to_vec(),
-        headers: Headers::new(),
-        options: options.clone(),
-        ordering_key: key.map(str::to_string),
-        attempts: 0,
-        created_at: SystemTime::now(),
-    }
-}
-
-fn read() -> std::sync::RwLockReadGuard<'static, ()> {
-    DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
-}
 
 /// moto never throttles, so throttled records are injected: the first
 /// PutRecords answer says record 0 went in and record 1 was throttled. The
@@ -353,66 +337,6 @@ fn bad_input_is_refused_at_send() {
         let e = KinesisStream::connect(bad).expect_err(bad);
         assert!(matches!(e, Error::InvalidUrl { .. }) && !format!("{e}{e:?}").contains("hunter2"));
     }
-}
-
-/// PostgreSQL -> two relays -> Kinesis: every message once, per-key order.
-#[test]
-fn relay_end_to_end_from_postgres() {
-    use crate::common::{store, unique as table_name};
-    use outboxer::{Message, Outbox};
-    let _g = read();
-    let name = unique("k_e2e");
-    create_stream(&name);
-    let reader = ShardReader::new(&name);
-    let table = table_name("kinesis_e2e");
-    let outboxes: Vec<_> = (0..2)
-        .map(|_| {
-            Outbox::builder()
-                .store(store(&table))
-                .stream(KinesisStream::connect(&url("kinesis", &endpoint())).expect("stream"))
-                .batch_size(100)
-                .check_interval(Duration::from_millis(20))
-                .build()
-                .expect("outbox")
-        })
-        .collect();
-    let relays: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
-    const N: usize = 300;
-    let msgs: Vec<Message> = (0..N)
-        .map(|i| {
-            Message::new(format!("{}:{i}", i % 6).into_bytes())
-                .route(kinesis::stream(&name))
-                .header("n", i.to_string())
-                .ordering_key(format!("key-{}", i % 6))
-        })
-        .collect();
-    let mut sent = Vec::new();
-    for chunk in msgs.chunks(30) {
-        sent.extend(outboxes[0].send_batch(chunk).expect("send"));
-    }
-    let got = reader.records(N, Duration::from_secs(120));
-    let extra = reader.records(1, Duration::from_secs(1));
-    assert!(extra.is_empty(), "duplicate: {extra:?}");
-    let ids: std::collections::HashSet<&String> = got.iter().map(|(_, r)| &r.message_id).collect();
-    assert_eq!(got.len(), N, "every message delivered");
-    assert_eq!(ids.len(), N, "no duplicates");
-    assert!(sent.iter().all(|id| ids.contains(&id.to_string())));
-    // Per shard the records are in order; a key maps to one shard.
-    let mut last: BTreeMap<String, usize> = BTreeMap::new();
-    for (pk, r) in &got {
-        let body = String::from_utf8(r.payload.clone()).expect("utf8");
-        let (k, i) = body.split_once(':').expect("k:i");
-        let i: usize = i.parse().expect("i");
-        assert_eq!(pk, &format!("key-{k}"));
-        assert_eq!(r.headers.get("n"), Some(&i.to_string()));
-        if let Some(prev) = last.insert(k.to_string(), i) {
-            assert!(i > prev, "key {k}: {i} after {prev}");
-        }
-    }
-    for r in &relays {
-        r.stop().expect("stop");
-    }
-    let _ = crate::common::pg().batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""));
 }
 
 /// Against the signature-checking moto: a wrong secret or a failing credentials

@@ -7,15 +7,16 @@
 //! `cut_connections` drops its connections without disturbing other tests; the
 //! auth tests put a real RS256 verifying token endpoint (and a metadata server)
 //! on loopback and check the `Authorization` header that reaches the proxy.
+//! The emulator client and the harness are in emulator.rs, the auth fixtures in auth.rs.
 
-use crate::conformance::{unique, Consumer, Received, StreamHarness, DISRUPTION};
+use crate::conformance::{read, stored, unique, Consumer, Received, StreamHarness};
 use crate::fault_proxy::{Fault, FaultProxy};
 use base64::Engine as _;
 use outboxer::stream::pubsub::{
     self, MetadataServer, PubSubStream, ServiceAccount, StaticToken, MAX_MESSAGE_SIZE,
     METADATA_TOKEN_PATH, PUBSUB_SCOPE,
 };
-use outboxer::{Error, Headers, MessageId, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
+use outboxer::{Error, Options, StoredMessage, Stream, MESSAGE_ID_HEADER};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,220 +25,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-const PROJECT: &str = "outboxer-test";
-
-fn emulator() -> String {
-    std::env::var("OUTBOXER_PUBSUB_EMULATOR").unwrap_or_else(|_| "127.0.0.1:8086".into())
-}
-
-fn url() -> String {
-    format!("pubsub://{PROJECT}")
-}
-
-/// The harness's proxy in front of the emulator (one per test process).
-fn proxy() -> &'static FaultProxy {
-    static PROXY: OnceLock<FaultProxy> = OnceLock::new();
-    PROXY.get_or_init(|| FaultProxy::start(&emulator()))
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
-
-/// One REST call to the emulator; panics unless it answers 2xx.
-fn rest(method: &str, path: &str, body: Value) -> Value {
-    let url = format!("http://{}/v1/{path}", emulator());
-    let req = ureq::http::Request::builder()
-        .method(method)
-        .uri(url.as_str())
-        .header("content-type", "application/json")
-        .body(body.to_string().into_bytes())
-        .expect("request");
-    let mut resp = agent().run(req).unwrap_or_else(|e| {
-        panic!(
-            "Pub/Sub emulator on {} ({e}); see scripts/pubsub-emulator",
-            emulator()
-        )
-    });
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    assert!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {text}"
-    );
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
-/// A pull subscription (message ordering on) of a new topic.
-pub struct Sub {
-    name: String,
-}
-
-fn create_topic(name: &str) {
-    rest(
-        "PUT",
-        &format!("projects/{PROJECT}/topics/{name}"),
-        json!({}),
-    );
-}
-
-impl Sub {
-    fn new(topic: &str) -> Sub {
-        let name = format!("{topic}-sub");
-        rest(
-            "PUT",
-            &format!("projects/{PROJECT}/subscriptions/{name}"),
-            json!({
-                "topic": format!("projects/{PROJECT}/topics/{topic}"),
-                "enableMessageOrdering": true,
-                "ackDeadlineSeconds": 60,
-            }),
-        );
-        Sub { name }
-    }
-
-    /// Pulls (and acks) until `n` messages arrived or `within` passed.
-    pub fn pull(&self, n: usize, within: Duration) -> Vec<Pulled> {
-        self.pull_at_most(n, within, 1000)
-    }
-
-    /// `pull` with `max` messages per pull request (the emulator returns nothing
-    /// when a pull response would be too large).
-    pub fn pull_at_most(&self, n: usize, within: Duration, max: usize) -> Vec<Pulled> {
-        let deadline = Instant::now() + within;
-        let mut got = Vec::new();
-        while got.len() < n && Instant::now() < deadline {
-            let v = rest(
-                "POST",
-                &format!("projects/{PROJECT}/subscriptions/{}:pull", self.name),
-                json!({"maxMessages": max, "returnImmediately": true}),
-            );
-            let received = v["receivedMessages"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if received.is_empty() {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-            let mut acks = Vec::new();
-            for r in received {
-                acks.push(r["ackId"].clone());
-                let m = &r["message"];
-                let data = base64::engine::general_purpose::STANDARD
-                    .decode(m["data"].as_str().unwrap_or_default())
-                    .expect("base64 data");
-                let attributes = m["attributes"]
-                    .as_object()
-                    .map(|a| {
-                        a.iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                got.push(Pulled {
-                    data,
-                    attributes,
-                    ordering_key: m["orderingKey"].as_str().map(str::to_string),
-                });
-            }
-            rest(
-                "POST",
-                &format!("projects/{PROJECT}/subscriptions/{}:acknowledge", self.name),
-                json!({ "ackIds": acks }),
-            );
-        }
-        got
-    }
-}
-
-/// A message as the subscriber got it.
-#[derive(Clone, Debug)]
-pub struct Pulled {
-    pub data: Vec<u8>,
-    pub attributes: BTreeMap<String, String>,
-    pub ordering_key: Option<String>,
-}
-
-impl Consumer for Sub {
-    fn receive(&self, n: usize, within: Duration) -> Vec<Received> {
-        self.pull(n, within)
-            .into_iter()
-            .map(|p| Received {
-                payload: p.data,
-                headers: p.attributes,
-            })
-            .collect()
-    }
-}
-
-pub struct PubSub;
-
-impl StreamHarness for PubSub {
-    type S = PubSubStream;
-    type C = Sub;
-    fn stream() -> PubSubStream {
-        PubSubStream::builder(&url())
-            .emulator(&proxy().host())
-            .build()
-            .expect("Pub/Sub stream")
-    }
-    fn unreachable() -> PubSubStream {
-        PubSubStream::builder("pubsub://outboxer-test?emulator=127.0.0.1:1")
-            .attempts(2)
-            .build()
-            .expect("valid URL")
-    }
-    fn destination(name: &str) -> (Options, Sub) {
-        let topic = name.replace('_', "-");
-        create_topic(&topic);
-        let sub = Sub::new(&topic);
-        (pubsub::topic(&topic).into(), sub)
-    }
-    fn refused_destination(name: &str) -> Options {
-        // Never created: NOT_FOUND.
-        pubsub::topic(&name.replace('_', "-")).into()
-    }
-    fn invalid_options() -> Options {
-        Options::from([
-            ("topic_name".to_string(), json!("abc")),
-            ("topik".to_string(), json!("typo")),
-        ])
-    }
-    fn max_message_size() -> usize {
-        MAX_MESSAGE_SIZE
-    }
-    fn cut_connections() {
-        // More drops than one publish has tries: the next publish fails (transient),
-        // a later one gets through on new connections.
-        proxy().inject(std::iter::repeat_n(Fault::Drop, 6));
-    }
-}
+mod auth;
+mod emulator;
+use auth::*;
+use emulator::*;
 
 stream_conformance!(PubSub);
 
 // Pub/Sub-specific cases.
-
-fn stored(id: i64, payload: &[u8], options: &Options, key: Option<&str>) -> StoredMessage {
-    StoredMessage {
-        id,
-        message_id: MessageId::new(),
-        payload: payload.to_vec(),
-        headers: Headers::new(),
-        options: options.clone(),
-        ordering_key: key.map(str::to_string),
-        attempts: 0,
-        created_at: SystemTime::now(),
-    }
-}
-
-fn read() -> std::sync::RwLockReadGuard<'static, ()> {
-    DISRUPTION.read().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A stream through its own proxy (faults here touch no other test).
 fn via(proxy: &FaultProxy) -> pubsub::PubSubStreamBuilder {
@@ -448,12 +243,7 @@ fn large_batches_split_within_request_limits() {
         .map(|i| stored(i, format!("m{i}").as_bytes(), &dest, None))
         .collect();
     for i in 0..3u8 {
-        batch.push(stored(
-            3000 + i64::from(i),
-            &vec![i; 4_000_000],
-            &dest,
-            None,
-        ));
+        batch.push(stored(3000 + i64::from(i), vec![i; 4_000_000], &dest, None));
     }
     let out = s.publish(&batch, &crate::common::deadline());
     assert!(
@@ -539,212 +329,7 @@ fn bad_input_is_refused_at_send_and_nothing_is_stored() {
     crate::common::drop_table(&table);
 }
 
-// --- Auth: a real RS256-verifying token endpoint and a metadata server on loopback.
-
-/// A fresh RSA key pair from the openssl CLI: (PKCS#8 PEM, PKCS#1 public key DER).
-fn key_pair() -> (String, Vec<u8>) {
-    let dir = std::env::temp_dir().join(unique("outboxer_key"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let key = dir.join("key.pem");
-    let run = |args: &[&str]| {
-        let st = std::process::Command::new("openssl")
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("the openssl CLI (the auth tests generate their key pair with it)");
-        assert!(st.success(), "openssl {args:?}");
-    };
-    let key_s = key.to_str().expect("utf8 path");
-    let public = dir.join("pub.der");
-    let public_s = public.to_str().expect("utf8 path");
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        key_s,
-    ]);
-    run(&[
-        "rsa",
-        "-in",
-        key_s,
-        "-RSAPublicKey_out",
-        "-outform",
-        "DER",
-        "-out",
-        public_s,
-    ]);
-    let pem = std::fs::read_to_string(&key).expect("key");
-    let der = std::fs::read(&public).expect("public key");
-    let _ = std::fs::remove_dir_all(&dir);
-    (pem, der)
-}
-
-const EMAIL: &str = "relay@outboxer-test.iam.gserviceaccount.com";
-
-/// A tiny HTTP server: `handle(method, path, headers, body) -> (status, body)`.
-fn serve(
-    handle: impl Fn(&str, &str, &BTreeMap<String, String>, &[u8]) -> (u16, String)
-        + Send
-        + Sync
-        + 'static,
-) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let handle = Arc::new(handle);
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let handle = handle.clone();
-            std::thread::spawn(move || {
-                let mut writer = conn.try_clone().expect("clone");
-                let mut reader = BufReader::new(conn);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut parts = line.split_whitespace();
-                    let method = parts.next().unwrap_or_default().to_string();
-                    let path = parts.next().unwrap_or_default().to_string();
-                    let mut headers = BTreeMap::new();
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h.trim().is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                        }
-                    }
-                    let len = headers
-                        .get("content-length")
-                        .and_then(|l| l.parse().ok())
-                        .unwrap_or(0);
-                    let mut body = vec![0u8; len];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let (status, text) = handle(&method, &path, &headers, &body);
-                    let answer = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
-                        text.len()
-                    );
-                    if writer.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
-/// A token endpoint that verifies the JWT like Google's: RS256 signature with the
-/// given public key, and iss / scope / aud / iat / exp. Tokens are `tok-N`.
-/// Returns the token URI, the count of issued tokens and the expected `aud` (the
-/// token URI unless a test puts a proxy in front).
-fn token_endpoint(
-    public_der: Vec<u8>,
-    lifetime: u64,
-) -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<String>>) {
-    let issued = Arc::new(AtomicUsize::new(0));
-    let count = issued.clone();
-    let aud: Arc<std::sync::Mutex<String>> = Arc::default();
-    let aud2 = aud.clone();
-    let base = serve(move |method, path, headers, body| {
-        let verdict = (|| -> Result<(), String> {
-            if method != "POST" || path != "/token" {
-                return Err(format!("{method} {path}"));
-            }
-            if headers.get("content-type").map(String::as_str)
-                != Some("application/x-www-form-urlencoded")
-            {
-                return Err("content-type".into());
-            }
-            let form: BTreeMap<String, String> = String::from_utf8_lossy(body)
-                .split('&')
-                .filter_map(|p| p.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            if form.get("grant_type").map(String::as_str)
-                != Some("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
-            {
-                return Err("grant_type".into());
-            }
-            let jwt = form.get("assertion").ok_or("assertion")?;
-            let (input, sig) = jwt.rsplit_once('.').ok_or("jwt")?;
-            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-            let sig = b64.decode(sig).map_err(|_| "sig b64")?;
-            ring::signature::UnparsedPublicKey::new(
-                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-                &public_der,
-            )
-            .verify(input.as_bytes(), &sig)
-            .map_err(|_| "bad signature")?;
-            let (h, c) = input.split_once('.').ok_or("jwt parts")?;
-            let header: Value = serde_json::from_slice(&b64.decode(h).map_err(|_| "h")?)
-                .map_err(|_| "header json")?;
-            let claims: Value = serde_json::from_slice(&b64.decode(c).map_err(|_| "c")?)
-                .map_err(|_| "claims json")?;
-            if header["alg"] != "RS256" {
-                return Err("alg".into());
-            }
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let (iat, exp) = (
-                claims["iat"].as_u64().ok_or("iat")?,
-                claims["exp"].as_u64().ok_or("exp")?,
-            );
-            if claims["iss"] != EMAIL
-                || claims["scope"] != PUBSUB_SCOPE
-                || claims["aud"].as_str()
-                    != Some(aud2.lock().unwrap_or_else(|e| e.into_inner()).as_str())
-                || iat > now + 5
-                || exp <= now
-                || exp - iat > 3600
-            {
-                return Err(format!("claims {claims}"));
-            }
-            Ok(())
-        })();
-        match verdict {
-            Ok(()) => {
-                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                (
-                    200,
-                    json!({"access_token": format!("tok-{n}"), "expires_in": lifetime, "token_type": "Bearer"})
-                        .to_string(),
-                )
-            }
-            Err(why) => (
-                400,
-                json!({"error": "invalid_grant", "error_description": why}).to_string(),
-            ),
-        }
-    });
-    let token_uri = format!("{base}/token");
-    *aud.lock().unwrap_or_else(|e| e.into_inner()) = token_uri.clone();
-    (token_uri, issued, aud)
-}
-
-fn key_json(pem: &str, token_uri: &str) -> String {
-    json!({
-        "type": "service_account",
-        "project_id": PROJECT,
-        "private_key_id": "test-key-1",
-        "private_key": pem,
-        "client_email": EMAIL,
-        "token_uri": token_uri,
-    })
-    .to_string()
-}
+// --- Auth: a real RS256-verifying token endpoint and a metadata server on loopback (auth.rs).
 
 #[test]
 fn service_account_tokens_are_exchanged_sent_and_refreshed() {
@@ -882,101 +467,6 @@ fn the_emulator_gets_no_authorization() {
     assert_eq!(front.authorizations(), vec![String::new()]);
 }
 
-/// The whole path: messages committed in PostgreSQL, two relays, a Pub/Sub
-/// subscriber: every message once, message ids and headers as attributes, per-key order.
-#[test]
-fn relay_end_to_end_from_postgres() {
-    use crate::common::{store, unique as table_name};
-    use outboxer::{Message, Outbox};
-    let _g = read();
-    let name = unique("p_e2e");
-    let (_, sub) = PubSub::destination(&name);
-    let topic = name.replace('_', "-");
-    let table = table_name("pubsub_e2e");
-    let outboxes: Vec<_> = (0..2)
-        .map(|_| {
-            Outbox::builder()
-                .store(store(&table))
-                .stream(
-                    PubSubStream::connect(&format!("pubsub://{PROJECT}?emulator={}", emulator()))
-                        .expect("Pub/Sub stream"),
-                )
-                .batch_size(50)
-                .check_interval(Duration::from_millis(20))
-                .build()
-                .expect("outbox")
-        })
-        .collect();
-    let relays: Vec<_> = outboxes.iter().map(|o| o.start().expect("start")).collect();
-    const N: usize = 300;
-    let msgs: Vec<Message> = (0..N)
-        .map(|i| {
-            Message::new(format!("{}:{i}", i % 6).into_bytes())
-                .route(pubsub::topic(&topic))
-                .header("n", i.to_string())
-                .ordering_key(format!("key-{}", i % 6))
-        })
-        .collect();
-    let mut sent = Vec::new();
-    for chunk in msgs.chunks(30) {
-        sent.extend(outboxes[0].send_batch(chunk).expect("send"));
-    }
-    let got = sub.pull(N, Duration::from_secs(120));
-    // Anything beyond N would be a duplicate: wait a little for one to show up.
-    let extra = sub.pull(1, Duration::from_secs(1));
-    assert!(extra.is_empty(), "duplicate: {extra:?}");
-    let ids: HashSet<&String> = got
-        .iter()
-        .map(|r| &r.attributes[MESSAGE_ID_HEADER])
-        .collect();
-    assert_eq!(got.len(), N, "every message delivered");
-    assert_eq!(ids.len(), N, "no duplicates");
-    assert!(sent.iter().all(|id| ids.contains(&id.to_string())));
-    let mut last: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &got {
-        let body = String::from_utf8(r.data.clone()).expect("utf8");
-        let (k, i) = body.split_once(':').expect("k:i");
-        let i: usize = i.parse().expect("i");
-        assert_eq!(r.attributes.get("n"), Some(&i.to_string()));
-        assert_eq!(r.ordering_key.as_deref(), Some(format!("key-{k}").as_str()));
-        if let Some(prev) = last.insert(k.to_string(), i) {
-            assert!(i > prev, "key {k}: {i} after {prev}");
-        }
-    }
-    for r in &relays {
-        r.stop().expect("stop");
-    }
-    crate::common::drop_table(&table);
-}
-
-/// Every log record of this test process up to debug level (the tests of this binary
-/// set no other logger).
-struct Capture(std::sync::Mutex<Vec<String>>);
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(format!("{} {}", record.target(), record.args()));
-    }
-    fn flush(&self) {}
-}
-
-fn captured_logs() -> &'static Capture {
-    static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let c: &'static Capture = Box::leak(Box::new(Capture(std::sync::Mutex::new(Vec::new()))));
-        log::set_logger(c).expect("the only logger of this test binary");
-        // Debug: ureq's trace level dumps raw wire bytes (tokens included); see README.
-        log::set_max_level(log::LevelFilter::Debug);
-        c
-    })
-}
-
 #[test]
 fn a_refused_token_is_replaced_and_secrets_stay_out_of_logs_and_errors() {
     let logs = captured_logs();
@@ -1053,17 +543,6 @@ fn a_refused_token_is_replaced_and_secrets_stay_out_of_logs_and_errors() {
         &key_body[200..240],
     ] {
         assert!(!text.contains(secret), "{secret:?} leaked: {text}");
-    }
-}
-
-/// A token provider the test switches at run time.
-#[derive(Clone, Debug)]
-struct Switch(Arc<std::sync::Mutex<Arc<dyn pubsub::TokenProvider>>>);
-
-impl pubsub::TokenProvider for Switch {
-    fn fetch_token(&self) -> outboxer::Result<pubsub::AccessToken> {
-        let p = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        p.fetch_token()
     }
 }
 
