@@ -15,6 +15,7 @@
 //! use outboxer::{Message, Outbox};
 //! use outboxer::store::PostgresStore;
 //! use outboxer::stream::{amqp, AmqpStream};
+//! use std::time::Duration;
 //!
 //! let store = PostgresStore::connect("postgres://postgres@127.0.0.1/test")?;
 //! store.migrate()?;
@@ -24,8 +25,12 @@
 //!     .build()?;
 //! let relay = outbox.start()?;
 //! outbox.send(Message::new(b"test payload".to_vec()).route(amqp::topic("test", "test.send")))?;
-//! if let Ok(delivered) = relay.ok().recv() {
-//!     println!("published {}", delivered.message_id);
+//! // Publishes are `mandatory`: with no queue bound to `test` the message comes back
+//! // as a failure on `relay.err()` (the README's quick start binds one). Never wait
+//! // forever on an outcome.
+//! match relay.ok().recv_timeout(Duration::from_secs(10)) {
+//!     Ok(delivered) => println!("published {}", delivered.message_id),
+//!     Err(_) => eprintln!("not published within 10 s: {:?}", relay.err().try_recv()),
 //! }
 //! relay.stop()?;
 //! # Ok(()) }
