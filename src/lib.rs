@@ -58,7 +58,23 @@ pub use message::{
     MESSAGE_ID_HEADER,
 };
 
-/// The README's examples compile as doctests.
+// The code blocks of README.md and docs/*.md compile (and, unless marked
+// `no_run`, run) as doctests: one include per file, gated on the features its
+// code needs, so `cargo test --all-features --doc` checks them all. Blocks that
+// are not Rust are marked `sh`, `toml`, `sql` or `text`.
+
+/// README.md
 #[cfg(all(doctest, feature = "postgres", feature = "amqp", feature = "async"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// docs/stores.md
+#[cfg(all(
+    doctest,
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+#[doc = include_str!("../docs/stores.md")]
+pub struct StoresDoctests;
