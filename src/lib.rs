@@ -78,3 +78,40 @@ pub struct ReadmeDoctests;
 ))]
 #[doc = include_str!("../docs/stores.md")]
 pub struct StoresDoctests;
+
+/// docs/streams.md
+#[cfg(all(
+    doctest,
+    feature = "amqp",
+    feature = "kafka",
+    feature = "pubsub",
+    feature = "sqs",
+    feature = "kinesis"
+))]
+#[doc = include_str!("../docs/streams.md")]
+pub struct StreamsDoctests;
+
+/// docs/async.md
+#[cfg(all(doctest, feature = "async", feature = "postgres", feature = "amqp"))]
+#[doc = include_str!("../docs/async.md")]
+pub struct AsyncDoctests;
+
+/// docs/tls.md (rustls and tokio-postgres-rustls are dev-dependencies)
+#[cfg(all(doctest, feature = "postgres"))]
+#[doc = include_str!("../docs/tls.md")]
+pub struct TlsDoctests;
+
+/// docs/operations.md
+#[cfg(all(doctest, feature = "postgres"))]
+#[doc = include_str!("../docs/operations.md")]
+pub struct OperationsDoctests;
+
+/// docs/cli.md, docs/testing.md, docs/benchmarks.md, docs/security.md and
+/// docs/design.md hold no Rust: included so that an unmarked block fails.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/cli.md")]
+#[doc = include_str!("../docs/testing.md")]
+#[doc = include_str!("../docs/benchmarks.md")]
+#[doc = include_str!("../docs/security.md")]
+#[doc = include_str!("../docs/design.md")]
+pub struct OtherDocsDoctests;
