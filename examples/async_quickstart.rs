@@ -122,15 +122,17 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     tx.commit().await?;
 
-    // The closure form: begins, runs, commits (or rolls back on Err).
+    // The closure form: begins, runs, commits (or rolls back on Err). A failed
+    // statement is a database error: `?` turns tokio-postgres' error into
+    // `outboxer::Error::Database` (the closure may also return an error type of
+    // your own that implements `From<outboxer::Error>`).
     outbox
         .transaction(async |tx| {
             tx.execute(
                 "UPDATE quickstart_orders SET state = 'shipped' WHERE id = 42",
                 &[],
             )
-            .await
-            .map_err(|e| outboxer::Error::Rejected(e.to_string()))?;
+            .await?;
             tx.send(
                 Message::new(br#"{"order":42,"state":"shipped"}"#.to_vec())
                     .route(amqp::topic("test", "test.orders.shipped"))
