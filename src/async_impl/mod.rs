@@ -22,7 +22,10 @@
 //! let outbox = Outbox::builder().store(store).stream(stream).build()?;
 //! let relay = outbox.start().await?;
 //! outbox.send(Message::new(b"hi".to_vec()).route(amqp::topic("test", "test.send"))).await?;
-//! if let Ok(delivered) = relay.ok().recv().await {
+//! // Bounded: on a broker where no queue is bound to `test`, the mandatory publish
+//! // comes back and the outcome is on `err()` instead.
+//! let wait = std::time::Duration::from_secs(10);
+//! if let Ok(Ok(delivered)) = tokio::time::timeout(wait, relay.ok().recv()).await {
 //!     println!("published {}", delivered.message_id);
 //! }
 //! relay.stop().await?;

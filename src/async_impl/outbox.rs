@@ -122,9 +122,9 @@ impl<S: Store> Outbox<S> {
     /// use outboxer::Message;
     /// outbox
     ///     .transaction(async |tx| {
+    ///         // A database error is `Error::Database` (`From<tokio_postgres::Error>`).
     ///         tx.execute("UPDATE orders SET state = 'paid' WHERE id = $1", &[&42i64])
-    ///             .await
-    ///             .map_err(|e| outboxer::Error::Rejected(e.to_string()))?;
+    ///             .await?;
     ///         tx.send(Message::new(br#"{"order":42}"#.to_vec())).await?;
     ///         Ok::<_, outboxer::Error>(())
     ///     })
