@@ -1843,23 +1843,11 @@ struct TimedStore<S> {
 }
 
 impl<S: Store> Store for TimedStore<S> {
-    type Tx<'a> = S::Tx<'a>;
-
     fn migrate(&self) -> outboxer::Result<()> {
         self.inner.migrate()
     }
     fn enqueue(&self, messages: &[Message]) -> outboxer::Result<()> {
         self.inner.enqueue(messages)
-    }
-    fn enqueue_in_tx(&self, tx: &mut S::Tx<'_>, messages: &[Message]) -> outboxer::Result<()> {
-        self.inner.enqueue_in_tx(tx, messages)
-    }
-    fn with_transaction<R, E, F>(&self, f: F) -> Result<R, E>
-    where
-        F: FnOnce(&mut S::Tx<'_>) -> Result<R, E>,
-        E: From<outboxer::Error>,
-    {
-        self.inner.with_transaction(f)
     }
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> outboxer::Result<Claim> {
         self.timings.claim.time(|| self.inner.claim(lease, limit))

@@ -44,7 +44,7 @@ pub mod blocking;
 pub mod async_impl;
 
 pub use crate::core::config::OnPark;
-pub use blocking::store::{self, Store};
+pub use blocking::store::{self, Store, TxStore};
 pub use blocking::stream::{self, Stream};
 pub use blocking::{Outbox, OutboxBuilder, OutboxTx, Relay, RelayCounters};
 pub use error::{BoxError, Error, Result};

@@ -123,7 +123,7 @@ fn claim_uses_the_undelivered_key_index_after_upgrade() {
 #[test]
 fn pool_caps_open_connections() {
     use crate::conformance::unique;
-    use outboxer::Store;
+    use outboxer::{Store, TxStore};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
     let t = unique("c_pool");

@@ -10,7 +10,7 @@
 use crate::conformance::{lit, Harness};
 use outboxer::core::sql_mssql::redact_ado;
 use outboxer::store::SqlServerStore;
-use outboxer::{Error, Store};
+use outboxer::{Error, Store, TxStore};
 use std::time::{Duration, Instant};
 
 fn url() -> String {

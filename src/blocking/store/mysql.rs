@@ -4,7 +4,7 @@
 
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, Undecodable,
+    Store, TxStore, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
@@ -331,8 +331,6 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl Store for MysqlStore {
-    type Tx<'a> = mysql::Transaction<'a>;
-
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn()?;
         // One migrator at a time per table, across processes (DDL commits implicitly,
@@ -360,34 +358,6 @@ impl Store for MysqlStore {
         let mut tx = self.tx("beginning a transaction")?;
         self.insert(&mut tx, messages)?;
         tx.commit().map_err(|e| Error::db("committing messages", e))
-    }
-
-    fn enqueue_in_tx(&self, tx: &mut mysql::Transaction<'_>, messages: &[Message]) -> Result<()> {
-        self.insert(tx, messages)
-    }
-
-    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
-    where
-        F: FnOnce(&mut mysql::Transaction<'_>) -> std::result::Result<R, E>,
-        E: From<Error>,
-    {
-        let mut tx = self
-            .inner
-            .pool
-            .start_transaction(TxOpts::default())
-            .map_err(|e| Error::db("beginning a transaction", e))?;
-        match f(&mut tx) {
-            Ok(r) => {
-                tx.commit().map_err(|e| Error::db("committing", e))?;
-                Ok(r)
-            }
-            Err(e) => {
-                if let Err(re) = tx.rollback() {
-                    log::warn!("outboxer: rollback failed: {re}");
-                }
-                Err(e)
-            }
-        }
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
@@ -596,5 +566,37 @@ impl Store for MysqlStore {
             oldest_pending_age: Duration::from_micros(count(age_us)),
             held_keys: count(held),
         })
+    }
+}
+
+impl TxStore for MysqlStore {
+    type Tx<'a> = mysql::Transaction<'a>;
+
+    fn enqueue_in_tx(&self, tx: &mut mysql::Transaction<'_>, messages: &[Message]) -> Result<()> {
+        self.insert(tx, messages)
+    }
+
+    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut mysql::Transaction<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        let mut tx = self
+            .inner
+            .pool
+            .start_transaction(TxOpts::default())
+            .map_err(|e| Error::db("beginning a transaction", e))?;
+        match f(&mut tx) {
+            Ok(r) => {
+                tx.commit().map_err(|e| Error::db("committing", e))?;
+                Ok(r)
+            }
+            Err(e) => {
+                if let Err(re) = tx.rollback() {
+                    log::warn!("outboxer: rollback failed: {re}");
+                }
+                Err(e)
+            }
+        }
     }
 }

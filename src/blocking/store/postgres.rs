@@ -3,7 +3,7 @@
 
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, Undecodable, WakeListener,
+    Store, TxStore, Undecodable, WakeListener,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
@@ -380,8 +380,6 @@ fn decode_columns(id: i64, row: &postgres::Row) -> std::result::Result<StoredMes
 }
 
 impl Store for PostgresStore {
-    type Tx<'a> = postgres::Transaction<'a>;
-
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn()?;
         let mut tx = conn
@@ -404,37 +402,6 @@ impl Store for PostgresStore {
             .map_err(|e| Error::db("beginning a transaction", e))?;
         self.insert(&mut tx, messages)?;
         tx.commit().map_err(|e| Error::db("committing messages", e))
-    }
-
-    fn enqueue_in_tx(
-        &self,
-        tx: &mut postgres::Transaction<'_>,
-        messages: &[Message],
-    ) -> Result<()> {
-        self.insert(tx, messages)
-    }
-
-    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
-    where
-        F: FnOnce(&mut postgres::Transaction<'_>) -> std::result::Result<R, E>,
-        E: From<Error>,
-    {
-        let mut conn = self.conn()?;
-        let mut tx = conn
-            .transaction()
-            .map_err(|e| Error::db("beginning a transaction", e))?;
-        match f(&mut tx) {
-            Ok(r) => {
-                tx.commit().map_err(|e| Error::db("committing", e))?;
-                Ok(r)
-            }
-            Err(e) => {
-                if let Err(re) = tx.rollback() {
-                    log::warn!("outboxer: rollback failed: {re}");
-                }
-                Err(e)
-            }
-        }
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
@@ -631,6 +598,41 @@ impl Store for PostgresStore {
             store: self.clone(),
             client: None,
         })))
+    }
+}
+
+impl TxStore for PostgresStore {
+    type Tx<'a> = postgres::Transaction<'a>;
+
+    fn enqueue_in_tx(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        messages: &[Message],
+    ) -> Result<()> {
+        self.insert(tx, messages)
+    }
+
+    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut postgres::Transaction<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        let mut conn = self.conn()?;
+        let mut tx = conn
+            .transaction()
+            .map_err(|e| Error::db("beginning a transaction", e))?;
+        match f(&mut tx) {
+            Ok(r) => {
+                tx.commit().map_err(|e| Error::db("committing", e))?;
+                Ok(r)
+            }
+            Err(e) => {
+                if let Err(re) = tx.rollback() {
+                    log::warn!("outboxer: rollback failed: {re}");
+                }
+                Err(e)
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, Undecodable,
+    Store, TxStore, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::rows;
@@ -44,7 +44,7 @@ mod enqueue;
 /// ```no_run
 /// # fn main() -> Result<(), outboxer::Error> {
 /// use outboxer::store::SqlServerStore;
-/// use outboxer::{Message, Store};
+/// use outboxer::{Message, Store, TxStore};
 ///
 /// let store = SqlServerStore::builder(
 ///     "server=tcp:127.0.0.1,1433;user=sa;password=secret;TrustServerCertificate=true",
@@ -589,7 +589,7 @@ enum TxState {
 /// ```no_run
 /// # fn main() -> Result<(), outboxer::Error> {
 /// use outboxer::store::SqlServerStore;
-/// use outboxer::{Message, Store};
+/// use outboxer::{Message, Store, TxStore};
 ///
 /// let store = SqlServerStore::connect("server=tcp:127.0.0.1,1433;user=sa;password=secret")?;
 /// let mut tx = store.begin()?;
@@ -740,8 +740,6 @@ fn json_cell(row: &Row, idx: usize) -> std::result::Result<Option<serde_json::Va
 }
 
 impl Store for SqlServerStore {
-    type Tx<'a> = SqlServerTx<'a>;
-
     fn migrate(&self) -> Result<()> {
         // A connection of its own, without a command timeout: widening a large Go
         // table's id may take long. One transaction, under an exclusive app lock on
@@ -765,31 +763,6 @@ impl Store for SqlServerStore {
         }
         let mut conn = self.conn()?;
         self.insert(&mut conn, messages, true)
-    }
-
-    fn enqueue_in_tx(&self, tx: &mut SqlServerTx<'_>, messages: &[Message]) -> Result<()> {
-        // The transaction's own connection and runtime, whichever store it came from.
-        tx.insert(self, messages)
-    }
-
-    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
-    where
-        F: FnOnce(&mut SqlServerTx<'_>) -> std::result::Result<R, E>,
-        E: From<Error>,
-    {
-        let mut tx = self.begin()?;
-        match f(&mut tx) {
-            Ok(r) => {
-                tx.commit()?;
-                Ok(r)
-            }
-            Err(e) => {
-                if let Err(re) = tx.rollback() {
-                    log::warn!("outboxer: rollback failed: {re}");
-                }
-                Err(e)
-            }
-        }
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
@@ -1024,6 +997,35 @@ impl Store for SqlServerStore {
             oldest_pending_age: Duration::from_micros(num(4)?),
             held_keys: num(5)?,
         })
+    }
+}
+
+impl TxStore for SqlServerStore {
+    type Tx<'a> = SqlServerTx<'a>;
+
+    fn enqueue_in_tx(&self, tx: &mut SqlServerTx<'_>, messages: &[Message]) -> Result<()> {
+        // The transaction's own connection and runtime, whichever store it came from.
+        tx.insert(self, messages)
+    }
+
+    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut SqlServerTx<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        let mut tx = self.begin()?;
+        match f(&mut tx) {
+            Ok(r) => {
+                tx.commit()?;
+                Ok(r)
+            }
+            Err(e) => {
+                if let Err(re) = tx.rollback() {
+                    log::warn!("outboxer: rollback failed: {re}");
+                }
+                Err(e)
+            }
+        }
     }
 }
 
