@@ -146,8 +146,8 @@ fn bar(n: u64, what: &str) -> ProgressBar {
     pb
 }
 
-pub fn run<S: Store>(
-    store: S,
+pub fn run(
+    store: Box<dyn Store>,
     stream_url: &str,
     stream: Box<dyn Stream>,
     o: &BenchOptions,
