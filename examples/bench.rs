@@ -1413,7 +1413,7 @@ mod my {
         fn plain_insert(&self, table: &str, messages: &[Message]) -> BoxResult<Duration> {
             let mut conn = self.conn()?;
             conn.query_drop(format!("DROP TABLE IF EXISTS `{table}`"))?;
-            // The outbox table's column types (see src/core/sql_mysql.rs).
+            // The outbox table's column types (see src/core/sql/mysql.rs).
             conn.query_drop(format!(
                 "CREATE TABLE `{table}` (
                      id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -1595,7 +1595,7 @@ mod lite {
 
         fn plain_insert(&self, table: &str, messages: &[Message]) -> BoxResult<Duration> {
             let conn = self.conn()?;
-            // The outbox table's column types (see src/core/sql_sqlite.rs).
+            // The outbox table's column types (see src/core/sql/sqlite.rs).
             conn.execute_batch(&format!(
                 "DROP TABLE IF EXISTS \"{table}\";
                  CREATE TABLE \"{table}\" (
@@ -1744,7 +1744,7 @@ mod mssql {
         }
 
         fn plain_insert(&self, table: &str, messages: &[Message]) -> BoxResult<Duration> {
-            // The outbox table's column types (see src/core/sql_mssql.rs).
+            // The outbox table's column types (see src/core/sql/sqlserver.rs).
             self.run(&format!(
                 "DROP TABLE IF EXISTS [{table}];
                  CREATE TABLE [{table}] (

@@ -602,17 +602,17 @@ proptest! {
         table in "Zq[A-Za-z0-9_]{0,20}",
         schema in prop::option::of("Sx[A-Za-z0-9_]{0,10}"),
     ) {
-        use outboxer::core::{sql_mssql::MssqlSql, sql_mysql::MysqlSql, sql_pg::PgSql, sql_sqlite::SqliteSql};
+        use outboxer::core::{sql::sqlserver::SqlServerSql, sql::mysql::MysqlSql, sql::postgres::PostgresSql, sql::sqlite::SqliteSql};
         let name = match &schema {
             Some(s) => format!("{s}.{table}"),
             None => table.clone(),
         };
         let t = TableName::parse(&name).expect("valid");
         let texts = [
-            ("pg", format!("{:?}", PgSql::new(&t))),
+            ("pg", format!("{:?}", PostgresSql::new(&t))),
             ("mysql", format!("{:?}", MysqlSql::new(&t))),
             ("sqlite", format!("{:?}", SqliteSql::new(&TableName::parse(&table).expect("valid")))),
-            ("mssql", format!("{:?}", MssqlSql::new(&t))),
+            ("mssql", format!("{:?}", SqlServerSql::new(&t))),
         ];
         // Not SQL text: bind parameters (PostgreSQL's NOTIFY channel, SQL Server's
         // applock resource) and names the stores quote where they use them.

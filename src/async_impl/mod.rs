@@ -62,34 +62,36 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Handle> {
     })
 }
 
-/// Holds a value whose drop may block (a blocking relay joining its threads, a
-/// `postgres::Client` closing on its private runtime): dropped inside a tokio
-/// runtime, the value is dropped on a thread of its own instead.
-struct OffRuntime<T: Send + 'static>(Option<T>);
+/// The slot of a [`BlockingDrop`]: a value whose drop may block (a blocking relay
+/// joining its threads, a `postgres::Client` closing on its private runtime);
+/// dropped inside a tokio runtime, the value is dropped on a thread of its own
+/// instead.
+struct DropSlot<T: Send + 'static>(Option<T>);
 
-impl<T: Send + 'static> OffRuntime<T> {
+impl<T: Send + 'static> DropSlot<T> {
     fn get(&self) -> Option<&T> {
         self.0.as_ref()
     }
 }
 
-/// A value in an [`OffRuntime`], present until drop.
-pub(crate) struct Kept<T: Send + 'static>(OffRuntime<T>);
+/// A value whose drop may block, kept until drop and then dropped off the tokio
+/// runtime (see [`DropSlot`]); derefs to the value.
+pub(crate) struct BlockingDrop<T: Send + 'static>(DropSlot<T>);
 
-impl<T: Send + 'static> Kept<T> {
+impl<T: Send + 'static> BlockingDrop<T> {
     pub(crate) fn new(t: T) -> Self {
-        Kept(OffRuntime(Some(t)))
+        BlockingDrop(DropSlot(Some(t)))
     }
 }
 
-impl<T: Send + 'static> std::ops::Deref for Kept<T> {
+impl<T: Send + 'static> std::ops::Deref for BlockingDrop<T> {
     type Target = T;
     fn deref(&self) -> &T {
         self.0.get().expect("taken only by drop")
     }
 }
 
-impl<T: Send + 'static> Drop for OffRuntime<T> {
+impl<T: Send + 'static> Drop for DropSlot<T> {
     fn drop(&mut self) {
         let Some(t) = self.0.take() else { return };
         if tokio::runtime::Handle::try_current().is_err() {

@@ -73,7 +73,7 @@ store_conformance!(My);
 fn claim_and_cleanup_use_indexes() {
     use crate::conformance::{store, unique};
     use outboxer::core::ident::TableName;
-    use outboxer::core::sql_mysql::MysqlSql;
+    use outboxer::core::sql::mysql::MysqlSql;
     use outboxer::store::Store;
     use outboxer::Message;
     let t = unique("c_explain");

@@ -52,7 +52,7 @@ pub fn display_url(url: &str) -> String {
     } else if lower.contains("://") && !lower.starts_with("jdbc:") {
         redact_url(url)
     } else {
-        outboxer::core::sql_mssql::redact_ado(url)
+        outboxer::core::sql::sqlserver::redact_ado(url)
     }
 }
 

@@ -9,7 +9,7 @@ use super::{
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
-use crate::core::sql_mysql::{failed_status, MysqlSql, EXTRA_COLUMNS};
+use crate::core::sql::mysql::{failed_status, MysqlSql, EXTRA_COLUMNS};
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
 use mysql::prelude::Queryable;
@@ -21,7 +21,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 // The enqueue path shared with the async store (compiled here without `.await`).
 use maybe_async::must_be_sync as maybe;
-#[path = "../../mirrored/mysql_enqueue.rs"]
+#[path = "../../enqueue/mysql.rs"]
 mod enqueue;
 
 /// The outbox table in MySQL 8.0.13+ or MariaDB 10.6+ (both have `SKIP LOCKED` and

@@ -8,7 +8,7 @@ use super::{
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
-use crate::core::sql_pg::PgSql;
+use crate::core::sql::postgres::PostgresSql;
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
 use parking_lot::{Condvar, Mutex};
@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 // The enqueue path shared with the async store (compiled here without `.await`).
 use maybe_async::must_be_sync as maybe;
-use postgres::GenericClient as PgClient;
-#[path = "../../mirrored/pg_enqueue.rs"]
+use postgres::GenericClient as PostgresClient;
+#[path = "../../enqueue/postgres.rs"]
 mod enqueue;
 
 type Connector = dyn Fn() -> std::result::Result<Client, postgres::Error> + Send + Sync;
@@ -48,7 +48,7 @@ pub struct PostgresStore {
 
 struct Inner {
     table: TableName,
-    sql: PgSql,
+    sql: PostgresSql,
     connect: Box<Connector>,
     pool: Mutex<Pool>,
     /// Signalled when a connection goes back to the pool or is closed.
@@ -287,7 +287,7 @@ impl PostgresStoreBuilder {
         };
         let store = PostgresStore {
             inner: Arc::new(Inner {
-                sql: PgSql::new(&table),
+                sql: PostgresSql::new(&table),
                 table,
                 connect,
                 pool: Mutex::new(Pool {
@@ -594,7 +594,7 @@ impl Store for PostgresStore {
         if !self.inner.notify {
             return Ok(None);
         }
-        Ok(Some(Box::new(PgListener {
+        Ok(Some(Box::new(PostgresListener {
             store: self.clone(),
             client: None,
         })))
@@ -637,12 +637,12 @@ impl TxStore for PostgresStore {
 }
 
 /// LISTENs on the table's channel on a connection of its own.
-struct PgListener {
+struct PostgresListener {
     store: PostgresStore,
     client: Option<Client>,
 }
 
-impl WakeListener for PgListener {
+impl WakeListener for PostgresListener {
     fn wait(&mut self, timeout: Duration) -> Result<bool> {
         if self.client.is_none() {
             let mut c = (self.store.inner.connect)()

@@ -2,7 +2,7 @@
 //! `sp_getapplock` for migrate and per-key commit order, a small connection pool,
 //! all driven from the blocking API by a private current-thread tokio runtime.
 //!
-//! SQL text lives in [`crate::core::sql_mssql`], which also documents the schema.
+//! SQL text lives in [`crate::core::sql::sqlserver`], which also documents the schema.
 
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
@@ -10,7 +10,7 @@ use super::{
 };
 use crate::core::ident::TableName;
 use crate::core::rows;
-use crate::core::sql_mssql::{self as q, batch, MssqlSql};
+use crate::core::sql::sqlserver::{self as q, batch, SqlServerSql};
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
 use parking_lot::Mutex;
@@ -26,7 +26,7 @@ type TdsResult<T> = std::result::Result<T, tiberius::error::Error>;
 
 // The enqueue path shared with the async store (compiled here without `.await`).
 use maybe_async::must_be_sync as maybe;
-#[path = "../../mirrored/mssql_enqueue.rs"]
+#[path = "../../enqueue/sqlserver.rs"]
 mod enqueue;
 
 /// The outbox table in SQL Server 2017 or later (Azure SQL too).
@@ -66,7 +66,7 @@ pub struct SqlServerStore {
 
 struct Inner {
     table: TableName,
-    sql: MssqlSql,
+    sql: SqlServerSql,
     config: tiberius::Config,
     connect_timeout: Duration,
     idle: Mutex<Vec<Client>>,
@@ -202,7 +202,7 @@ impl SqlServerStore {
         ids: &[i64],
         token: Option<uuid::Uuid>,
         delay_ms: Option<i64>,
-        stmt: impl Fn(&MssqlSql, usize) -> String,
+        stmt: impl Fn(&SqlServerSql, usize) -> String,
     ) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
@@ -370,7 +370,7 @@ impl SqlServerStoreBuilder {
             .map_err(|e| Error::db("starting the SQL Server driver runtime", e))?;
         let store = SqlServerStore {
             inner: Arc::new(Inner {
-                sql: MssqlSql::new(&table),
+                sql: SqlServerSql::new(&table),
                 table,
                 config,
                 connect_timeout: self.connect_timeout,
@@ -849,7 +849,7 @@ impl Store for SqlServerStore {
             ids,
             Some(lease.token),
             Some(q::delay_ms(retry_in)),
-            MssqlSql::release,
+            SqlServerSql::release,
         )?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
@@ -882,7 +882,7 @@ impl Store for SqlServerStore {
             Requeue::AllParked => self
                 .conn()?
                 .exec(ctx, Query::new(self.inner.sql.requeue_all.as_str())),
-            Requeue::Ids(ids) => self.by_ids(ctx, ids, None, None, MssqlSql::requeue_ids),
+            Requeue::Ids(ids) => self.by_ids(ctx, ids, None, None, SqlServerSql::requeue_ids),
         }
     }
 
@@ -950,7 +950,13 @@ impl Store for SqlServerStore {
     }
 
     fn skip(&self, ids: &[i64]) -> Result<u64> {
-        self.by_ids("skipping parked messages", ids, None, None, MssqlSql::skip)
+        self.by_ids(
+            "skipping parked messages",
+            ids,
+            None,
+            None,
+            SqlServerSql::skip,
+        )
     }
 
     fn held_keys(&self, limit: usize) -> Result<Vec<HeldKey>> {
