@@ -40,14 +40,15 @@ macro_rules! aws_builder_setters {
         /// Timeout of one HTTP request (default 10 s), cut to what is left of the
         /// batch's deadline. Also how long the relay's `stop()` waits at most for a
         /// request in flight.
-        pub fn timeout(mut self, d: Duration) -> Self {
+        pub fn request_timeout(mut self, d: Duration) -> Self {
             self.aws.timeout = d;
             self
         }
-        /// Retries of a call after throttling, 5xx or a connection failure (default 3),
-        /// with backoff; none starts past the batch's deadline.
-        pub fn retries(mut self, n: u32) -> Self {
-            self.aws.attempts = n.saturating_add(1);
+        /// Tries per request (default 4: the first and 3 retries after throttling,
+        /// 5xx or a connection failure, with backoff; 1..=20); no retry starts past
+        /// the batch's deadline.
+        pub fn request_attempts(mut self, n: u32) -> Self {
+            self.aws.attempts = n;
             self
         }
     };
@@ -156,10 +157,13 @@ mod client {
                 (None, None) => Arc::new(EnvCredentials),
             };
             if self.timeout < Duration::from_millis(10) || self.timeout > Duration::from_secs(600) {
-                return Err(Error::config("timeout", "must be within 10ms..=600s"));
+                return Err(Error::config(
+                    "request_timeout",
+                    "must be within 10ms..=600s",
+                ));
             }
             if !(1..=20).contains(&self.attempts) {
-                return Err(Error::config("retries", "must be within 0..=19"));
+                return Err(Error::config("request_attempts", "must be within 1..=20"));
             }
             let retry = RetryPolicy {
                 attempts: self.attempts,
