@@ -108,7 +108,6 @@ use amiquip::{
     ConnectionOptions, ConnectionTuning, ConsumerMessage, ConsumerOptions, ExchangeDeclareOptions,
     ExchangeType, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions,
 };
-use outboxer::core::rows;
 use outboxer::store::{BatchLimit, Claim, FailedAttempt, Lease, Requeue, Stats, WakeListener};
 use outboxer::stream::{amqp, kafka, pubsub, AmqpStream, Deadline, Validate};
 use outboxer::{
@@ -1281,11 +1280,11 @@ mod pg {
                 let payloads: Vec<&[u8]> = chunk.iter().map(|m| m.payload()).collect();
                 let headers: Vec<serde_json::Value> = chunk
                     .iter()
-                    .map(|m| rows::headers_to_json(m.headers()))
+                    .map(|m| serde_json::json!(m.headers()))
                     .collect();
                 let options: Vec<serde_json::Value> = chunk
                     .iter()
-                    .map(|m| rows::options_to_json(m.options()))
+                    .map(|m| serde_json::json!(m.options()))
                     .collect();
                 let mut tx = pg.transaction()?;
                 tx.execute(&insert, &[&ids, &payloads, &headers, &options])?;
@@ -1441,8 +1440,8 @@ mod my {
                 for m in chunk {
                     params.push(Value::Bytes(m.message_id().as_uuid().as_bytes().to_vec()));
                     params.push(Value::Bytes(m.payload().to_vec()));
-                    params.push(Value::from(rows::headers_to_json(m.headers()).to_string()));
-                    params.push(Value::from(rows::options_to_json(m.options()).to_string()));
+                    params.push(Value::from(serde_json::json!(m.headers()).to_string()));
+                    params.push(Value::from(serde_json::json!(m.options()).to_string()));
                 }
                 let mut tx = conn.start_transaction(tx_opts)?;
                 tx.exec_drop(stmt, params)?;
@@ -1617,8 +1616,8 @@ mod lite {
                     insert.execute(rusqlite::params![
                         m.message_id().as_uuid().as_bytes().as_slice(),
                         m.payload(),
-                        rows::headers_to_json(m.headers()).to_string(),
-                        rows::options_to_json(m.options()).to_string(),
+                        serde_json::json!(m.headers()).to_string(),
+                        serde_json::json!(m.options()).to_string(),
                     ])?;
                 }
                 conn.execute_batch("COMMIT")?;
@@ -1767,11 +1766,11 @@ mod mssql {
                     let payloads: Vec<&[u8]> = part.iter().map(|m| m.payload()).collect();
                     let headers: Vec<Vec<u8>> = part
                         .iter()
-                        .map(|m| rows::headers_to_json(m.headers()).to_string().into_bytes())
+                        .map(|m| serde_json::json!(m.headers()).to_string().into_bytes())
                         .collect();
                     let options: Vec<Vec<u8>> = part
                         .iter()
-                        .map(|m| rows::options_to_json(m.options()).to_string().into_bytes())
+                        .map(|m| serde_json::json!(m.options()).to_string().into_bytes())
                         .collect();
                     let mut params: Vec<&dyn ToSql> = Vec::with_capacity(part.len() * 4);
                     for i in 0..part.len() {
@@ -2841,7 +2840,7 @@ mod aws_bench {
                             .iter()
                             .enumerate()
                             .map(|(i, m)| {
-                                let e = outboxer::core::sqs::encode(
+                                let e = outboxer::stream::sqs::encode(
                                     &m.message_id().to_string(),
                                     m.payload(),
                                     m.headers(),
@@ -2868,7 +2867,7 @@ mod aws_bench {
                         let records: Vec<Value> = chunk
                             .iter()
                             .map(|m| {
-                                let data = outboxer::core::kinesis::encode_record(
+                                let data = outboxer::stream::kinesis::encode_record(
                                     &m.message_id().to_string(),
                                     m.payload(),
                                     m.headers(),

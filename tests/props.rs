@@ -2,15 +2,12 @@
 //! redaction, backoff, relay settings, size limits, message ids, AMQP URLs.
 //! No servers needed. Every property checks a result, not only "no panic".
 
-use outboxer::core::amqp::AmqpRoute;
-use outboxer::core::config::RelayConfig;
-use outboxer::core::ident::TableName;
-use outboxer::core::redact::redact_url;
-use outboxer::core::retry::Backoff;
-use outboxer::core::rows::{
+use outboxer::__private::rows::{
     headers_from_json, headers_to_json, options_from_json, options_to_json,
 };
-use outboxer::stream::amqp::AmqpValidator;
+use outboxer::__private::{Backoff, RelayConfig, TableName};
+use outboxer::redact_url;
+use outboxer::stream::amqp::{AmqpRoute, AmqpValidator};
 use outboxer::stream::Validate;
 use outboxer::{Error, Headers, MessageId, Options};
 use proptest::prelude::*;
@@ -602,7 +599,7 @@ proptest! {
         table in "Zq[A-Za-z0-9_]{0,20}",
         schema in prop::option::of("Sx[A-Za-z0-9_]{0,10}"),
     ) {
-        use outboxer::core::{sql::sqlserver::SqlServerSql, sql::mysql::MysqlSql, sql::postgres::PostgresSql, sql::sqlite::SqliteSql};
+        use outboxer::__private::sql::{mysql::MysqlSql, postgres::PostgresSql, sqlite::SqliteSql, sqlserver::SqlServerSql};
         let name = match &schema {
             Some(s) => format!("{s}.{table}"),
             None => table.clone(),

@@ -8,7 +8,7 @@
 //! [`Relay::err`]). Every blocking [`Stream`](crate::Stream) works here unchanged.
 //!
 //! Every `async fn` here must be awaited inside a tokio runtime (any flavour);
-//! outside one they return [`Error::Config`](crate::Error::Config).
+//! outside one they return [`Error::Config`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), outboxer::Error> {
@@ -33,9 +33,10 @@ mod outbox;
 mod relay;
 pub mod store;
 
-pub use crate::blocking::stream::{self, Stream};
 pub use outbox::{Outbox, OutboxBuilder, OutboxTx};
 pub use relay::Relay;
+// Also here for `use outboxer::async_impl::Store`; documented once, in `store`.
+#[doc(no_inline)]
 pub use store::Store;
 
 use crate::{Error, Result};

@@ -61,8 +61,8 @@ store_conformance!(Pg);
 #[test]
 fn claim_uses_the_undelivered_key_index_after_upgrade() {
     use crate::conformance::{store, unique};
-    use outboxer::core::ident::TableName;
-    use outboxer::core::sql::postgres::PostgresSql;
+    use outboxer::__private::sql::postgres::PostgresSql;
+    use outboxer::__private::TableName;
     let t = unique("c_pgexplain");
     let s = store::<Pg>(&t);
     Pg::exec(&[

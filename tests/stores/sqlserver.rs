@@ -8,7 +8,7 @@
 //! sqlserver -- --include-ignored`. The tests below this suite need no server.
 
 use crate::conformance::{lit, Harness};
-use outboxer::core::sql::sqlserver::redact_ado;
+use outboxer::redact_connection_string as redact_ado;
 use outboxer::store::SqlServerStore;
 use outboxer::{Error, Store, TxStore};
 use std::time::{Duration, Instant};

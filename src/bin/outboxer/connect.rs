@@ -1,8 +1,8 @@
 //! URL-scheme dispatch: which store and which stream a URL names.
 
 use crate::fail::Fail;
-use outboxer::core::redact::redact_url;
 use outboxer::store::{MysqlStore, PostgresStore, SqliteStore};
+use outboxer::{redact_connection_string, redact_url};
 use outboxer::{Store, Stream};
 
 #[cfg(feature = "sqlserver")]
@@ -46,13 +46,10 @@ pub fn store_kind(url: &str) -> Result<StoreKind, Fail> {
 /// A store URL or connection string safe to print: passwords replaced by `***`.
 /// SQLite paths are shown as they are (a path holds no password).
 pub fn display_url(url: &str) -> String {
-    let lower = url.trim_start().to_ascii_lowercase();
-    if lower.starts_with("sqlite:") {
+    if url.trim_start().to_ascii_lowercase().starts_with("sqlite:") {
         url.to_string()
-    } else if lower.contains("://") && !lower.starts_with("jdbc:") {
-        redact_url(url)
     } else {
-        outboxer::core::sql::sqlserver::redact_ado(url)
+        redact_connection_string(url)
     }
 }
 

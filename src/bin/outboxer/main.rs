@@ -96,7 +96,7 @@ fn run(command: Command) -> Result<(), Fail> {
                 "table {} on {} -> {}",
                 o.table,
                 o.shown,
-                outboxer::core::redact::redact_url(&url)
+                outboxer::redact_url(&url)
             );
             relay::run(o.store, stream, &settings, &what)
         }

@@ -229,7 +229,7 @@ impl PostgresStoreBuilder {
     /// least 1). A caller beyond them waits for one to be given back, up to
     /// [`pool_timeout`](Self::pool_timeout). Not counted: the one LISTEN
     /// connection of each running relay (with [`notify`](Self::notify) on).
-    /// A [`Store::with_transaction`] closure holds one connection while it runs:
+    /// A [`TxStore::with_transaction`] closure holds one connection while it runs:
     /// store calls made inside it need another.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;

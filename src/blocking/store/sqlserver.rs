@@ -102,17 +102,6 @@ impl std::fmt::Debug for SqlServerStoreBuilder {
     }
 }
 
-/// Secrets out of a connection string, for errors: ADO.NET/JDBC `key=value` strings
-/// lose their password values; URL-style strings their URL password.
-fn redact(conn_str: &str) -> String {
-    let lower = conn_str.trim_start().to_ascii_lowercase();
-    if conn_str.contains("://") && !lower.starts_with("jdbc:") {
-        crate::core::redact::redact_url(conn_str)
-    } else {
-        q::redact_ado(conn_str)
-    }
-}
-
 impl SqlServerStore {
     /// Connects with an ADO.NET connection string
     /// (`server=tcp:host,1433;user=..;password=..;database=..;TrustServerCertificate=true`)
@@ -137,7 +126,7 @@ impl SqlServerStore {
             tiberius::Config::from_ado_string(conn_str)
         };
         SqlServerStoreBuilder::new(parsed.map_err(|e| Error::InvalidUrl {
-            url: redact(conn_str),
+            url: crate::core::redact::redact_connection_string(conn_str),
             reason: e.to_string(),
         }))
     }
@@ -159,8 +148,8 @@ impl SqlServerStore {
 
     /// Begins a transaction on a pooled connection. Run your statements with
     /// [`SqlServerTx::execute`] / [`SqlServerTx::query`], add messages with
-    /// [`Store::enqueue_in_tx`], then [`SqlServerTx::commit`]. Dropped without a
-    /// commit, it rolls back. [`Store::with_transaction`] does all of this around a closure.
+    /// [`TxStore::enqueue_in_tx`], then [`SqlServerTx::commit`]. Dropped without a
+    /// commit, it rolls back. [`TxStore::with_transaction`] does all of this around a closure.
     pub fn begin(&self) -> Result<SqlServerTx<'_>> {
         let mut conn = self.conn()?;
         conn.batch("beginning a transaction", batch::BEGIN)?;
@@ -575,7 +564,7 @@ enum TxState {
 }
 
 /// A transaction on one of the store's connections (`BEGIN TRAN` .. `COMMIT`): the
-/// caller's statements and [`Store::enqueue_in_tx`] messages commit together.
+/// caller's statements and [`TxStore::enqueue_in_tx`] messages commit together.
 ///
 /// Statements run blocking, through the store's private runtime. Parameters are
 /// `@P1`, `@P2`, ... and any `tiberius::ToSql` value (`&42i64`, `&"text"`, ...).
@@ -1054,7 +1043,7 @@ mod tests {
             "sqlserver://sa:s3cret@h:1433/db",
             "jdbc:sqlserver://h:1;password={s3;cret}",
         ] {
-            let r = redact(raw);
+            let r = crate::core::redact::redact_connection_string(raw);
             assert!(!r.contains("s3"), "{r}");
         }
         match SqlServerStore::builder("server=tcp:h,1;user=sa;password=s3cret;encrypt=maybe")

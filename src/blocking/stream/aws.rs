@@ -69,7 +69,7 @@ mod client {
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
-    /// An AWS JSON service.
+    /// An AWS JSON service (for [`AwsClient`]; not public API, not covered by semver).
     #[doc(hidden)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Service {
@@ -220,7 +220,8 @@ mod client {
         }
     }
 
-    /// A signed AWS JSON client. Public for the tests and the bench only.
+    /// A signed AWS JSON client. Public for outboxer's own tests and bench only:
+    /// **not public API, not covered by semver**.
     #[doc(hidden)]
     #[derive(Clone)]
     pub struct AwsClient {

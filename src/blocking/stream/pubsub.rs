@@ -413,7 +413,7 @@ mod driver {
     /// starts after it, each request's timeout is cut to what is left of it, and the
     /// per-key jobs stop; messages without an outcome get a transient
     /// [`Error::Timeout`]. Against a server that never answers, `stop()` waits at
-    /// most for the requests in flight: one [`timeout`](PubSubStreamBuilder::timeout)
+    /// most for the requests in flight: one [`request_timeout`](PubSubStreamBuilder::request_timeout)
     /// (default 30 s).
     ///
     /// ```no_run
