@@ -108,7 +108,6 @@ use amiquip::{
     ConnectionOptions, ConnectionTuning, ConsumerMessage, ConsumerOptions, ExchangeDeclareOptions,
     ExchangeType, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions,
 };
-use outboxer::core::rows;
 use outboxer::store::{BatchLimit, Claim, FailedAttempt, Lease, Requeue, Stats, WakeListener};
 use outboxer::stream::{amqp, kafka, pubsub, AmqpStream, Deadline, Validate};
 use outboxer::{
@@ -1281,11 +1280,11 @@ mod pg {
                 let payloads: Vec<&[u8]> = chunk.iter().map(|m| m.payload()).collect();
                 let headers: Vec<serde_json::Value> = chunk
                     .iter()
-                    .map(|m| rows::headers_to_json(m.headers()))
+                    .map(|m| serde_json::json!(m.headers()))
                     .collect();
                 let options: Vec<serde_json::Value> = chunk
                     .iter()
-                    .map(|m| rows::options_to_json(m.options()))
+                    .map(|m| serde_json::json!(m.options()))
                     .collect();
                 let mut tx = pg.transaction()?;
                 tx.execute(&insert, &[&ids, &payloads, &headers, &options])?;
@@ -1413,7 +1412,7 @@ mod my {
         fn plain_insert(&self, table: &str, messages: &[Message]) -> BoxResult<Duration> {
             let mut conn = self.conn()?;
             conn.query_drop(format!("DROP TABLE IF EXISTS `{table}`"))?;
-            // The outbox table's column types (see src/core/sql_mysql.rs).
+            // The outbox table's column types (see src/core/sql/mysql.rs).
             conn.query_drop(format!(
                 "CREATE TABLE `{table}` (
                      id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -1441,8 +1440,8 @@ mod my {
                 for m in chunk {
                     params.push(Value::Bytes(m.message_id().as_uuid().as_bytes().to_vec()));
                     params.push(Value::Bytes(m.payload().to_vec()));
-                    params.push(Value::from(rows::headers_to_json(m.headers()).to_string()));
-                    params.push(Value::from(rows::options_to_json(m.options()).to_string()));
+                    params.push(Value::from(serde_json::json!(m.headers()).to_string()));
+                    params.push(Value::from(serde_json::json!(m.options()).to_string()));
                 }
                 let mut tx = conn.start_transaction(tx_opts)?;
                 tx.exec_drop(stmt, params)?;
@@ -1595,7 +1594,7 @@ mod lite {
 
         fn plain_insert(&self, table: &str, messages: &[Message]) -> BoxResult<Duration> {
             let conn = self.conn()?;
-            // The outbox table's column types (see src/core/sql_sqlite.rs).
+            // The outbox table's column types (see src/core/sql/sqlite.rs).
             conn.execute_batch(&format!(
                 "DROP TABLE IF EXISTS \"{table}\";
                  CREATE TABLE \"{table}\" (
@@ -1617,8 +1616,8 @@ mod lite {
                     insert.execute(rusqlite::params![
                         m.message_id().as_uuid().as_bytes().as_slice(),
                         m.payload(),
-                        rows::headers_to_json(m.headers()).to_string(),
-                        rows::options_to_json(m.options()).to_string(),
+                        serde_json::json!(m.headers()).to_string(),
+                        serde_json::json!(m.options()).to_string(),
                     ])?;
                 }
                 conn.execute_batch("COMMIT")?;
@@ -1744,7 +1743,7 @@ mod mssql {
         }
 
         fn plain_insert(&self, table: &str, messages: &[Message]) -> BoxResult<Duration> {
-            // The outbox table's column types (see src/core/sql_mssql.rs).
+            // The outbox table's column types (see src/core/sql/sqlserver.rs).
             self.run(&format!(
                 "DROP TABLE IF EXISTS [{table}];
                  CREATE TABLE [{table}] (
@@ -1767,11 +1766,11 @@ mod mssql {
                     let payloads: Vec<&[u8]> = part.iter().map(|m| m.payload()).collect();
                     let headers: Vec<Vec<u8>> = part
                         .iter()
-                        .map(|m| rows::headers_to_json(m.headers()).to_string().into_bytes())
+                        .map(|m| serde_json::json!(m.headers()).to_string().into_bytes())
                         .collect();
                     let options: Vec<Vec<u8>> = part
                         .iter()
-                        .map(|m| rows::options_to_json(m.options()).to_string().into_bytes())
+                        .map(|m| serde_json::json!(m.options()).to_string().into_bytes())
                         .collect();
                     let mut params: Vec<&dyn ToSql> = Vec::with_capacity(part.len() * 4);
                     for i in 0..part.len() {
@@ -1843,23 +1842,11 @@ struct TimedStore<S> {
 }
 
 impl<S: Store> Store for TimedStore<S> {
-    type Tx<'a> = S::Tx<'a>;
-
     fn migrate(&self) -> outboxer::Result<()> {
         self.inner.migrate()
     }
     fn enqueue(&self, messages: &[Message]) -> outboxer::Result<()> {
         self.inner.enqueue(messages)
-    }
-    fn enqueue_in_tx(&self, tx: &mut S::Tx<'_>, messages: &[Message]) -> outboxer::Result<()> {
-        self.inner.enqueue_in_tx(tx, messages)
-    }
-    fn with_transaction<R, E, F>(&self, f: F) -> Result<R, E>
-    where
-        F: FnOnce(&mut S::Tx<'_>) -> Result<R, E>,
-        E: From<outboxer::Error>,
-    {
-        self.inner.with_transaction(f)
     }
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> outboxer::Result<Claim> {
         self.timings.claim.time(|| self.inner.claim(lease, limit))
@@ -2853,7 +2840,7 @@ mod aws_bench {
                             .iter()
                             .enumerate()
                             .map(|(i, m)| {
-                                let e = outboxer::core::sqs::encode(
+                                let e = outboxer::stream::sqs::encode(
                                     &m.message_id().to_string(),
                                     m.payload(),
                                     m.headers(),
@@ -2880,7 +2867,7 @@ mod aws_bench {
                         let records: Vec<Value> = chunk
                             .iter()
                             .map(|m| {
-                                let data = outboxer::core::kinesis::encode_record(
+                                let data = outboxer::stream::kinesis::encode_record(
                                     &m.message_id().to_string(),
                                     m.payload(),
                                     m.headers(),

@@ -35,28 +35,96 @@
 //! relay.stop()?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Design notes: one name per thing
+//!
+//! Each database, broker and concept has one spelling across cargo features,
+//! modules, files, types and builder settings:
+//!
+//! - Databases: `postgres` (PostgreSQL), `mysql` (MySQL and MariaDB), `sqlite`,
+//!   `sqlserver` (SQL Server); in types `Postgres`, `Mysql`, `Sqlite`, `SqlServer`
+//!   (`PostgresStore`, `SqlServerSql`). Never `pg` or `mssql` (`mssql://` stays
+//!   accepted as a URL scheme); `Tds` names only the SQL Server driver's (tiberius)
+//!   wire-level types.
+//! - Brokers: `amqp`, `kafka`, `sqs`, `kinesis`, `pubsub`; in types `Amqp`,
+//!   `Kafka`, `Sqs`, `Kinesis`, `PubSub`. Each has one module,
+//!   [`stream::amqp`] etc., holding its stream, builder, routes and validator.
+//! - Seams: a *store* holds the table ([`store::Store`], and [`store::TxStore`]
+//!   to join the caller's transaction); a *stream* publishes ([`stream::Stream`]).
+//! - Verbs: the outbox *sends* (`send`, `send_batch`, `send_within_tx`); a store
+//!   *enqueues* (`enqueue`, `enqueue_in_tx`), *claims* under a *lease*, *marks*
+//!   (`mark_dispatched`, `mark_failed`), *releases*, *parks*; operators
+//!   *requeue*, *skip* and *purge*; `cleanup` deletes dispatched rows.
+//! - Source layout: `src/core/` is the I/O-free half (SQL text in
+//!   `core/sql/<database>.rs`); `src/enqueue/<database>.rs` is the enqueue path
+//!   written once and compiled for both APIs with maybe-async.
+//! - Store settings: `table`; `max_idle` (connections kept open between uses),
+//!   `max_connections` (most open at once), `pool_timeout` (wait for one of them);
+//!   `connect_timeout`, `command_timeout` (SQL Server) and `busy_timeout` (SQLite's
+//!   lock wait) are different waits and keep their own names.
+//! - Stream settings: `request_timeout` and `request_attempts` (one HTTP request of
+//!   SQS, Kinesis and Pub/Sub: its time limit and tries, the first included);
+//!   `confirm_timeout` (AMQP publisher confirms) and `delivery_timeout` (Kafka
+//!   delivery reports, librdkafka's `message.timeout.ms`) name each broker's own
+//!   mechanism; `max_message_size` everywhere.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod core;
+mod blocking;
+// The I/O-free half of every store and stream, compiled whatever the features
+// (route builders and validators need it): with a driver's feature off, what
+// only that driver uses is unused. With every feature on, the lint applies.
+#[cfg_attr(
+    not(all(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "sqlite",
+        feature = "sqlserver",
+        feature = "amqp",
+        feature = "kafka",
+        feature = "sqs",
+        feature = "kinesis",
+        feature = "pubsub"
+    )),
+    allow(dead_code)
+)]
+mod core;
 mod error;
 mod message;
-
-pub mod blocking;
 
 #[cfg(feature = "async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub mod async_impl;
 
 pub use crate::core::config::OnPark;
-pub use blocking::store::{self, Store};
-pub use blocking::stream::{self, Stream};
+pub use crate::core::redact::{redact_connection_string, redact_url};
+pub use blocking::store;
+pub use blocking::stream;
 pub use blocking::{Outbox, OutboxBuilder, OutboxTx, Relay, RelayCounters};
 pub use error::{BoxError, Error, Result};
 pub use message::{
     Delivered, Failure, FailureAction, Headers, Message, MessageId, Options, StoredMessage,
     MESSAGE_ID_HEADER,
 };
+// The seams' traits, also at the root for `use outboxer::{Store, Stream}`;
+// documented once, in their modules.
+#[doc(no_inline)]
+pub use blocking::store::{Store, TxStore};
+#[doc(no_inline)]
+pub use blocking::stream::Stream;
+
+/// Internals that outboxer's own integration and property tests check directly
+/// (SQL text, identifier parsing, row JSON, backoff, relay settings).
+///
+/// **Not public API and not covered by semver**: anything here may change or go
+/// away in any release. Applications use the documented modules.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::core::config::RelayConfig;
+    pub use crate::core::ident::TableName;
+    pub use crate::core::retry::Backoff;
+    pub use crate::core::{rows, sql};
+}
 
 // The code blocks of README.md and docs/*.md compile (and, unless marked
 // `no_run`, run) as doctests: one include per file, gated on the features its

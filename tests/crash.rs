@@ -14,7 +14,7 @@ mod common;
 
 use amiquip::{Connection, ConsumerMessage, ConsumerOptions};
 use common::{amqp_url, pg_url, stream, unique};
-use outboxer::store::{PostgresStore, Store};
+use outboxer::store::{PostgresStore, Store, TxStore};
 use outboxer::stream::amqp;
 use outboxer::{Message, Outbox};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -491,7 +491,7 @@ impl Ledger {
     }
 
     /// Commits or deliberately rolls back one unit of 1..=6 messages.
-    fn send<S: Store>(&mut self, outbox: &Outbox<S>, ex: &str) {
+    fn send<S: TxStore>(&mut self, outbox: &Outbox<S>, ex: &str) {
         let msgs = self.unit(ex);
         let ids: Vec<String> = msgs.iter().map(|m| m.message_id().to_string()).collect();
         self.sent += msgs.len();
@@ -533,7 +533,7 @@ impl Ledger {
 
 /// Sends at a steady rate while SIGKILLing a random relay at random points, then
 /// checks what the consumer got.
-fn crash_run<S: Store + Clone>(place: Place, store: S) {
+fn crash_run<S: TxStore + Clone>(place: Place, store: S) {
     let mode = Mode::from_env();
     let began = Instant::now();
     let _cleanup = Cleanup(place.clone());

@@ -1418,3 +1418,52 @@ fn stop_waits_at_most_one_confirm_timeout_for_a_broker_gone_silent() {
     );
     drop_table(&table);
 }
+
+/// The store seam is object safe: an outbox over `Box<dyn Store>` (what the command
+/// holds when the database is picked at run time) or `Arc<dyn Store>` relays like one
+/// over the concrete store.
+#[test]
+fn outbox_over_a_store_trait_object_relays() {
+    let ex = unique("ex_dyn");
+    let sink = Sink::new(&ex, "#");
+    let tables = [unique("dyn_box"), unique("dyn_arc")];
+    let boxed: Box<dyn Store> = Box::new(store(&tables[0]));
+    let shared: Arc<dyn Store> = Arc::new(store(&tables[1]));
+    let mut ids = Vec::new();
+    let boxed = Outbox::builder()
+        .store(boxed)
+        .stream(stream())
+        .check_interval(Duration::from_millis(50))
+        .build()
+        .expect("outbox over Box<dyn Store>");
+    let shared = Outbox::builder()
+        .store(shared)
+        .stream(stream())
+        .check_interval(Duration::from_millis(50))
+        .build()
+        .expect("outbox over Arc<dyn Store>");
+    let relays = [
+        boxed.start().expect("start"),
+        shared.start().expect("start"),
+    ];
+    ids.push(
+        boxed
+            .send(Message::new(b"boxed".to_vec()).route(amqp::topic(&ex, "boxed")))
+            .expect("send"),
+    );
+    ids.push(
+        shared
+            .send(Message::new(b"arc".to_vec()).route(amqp::topic(&ex, "arc")))
+            .expect("send"),
+    );
+    let got = sink.collect(2, Duration::from_secs(20));
+    let want: HashSet<String> = ids.iter().map(|i| i.to_string()).collect();
+    let seen: HashSet<String> = got.iter().filter_map(|g| g.message_id.clone()).collect();
+    assert_eq!(seen, want, "both outboxes relayed their message");
+    for r in &relays {
+        r.stop().expect("stop");
+    }
+    assert_eq!(boxed.stats().expect("stats").dispatched, 1);
+    assert_eq!(shared.stats().expect("stats").dispatched, 1);
+    tables.iter().for_each(|t| drop_table(t));
+}

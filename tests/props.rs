@@ -2,15 +2,12 @@
 //! redaction, backoff, relay settings, size limits, message ids, AMQP URLs.
 //! No servers needed. Every property checks a result, not only "no panic".
 
-use outboxer::core::amqp::AmqpRoute;
-use outboxer::core::config::RelayConfig;
-use outboxer::core::ident::TableName;
-use outboxer::core::redact::redact_url;
-use outboxer::core::retry::Backoff;
-use outboxer::core::rows::{
+use outboxer::__private::rows::{
     headers_from_json, headers_to_json, options_from_json, options_to_json,
 };
-use outboxer::stream::amqp::AmqpValidator;
+use outboxer::__private::{Backoff, RelayConfig, TableName};
+use outboxer::redact_url;
+use outboxer::stream::amqp::{AmqpRoute, AmqpValidator};
 use outboxer::stream::Validate;
 use outboxer::{Error, Headers, MessageId, Options};
 use proptest::prelude::*;
@@ -602,17 +599,17 @@ proptest! {
         table in "Zq[A-Za-z0-9_]{0,20}",
         schema in prop::option::of("Sx[A-Za-z0-9_]{0,10}"),
     ) {
-        use outboxer::core::{sql_mssql::MssqlSql, sql_mysql::MysqlSql, sql_pg::PgSql, sql_sqlite::SqliteSql};
+        use outboxer::__private::sql::{mysql::MysqlSql, postgres::PostgresSql, sqlite::SqliteSql, sqlserver::SqlServerSql};
         let name = match &schema {
             Some(s) => format!("{s}.{table}"),
             None => table.clone(),
         };
         let t = TableName::parse(&name).expect("valid");
         let texts = [
-            ("pg", format!("{:?}", PgSql::new(&t))),
+            ("pg", format!("{:?}", PostgresSql::new(&t))),
             ("mysql", format!("{:?}", MysqlSql::new(&t))),
             ("sqlite", format!("{:?}", SqliteSql::new(&TableName::parse(&table).expect("valid")))),
-            ("mssql", format!("{:?}", MssqlSql::new(&t))),
+            ("mssql", format!("{:?}", SqlServerSql::new(&t))),
         ];
         // Not SQL text: bind parameters (PostgreSQL's NOTIFY channel, SQL Server's
         // applock resource) and names the stores quote where they use them.

@@ -250,7 +250,7 @@ fn assert_no_secret(what: &str, texts: &[String]) {
 
 #[test]
 fn core_table_names_refuse_injection() {
-    use outboxer::core::ident::TableName;
+    use outboxer::__private::TableName;
     for bad in BAD_TABLES {
         is_invalid_identifier(TableName::parse(bad), bad);
     }
@@ -762,7 +762,7 @@ mod amqp_stream {
 /// put that text into `Error::InvalidUrl`.
 #[test]
 fn urls_without_slashes_are_redacted() {
-    use outboxer::core::redact::redact_url;
+    use outboxer::redact_url;
     for raw in [
         format!("amqp:guest:{SECRET}@127.0.0.1/%2f"),
         format!("postgres:u:{SECRET}@h/db"),

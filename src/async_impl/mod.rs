@@ -8,7 +8,7 @@
 //! [`Relay::err`]). Every blocking [`Stream`](crate::Stream) works here unchanged.
 //!
 //! Every `async fn` here must be awaited inside a tokio runtime (any flavour);
-//! outside one they return [`Error::Config`](crate::Error::Config).
+//! outside one they return [`Error::Config`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), outboxer::Error> {
@@ -36,9 +36,10 @@ mod outbox;
 mod relay;
 pub mod store;
 
-pub use crate::blocking::stream::{self, Stream};
 pub use outbox::{Outbox, OutboxBuilder, OutboxTx};
 pub use relay::Relay;
+// Also here for `use outboxer::async_impl::Store`; documented once, in `store`.
+#[doc(no_inline)]
 pub use store::Store;
 
 use crate::{Error, Result};
@@ -65,34 +66,36 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Handle> {
     })
 }
 
-/// Holds a value whose drop may block (a blocking relay joining its threads, a
-/// `postgres::Client` closing on its private runtime): dropped inside a tokio
-/// runtime, the value is dropped on a thread of its own instead.
-struct OffRuntime<T: Send + 'static>(Option<T>);
+/// The slot of a [`BlockingDrop`]: a value whose drop may block (a blocking relay
+/// joining its threads, a `postgres::Client` closing on its private runtime);
+/// dropped inside a tokio runtime, the value is dropped on a thread of its own
+/// instead.
+struct DropSlot<T: Send + 'static>(Option<T>);
 
-impl<T: Send + 'static> OffRuntime<T> {
+impl<T: Send + 'static> DropSlot<T> {
     fn get(&self) -> Option<&T> {
         self.0.as_ref()
     }
 }
 
-/// A value in an [`OffRuntime`], present until drop.
-pub(crate) struct Kept<T: Send + 'static>(OffRuntime<T>);
+/// A value whose drop may block, kept until drop and then dropped off the tokio
+/// runtime (see [`DropSlot`]); derefs to the value.
+pub(crate) struct BlockingDrop<T: Send + 'static>(DropSlot<T>);
 
-impl<T: Send + 'static> Kept<T> {
+impl<T: Send + 'static> BlockingDrop<T> {
     pub(crate) fn new(t: T) -> Self {
-        Kept(OffRuntime(Some(t)))
+        BlockingDrop(DropSlot(Some(t)))
     }
 }
 
-impl<T: Send + 'static> std::ops::Deref for Kept<T> {
+impl<T: Send + 'static> std::ops::Deref for BlockingDrop<T> {
     type Target = T;
     fn deref(&self) -> &T {
         self.0.get().expect("taken only by drop")
     }
 }
 
-impl<T: Send + 'static> Drop for OffRuntime<T> {
+impl<T: Send + 'static> Drop for DropSlot<T> {
     fn drop(&mut self) {
         let Some(t) = self.0.take() else { return };
         if tokio::runtime::Handle::try_current().is_err() {

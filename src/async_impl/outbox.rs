@@ -2,7 +2,7 @@
 
 use super::relay::Relay;
 use super::store::Store;
-use super::{unblock, Kept};
+use super::{unblock, BlockingDrop};
 use crate::blocking::store::{Requeue, Stats};
 use crate::blocking::stream::Stream;
 use crate::message::{Message, MessageId};
@@ -37,7 +37,7 @@ use std::time::Duration;
 /// ```
 pub struct Outbox<S: Store> {
     store: S,
-    inner: Arc<Kept<crate::Outbox<S::Blocking>>>,
+    inner: Arc<BlockingDrop<crate::Outbox<S::Blocking>>>,
 }
 
 impl<S: Store + Clone> Clone for Outbox<S> {
@@ -278,7 +278,7 @@ impl<S: Store> OutboxBuilder<S> {
         let inner = self.inner.build()?;
         Ok(Outbox {
             store,
-            inner: Arc::new(Kept::new(inner)),
+            inner: Arc::new(BlockingDrop::new(inner)),
         })
     }
 }

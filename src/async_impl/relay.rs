@@ -1,7 +1,7 @@
 //! The async relay handle: the blocking relay's threads do the work; one more
 //! thread forwards their outcomes into bounded async channels.
 
-use super::{unblock, Kept};
+use super::{unblock, BlockingDrop};
 use crate::message::{Delivered, Failure};
 use crate::{Error, RelayCounters, Result};
 use parking_lot::Mutex;
@@ -16,7 +16,7 @@ pub struct Relay {
     ok_rx: async_channel::Receiver<Delivered>,
     err_rx: async_channel::Receiver<Failure>,
     /// Dropped off the runtime: the blocking relay's drop joins its threads.
-    relay: Kept<Arc<crate::Relay>>,
+    relay: BlockingDrop<Arc<crate::Relay>>,
     forwarder: Mutex<Option<JoinHandle<()>>>,
     dropped: Arc<[AtomicU64; 2]>,
 }
@@ -68,7 +68,7 @@ impl Relay {
         Ok(Relay {
             ok_rx,
             err_rx,
-            relay: Kept::new(Arc::new(relay)),
+            relay: BlockingDrop::new(Arc::new(relay)),
             forwarder: Mutex::new(Some(forwarder)),
             dropped,
         })

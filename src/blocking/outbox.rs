@@ -1,7 +1,7 @@
 //! The blocking `Outbox`: enqueue in the caller's transaction, start the relay.
 
 use super::relay::{self, Relay};
-use super::store::{Requeue, Stats, Store};
+use super::store::{Requeue, Stats, Store, TxStore};
 use super::stream::{Stream, Validate};
 use crate::core::config::{OnPark, RelayConfig};
 use crate::core::retry::Backoff;
@@ -119,6 +119,52 @@ impl<S: Store> Outbox<S> {
         Ok(messages.iter().map(|m| m.message_id).collect())
     }
 
+    /// Starts the relay threads (claim, publish, mark, cleanup, wake-up listener).
+    /// The returned handle's `stop()` (or drop) stops them.
+    pub fn start(&self) -> Result<Relay> {
+        if !self.shared.has_stream {
+            return Err(Error::config(
+                "stream",
+                "no stream was given to the builder",
+            ));
+        }
+        let stream = self
+            .shared
+            .stream
+            .lock()
+            .take()
+            .ok_or(Error::AlreadyStarted)?;
+        relay::start(Arc::clone(&self.shared), stream)
+    }
+
+    /// Moves parked messages back to pending with a fresh attempt budget.
+    pub fn requeue(&self, which: &Requeue) -> Result<u64> {
+        let n = self.shared.store.requeue(which)?;
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    /// Gives parked key heads up (see [`Store::skip`]): they stay parked, and
+    /// their keys' later messages flow. Returns how many moved.
+    pub fn skip(&self, ids: &[i64]) -> Result<u64> {
+        let n = self.shared.store.skip(ids)?;
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    /// Counts by status and the age of the oldest pending message.
+    pub fn stats(&self) -> Result<Stats> {
+        self.shared.store.stats()
+    }
+}
+
+/// Joining the caller's transaction: needs a store that names its transaction
+/// type ([`TxStore`]).
+impl<S: TxStore> Outbox<S> {
     /// Enqueues inside the caller's transaction: the message is published only if
     /// that transaction commits. Relays are woken by the store's notification
     /// (PostgreSQL NOTIFY, delivered at commit) or by polling.
@@ -163,59 +209,17 @@ impl<S: Store> Outbox<S> {
         }
         Ok(r)
     }
-
-    /// Starts the relay threads (claim, publish, mark, cleanup, wake-up listener).
-    /// The returned handle's `stop()` (or drop) stops them.
-    pub fn start(&self) -> Result<Relay> {
-        if !self.shared.has_stream {
-            return Err(Error::config(
-                "stream",
-                "no stream was given to the builder",
-            ));
-        }
-        let stream = self
-            .shared
-            .stream
-            .lock()
-            .take()
-            .ok_or(Error::AlreadyStarted)?;
-        relay::start(Arc::clone(&self.shared), stream)
-    }
-
-    /// Moves parked messages back to pending with a fresh attempt budget.
-    pub fn requeue(&self, which: &Requeue) -> Result<u64> {
-        let n = self.shared.store.requeue(which)?;
-        if n > 0 {
-            self.wake();
-        }
-        Ok(n)
-    }
-
-    /// Gives parked key heads up (see [`Store::skip`]): they stay parked, and
-    /// their keys' later messages flow. Returns how many moved.
-    pub fn skip(&self, ids: &[i64]) -> Result<u64> {
-        let n = self.shared.store.skip(ids)?;
-        if n > 0 {
-            self.wake();
-        }
-        Ok(n)
-    }
-
-    /// Counts by status and the age of the oldest pending message.
-    pub fn stats(&self) -> Result<Stats> {
-        self.shared.store.stats()
-    }
 }
 
 /// The caller's transaction inside [`Outbox::transaction`]: derefs to the store's
 /// transaction type (e.g. `postgres::Transaction`) and adds [`OutboxTx::send`].
-pub struct OutboxTx<'a, 't, S: Store> {
+pub struct OutboxTx<'a, 't, S: TxStore> {
     tx: &'a mut S::Tx<'t>,
     outbox: &'a Outbox<S>,
     sent: &'a mut bool,
 }
 
-impl<'t, S: Store> OutboxTx<'_, 't, S> {
+impl<'t, S: TxStore> OutboxTx<'_, 't, S> {
     /// Enqueues a message in this transaction.
     pub fn send(&mut self, message: Message) -> Result<MessageId> {
         let id = self.outbox.send_within_tx(self.tx, message)?;
@@ -224,14 +228,14 @@ impl<'t, S: Store> OutboxTx<'_, 't, S> {
     }
 }
 
-impl<'t, S: Store> Deref for OutboxTx<'_, 't, S> {
+impl<'t, S: TxStore> Deref for OutboxTx<'_, 't, S> {
     type Target = S::Tx<'t>;
     fn deref(&self) -> &Self::Target {
         self.tx
     }
 }
 
-impl<'t, S: Store> DerefMut for OutboxTx<'_, 't, S> {
+impl<'t, S: TxStore> DerefMut for OutboxTx<'_, 't, S> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         self.tx
     }

@@ -1,17 +1,7 @@
 //! Kinesis routing options (Go-compatible keys), the typed builder, and the
 //! record envelope. No I/O.
 //!
-//! # Record envelope (version 1)
-//! Kinesis records have no attributes, so the message id and headers travel
-//! with the payload in a small JSON object, the record's data:
-//!
-//! ```json
-//! {"v":1,"id":"0190…","headers":{"tenant":"acme"},"payload":"text"}
-//! ```
-//!
-//! `payload` holds the payload when it is UTF-8; otherwise `payload_b64` holds
-//! it in standard base64. [`decode_record`] reads it back; any other `v` is
-//! refused, so a future format can be told apart.
+//! The wire format is documented in the public stream module.
 
 use crate::core::options::{reject_unknown, required_string, string};
 use crate::message::{Headers, Options};
@@ -148,7 +138,7 @@ pub fn partition_key(route: &KinesisRoute, ordering_key: Option<&str>, message_i
     }
 }
 
-/// Builds the record data (envelope version 1, see the module docs).
+/// Builds the record data (envelope version 1, see [`outboxer::stream::kinesis`](crate::stream::kinesis)).
 pub fn encode_record(message_id: &str, payload: &[u8], headers: &Headers) -> Vec<u8> {
     let mut m = Map::new();
     m.insert("v".into(), Value::from(1));

@@ -1,7 +1,18 @@
-//! Secrets never reach errors or logs: passwords in URLs are replaced.
+//! Secrets never reach errors or logs: passwords in URLs and connection strings
+//! are replaced. The functions are public at the crate root
+//! ([`crate::redact_url`], [`crate::redact_connection_string`]).
 
 /// Returns `url` with any password (and `password=` query values) replaced by `***`.
 /// Input that does not parse as a URL is reduced to its scheme, which is never secret.
+///
+/// This is what the library's own errors and logs show of a URL.
+///
+/// ```
+/// assert_eq!(
+///     outboxer::redact_url("amqp://guest:s3cret@127.0.0.1:5672/%2f"),
+///     "amqp://guest:***@127.0.0.1:5672/%2f"
+/// );
+/// ```
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         // Without `//` (e.g. `amqp:user:pw@host`) the url crate sees an opaque path
@@ -46,6 +57,26 @@ pub fn redact_url(raw: &str) -> String {
             }
             _ => "<unparsable url>".to_string(),
         },
+    }
+}
+
+/// Returns a store URL or connection string with its secrets replaced by `***`:
+/// URL-style strings (`postgres://`, `mysql://`, `sqlserver://`, ...) as
+/// [`redact_url`] does, ADO.NET and JDBC `key=value` strings (SQL Server) with
+/// their password, secret, token and key values replaced.
+///
+/// ```
+/// let shown = outboxer::redact_connection_string(
+///     "server=tcp:db,1433;user=sa;password=s3cret;TrustServerCertificate=true",
+/// );
+/// assert!(!shown.contains("s3cret"), "{shown}");
+/// ```
+pub fn redact_connection_string(conn_str: &str) -> String {
+    let lower = conn_str.trim_start().to_ascii_lowercase();
+    if conn_str.contains("://") && !lower.starts_with("jdbc:") {
+        redact_url(conn_str)
+    } else {
+        crate::core::sql::sqlserver::redact_ado(conn_str)
     }
 }
 

@@ -1,19 +1,7 @@
 //! SQS routing options (Go-compatible keys), the typed builder, and how a
 //! message becomes an SQS body plus message attributes. No I/O.
 //!
-//! # Wire format
-//! - Body: the payload as text when it is UTF-8 made only of the characters SQS
-//!   accepts (XML 1.0); otherwise the payload in standard base64 and the string
-//!   attribute `outboxer-body-encoding` = `base64`.
-//! - `outboxer-message-id`: the message id (string attribute).
-//! - Headers: each one a string attribute when its name is a valid SQS attribute
-//!   name (`A-Za-z0-9_-.`, at most 256 bytes, not `aws.`/`amazon.`, no `..`),
-//!   its value non-empty and made of XML characters, and one of the first
-//!   [`MAX_HEADER_ATTRIBUTES`] such headers (SQS allows 10 attributes a
-//!   message). All other headers travel as one JSON object (string to string) in
-//!   the string attribute `outboxer-headers`.
-//!
-//! [`decode`] turns a received body and its attributes back into payload and headers.
+//! The wire format is documented in the public stream module.
 
 use crate::core::aws::xml_char;
 use crate::core::options::{reject_unknown, required_string, string};
@@ -269,7 +257,7 @@ impl Encoded {
     }
 }
 
-/// Encodes a message for SQS (see the module docs). Refuses headers that use the
+/// Encodes a message for SQS (see [`outboxer::stream::sqs`](crate::stream::sqs)). Refuses headers that use the
 /// reserved names or contain characters SQS cannot carry.
 pub fn encode(message_id: &str, payload: &[u8], headers: &Headers) -> Result<Encoded> {
     let mut attributes = BTreeMap::new();

@@ -72,8 +72,8 @@ store_conformance!(My);
 #[test]
 fn claim_and_cleanup_use_indexes() {
     use crate::conformance::{store, unique};
-    use outboxer::core::ident::TableName;
-    use outboxer::core::sql_mysql::MysqlSql;
+    use outboxer::__private::sql::mysql::MysqlSql;
+    use outboxer::__private::TableName;
     use outboxer::store::Store;
     use outboxer::Message;
     let t = unique("c_explain");

@@ -61,8 +61,8 @@ store_conformance!(Pg);
 #[test]
 fn claim_uses_the_undelivered_key_index_after_upgrade() {
     use crate::conformance::{store, unique};
-    use outboxer::core::ident::TableName;
-    use outboxer::core::sql_pg::PgSql;
+    use outboxer::__private::sql::postgres::PostgresSql;
+    use outboxer::__private::TableName;
     let t = unique("c_pgexplain");
     let s = store::<Pg>(&t);
     Pg::exec(&[
@@ -94,7 +94,7 @@ fn claim_uses_the_undelivered_key_index_after_upgrade() {
         names.iter().any(|n| n.ends_with("_undelivered_key_idx")),
         "{names:?}"
     );
-    let sql = PgSql::new(&TableName::parse(&t).expect("name"));
+    let sql = PostgresSql::new(&TableName::parse(&t).expect("name"));
     let mut tx = c.transaction().expect("tx");
     tx.batch_execute("SET LOCAL enable_sort = off")
         .expect("set");
@@ -123,7 +123,7 @@ fn claim_uses_the_undelivered_key_index_after_upgrade() {
 #[test]
 fn pool_caps_open_connections() {
     use crate::conformance::unique;
-    use outboxer::Store;
+    use outboxer::{Store, TxStore};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
     let t = unique("c_pool");

@@ -8,9 +8,9 @@
 //! sqlserver -- --include-ignored`. The tests below this suite need no server.
 
 use crate::conformance::{lit, Harness};
-use outboxer::core::sql_mssql::redact_ado;
+use outboxer::redact_connection_string as redact_ado;
 use outboxer::store::SqlServerStore;
-use outboxer::{Error, Store};
+use outboxer::{Error, Store, TxStore};
 use std::time::{Duration, Instant};
 
 fn url() -> String {

@@ -130,13 +130,13 @@ impl StreamHarness for Kinesis {
     type C = ShardReader;
     fn stream() -> KinesisStream {
         KinesisStream::builder(&url("kinesis", &shared_proxy().url()))
-            .timeout(Duration::from_secs(5))
+            .request_timeout(Duration::from_secs(5))
             .build()
             .expect("Kinesis stream")
     }
     fn unreachable() -> KinesisStream {
         KinesisStream::builder("kinesis://AKID:hunter2@us-east-1?endpoint=http://127.0.0.1:1")
-            .retries(1)
+            .request_attempts(2)
             .build()
             .expect("valid URL")
     }
@@ -412,8 +412,8 @@ fn a_silent_server_holds_a_publish_no_longer_than_its_deadline() {
     let timeout = Duration::from_secs(1);
     let stream = || {
         KinesisStream::builder(&url("kinesis", &silent.url()))
-            .timeout(timeout)
-            .retries(10)
+            .request_timeout(timeout)
+            .request_attempts(11)
             .build()
             .expect("stream")
     };

@@ -111,14 +111,14 @@ impl Consumer for QueueReader {
 
 fn through_proxy() -> SqsStream {
     SqsStream::builder(&url("sqs", &shared_proxy().url()))
-        .timeout(Duration::from_secs(5))
+        .request_timeout(Duration::from_secs(5))
         .build()
         .expect("SQS stream")
 }
 
 fn unreachable_stream() -> SqsStream {
     SqsStream::builder("sqs://AKID:hunter2@us-east-1?endpoint=http://127.0.0.1:1")
-        .retries(1)
+        .request_attempts(2)
         .build()
         .expect("valid URL")
 }
@@ -207,7 +207,7 @@ fn throttling_and_server_errors_are_retried_then_delivered_once() {
     let reader = QueueReader::new(url.clone());
     let proxy = own_proxy();
     let mut s = SqsStream::builder(&crate::aws::url("sqs", &proxy.url()))
-        .retries(4)
+        .request_attempts(5)
         .build()
         .expect("stream");
     proxy.inject([
@@ -240,7 +240,7 @@ fn exhausted_retries_are_transient() {
     let url = create_queue(&unique("q_busy"));
     let proxy = own_proxy();
     let mut s = SqsStream::builder(&crate::aws::url("sqs", &proxy.url()))
-        .retries(1)
+        .request_attempts(2)
         .build()
         .expect("stream");
     proxy.inject([Fault::Status(503, "{}"), Fault::Status(503, "{}")]);
@@ -257,8 +257,8 @@ fn slow_answers_are_a_transient_timeout() {
     let url = create_queue(&unique("q_slow"));
     let proxy = own_proxy();
     let mut s = SqsStream::builder(&crate::aws::url("sqs", &proxy.url()))
-        .timeout(Duration::from_millis(300))
-        .retries(1)
+        .request_timeout(Duration::from_millis(300))
+        .request_attempts(2)
         .build()
         .expect("stream");
     proxy.inject([
@@ -715,8 +715,8 @@ fn a_silent_server_holds_a_publish_no_longer_than_its_deadline() {
     let timeout = Duration::from_secs(1);
     let stream = || {
         SqsStream::builder(&crate::aws::url("sqs", &silent.url()))
-            .timeout(timeout)
-            .retries(10)
+            .request_timeout(timeout)
+            .request_attempts(11)
             .build()
             .expect("stream")
     };
@@ -747,8 +747,8 @@ fn slow_answers_hold_a_publish_no_longer_than_its_deadline() {
     let timeout = Duration::from_secs(1);
     crate::conformance::publish_returns_by_the_deadline(
         SqsStream::builder(&crate::aws::url("sqs", &proxy.url()))
-            .timeout(timeout)
-            .retries(10)
+            .request_timeout(timeout)
+            .request_attempts(11)
             .build()
             .expect("stream"),
         &sqs::queue(&url).into(),

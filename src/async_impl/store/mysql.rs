@@ -6,7 +6,7 @@
 use super::{run_in, Finish, Store};
 use crate::async_impl::unblock;
 use crate::core::redact::redact_url;
-use crate::core::sql_mysql::MysqlSql;
+use crate::core::sql::mysql::MysqlSql;
 use crate::message::Message;
 use crate::{Error, Result};
 use mysql_async::{IsolationLevel, Opts, Pool, TxOpts};
@@ -18,7 +18,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 // Compiled twice on purpose: once blocking, once async (maybe-async).
 #[allow(clippy::duplicate_mod)]
-#[path = "../../mirrored/mysql_enqueue.rs"]
+#[path = "../../enqueue/mysql.rs"]
 mod enqueue;
 
 /// The outbox table in MySQL 8 or MariaDB 10.6+, for async code.

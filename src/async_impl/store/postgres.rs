@@ -3,10 +3,10 @@
 //! same table. The enqueue statements are the blocking store's, compiled for async.
 
 use super::{run_in, Finish, Store};
-use crate::async_impl::{runtime, unblock, Kept};
+use crate::async_impl::{runtime, unblock, BlockingDrop};
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
-use crate::core::sql_pg::PgSql;
+use crate::core::sql::postgres::PostgresSql;
 use crate::message::Message;
 use crate::{Error, Result};
 use parking_lot::Mutex;
@@ -18,11 +18,11 @@ use tokio_postgres::{Client, NoTls};
 // The enqueue path shared with the blocking store (compiled here with `.await`).
 use maybe_async::must_be_async as maybe;
 /// `tokio_postgres::GenericClient` whose futures are `Send`.
-pub(crate) trait PgClient: tokio_postgres::GenericClient + Send + Sync {}
-impl<T: tokio_postgres::GenericClient + Send + Sync> PgClient for T {}
+pub(crate) trait PostgresClient: tokio_postgres::GenericClient + Send + Sync {}
+impl<T: tokio_postgres::GenericClient + Send + Sync> PostgresClient for T {}
 // Compiled twice on purpose: once blocking, once async (maybe-async).
 #[allow(clippy::duplicate_mod)]
-#[path = "../../mirrored/pg_enqueue.rs"]
+#[path = "../../enqueue/postgres.rs"]
 mod enqueue;
 
 /// The outbox table in PostgreSQL, for async code.
@@ -46,9 +46,9 @@ pub struct PostgresStore {
 }
 
 struct Inner {
-    blocking: Kept<crate::store::PostgresStore>,
+    blocking: BlockingDrop<crate::store::PostgresStore>,
     config: tokio_postgres::Config,
-    sql: PgSql,
+    sql: PostgresSql,
     lock_space: i32,
     notify: bool,
     idle: Mutex<Vec<Client>>,
@@ -182,8 +182,8 @@ impl PostgresStoreBuilder {
         let table = blocking.table().clone();
         let store = PostgresStore {
             inner: Arc::new(Inner {
-                blocking: Kept::new(blocking),
-                sql: PgSql::new(&table),
+                blocking: BlockingDrop::new(blocking),
+                sql: PostgresSql::new(&table),
                 lock_space: table.lock_space(),
                 config,
                 notify,

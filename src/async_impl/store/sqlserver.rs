@@ -9,7 +9,7 @@
 use super::{run_in, Finish, Store};
 use crate::async_impl::unblock;
 use crate::blocking::store::{open_client, TdsClient};
-use crate::core::sql_mssql::{batch, MssqlSql};
+use crate::core::sql::sqlserver::{batch, SqlServerSql};
 use crate::message::Message;
 use crate::{Error, Result};
 use tiberius::Query;
@@ -18,7 +18,7 @@ use tiberius::Query;
 use maybe_async::must_be_async as maybe;
 // Compiled twice on purpose: once blocking, once async (maybe-async).
 #[allow(clippy::duplicate_mod)]
-#[path = "../../mirrored/mssql_enqueue.rs"]
+#[path = "../../enqueue/sqlserver.rs"]
 mod enqueue;
 
 /// A request target for the shared enqueue path: the caller's client.
@@ -56,7 +56,7 @@ impl Conn<'_> {
 #[derive(Clone, Debug)]
 pub struct SqlServerStore {
     blocking: crate::store::SqlServerStore,
-    sql: MssqlSql,
+    sql: SqlServerSql,
 }
 
 /// The caller's tiberius client: inside `BEGIN TRAN` when passed to
@@ -80,7 +80,7 @@ impl SqlServerStore {
     /// [`crate::store::SqlServerStore::builder`].
     pub fn new(blocking: crate::store::SqlServerStore) -> Self {
         SqlServerStore {
-            sql: MssqlSql::new(blocking.table()),
+            sql: SqlServerSql::new(blocking.table()),
             blocking,
         }
     }

@@ -8,7 +8,7 @@ use serde_json::json;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-pub fn migrate<S: Store>(store: &S, what: &str) -> Result<(), Fail> {
+pub fn migrate(store: &dyn Store, what: &str) -> Result<(), Fail> {
     store.migrate()?;
     println!("migrated {what}");
     Ok(())
@@ -22,7 +22,7 @@ pub struct Snapshot {
     pub held: Vec<HeldKey>,
 }
 
-pub fn snapshot<S: Store>(store: &S, parked_limit: usize) -> Result<Snapshot, Fail> {
+pub fn snapshot(store: &dyn Store, parked_limit: usize) -> Result<Snapshot, Fail> {
     let listed = parked_limit > 0;
     Ok(Snapshot {
         stats: store.stats()?,
@@ -164,7 +164,7 @@ pub struct StatsOptions {
     pub parked_limit: usize,
 }
 
-pub fn stats<S: Store>(store: &S, o: &StatsOptions, shown: &str, table: &str) -> Result<(), Fail> {
+pub fn stats(store: &dyn Store, o: &StatsOptions, shown: &str, table: &str) -> Result<(), Fail> {
     let stdout = std::io::stdout();
     let mut n = 0u64;
     loop {
@@ -197,7 +197,7 @@ pub fn stats<S: Store>(store: &S, o: &StatsOptions, shown: &str, table: &str) ->
     }
 }
 
-pub fn requeue<S: Store>(store: &S, which: &Requeue) -> Result<(), Fail> {
+pub fn requeue(store: &dyn Store, which: &Requeue) -> Result<(), Fail> {
     let n = store.requeue(which)?;
     println!("requeued {n} parked message(s)");
     Ok(())
@@ -205,7 +205,7 @@ pub fn requeue<S: Store>(store: &S, which: &Requeue) -> Result<(), Fail> {
 
 /// Gives parked key heads up, one id at a time so that an id that is not a parked
 /// message holding its key is named in the error (the others are skipped).
-pub fn skip<S: Store>(store: &S, ids: &[i64]) -> Result<(), Fail> {
+pub fn skip(store: &dyn Store, ids: &[i64]) -> Result<(), Fail> {
     let mut moved = 0u64;
     let mut refused = Vec::new();
     for &id in ids {
@@ -228,7 +228,7 @@ pub fn skip<S: Store>(store: &S, ids: &[i64]) -> Result<(), Fail> {
 
 /// Deletes dispatched rows older than `age` (and with `parked`, parked rows enqueued
 /// before then), in batches; pending rows always stay.
-pub fn purge<S: Store>(store: &S, age: Duration, before: &str, parked: bool) -> Result<(), Fail> {
+pub fn purge(store: &dyn Store, age: Duration, before: &str, parked: bool) -> Result<(), Fail> {
     const BATCH: usize = 5000;
     let in_batches = |f: &dyn Fn() -> outboxer::Result<u64>| -> Result<u64, Fail> {
         let mut total = 0u64;

@@ -37,7 +37,7 @@ struct AmqpSink {
 /// amiquip's `Connection::open` goes through `url` 1.x and its `idna` advisory
 /// (see the README's security section), which outboxer never calls.
 fn connect(raw: &str) -> Result<Connection, Fail> {
-    let shown = outboxer::core::redact::redact_url(raw);
+    let shown = outboxer::redact_url(raw);
     let bad = |why: &str| Fail::usage(format!("stream {shown}: {why}"));
     let url = url::Url::parse(raw).map_err(|_| bad("not a URL"))?;
     // Percent-decoding of user, password and vhost (`%2f` is `/`).
@@ -88,7 +88,7 @@ fn connect(raw: &str) -> Result<Connection, Fail> {
 
 impl AmqpSink {
     fn setup(url: &str, name: &str) -> Result<AmqpSink, Fail> {
-        let shown = outboxer::core::redact::redact_url(url);
+        let shown = outboxer::redact_url(url);
         let err = |e: amiquip::Error| Fail::runtime(format!("setting up {shown}: {e}"));
         let mut conn = connect(url)?;
         let ch = conn.open_channel(None).map_err(err)?;
@@ -146,8 +146,8 @@ fn bar(n: u64, what: &str) -> ProgressBar {
     pb
 }
 
-pub fn run<S: Store>(
-    store: S,
+pub fn run(
+    store: Box<dyn Store>,
     stream_url: &str,
     stream: Box<dyn Stream>,
     o: &BenchOptions,

@@ -1,36 +1,12 @@
 //! URL-scheme dispatch: which store and which stream a URL names.
 
 use crate::fail::Fail;
-use outboxer::core::redact::redact_url;
 use outboxer::store::{MysqlStore, PostgresStore, SqliteStore};
-use outboxer::Stream;
+use outboxer::{redact_connection_string, redact_url};
+use outboxer::{Store, Stream};
 
 #[cfg(feature = "sqlserver")]
 use outboxer::store::SqlServerStore;
-
-/// The stores the command can open. `Store` is generic (its transaction type), so
-/// commands are written once as generic functions and called through [`with_store!`].
-pub enum AnyStore {
-    Postgres(PostgresStore),
-    Mysql(MysqlStore),
-    Sqlite(SqliteStore),
-    #[cfg(feature = "sqlserver")]
-    SqlServer(SqlServerStore),
-}
-
-/// Runs `$body` with `$s` bound to the concrete store inside `$any`.
-macro_rules! with_store {
-    ($any:expr, $s:ident => $body:expr) => {
-        match $any {
-            $crate::connect::AnyStore::Postgres($s) => $body,
-            $crate::connect::AnyStore::Mysql($s) => $body,
-            $crate::connect::AnyStore::Sqlite($s) => $body,
-            #[cfg(feature = "sqlserver")]
-            $crate::connect::AnyStore::SqlServer($s) => $body,
-        }
-    };
-}
-pub(crate) use with_store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
@@ -70,23 +46,18 @@ pub fn store_kind(url: &str) -> Result<StoreKind, Fail> {
 /// A store URL or connection string safe to print: passwords replaced by `***`.
 /// SQLite paths are shown as they are (a path holds no password).
 pub fn display_url(url: &str) -> String {
-    let lower = url.trim_start().to_ascii_lowercase();
-    if lower.starts_with("sqlite:") {
+    if url.trim_start().to_ascii_lowercase().starts_with("sqlite:") {
         url.to_string()
-    } else if lower.contains("://") && !lower.starts_with("jdbc:") {
-        redact_url(url)
     } else {
-        outboxer::core::sql_mssql::redact_ado(url)
+        redact_connection_string(url)
     }
 }
 
 /// Opens the store at `url` on `table` (default `event_store`). Does not migrate.
-pub fn open_store(url: &str, table: Option<&str>) -> Result<AnyStore, Fail> {
+pub fn open_store(url: &str, table: Option<&str>) -> Result<Box<dyn Store>, Fail> {
     let table = table.unwrap_or("event_store");
     Ok(match store_kind(url)? {
-        StoreKind::Postgres => {
-            AnyStore::Postgres(PostgresStore::builder(url).table(table).build()?)
-        }
+        StoreKind::Postgres => Box::new(PostgresStore::builder(url).table(table).build()?),
         StoreKind::Mysql => {
             // The driver knows mysql:// only; MariaDB speaks the same protocol.
             let url = match url.get(..10) {
@@ -95,13 +66,11 @@ pub fn open_store(url: &str, table: Option<&str>) -> Result<AnyStore, Fail> {
                 }
                 _ => url.to_string(),
             };
-            AnyStore::Mysql(MysqlStore::builder(&url).table(table).build()?)
+            Box::new(MysqlStore::builder(&url).table(table).build()?)
         }
-        StoreKind::Sqlite => AnyStore::Sqlite(SqliteStore::builder(url).table(table).build()?),
+        StoreKind::Sqlite => Box::new(SqliteStore::builder(url).table(table).build()?),
         #[cfg(feature = "sqlserver")]
-        StoreKind::SqlServer => {
-            AnyStore::SqlServer(SqlServerStore::builder(url).table(table).build()?)
-        }
+        StoreKind::SqlServer => Box::new(SqlServerStore::builder(url).table(table).build()?),
         #[cfg(not(feature = "sqlserver"))]
         StoreKind::SqlServer => {
             return Err(not_compiled("sqlserver", "store"));

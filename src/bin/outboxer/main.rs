@@ -12,7 +12,7 @@ mod settings;
 
 use args::{Cli, Command, Common};
 use clap::Parser;
-use connect::{display_url, open_store, open_stream, with_store};
+use connect::{display_url, open_store, open_stream};
 use fail::Fail;
 use outboxer::store::Requeue;
 use settings::{FileConfig, RelaySettings};
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
 
 /// The store and table a command works on, with the printable name of both.
 struct Opened {
-    store: connect::AnyStore,
+    store: Box<dyn outboxer::Store>,
     shown: String,
     table: String,
 }
@@ -84,7 +84,7 @@ fn run(command: Command) -> Result<(), Fail> {
             let file = FileConfig::load(&common)?;
             let o = open(&common, &file, "event_store")?;
             let what = format!("table {} on {}", o.table, o.shown);
-            with_store!(o.store, s => admin::migrate(&s, &what))
+            admin::migrate(&*o.store, &what)
         }
         Command::Relay(a) => {
             let file = FileConfig::load(&a.common)?;
@@ -96,9 +96,9 @@ fn run(command: Command) -> Result<(), Fail> {
                 "table {} on {} -> {}",
                 o.table,
                 o.shown,
-                outboxer::core::redact::redact_url(&url)
+                outboxer::redact_url(&url)
             );
-            with_store!(o.store, s => relay::run(s, stream, &settings, &what))
+            relay::run(o.store, stream, &settings, &what)
         }
         Command::Stats(a) => {
             let file = FileConfig::load(&a.common)?;
@@ -121,7 +121,7 @@ fn run(command: Command) -> Result<(), Fail> {
             };
             let o = open(&a.common, &file, "event_store")?;
             let (shown, table) = (o.shown.clone(), o.table.clone());
-            with_store!(o.store, s => admin::stats(&s, &opts, &shown, &table))
+            admin::stats(&*o.store, &opts, &shown, &table)
         }
         Command::Requeue(a) => {
             let file = FileConfig::load(&a.common)?;
@@ -131,19 +131,19 @@ fn run(command: Command) -> Result<(), Fail> {
                 Requeue::Ids(a.id)
             };
             let o = open(&a.common, &file, "event_store")?;
-            with_store!(o.store, s => admin::requeue(&s, &which))
+            admin::requeue(&*o.store, &which)
         }
         Command::Skip(a) => {
             let file = FileConfig::load(&a.common)?;
             let o = open(&a.common, &file, "event_store")?;
-            with_store!(o.store, s => admin::skip(&s, &a.id))
+            admin::skip(&*o.store, &a.id)
         }
         Command::Purge(a) => {
             let file = FileConfig::load(&a.common)?;
             let age = parse::age_or_time(&a.before, SystemTime::now())
                 .map_err(|e| Fail::usage(format!("--before: {e}")))?;
             let o = open(&a.common, &file, "event_store")?;
-            with_store!(o.store, s => admin::purge(&s, age, &a.before, a.include_parked))
+            admin::purge(&*o.store, age, &a.before, a.include_parked)
         }
         Command::Bench(a) => {
             let file = FileConfig::load(&a.common)?;
@@ -163,7 +163,7 @@ fn run(command: Command) -> Result<(), Fail> {
             };
             let o = open(&a.common, &file, "outboxer_bench")?;
             let stream = open_stream(&url)?;
-            with_store!(o.store, s => bench::run(s, &url, stream, &opts))
+            bench::run(o.store, &url, stream, &opts)
         }
     }
 }

@@ -41,8 +41,8 @@ fn action(a: FailureAction) -> &'static str {
 }
 
 /// Runs the relay until a stop signal; logs outcomes to stderr.
-pub fn run<S: Store>(
-    store: S,
+pub fn run(
+    store: Box<dyn Store>,
     stream: Box<dyn Stream>,
     s: &RelaySettings,
     what: &str,

@@ -270,29 +270,40 @@ pub trait WakeListener: Send {
     fn wait(&mut self, timeout: Duration) -> Result<bool>;
 }
 
-/// A database that holds the outbox table.
+/// A database that holds the outbox table: everything the relay and the
+/// `outboxer` command need (enqueue in the store's own transaction, claim, mark,
+/// release, cleanup, stats and the operator's actions).
+///
+/// Object safe: `Box<dyn Store>` and `Arc<dyn Store>` are stores too, so a program
+/// that picks its database at run time holds one type (the command does).
+/// Joining the caller's transaction needs the transaction's type: that is
+/// [`TxStore`].
 ///
 /// Implementations must be safe to use from several threads and processes at once:
 /// claims are leases, and marks check the lease token.
+///
+/// ```no_run
+/// # fn main() -> outboxer::Result<()> {
+/// use outboxer::store::{PostgresStore, SqliteStore, Store};
+///
+/// let url = std::env::var("OUTBOX_DB").unwrap_or_default();
+/// let store: Box<dyn Store> = if url.starts_with("postgres://") {
+///     Box::new(PostgresStore::connect(&url)?)
+/// } else {
+///     Box::new(SqliteStore::open("outbox.db")?)
+/// };
+/// store.migrate()?;
+/// let outbox = outboxer::Outbox::builder().store(store).build()?;
+/// println!("{:?}", outbox.stats()?);
+/// # Ok(()) }
+/// ```
 pub trait Store: Send + Sync + 'static {
-    /// The caller's transaction type that messages can join.
-    type Tx<'a>;
-
     /// Creates or upgrades the table and its indexes; idempotent and safe under
     /// concurrent callers.
     fn migrate(&self) -> Result<()>;
 
     /// Inserts messages in one transaction of the store's own.
     fn enqueue(&self, messages: &[Message]) -> Result<()>;
-
-    /// Inserts messages inside the caller's transaction: they commit or roll back with it.
-    fn enqueue_in_tx(&self, tx: &mut Self::Tx<'_>, messages: &[Message]) -> Result<()>;
-
-    /// Begins a transaction, runs `f`, commits on `Ok`, rolls back on `Err`.
-    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
-    where
-        F: FnOnce(&mut Self::Tx<'_>) -> std::result::Result<R, E>,
-        E: From<crate::Error>;
 
     /// Claims up to `limit` publishable messages under `lease`, in id order, at most
     /// one per ordering key (the earliest pending one). A row that cannot be decoded
@@ -389,3 +400,79 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 }
+
+/// A [`Store`] whose messages can join the caller's transaction: the part of the
+/// store seam that names the driver's transaction type (so it is not object
+/// safe). [`Outbox::send_within_tx`](crate::Outbox::send_within_tx) and
+/// [`Outbox::transaction`](crate::Outbox::transaction) need it; everything else
+/// needs only [`Store`].
+pub trait TxStore: Store {
+    /// The caller's transaction type that messages can join
+    /// (e.g. `postgres::Transaction`).
+    type Tx<'a>;
+
+    /// Inserts messages inside the caller's transaction: they commit or roll back with it.
+    fn enqueue_in_tx(&self, tx: &mut Self::Tx<'_>, messages: &[Message]) -> Result<()>;
+
+    /// Begins a transaction, runs `f`, commits on `Ok`, rolls back on `Err`.
+    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut Self::Tx<'_>) -> std::result::Result<R, E>,
+        E: From<crate::Error>;
+}
+
+/// Forwards every [`Store`] method to the store behind a pointer, so that
+/// `Box<dyn Store>` and `Arc<dyn Store>` (and boxes of concrete stores) are stores.
+macro_rules! forward_store {
+    ($($ptr:ident)::+) => {
+        impl<S: Store + ?Sized> Store for $($ptr)::+<S> {
+            fn migrate(&self) -> Result<()> {
+                (**self).migrate()
+            }
+            fn enqueue(&self, messages: &[Message]) -> Result<()> {
+                (**self).enqueue(messages)
+            }
+            fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
+                (**self).claim(lease, limit)
+            }
+            fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
+                (**self).mark_dispatched(lease, ids)
+            }
+            fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {
+                (**self).mark_failed(lease, failures)
+            }
+            fn release(&self, lease: &Lease, ids: &[i64], retry_in: Duration) -> Result<usize> {
+                (**self).release(lease, ids, retry_in)
+            }
+            fn cleanup(&self, older_than: Duration, limit: usize) -> Result<u64> {
+                (**self).cleanup(older_than, limit)
+            }
+            fn requeue(&self, which: &Requeue) -> Result<u64> {
+                (**self).requeue(which)
+            }
+            fn skip(&self, ids: &[i64]) -> Result<u64> {
+                (**self).skip(ids)
+            }
+            fn held_keys(&self, limit: usize) -> Result<Vec<HeldKey>> {
+                (**self).held_keys(limit)
+            }
+            fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
+                (**self).purge_parked(older_than, limit)
+            }
+            fn stats(&self) -> Result<Stats> {
+                (**self).stats()
+            }
+            fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {
+                (**self).attempts_histogram()
+            }
+            fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>> {
+                (**self).parked(limit)
+            }
+            fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
+                (**self).wake_listener()
+            }
+        }
+    };
+}
+forward_store!(Box);
+forward_store!(std::sync::Arc);

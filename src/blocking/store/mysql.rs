@@ -4,12 +4,12 @@
 
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, Undecodable,
+    Store, TxStore, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
-use crate::core::sql_mysql::{failed_status, MysqlSql, EXTRA_COLUMNS};
+use crate::core::sql::mysql::{failed_status, MysqlSql, EXTRA_COLUMNS};
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
 use mysql::prelude::Queryable;
@@ -21,7 +21,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 // The enqueue path shared with the async store (compiled here without `.await`).
 use maybe_async::must_be_sync as maybe;
-#[path = "../../mirrored/mysql_enqueue.rs"]
+#[path = "../../enqueue/mysql.rs"]
 mod enqueue;
 
 /// The outbox table in MySQL 8.0.13+ or MariaDB 10.6+ (both have `SKIP LOCKED` and
@@ -331,8 +331,6 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl Store for MysqlStore {
-    type Tx<'a> = mysql::Transaction<'a>;
-
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn()?;
         // One migrator at a time per table, across processes (DDL commits implicitly,
@@ -360,34 +358,6 @@ impl Store for MysqlStore {
         let mut tx = self.tx("beginning a transaction")?;
         self.insert(&mut tx, messages)?;
         tx.commit().map_err(|e| Error::db("committing messages", e))
-    }
-
-    fn enqueue_in_tx(&self, tx: &mut mysql::Transaction<'_>, messages: &[Message]) -> Result<()> {
-        self.insert(tx, messages)
-    }
-
-    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
-    where
-        F: FnOnce(&mut mysql::Transaction<'_>) -> std::result::Result<R, E>,
-        E: From<Error>,
-    {
-        let mut tx = self
-            .inner
-            .pool
-            .start_transaction(TxOpts::default())
-            .map_err(|e| Error::db("beginning a transaction", e))?;
-        match f(&mut tx) {
-            Ok(r) => {
-                tx.commit().map_err(|e| Error::db("committing", e))?;
-                Ok(r)
-            }
-            Err(e) => {
-                if let Err(re) = tx.rollback() {
-                    log::warn!("outboxer: rollback failed: {re}");
-                }
-                Err(e)
-            }
-        }
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
@@ -596,5 +566,37 @@ impl Store for MysqlStore {
             oldest_pending_age: Duration::from_micros(count(age_us)),
             held_keys: count(held),
         })
+    }
+}
+
+impl TxStore for MysqlStore {
+    type Tx<'a> = mysql::Transaction<'a>;
+
+    fn enqueue_in_tx(&self, tx: &mut mysql::Transaction<'_>, messages: &[Message]) -> Result<()> {
+        self.insert(tx, messages)
+    }
+
+    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut mysql::Transaction<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        let mut tx = self
+            .inner
+            .pool
+            .start_transaction(TxOpts::default())
+            .map_err(|e| Error::db("beginning a transaction", e))?;
+        match f(&mut tx) {
+            Ok(r) => {
+                tx.commit().map_err(|e| Error::db("committing", e))?;
+                Ok(r)
+            }
+            Err(e) => {
+                if let Err(re) = tx.rollback() {
+                    log::warn!("outboxer: rollback failed: {re}");
+                }
+                Err(e)
+            }
+        }
     }
 }

@@ -3,12 +3,12 @@
 
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, Undecodable, WakeListener,
+    Store, TxStore, Undecodable, WakeListener,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
-use crate::core::sql_pg::PgSql;
+use crate::core::sql::postgres::PostgresSql;
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
 use parking_lot::{Condvar, Mutex};
@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 // The enqueue path shared with the async store (compiled here without `.await`).
 use maybe_async::must_be_sync as maybe;
-use postgres::GenericClient as PgClient;
-#[path = "../../mirrored/pg_enqueue.rs"]
+use postgres::GenericClient as PostgresClient;
+#[path = "../../enqueue/postgres.rs"]
 mod enqueue;
 
 type Connector = dyn Fn() -> std::result::Result<Client, postgres::Error> + Send + Sync;
@@ -48,7 +48,7 @@ pub struct PostgresStore {
 
 struct Inner {
     table: TableName,
-    sql: PgSql,
+    sql: PostgresSql,
     connect: Box<Connector>,
     pool: Mutex<Pool>,
     /// Signalled when a connection goes back to the pool or is closed.
@@ -229,7 +229,7 @@ impl PostgresStoreBuilder {
     /// least 1). A caller beyond them waits for one to be given back, up to
     /// [`pool_timeout`](Self::pool_timeout). Not counted: the one LISTEN
     /// connection of each running relay (with [`notify`](Self::notify) on).
-    /// A [`Store::with_transaction`] closure holds one connection while it runs:
+    /// A [`TxStore::with_transaction`] closure holds one connection while it runs:
     /// store calls made inside it need another.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
@@ -287,7 +287,7 @@ impl PostgresStoreBuilder {
         };
         let store = PostgresStore {
             inner: Arc::new(Inner {
-                sql: PgSql::new(&table),
+                sql: PostgresSql::new(&table),
                 table,
                 connect,
                 pool: Mutex::new(Pool {
@@ -380,8 +380,6 @@ fn decode_columns(id: i64, row: &postgres::Row) -> std::result::Result<StoredMes
 }
 
 impl Store for PostgresStore {
-    type Tx<'a> = postgres::Transaction<'a>;
-
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn()?;
         let mut tx = conn
@@ -404,37 +402,6 @@ impl Store for PostgresStore {
             .map_err(|e| Error::db("beginning a transaction", e))?;
         self.insert(&mut tx, messages)?;
         tx.commit().map_err(|e| Error::db("committing messages", e))
-    }
-
-    fn enqueue_in_tx(
-        &self,
-        tx: &mut postgres::Transaction<'_>,
-        messages: &[Message],
-    ) -> Result<()> {
-        self.insert(tx, messages)
-    }
-
-    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
-    where
-        F: FnOnce(&mut postgres::Transaction<'_>) -> std::result::Result<R, E>,
-        E: From<Error>,
-    {
-        let mut conn = self.conn()?;
-        let mut tx = conn
-            .transaction()
-            .map_err(|e| Error::db("beginning a transaction", e))?;
-        match f(&mut tx) {
-            Ok(r) => {
-                tx.commit().map_err(|e| Error::db("committing", e))?;
-                Ok(r)
-            }
-            Err(e) => {
-                if let Err(re) = tx.rollback() {
-                    log::warn!("outboxer: rollback failed: {re}");
-                }
-                Err(e)
-            }
-        }
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
@@ -627,20 +594,55 @@ impl Store for PostgresStore {
         if !self.inner.notify {
             return Ok(None);
         }
-        Ok(Some(Box::new(PgListener {
+        Ok(Some(Box::new(PostgresListener {
             store: self.clone(),
             client: None,
         })))
     }
 }
 
+impl TxStore for PostgresStore {
+    type Tx<'a> = postgres::Transaction<'a>;
+
+    fn enqueue_in_tx(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        messages: &[Message],
+    ) -> Result<()> {
+        self.insert(tx, messages)
+    }
+
+    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut postgres::Transaction<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        let mut conn = self.conn()?;
+        let mut tx = conn
+            .transaction()
+            .map_err(|e| Error::db("beginning a transaction", e))?;
+        match f(&mut tx) {
+            Ok(r) => {
+                tx.commit().map_err(|e| Error::db("committing", e))?;
+                Ok(r)
+            }
+            Err(e) => {
+                if let Err(re) = tx.rollback() {
+                    log::warn!("outboxer: rollback failed: {re}");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 /// LISTENs on the table's channel on a connection of its own.
-struct PgListener {
+struct PostgresListener {
     store: PostgresStore,
     client: Option<Client>,
 }
 
-impl WakeListener for PgListener {
+impl WakeListener for PostgresListener {
     fn wait(&mut self, timeout: Duration) -> Result<bool> {
         if self.client.is_none() {
             let mut c = (self.store.inner.connect)()

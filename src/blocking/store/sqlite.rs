@@ -3,11 +3,11 @@
 
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, Undecodable,
+    Store, TxStore, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::rows;
-use crate::core::sql_sqlite::{millis, sqlite_table, SqliteSql};
+use crate::core::sql::sqlite::{millis, sqlite_table, SqliteSql};
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
 use parking_lot::{Mutex, ReentrantMutex, ReentrantMutexGuard};
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use outboxer::store::{Lease, SqliteStore};
-/// use outboxer::{Message, Store};
+/// use outboxer::{Message, Store, TxStore};
 /// use std::time::Duration;
 ///
 /// let path = std::env::temp_dir().join(format!("outboxer-doc-{}.db", std::process::id()));
@@ -553,8 +553,6 @@ fn decode_columns(id: i64, row: &rusqlite::Row<'_>) -> std::result::Result<Store
 }
 
 impl Store for SqliteStore {
-    type Tx<'a> = Transaction<'a>;
-
     fn migrate(&self) -> Result<()> {
         // BEGIN IMMEDIATE makes concurrent migrators, in any process, run one at a
         // time; the later ones find the columns present and change nothing.
@@ -566,36 +564,6 @@ impl Store for SqliteStore {
             return Ok(());
         }
         self.write("inserting messages", |tx, _| self.insert(tx, messages))
-    }
-
-    fn enqueue_in_tx(&self, tx: &mut Transaction<'_>, messages: &[Message]) -> Result<()> {
-        self.insert(tx, messages)
-    }
-
-    /// The transaction is `BEGIN IMMEDIATE` on a pooled connection.
-    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
-    where
-        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<R, E>,
-        E: From<Error>,
-    {
-        self.with_conn(|c| {
-            let _turn = self.turn();
-            let mut tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db("beginning a transaction"))?;
-            match f(&mut tx) {
-                Ok(r) => {
-                    tx.commit().map_err(db("committing"))?;
-                    Ok(r)
-                }
-                Err(e) => {
-                    if let Err(re) = tx.rollback() {
-                        log::warn!("outboxer: rollback failed: {re}");
-                    }
-                    Err(e)
-                }
-            }
-        })
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
@@ -847,6 +815,40 @@ impl Store for SqliteStore {
             parked: count(parked),
             oldest_pending_age: Duration::from_millis(count(age)),
             held_keys: count(held),
+        })
+    }
+}
+
+impl TxStore for SqliteStore {
+    type Tx<'a> = Transaction<'a>;
+
+    fn enqueue_in_tx(&self, tx: &mut Transaction<'_>, messages: &[Message]) -> Result<()> {
+        self.insert(tx, messages)
+    }
+
+    /// The transaction is `BEGIN IMMEDIATE` on a pooled connection.
+    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        self.with_conn(|c| {
+            let _turn = self.turn();
+            let mut tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db("beginning a transaction"))?;
+            match f(&mut tx) {
+                Ok(r) => {
+                    tx.commit().map_err(db("committing"))?;
+                    Ok(r)
+                }
+                Err(e) => {
+                    if let Err(re) = tx.rollback() {
+                        log::warn!("outboxer: rollback failed: {re}");
+                    }
+                    Err(e)
+                }
+            }
         })
     }
 }

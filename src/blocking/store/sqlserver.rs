@@ -2,15 +2,15 @@
 //! `sp_getapplock` for migrate and per-key commit order, a small connection pool,
 //! all driven from the blocking API by a private current-thread tokio runtime.
 //!
-//! SQL text lives in [`crate::core::sql_mssql`], which also documents the schema.
+//! SQL text lives in [`crate::core::sql::sqlserver`], which also documents the schema.
 
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, Undecodable,
+    Store, TxStore, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::rows;
-use crate::core::sql_mssql::{self as q, batch, MssqlSql};
+use crate::core::sql::sqlserver::{self as q, batch, SqlServerSql};
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
 use parking_lot::Mutex;
@@ -26,7 +26,7 @@ type TdsResult<T> = std::result::Result<T, tiberius::error::Error>;
 
 // The enqueue path shared with the async store (compiled here without `.await`).
 use maybe_async::must_be_sync as maybe;
-#[path = "../../mirrored/mssql_enqueue.rs"]
+#[path = "../../enqueue/sqlserver.rs"]
 mod enqueue;
 
 /// The outbox table in SQL Server 2017 or later (Azure SQL too).
@@ -44,7 +44,7 @@ mod enqueue;
 /// ```no_run
 /// # fn main() -> Result<(), outboxer::Error> {
 /// use outboxer::store::SqlServerStore;
-/// use outboxer::{Message, Store};
+/// use outboxer::{Message, Store, TxStore};
 ///
 /// let store = SqlServerStore::builder(
 ///     "server=tcp:127.0.0.1,1433;user=sa;password=secret;TrustServerCertificate=true",
@@ -66,7 +66,7 @@ pub struct SqlServerStore {
 
 struct Inner {
     table: TableName,
-    sql: MssqlSql,
+    sql: SqlServerSql,
     config: tiberius::Config,
     connect_timeout: Duration,
     idle: Mutex<Vec<Client>>,
@@ -102,17 +102,6 @@ impl std::fmt::Debug for SqlServerStoreBuilder {
     }
 }
 
-/// Secrets out of a connection string, for errors: ADO.NET/JDBC `key=value` strings
-/// lose their password values; URL-style strings their URL password.
-fn redact(conn_str: &str) -> String {
-    let lower = conn_str.trim_start().to_ascii_lowercase();
-    if conn_str.contains("://") && !lower.starts_with("jdbc:") {
-        crate::core::redact::redact_url(conn_str)
-    } else {
-        q::redact_ado(conn_str)
-    }
-}
-
 impl SqlServerStore {
     /// Connects with an ADO.NET connection string
     /// (`server=tcp:host,1433;user=..;password=..;database=..;TrustServerCertificate=true`)
@@ -137,7 +126,7 @@ impl SqlServerStore {
             tiberius::Config::from_ado_string(conn_str)
         };
         SqlServerStoreBuilder::new(parsed.map_err(|e| Error::InvalidUrl {
-            url: redact(conn_str),
+            url: crate::core::redact::redact_connection_string(conn_str),
             reason: e.to_string(),
         }))
     }
@@ -159,8 +148,8 @@ impl SqlServerStore {
 
     /// Begins a transaction on a pooled connection. Run your statements with
     /// [`SqlServerTx::execute`] / [`SqlServerTx::query`], add messages with
-    /// [`Store::enqueue_in_tx`], then [`SqlServerTx::commit`]. Dropped without a
-    /// commit, it rolls back. [`Store::with_transaction`] does all of this around a closure.
+    /// [`TxStore::enqueue_in_tx`], then [`SqlServerTx::commit`]. Dropped without a
+    /// commit, it rolls back. [`TxStore::with_transaction`] does all of this around a closure.
     pub fn begin(&self) -> Result<SqlServerTx<'_>> {
         let mut conn = self.conn()?;
         conn.batch("beginning a transaction", batch::BEGIN)?;
@@ -202,7 +191,7 @@ impl SqlServerStore {
         ids: &[i64],
         token: Option<uuid::Uuid>,
         delay_ms: Option<i64>,
-        stmt: impl Fn(&MssqlSql, usize) -> String,
+        stmt: impl Fn(&SqlServerSql, usize) -> String,
     ) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
@@ -370,7 +359,7 @@ impl SqlServerStoreBuilder {
             .map_err(|e| Error::db("starting the SQL Server driver runtime", e))?;
         let store = SqlServerStore {
             inner: Arc::new(Inner {
-                sql: MssqlSql::new(&table),
+                sql: SqlServerSql::new(&table),
                 table,
                 config,
                 connect_timeout: self.connect_timeout,
@@ -575,7 +564,7 @@ enum TxState {
 }
 
 /// A transaction on one of the store's connections (`BEGIN TRAN` .. `COMMIT`): the
-/// caller's statements and [`Store::enqueue_in_tx`] messages commit together.
+/// caller's statements and [`TxStore::enqueue_in_tx`] messages commit together.
 ///
 /// Statements run blocking, through the store's private runtime. Parameters are
 /// `@P1`, `@P2`, ... and any `tiberius::ToSql` value (`&42i64`, `&"text"`, ...).
@@ -589,7 +578,7 @@ enum TxState {
 /// ```no_run
 /// # fn main() -> Result<(), outboxer::Error> {
 /// use outboxer::store::SqlServerStore;
-/// use outboxer::{Message, Store};
+/// use outboxer::{Message, Store, TxStore};
 ///
 /// let store = SqlServerStore::connect("server=tcp:127.0.0.1,1433;user=sa;password=secret")?;
 /// let mut tx = store.begin()?;
@@ -740,8 +729,6 @@ fn json_cell(row: &Row, idx: usize) -> std::result::Result<Option<serde_json::Va
 }
 
 impl Store for SqlServerStore {
-    type Tx<'a> = SqlServerTx<'a>;
-
     fn migrate(&self) -> Result<()> {
         // A connection of its own, without a command timeout: widening a large Go
         // table's id may take long. One transaction, under an exclusive app lock on
@@ -765,31 +752,6 @@ impl Store for SqlServerStore {
         }
         let mut conn = self.conn()?;
         self.insert(&mut conn, messages, true)
-    }
-
-    fn enqueue_in_tx(&self, tx: &mut SqlServerTx<'_>, messages: &[Message]) -> Result<()> {
-        // The transaction's own connection and runtime, whichever store it came from.
-        tx.insert(self, messages)
-    }
-
-    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
-    where
-        F: FnOnce(&mut SqlServerTx<'_>) -> std::result::Result<R, E>,
-        E: From<Error>,
-    {
-        let mut tx = self.begin()?;
-        match f(&mut tx) {
-            Ok(r) => {
-                tx.commit()?;
-                Ok(r)
-            }
-            Err(e) => {
-                if let Err(re) = tx.rollback() {
-                    log::warn!("outboxer: rollback failed: {re}");
-                }
-                Err(e)
-            }
-        }
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
@@ -876,7 +838,7 @@ impl Store for SqlServerStore {
             ids,
             Some(lease.token),
             Some(q::delay_ms(retry_in)),
-            MssqlSql::release,
+            SqlServerSql::release,
         )?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
@@ -909,7 +871,7 @@ impl Store for SqlServerStore {
             Requeue::AllParked => self
                 .conn()?
                 .exec(ctx, Query::new(self.inner.sql.requeue_all.as_str())),
-            Requeue::Ids(ids) => self.by_ids(ctx, ids, None, None, MssqlSql::requeue_ids),
+            Requeue::Ids(ids) => self.by_ids(ctx, ids, None, None, SqlServerSql::requeue_ids),
         }
     }
 
@@ -977,7 +939,13 @@ impl Store for SqlServerStore {
     }
 
     fn skip(&self, ids: &[i64]) -> Result<u64> {
-        self.by_ids("skipping parked messages", ids, None, None, MssqlSql::skip)
+        self.by_ids(
+            "skipping parked messages",
+            ids,
+            None,
+            None,
+            SqlServerSql::skip,
+        )
     }
 
     fn held_keys(&self, limit: usize) -> Result<Vec<HeldKey>> {
@@ -1027,6 +995,35 @@ impl Store for SqlServerStore {
     }
 }
 
+impl TxStore for SqlServerStore {
+    type Tx<'a> = SqlServerTx<'a>;
+
+    fn enqueue_in_tx(&self, tx: &mut SqlServerTx<'_>, messages: &[Message]) -> Result<()> {
+        // The transaction's own connection and runtime, whichever store it came from.
+        tx.insert(self, messages)
+    }
+
+    fn with_transaction<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut SqlServerTx<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        let mut tx = self.begin()?;
+        match f(&mut tx) {
+            Ok(r) => {
+                tx.commit()?;
+                Ok(r)
+            }
+            Err(e) => {
+                if let Err(re) = tx.rollback() {
+                    log::warn!("outboxer: rollback failed: {re}");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1046,7 +1043,7 @@ mod tests {
             "sqlserver://sa:s3cret@h:1433/db",
             "jdbc:sqlserver://h:1;password={s3;cret}",
         ] {
-            let r = redact(raw);
+            let r = crate::core::redact::redact_connection_string(raw);
             assert!(!r.contains("s3"), "{r}");
         }
         match SqlServerStore::builder("server=tcp:h,1;user=sa;password=s3cret;encrypt=maybe")

@@ -40,14 +40,15 @@ macro_rules! aws_builder_setters {
         /// Timeout of one HTTP request (default 10 s), cut to what is left of the
         /// batch's deadline. Also how long the relay's `stop()` waits at most for a
         /// request in flight.
-        pub fn timeout(mut self, d: Duration) -> Self {
+        pub fn request_timeout(mut self, d: Duration) -> Self {
             self.aws.timeout = d;
             self
         }
-        /// Retries of a call after throttling, 5xx or a connection failure (default 3),
-        /// with backoff; none starts past the batch's deadline.
-        pub fn retries(mut self, n: u32) -> Self {
-            self.aws.attempts = n.saturating_add(1);
+        /// Tries per request (default 4: the first and 3 retries after throttling,
+        /// 5xx or a connection failure, with backoff; 1..=20); no retry starts past
+        /// the batch's deadline.
+        pub fn request_attempts(mut self, n: u32) -> Self {
+            self.aws.attempts = n;
             self
         }
     };
@@ -68,7 +69,7 @@ mod client {
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
-    /// An AWS JSON service.
+    /// An AWS JSON service (for [`AwsClient`]; not public API, not covered by semver).
     #[doc(hidden)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Service {
@@ -156,10 +157,13 @@ mod client {
                 (None, None) => Arc::new(EnvCredentials),
             };
             if self.timeout < Duration::from_millis(10) || self.timeout > Duration::from_secs(600) {
-                return Err(Error::config("timeout", "must be within 10ms..=600s"));
+                return Err(Error::config(
+                    "request_timeout",
+                    "must be within 10ms..=600s",
+                ));
             }
             if !(1..=20).contains(&self.attempts) {
-                return Err(Error::config("retries", "must be within 0..=19"));
+                return Err(Error::config("request_attempts", "must be within 1..=20"));
             }
             let retry = RetryPolicy {
                 attempts: self.attempts,
@@ -216,7 +220,8 @@ mod client {
         }
     }
 
-    /// A signed AWS JSON client. Public for the tests and the bench only.
+    /// A signed AWS JSON client. Public for outboxer's own tests and bench only:
+    /// **not public API, not covered by semver**.
     #[doc(hidden)]
     #[derive(Clone)]
     pub struct AwsClient {

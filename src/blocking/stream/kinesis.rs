@@ -1,17 +1,28 @@
 //! Amazon Kinesis Data Streams stream: `PutRecords` over the AWS JSON
 //! protocol, signed with SigV4, on the shared blocking HTTP client.
 //!
-//! The routing builder ([`stream`]), the record envelope ([`decode_record`])
-//! and the validator are available without the `kinesis` feature. See
-//! [`crate::core::kinesis`] for the envelope.
+//! The routing builder ([`stream`]), the record envelope ([`encode_record`],
+//! [`decode_record`]) and the validator are available without the `kinesis`
+//! feature.
+//!
+//! # Record envelope (version 1)
+//! Kinesis records have no attributes, so the message id and headers travel
+//! with the payload in a small JSON object, the record's data:
+//!
+//! ```json
+//! {"v":1,"id":"0190…","headers":{"tenant":"acme"},"payload":"text"}
+//! ```
+//!
+//! `payload` holds the payload when it is UTF-8; otherwise `payload_b64` holds
+//! it in standard base64. [`decode_record`] reads it back; any other `v` is
+//! refused, so a future format can be told apart.
 
 pub use crate::core::kinesis::{
-    decode_record, stream, KinesisRecord, KinesisRoute, EXPLICIT_HASH_KEY, MAX_BATCH_BYTES,
-    MAX_BATCH_RECORDS, MAX_RECORD_SIZE, PARTITION_KEY, STREAM_NAME,
+    decode_record, encode_record, stream, KinesisRecord, KinesisRoute, EXPLICIT_HASH_KEY,
+    MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_SIZE, PARTITION_KEY, STREAM_NAME,
 };
 
 use super::Validate;
-use crate::core::kinesis::encode_record;
 use crate::message::{Headers, Options};
 use crate::{Error, Result};
 
@@ -73,7 +84,7 @@ mod driver {
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
     /// `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL_KINESIS`/`AWS_ENDPOINT_URL`).
     ///
-    /// Each record's data is the envelope of [`crate::core::kinesis`] (message id,
+    /// Each record's data is the [record envelope](crate::stream::kinesis) (message id,
     /// headers, payload); consumers read it with [`decode_record`]. The partition
     /// key is `partition_key`, else the ordering key, else the message id.
     /// Records that fail with `ProvisionedThroughputExceededException` or
@@ -94,7 +105,7 @@ mod driver {
     /// throttled records starts after it, and each request's timeout is cut to what
     /// is left of it; records without an outcome get a transient [`Error::Timeout`].
     /// Against a server that never answers, `stop()` waits at most for the request
-    /// in flight: one [`timeout`](KinesisStreamBuilder::timeout) (default 10 s).
+    /// in flight: one [`request_timeout`](KinesisStreamBuilder::request_timeout) (default 10 s).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), outboxer::Error> {

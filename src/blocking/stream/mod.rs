@@ -7,22 +7,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod amqp;
-#[cfg(feature = "amqp")]
-pub use amqp::AmqpStream;
-pub mod kafka;
-#[cfg(feature = "kafka")]
-pub use kafka::KafkaStream;
 pub mod aws;
-pub mod pubsub;
-#[cfg(feature = "pubsub")]
-pub use pubsub::PubSubStream;
 #[cfg(feature = "_http")]
 pub(crate) mod http;
+pub mod kafka;
 pub mod kinesis;
-#[cfg(feature = "kinesis")]
-pub use kinesis::KinesisStream;
+pub mod pubsub;
 pub mod sqs;
+
+// The stream types, also here for `use outboxer::stream::AmqpStream`; each is
+// documented once, in its stream's module (with its builder and routes).
+#[cfg(feature = "amqp")]
+#[doc(no_inline)]
+pub use amqp::AmqpStream;
+#[cfg(feature = "kafka")]
+#[doc(no_inline)]
+pub use kafka::KafkaStream;
+#[cfg(feature = "kinesis")]
+#[doc(no_inline)]
+pub use kinesis::KinesisStream;
+#[cfg(feature = "pubsub")]
+#[doc(no_inline)]
+pub use pubsub::PubSubStream;
 #[cfg(feature = "sqs")]
+#[doc(no_inline)]
 pub use sqs::SqsStream;
 
 /// Checks a message against a stream's rules at `send`, so that bad options or

@@ -413,7 +413,7 @@ mod driver {
     /// starts after it, each request's timeout is cut to what is left of it, and the
     /// per-key jobs stop; messages without an outcome get a transient
     /// [`Error::Timeout`]. Against a server that never answers, `stop()` waits at
-    /// most for the requests in flight: one [`timeout`](PubSubStreamBuilder::timeout)
+    /// most for the requests in flight: one [`request_timeout`](PubSubStreamBuilder::request_timeout)
     /// (default 30 s).
     ///
     /// ```no_run
@@ -547,13 +547,13 @@ mod driver {
         }
         /// Timeout of one HTTP request (default 30 s), cut to what is left of the
         /// batch's deadline; also how long `stop()` waits at most for requests in flight.
-        pub fn timeout(mut self, t: Duration) -> Self {
+        pub fn request_timeout(mut self, t: Duration) -> Self {
             self.timeout = t;
             self
         }
         /// Tries per request for throttling, 5xx and connection failures (default 4,
         /// with backoff; 1 = no retry).
-        pub fn attempts(mut self, n: u32) -> Self {
+        pub fn request_attempts(mut self, n: u32) -> Self {
             self.attempts = n;
             self
         }
@@ -575,10 +575,13 @@ mod driver {
                 reason,
             })?;
             if self.timeout.is_zero() || self.timeout > Duration::from_secs(600) {
-                return Err(Error::config("timeout", "must be within 1 ms..=600 s"));
+                return Err(Error::config(
+                    "request_timeout",
+                    "must be within 1 ms..=600 s",
+                ));
             }
             if !(1..=20).contains(&self.attempts) {
-                return Err(Error::config("attempts", "must be within 1..=20"));
+                return Err(Error::config("request_attempts", "must be within 1..=20"));
             }
             if !(1..=64).contains(&self.concurrency) {
                 return Err(Error::config("concurrency", "must be within 1..=64"));
@@ -1000,8 +1003,8 @@ mod driver {
                 Err(Error::InvalidUrl { .. })
             ));
             for b in [
-                builder().emulator("h:1").timeout(Duration::ZERO),
-                builder().emulator("h:1").attempts(0),
+                builder().emulator("h:1").request_timeout(Duration::ZERO),
+                builder().emulator("h:1").request_attempts(0),
                 builder().emulator("h:1").concurrency(0),
                 builder()
                     .emulator("h:1")

@@ -1,18 +1,30 @@
 //! Amazon SQS stream: `SendMessageBatch` over the AWS JSON protocol, signed
 //! with SigV4, on the shared blocking HTTP client (no SDK, no rusoto).
 //!
-//! The routing builder ([`queue`]), the wire format ([`decode`]) and the
-//! validator are available without the `sqs` feature. See
-//! [`crate::core::sqs`] for how payload and headers travel.
+//! The routing builder ([`queue`]), the wire format ([`encode`], [`decode`])
+//! and the validator are available without the `sqs` feature.
+//!
+//! # Wire format
+//! - Body: the payload as text when it is UTF-8 made only of the characters SQS
+//!   accepts (XML 1.0); otherwise the payload in standard base64 and the string
+//!   attribute `outboxer-body-encoding` = `base64`.
+//! - `outboxer-message-id`: the message id (string attribute).
+//! - Headers: each one a string attribute when its name is a valid SQS attribute
+//!   name (`A-Za-z0-9_-.`, at most 256 bytes, not `aws.`/`amazon.`, no `..`),
+//!   its value non-empty and made of XML characters, and one of the first
+//!   [`MAX_HEADER_ATTRIBUTES`] such headers (SQS allows 10 attributes a
+//!   message). All other headers travel as one JSON object (string to string) in
+//!   the string attribute `outboxer-headers`.
+//!
+//! [`decode`] turns a received body and its attributes back into payload and headers.
 
 pub use crate::core::sqs::{
-    decode, queue, Decoded, Encoded, SqsRoute, BODY_ENCODING_ATTRIBUTE, DEFAULT_MAX_MESSAGE_SIZE,
-    DELAY_SECONDS, HEADERS_ATTRIBUTE, MAX_BATCH_ENTRIES, MAX_HEADER_ATTRIBUTES, MESSAGE_DEDUP_ID,
-    MESSAGE_GROUP_ID, QUEUE_NAME,
+    decode, encode, queue, Decoded, Encoded, SqsRoute, BODY_ENCODING_ATTRIBUTE,
+    DEFAULT_MAX_MESSAGE_SIZE, DELAY_SECONDS, HEADERS_ATTRIBUTE, MAX_BATCH_ENTRIES,
+    MAX_HEADER_ATTRIBUTES, MESSAGE_DEDUP_ID, MESSAGE_GROUP_ID, QUEUE_NAME,
 };
 
 use super::Validate;
-use crate::core::sqs::encode;
 use crate::message::{Headers, Options};
 use crate::{Error, Result};
 
@@ -103,7 +115,7 @@ mod driver {
     /// are sent again later. Against a server that accepts connections and never
     /// answers, a publish lasts at most until its deadline, and the relay's `stop()`
     /// waits at most for the request in flight: one
-    /// [`timeout`](SqsStreamBuilder::timeout) (default 10 s).
+    /// [`request_timeout`](SqsStreamBuilder::request_timeout) (default 10 s).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), outboxer::Error> {

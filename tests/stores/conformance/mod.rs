@@ -2,14 +2,14 @@
 //! [`Harness`] and expands `store_conformance!(TheHarness)`. The cases are
 //! in one file per topic next to this one.
 
-use outboxer::store::{FailedAttempt, Lease, Requeue, Store};
+use outboxer::store::{FailedAttempt, Lease, Requeue, Store, TxStore};
 use outboxer::{Error, Message, MessageId, StoredMessage};
 use std::collections::HashSet;
 use std::time::Duration;
 
 /// What the suite needs from a store's test module.
 pub trait Harness {
-    type S: Store + Clone;
+    type S: TxStore + Clone;
     /// A store on `table` (not migrated), or the error its builder gives.
     fn try_store(table: &str) -> Result<Self::S, Error>;
     /// The same store type pointed at a server that is not there.

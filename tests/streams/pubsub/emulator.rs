@@ -169,7 +169,7 @@ impl StreamHarness for PubSub {
     }
     fn unreachable() -> PubSubStream {
         PubSubStream::builder("pubsub://outboxer-test?emulator=127.0.0.1:1")
-            .attempts(2)
+            .request_attempts(2)
             .build()
             .expect("valid URL")
     }

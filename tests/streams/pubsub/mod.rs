@@ -66,7 +66,7 @@ fn throttling_and_server_errors_are_retried_and_delivered_once() {
 fn persistent_server_errors_are_transient_and_nothing_is_lost() {
     let (dest, _sub) = PubSub::destination(&unique("p_503"));
     let proxy = FaultProxy::start(&emulator());
-    let mut s = via(&proxy).attempts(2).build().expect("stream");
+    let mut s = via(&proxy).request_attempts(2).build().expect("stream");
     proxy.inject([Fault::Status(503, "busy"), Fault::Status(503, "busy")]);
     let out = s.publish(
         &[stored(1, b"x", &dest, None), stored(2, b"y", &dest, None)],
@@ -93,7 +93,7 @@ fn persistent_server_errors_are_transient_and_nothing_is_lost() {
 fn a_success_without_one_message_id_per_message_is_a_transient_failure() {
     let (dest, sub) = PubSub::destination(&unique("p_ids"));
     let proxy = FaultProxy::start(&emulator());
-    let mut s = via(&proxy).attempts(1).build().expect("stream");
+    let mut s = via(&proxy).request_attempts(1).build().expect("stream");
     for answer in [
         "{}",
         r#"{"messageIds":["1"]}"#,
@@ -131,8 +131,8 @@ fn a_slow_response_beyond_the_timeout_is_a_transient_timeout() {
     let (dest, _sub) = PubSub::destination(&unique("p_slow"));
     let proxy = FaultProxy::start(&emulator());
     let mut s = via(&proxy)
-        .timeout(Duration::from_millis(500))
-        .attempts(1)
+        .request_timeout(Duration::from_millis(500))
+        .request_attempts(1)
         .build()
         .expect("stream");
     proxy.inject([Fault::Delay(Duration::from_secs(2))]);
@@ -558,7 +558,7 @@ fn refused_tokens_and_permissions_are_unauthorized() {
         let mut s = PubSubStream::builder(&url())
             .endpoint(&front.url())
             .token_provider(Switch(Arc::new(std::sync::Mutex::new(provider))))
-            .attempts(1)
+            .request_attempts(1)
             .build()
             .expect("stream");
         s.publish(
@@ -594,7 +594,7 @@ fn refused_tokens_and_permissions_are_unauthorized() {
     let mut s = PubSubStream::builder(&url())
         .endpoint(&front.url())
         .token_provider(StaticToken::new("t"))
-        .attempts(1)
+        .request_attempts(1)
         .build()
         .expect("stream");
     let out = s.publish(&[stored(3, b"z", &dest, None)], &crate::common::deadline());
@@ -713,8 +713,8 @@ fn a_silent_server_holds_a_publish_no_longer_than_its_deadline() {
     let stream = || {
         PubSubStream::builder(&url())
             .emulator(&silent.host())
-            .timeout(timeout)
-            .attempts(10)
+            .request_timeout(timeout)
+            .request_attempts(10)
             .concurrency(1)
             .build()
             .expect("stream")
@@ -729,8 +729,8 @@ fn a_silent_server_holds_a_publish_no_longer_than_its_deadline() {
     // deadline.
     let mut s = PubSubStream::builder(&url())
         .emulator(&silent.host())
-        .timeout(timeout)
-        .attempts(1)
+        .request_timeout(timeout)
+        .request_attempts(1)
         .concurrency(1)
         .build()
         .expect("stream");
@@ -768,8 +768,8 @@ fn slow_answers_hold_a_publish_no_longer_than_its_deadline() {
     let timeout = Duration::from_secs(1);
     crate::conformance::publish_returns_by_the_deadline(
         via(&proxy)
-            .timeout(timeout)
-            .attempts(10)
+            .request_timeout(timeout)
+            .request_attempts(10)
             .build()
             .expect("stream"),
         &dest,

@@ -1,11 +1,11 @@
 //! PostgreSQL SQL text for one outbox table. The table name is a validated,
 //! quoted identifier; every value travels as a bind parameter.
 
-use super::ident::TableName;
+use crate::core::ident::TableName;
 
 /// The statements of one table, built once.
 #[derive(Clone, Debug)]
-pub struct PgSql {
+pub struct PostgresSql {
     /// Create or upgrade, run under an advisory transaction lock.
     pub migrate: Vec<String>,
     /// Is there a table already, and does it have our `status` column? ($1 schema or NULL, $2 table)
@@ -58,7 +58,7 @@ const RETURNING: &str =
     "u.id, u.message_id, u.payload, u.headers, u.options, u.ordering_key, u.attempts, \
      (extract(epoch from u.created_at) * 1000000)::bigint";
 
-impl PgSql {
+impl PostgresSql {
     /// SQL for `table`.
     pub fn new(table: &TableName) -> Self {
         let t = table.quoted();
@@ -145,7 +145,7 @@ impl PgSql {
             format!("ALTER TABLE {t} ALTER COLUMN dispatched_at TYPE TIMESTAMPTZ"),
             format!("ALTER TABLE {t} ALTER COLUMN dispatched SET DEFAULT false"),
         ];
-        PgSql {
+        PostgresSql {
             migrate,
             inspect,
             upgrade_go_rows,
@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn statements_quote_the_table_and_bind_values() {
         let t = TableName::parse("app.events").expect("valid");
-        let sql = PgSql::new(&t);
+        let sql = PostgresSql::new(&t);
         assert!(sql.claim.contains("FROM \"app\".\"events\" e"));
         assert!(sql.claim.contains("FOR UPDATE SKIP LOCKED"));
         assert!(sql.claim.contains("NOT EXISTS"));
@@ -292,7 +292,7 @@ mod tests {
         assert_eq!(sql.channel, "outboxer_app_events");
         let long =
             TableName::parse(&format!("{}.{}", "s".repeat(40), "t".repeat(40))).expect("valid");
-        assert!(PgSql::new(&long).channel.len() <= 63);
+        assert!(PostgresSql::new(&long).channel.len() <= 63);
         assert!(sql.migrate.iter().all(|s| !s.contains("$1")));
         assert!(
             sql.parked.contains("status IN ('parked', 'skipped')")

@@ -8,7 +8,7 @@
 //! the machine that holds the file, so every process on it agrees, and a bound value
 //! is one instant for the whole statement.
 
-use super::ident::TableName;
+use crate::core::ident::TableName;
 use crate::{Error, Result};
 use std::time::Duration;
 

@@ -1,18 +1,18 @@
 //! The PostgreSQL enqueue path, written once and compiled twice (`#[path]`):
 //! in `blocking::store` over `postgres` with `maybe = must_be_sync` and in
 //! `async_impl::store` over `tokio-postgres` with `maybe = must_be_async`. The
-//! including module provides `maybe` and `PgClient`
+//! including module provides `maybe` and `PostgresClient`
 //! (`pg::GenericClient`, plus `Send + Sync` for the async driver's futures).
 
-use super::{maybe, PgClient};
+use super::{maybe, PostgresClient};
 use crate::core::rows;
-use crate::core::sql_pg::PgSql;
+use crate::core::sql::postgres::PostgresSql;
 use crate::message::Message;
 use crate::{Error, Result};
 
 /// Where the statements go and what they need besides the messages.
 pub(crate) struct Target<'a> {
-    pub sql: &'a PgSql,
+    pub sql: &'a PostgresSql,
     pub lock_space: i32,
     pub notify: bool,
 }
@@ -23,7 +23,7 @@ pub(crate) struct Target<'a> {
 #[maybe(AFIT)]
 pub(crate) async fn insert<C>(client: &mut C, t: &Target<'_>, messages: &[Message]) -> Result<()>
 where
-    C: PgClient,
+    C: PostgresClient,
 {
     if messages.is_empty() {
         return Ok(());

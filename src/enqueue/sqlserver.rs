@@ -5,7 +5,7 @@
 
 use super::{maybe, Conn};
 use crate::core::rows;
-use crate::core::sql_mssql::{self as q, batch, MssqlSql};
+use crate::core::sql::sqlserver::{self as q, batch, SqlServerSql};
 use crate::message::Message;
 use crate::{Error, Result};
 use tiberius::Query;
@@ -16,7 +16,7 @@ use tiberius::Query;
 #[maybe(AFIT)]
 pub(crate) async fn insert(
     conn: &mut Conn<'_>,
-    sql: &MssqlSql,
+    sql: &SqlServerSql,
     messages: &[Message],
     own_tx: bool,
 ) -> Result<()> {

@@ -5,7 +5,7 @@
 
 use super::{maybe, Queryable, Value};
 use crate::core::rows;
-use crate::core::sql_mysql::{key_bucket, MysqlSql};
+use crate::core::sql::mysql::{key_bucket, MysqlSql};
 use crate::message::Message;
 use crate::{Error, Result};
 

@@ -45,7 +45,7 @@
 //! `ordering_key` is at most 800 UTF-16 code units: the per-key index
 //! `(ordering_key, id)` must stay under SQL Server's 1700-byte index key limit.
 
-use super::ident::TableName;
+use crate::core::ident::TableName;
 use std::time::Duration;
 
 /// SQL Server accepts at most 2100 parameters per request; stay below it.
@@ -81,7 +81,7 @@ const _: () = assert!(MAX_FAILED_ROWS * FAILED_PARAMS < MAX_PARAMS && MAX_IDS < 
 
 /// The statements of one table, built once.
 #[derive(Clone, Debug)]
-pub struct MssqlSql {
+pub struct SqlServerSql {
     table: String,
     plain: String,
     /// `BEGIN TRAN` etc. must run as plain SQL batches (not through `sp_executesql`,
@@ -182,7 +182,7 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
-impl MssqlSql {
+impl SqlServerSql {
     /// SQL for `table`.
     pub fn new(table: &TableName) -> Self {
         let t = bracketed(table);
@@ -258,7 +258,7 @@ impl MssqlSql {
                 SELECT 1 FROM {t} AS p WITH (NOLOCK) WHERE p.status IN ('pending', 'parked')
                   AND p.ordering_key IS NOT NULL AND p.ordering_key = h.ordering_key AND p.id < h.id)"
         );
-        MssqlSql {
+        SqlServerSql {
             session_setup: SESSION_SETUP,
             migrate_lock: "DECLARE @r INT; \
                  EXEC @r = sp_getapplock @Resource = @P1, @LockMode = 'Exclusive', \
@@ -689,12 +689,12 @@ pub fn redact_ado(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn sql() -> MssqlSql {
-        MssqlSql::new(&TableName::parse("app.events").expect("valid"))
+    fn sql() -> SqlServerSql {
+        SqlServerSql::new(&TableName::parse("app.events").expect("valid"))
     }
 
     /// Every statement a relay or an enqueue sends.
-    fn dml(s: &MssqlSql) -> Vec<String> {
+    fn dml(s: &SqlServerSql) -> Vec<String> {
         vec![
             s.claim.clone(),
             s.cleanup.clone(),
@@ -905,7 +905,7 @@ mod tests {
         assert!(s.widen_id[1].contains("ALTER COLUMN id BIGINT NOT NULL"));
         assert!(s.upgrade_go_rows.contains("WHERE dispatched = 1"));
         assert_eq!(s.table(), "[app].[events]");
-        let plain = MssqlSql::new(&TableName::default());
+        let plain = SqlServerSql::new(&TableName::default());
         assert_eq!(plain.table(), "[event_store]");
     }
 
@@ -918,7 +918,7 @@ mod tests {
         assert_eq!(r, s.key_resource(&long));
         assert_ne!(s.key_resource("a"), s.key_resource("b"));
         assert!(s.key_resource("a").starts_with("outboxer:key:app.events:"));
-        let other = MssqlSql::new(&TableName::default());
+        let other = SqlServerSql::new(&TableName::default());
         assert_ne!(other.key_resource("a"), s.key_resource("a"));
         assert_eq!(lock_keys(0), "");
     }

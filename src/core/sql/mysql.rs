@@ -8,7 +8,7 @@
 //! or another application's) in another zone, or a DST change, cannot shorten or
 //! stretch a lease, a backoff or a cleanup cutoff.
 
-use super::ident::TableName;
+use crate::core::ident::TableName;
 use std::fmt::Write as _;
 
 /// Columns beyond the Go outboxer's table, added by `migrate` when missing.
