@@ -43,6 +43,10 @@ pub mod blocking;
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub mod async_impl;
 
+#[cfg(any(test, feature = "testing"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
 pub use crate::core::config::OnPark;
 pub use blocking::store::{self, Store};
 pub use blocking::stream::{self, Stream};
