@@ -96,6 +96,10 @@ mod message;
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub mod async_impl;
 
+#[cfg(any(test, feature = "testing"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
 pub use crate::core::config::OnPark;
 pub use crate::core::redact::{redact_connection_string, redact_url};
 pub use blocking::store;
