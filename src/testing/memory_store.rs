@@ -3,7 +3,7 @@
 
 use crate::blocking::store::{
     BatchLimit, Claim, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats, Store,
-    Undecodable,
+    TxStore, Undecodable,
 };
 use crate::message::{Headers, Message, MessageId, Options, StoredMessage};
 use crate::{Error, Result};
@@ -298,19 +298,8 @@ fn stored(e: &Entry) -> StoredMessage {
     }
 }
 
-impl Store for MemoryStore {
+impl TxStore for MemoryStore {
     type Tx<'a> = MemoryTx;
-
-    fn migrate(&self) -> Result<()> {
-        Ok(())
-    }
-
-    fn enqueue(&self, messages: &[Message]) -> Result<()> {
-        let mut s = self.state.lock();
-        s.fault(StoreOp::Enqueue)?;
-        s.insert(messages.to_vec());
-        Ok(())
-    }
 
     fn enqueue_in_tx(&self, tx: &mut MemoryTx, messages: &[Message]) -> Result<()> {
         tx.messages.extend_from_slice(messages);
@@ -326,6 +315,19 @@ impl Store for MemoryStore {
         let r = f(&mut tx)?;
         tx.commit()?;
         Ok(r)
+    }
+}
+
+impl Store for MemoryStore {
+    fn migrate(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn enqueue(&self, messages: &[Message]) -> Result<()> {
+        let mut s = self.state.lock();
+        s.fault(StoreOp::Enqueue)?;
+        s.insert(messages.to_vec());
+        Ok(())
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
