@@ -1,0 +1,410 @@
+//! The relay's stages: the claimer leases batches, the publisher publishes them,
+//! the marker records outcomes; plus the cleanup of old dispatched rows.
+
+use super::outage::release_delay;
+use super::{lease_left, Claimed, Ctx, Published, Sent, StreamHome};
+use crate::blocking::store::{BatchLimit, FailedAttempt, Lease, Store, Undecodable};
+use crate::blocking::stream::Deadline;
+use crate::core::config::OnPark;
+use crate::core::retry::{verdict, Backoff, Verdict};
+use crate::message::{Delivered, Failure, FailureAction};
+use crate::{Error, Result};
+use crossbeam_channel::{select, Receiver, Sender};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
+    let cfg = &ctx.shared.config;
+    let wake = ctx.shared.wake_rx.clone();
+    let mut idle = false;
+    let mut db_failures = 0u32;
+    let pause =
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).unwrap_or_default();
+    loop {
+        if idle {
+            select! {
+                recv(wake) -> _ => {},
+                recv(ctx.stop_rx) -> _ => {},
+                default(cfg.check_interval) => {},
+            }
+        }
+        if ctx.stopped() {
+            return;
+        }
+        let lease = Lease::new(cfg.lease);
+        let at = Instant::now();
+        let limit = BatchLimit {
+            rows: cfg.batch_size,
+            bytes: cfg.max_batch_bytes,
+        };
+        let claim = match ctx.shared.store.claim(&lease, limit) {
+            Ok(c) => {
+                db_failures = 0;
+                ctx.store_outage.succeeded(cfg.report_interval);
+                c
+            }
+            Err(e) => {
+                ctx.store_failed(e);
+                db_failures += 1;
+                if ctx.sleep(pause.delay(db_failures)) {
+                    return;
+                }
+                idle = false;
+                continue;
+            }
+        };
+        // A short claim means the table is drained, unless the byte cap cut it.
+        let bytes: usize = claim.messages.iter().map(|m| m.payload.len()).sum();
+        idle = claim.len() < cfg.batch_size && bytes <= cfg.max_batch_bytes / 2;
+        park_undecodable(ctx, &lease, claim.undecodable);
+        let messages = claim.messages;
+        if messages.is_empty() {
+            continue;
+        }
+        let mut batch = Claimed {
+            lease,
+            messages,
+            at,
+        };
+        loop {
+            match out.send_timeout(batch, Duration::from_millis(50)) {
+                Ok(()) => break,
+                Err(e) => {
+                    batch = e.into_inner();
+                    if ctx.stopped() {
+                        ctx.release_claimed(&batch);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows that cannot be decoded can never be published: they park at once, with
+/// the reason in `last_error`, and hold up nothing but their own key.
+fn park_undecodable<S: Store>(ctx: &Ctx<S>, lease: &Lease, rows: Vec<Undecodable>) {
+    if rows.is_empty() {
+        return;
+    }
+    let cfg = &ctx.shared.config;
+    let failed: Vec<FailedAttempt> = rows
+        .iter()
+        .map(|r| FailedAttempt {
+            id: r.id,
+            error: Error::Decode {
+                id: r.id,
+                reason: r.reason.clone(),
+            }
+            .to_string(),
+            retry_in: Duration::ZERO,
+            park: true,
+            hold_key: cfg.on_park == OnPark::HoldKey,
+        })
+        .collect();
+    if let Err(e) = ctx.shared.store.mark_failed(lease, &failed) {
+        // The lease expires and the next claim tries again.
+        ctx.store_failed(e);
+        return;
+    }
+    ctx.counters
+        .failed
+        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+    for r in rows {
+        ctx.report(Failure {
+            id: Some(r.id),
+            message_id: None,
+            error: Error::Decode {
+                id: r.id,
+                reason: r.reason,
+            },
+            action: FailureAction::Parked,
+        });
+    }
+}
+
+pub(super) fn publisher<S: Store>(
+    ctx: &Ctx<S>,
+    mut home: StreamHome<S>,
+    input: Receiver<Claimed>,
+    out: Sender<Published>,
+) {
+    // Between batches of which every message met an outage: the broker is down,
+    // wait before the next batch instead of spinning.
+    let pause =
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(5)).unwrap_or_default();
+    let mut down = 0u32;
+    for claimed in input.iter() {
+        // Not started before stop, or so late that another relay may own it by now.
+        if ctx.stopped() || claimed.lease_left() < claimed.lease.duration / 5 {
+            ctx.release_claimed(&claimed);
+            continue;
+        }
+        let Some(stream) = home.stream.as_mut() else {
+            ctx.release_claimed(&claimed);
+            continue;
+        };
+        // Publishing ends a fifth of the lease before the lease does: time to record
+        // the outcomes while the rows are still ours.
+        let deadline = Deadline::with_stop(
+            claimed.at + claimed.lease.duration * 4 / 5,
+            ctx.stop_rx.clone(),
+        );
+        let outcomes = match catch_unwind(AssertUnwindSafe(|| {
+            stream.publish(&claimed.messages, &deadline)
+        })) {
+            Ok(o) if o.len() == claimed.messages.len() => o,
+            Ok(o) => {
+                // A stream that breaks the one-outcome-per-message contract would
+                // do it again with every batch: a bug, stopped like a panic.
+                let what = format!(
+                    "the stream returned {} outcomes for {} messages",
+                    o.len(),
+                    claimed.messages.len()
+                );
+                ctx.release_claimed(&claimed);
+                ctx.panicked("publisher", &what);
+                continue;
+            }
+            Err(p) => {
+                ctx.release_claimed(&claimed);
+                ctx.panicked("publisher", p.as_ref());
+                continue;
+            }
+        };
+        let all_down = outcomes
+            .iter()
+            .all(|o| o.as_ref().is_err_and(Error::is_transient));
+        let Claimed {
+            lease,
+            messages,
+            at,
+        } = claimed;
+        // The payloads are dropped here, before the marks.
+        let sent: Vec<Sent> = messages
+            .into_iter()
+            .map(|m| Sent {
+                id: m.id,
+                message_id: m.message_id,
+                attempts: m.attempts,
+            })
+            .collect();
+        if let Err(e) = out.send(Published {
+            lease,
+            at,
+            sent,
+            outcomes,
+        }) {
+            // The marker is gone (it panicked): give the rows back; published ones
+            // are published again (at least once).
+            let p = e.into_inner();
+            let ids: Vec<i64> = p.sent.iter().map(|s| s.id).collect();
+            ctx.release(&p.lease, &ids);
+            continue;
+        }
+        if all_down {
+            down += 1;
+            if ctx.sleep(pause.delay(down)) {
+                continue;
+            }
+        } else {
+            down = 0;
+        }
+    }
+}
+
+/// What one batch's outcomes come to.
+#[derive(Default)]
+struct Sorted<'a> {
+    ok: Vec<&'a Sent>,
+    failed: Vec<FailedAttempt>,
+    failures: Vec<Failure>,
+    released: Vec<i64>,
+    /// The first transient error of the batch and its message (the outage's face
+    /// in reports).
+    outage: Option<(Error, &'a Sent)>,
+}
+
+fn sort<'a, S: Store>(ctx: &Ctx<S>, sent: &'a [Sent], outcomes: Vec<Result<()>>) -> Sorted<'a> {
+    let cfg = &ctx.shared.config;
+    let mut s = Sorted::default();
+    for (m, outcome) in sent.iter().zip(outcomes) {
+        let error = match outcome {
+            Ok(()) => {
+                s.ok.push(m);
+                continue;
+            }
+            Err(e) => e,
+        };
+        match verdict(&error, m.attempts, cfg.max_attempts, &cfg.backoff) {
+            Verdict::Release => {
+                s.released.push(m.id);
+                s.outage.get_or_insert((error, m));
+            }
+            v => {
+                let park = v == Verdict::Park;
+                s.failed.push(FailedAttempt {
+                    id: m.id,
+                    error: error.to_string(),
+                    retry_in: match v {
+                        Verdict::Retry(d) => d,
+                        _ => Duration::ZERO,
+                    },
+                    park,
+                    hold_key: cfg.on_park == OnPark::HoldKey,
+                });
+                s.failures.push(Failure {
+                    id: Some(m.id),
+                    message_id: Some(m.message_id),
+                    error,
+                    action: if park {
+                        FailureAction::Parked
+                    } else {
+                        FailureAction::Retry
+                    },
+                });
+            }
+        }
+    }
+    s
+}
+
+pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
+    let cfg = &ctx.shared.config;
+    let store = &ctx.shared.store;
+    for p in input.iter() {
+        let Published {
+            lease,
+            at,
+            sent,
+            outcomes,
+        } = p;
+        let s = sort(ctx, &sent, outcomes);
+        let every = cfg.report_interval;
+        let delay = match s.outage {
+            Some((e, m)) => {
+                if let Some(e) = ctx.stream_outage.failed(e, s.released.len() as u64, every) {
+                    ctx.send_err(Failure {
+                        id: Some(m.id),
+                        message_id: Some(m.message_id),
+                        error: e,
+                        action: FailureAction::Released,
+                    });
+                }
+                release_delay(ctx.stream_outage.streak())
+            }
+            None => {
+                ctx.stream_outage.succeeded(every);
+                Duration::ZERO
+            }
+        };
+        let ids: Vec<i64> = s.ok.iter().map(|m| m.id).collect();
+        let marked = persist(ctx, &lease, at, || store.mark_dispatched(&lease, &ids));
+        persist(ctx, &lease, at, || store.mark_failed(&lease, &s.failed));
+        persist(ctx, &lease, at, || {
+            store.release(&lease, &s.released, delay)
+        });
+
+        // Only what the mark recorded is delivered; the rest is published again by
+        // whoever holds it now (a duplicate, de-duplicated by message id).
+        let (delivered, unmarked): (Vec<&Sent>, Vec<&Sent>) = match &marked {
+            Some(ids) if ids.len() == s.ok.len() => (s.ok, Vec::new()),
+            Some(ids) => {
+                let ids: std::collections::HashSet<i64> = ids.iter().copied().collect();
+                s.ok.into_iter().partition(|m| ids.contains(&m.id))
+            }
+            None => (Vec::new(), s.ok),
+        };
+        ctx.counters
+            .published
+            .fetch_add(delivered.len() as u64, Ordering::Relaxed);
+        let failed = s.failures.len() + s.released.len() + unmarked.len();
+        ctx.counters
+            .failed
+            .fetch_add(failed as u64, Ordering::Relaxed);
+        for m in delivered {
+            let d = Delivered {
+                id: m.id,
+                message_id: m.message_id,
+                attempts: m.attempts,
+            };
+            if ctx.ok_tx.try_send(d).is_err() {
+                ctx.counters.dropped_ok.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for f in s.failures {
+            ctx.report(f);
+        }
+        for m in unmarked {
+            let error = match &marked {
+                Some(_) => Error::LeaseLost { count: 1 },
+                None => Error::unavailable(
+                    "database",
+                    "the dispatched mark did not land before the lease ended",
+                ),
+            };
+            ctx.report(Failure {
+                id: Some(m.id),
+                message_id: Some(m.message_id),
+                error,
+                action: FailureAction::NotMarked,
+            });
+        }
+    }
+}
+
+/// Runs a mark statement, retrying while the lease lasts: a mark that never lands
+/// means the rows are published again after the lease expires (at-least-once).
+fn persist<S: Store, T>(
+    ctx: &Ctx<S>,
+    lease: &Lease,
+    at: Instant,
+    mut f: impl FnMut() -> Result<T>,
+) -> Option<T> {
+    let pause = Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).unwrap_or_default();
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Ok(n) => return Some(n),
+            Err(e) => {
+                attempt += 1;
+                let wait = pause.delay(attempt);
+                let give_up = lease_left(lease, at) <= wait;
+                // Part of the database's outage, even when a retry succeeds.
+                ctx.store_failed(e);
+                if give_up {
+                    return None;
+                }
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+pub(super) fn cleanup<S: Store>(ctx: &Ctx<S>) {
+    let cfg = &ctx.shared.config;
+    let Some(every) = cfg.cleanup_interval else {
+        return;
+    };
+    while !ctx.sleep(every) {
+        // The cutoff is the database's now() at each statement, never a frozen time.
+        loop {
+            match ctx
+                .shared
+                .store
+                .cleanup(cfg.cleanup_before, cfg.cleanup_batch_size)
+            {
+                Ok(n) if (n as usize) < cfg.cleanup_batch_size => break,
+                Ok(n) => log::debug!("outboxer: cleaned up {n} dispatched messages"),
+                Err(e) => {
+                    ctx.store_failed(e);
+                    break;
+                }
+            }
+            if ctx.stopped() {
+                return;
+            }
+        }
+    }
+}
