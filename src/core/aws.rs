@@ -2,6 +2,7 @@
 //! their providers, the `sqs://` / `kinesis://` URL form, AWS error bodies,
 //! and the per-key "waves" that keep ordering keys in order across calls.
 
+use crate::core::percent;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::fmt;
@@ -180,26 +181,6 @@ impl fmt::Debug for AwsUrl {
     }
 }
 
-fn percent_decode(s: &str) -> std::result::Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("bad percent-escape")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "percent-escapes are not UTF-8".to_string())
-}
-
 impl AwsUrl {
     /// Parses `raw` with the scheme `scheme` (`sqs` or `kinesis`). Errors never
     /// contain the secret.
@@ -226,7 +207,7 @@ impl AwsUrl {
                 let (key, secret) = u
                     .split_once(':')
                     .ok_or("userinfo must be ACCESS_KEY:SECRET")?;
-                let (key, secret) = (percent_decode(key)?, percent_decode(secret)?);
+                let (key, secret) = (percent::decode(key)?, percent::decode(secret)?);
                 if key.is_empty() || secret.is_empty() {
                     return Err("userinfo must be ACCESS_KEY:SECRET".into());
                 }
@@ -243,7 +224,7 @@ impl AwsUrl {
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
-                "endpoint" => endpoint = Some(check_endpoint(&percent_decode(v)?)?),
+                "endpoint" => endpoint = Some(check_endpoint(&percent::decode(v)?)?),
                 other => {
                     return Err(format!(
                         "unknown query parameter {:?} (known: endpoint)",

@@ -3,6 +3,7 @@
 
 use crate::core::options::{reject_unknown, required_string, string};
 use crate::message::Options;
+use crate::core::percent;
 use crate::{Error, Result};
 use serde_json::Value;
 
@@ -230,33 +231,6 @@ pub fn redact_value(key: &str, value: &str) -> String {
     }
 }
 
-fn percent_decode(s: &str) -> std::result::Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = s
-                    .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| format!("bad percent-escape at byte {i}"))?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| "percent-escapes are not UTF-8".to_string())
-}
-
 impl KafkaUrl {
     /// Parses the URL. Errors never contain the password.
     pub fn parse(raw: &str) -> std::result::Result<KafkaUrl, String> {
@@ -275,8 +249,8 @@ impl KafkaUrl {
         let hosts = match authority.rsplit_once('@') {
             Some((userinfo, hosts)) => {
                 let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                settings.push(("sasl.username".to_string(), percent_decode(user)?));
-                settings.push(("sasl.password".to_string(), percent_decode(pass)?));
+                settings.push(("sasl.username".to_string(), percent::decode(user)?));
+                settings.push(("sasl.password".to_string(), percent::decode(pass)?));
                 hosts
             }
             None => authority,
@@ -312,8 +286,8 @@ impl KafkaUrl {
                 let (k, v) = pair
                     .split_once('=')
                     .ok_or_else(|| format!("query pair {:?} has no '='", pair.split('=').next()))?;
-                let k = percent_decode(k)?;
-                let v = percent_decode(v)?;
+                let k = percent::decode_form(k)?;
+                let v = percent::decode_form(v)?;
                 check_setting(&k, &v)?;
                 settings.push((k, v));
             }
@@ -417,6 +391,14 @@ mod tests {
         assert!(u
             .settings
             .contains(&("sasl.password".to_string(), "p@ss".to_string())));
+        // In the userinfo `+` is the password's own (RFC 3986); in the query a space.
+        let u = KafkaUrl::parse("kafka://me:p+ss@h?client.id=a+b").expect("valid");
+        assert!(u
+            .settings
+            .contains(&("sasl.password".to_string(), "p+ss".to_string())));
+        assert!(u
+            .settings
+            .contains(&("client.id".to_string(), "a b".to_string())));
         assert!(!format!("{u:?}").contains("p@ss"));
         for bad in [
             "amqp://h",

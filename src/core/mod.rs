@@ -13,6 +13,7 @@ pub mod ident;
 pub mod kafka;
 pub mod kinesis;
 mod options;
+pub mod percent;
 pub mod pubsub;
 pub mod redact;
 pub mod retry;
