@@ -240,34 +240,11 @@ impl AwsUrl {
         })
     }
 
-    /// The URL with the secret replaced by `***`, for errors and logs.
+    /// The URL with the secret replaced by `***`, for errors and logs (see
+    /// [`crate::redact_url`]; this form also shows URLs with a raw `/` or `@` in the
+    /// secret).
     pub fn redact(raw: &str) -> String {
-        match raw.split_once("://") {
-            Some((scheme, rest)) => {
-                let (authority, query) = match rest.split_once('?') {
-                    Some((a, q)) => (a, Some(q)),
-                    None => (rest, None),
-                };
-                let authority = match authority.rsplit_once('@') {
-                    Some((userinfo, host)) => {
-                        let key = userinfo.split_once(':').map_or(userinfo, |(k, _)| k);
-                        format!("{key}:***@{host}")
-                    }
-                    None => authority.to_string(),
-                };
-                let query = query.map(|q| {
-                    let q = crate::core::redact::redact_url(&format!("http://h/?{q}"));
-                    q.split_once('?')
-                        .map(|(_, q)| q.to_string())
-                        .unwrap_or_default()
-                });
-                match query {
-                    Some(q) => format!("{scheme}://{authority}?{q}"),
-                    None => format!("{scheme}://{authority}"),
-                }
-            }
-            None => "<unparsable url>".into(),
-        }
+        crate::core::redact::redact_raw_url(raw)
     }
 }
 

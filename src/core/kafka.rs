@@ -209,25 +209,12 @@ impl std::fmt::Debug for KafkaUrl {
         let settings: Vec<(String, String)> = self
             .settings
             .iter()
-            .map(|(k, v)| (k.clone(), redact_value(k, v)))
+            .map(|(k, v)| (k.clone(), crate::core::redact::redact_value(k, v)))
             .collect();
         f.debug_struct("KafkaUrl")
             .field("brokers", &self.brokers)
             .field("settings", &settings)
             .finish()
-    }
-}
-
-/// A secret-looking property's value is shown as `***`.
-pub fn redact_value(key: &str, value: &str) -> String {
-    let k = key.to_ascii_lowercase();
-    if ["password", "secret", "token", "jaas", "key.pem", "private"]
-        .iter()
-        .any(|s| k.contains(s))
-    {
-        "***".into()
-    } else {
-        value.into()
     }
 }
 
@@ -303,35 +290,10 @@ impl KafkaUrl {
         Ok(KafkaUrl { brokers, settings })
     }
 
-    /// The URL with secrets replaced by `***`, for errors and logs.
+    /// The URL with secrets (the password, secret-looking properties) replaced by
+    /// `***`, for errors and logs.
     pub fn redact(raw: &str) -> String {
-        let Some(rest) = raw.strip_prefix("kafka://") else {
-            return crate::core::redact::redact_url(raw);
-        };
-        let (authority, query) = match rest.split_once('?') {
-            Some((a, q)) => (a, Some(q)),
-            None => (rest, None),
-        };
-        let authority = match authority.rsplit_once('@') {
-            Some((userinfo, hosts)) => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                format!("{user}:***@{hosts}")
-            }
-            None => authority.to_string(),
-        };
-        let mut out = format!("kafka://{authority}");
-        if let Some(q) = query {
-            let pairs: Vec<String> = q
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((k, v)) => format!("{k}={}", redact_value(k, v)),
-                    None => p.to_string(),
-                })
-                .collect();
-            out.push('?');
-            out.push_str(&pairs.join("&"));
-        }
-        out
+        crate::core::redact::redact_raw_url(raw)
     }
 }
 

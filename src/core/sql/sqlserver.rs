@@ -1,6 +1,6 @@
 //! SQL Server (2017+) SQL text for one outbox table, and the I/O-free helpers of
 //! the `sqlserver` store: statement shapes for variable-length lists, lock
-//! resource names, ADO.NET connection-string redaction.
+//! resource names. (Its connection strings are redacted in `core::redact`.)
 //!
 //! Every value travels as a parameter (`@P1`, `@P2`, ...). What is spliced into the
 //! text is only: the table and index names (validated identifiers, bracket-quoted),
@@ -611,80 +611,6 @@ fn quote_part(part: &str) -> String {
     format!("[{}]", part.replace(']', "]]"))
 }
 
-/// An ADO.NET (or JDBC) connection string with the values of secret keys (`password`,
-/// `pwd`, and any key naming a secret or token) replaced by `***`. Quoted values
-/// (`'..'`, `".."`, `{..}`) are understood, so a quoted `;` inside a password does not
-/// leak its tail; anything after an unterminated quote is dropped.
-pub fn redact_ado(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        // One `key=value` pair (or a segment without `=`, e.g. `jdbc:sqlserver://h:1`).
-        let key_end = s[i..].find(['=', ';']).map_or(b.len(), |p| i + p);
-        if key_end == b.len() || b[key_end] == b';' {
-            out.push_str(&s[i..key_end]);
-            if key_end < b.len() {
-                out.push(';');
-            }
-            i = key_end + 1;
-            continue;
-        }
-        let key = &s[i..key_end];
-        out.push_str(key);
-        out.push('=');
-        let secret = {
-            let k: String = key
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .collect::<String>()
-                .to_ascii_lowercase();
-            k == "pwd"
-                || ["password", "secret", "token", "key"]
-                    .iter()
-                    .any(|w| k.contains(w))
-        };
-        // The value: up to the next `;`, or a quoted run.
-        let mut j = key_end + 1;
-        while j < b.len() && b[j].is_ascii_whitespace() && b[j] != b';' {
-            j += 1;
-        }
-        let value_end = match b.get(j) {
-            Some(&q @ (b'\'' | b'"')) => {
-                // Doubled quotes are an escaped quote.
-                let mut k = j + 1;
-                loop {
-                    match b.get(k) {
-                        None => break None,
-                        Some(&c) if c == q && b.get(k + 1) == Some(&q) => k += 2,
-                        Some(&c) if c == q => break Some(k + 1),
-                        Some(_) => k += 1,
-                    }
-                }
-            }
-            Some(b'{') => s[j..].find('}').map(|p| j + p + 1),
-            _ => Some(s[j..].find(';').map_or(b.len(), |p| j + p)),
-        };
-        let Some(value_end) = value_end else {
-            // Unterminated quote: the rest cannot be told apart from the value.
-            out.push_str("***");
-            break;
-        };
-        // Skip to the pair's end (`;`).
-        let pair_end = s[value_end..].find(';').map_or(b.len(), |p| value_end + p);
-        if secret {
-            out.push_str("***");
-        } else {
-            out.push_str(&s[key_end + 1..pair_end]);
-        }
-        if pair_end < b.len() {
-            out.push(';');
-        }
-        i = pair_end + 1;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -938,44 +864,5 @@ mod tests {
             !ordering_key_fits(&"🎉".repeat(401)),
             "surrogate pairs count twice"
         );
-    }
-
-    #[test]
-    fn ado_passwords_are_redacted() {
-        let cases = [
-            (
-                "server=tcp:h,1433;user=sa;password=s3cret;TrustServerCertificate=true",
-                "server=tcp:h,1433;user=sa;password=***;TrustServerCertificate=true",
-            ),
-            ("Server=h;PWD=s3cret", "Server=h;PWD=***"),
-            (
-                "server=h;Password='s3;cret''x';database=d",
-                "server=h;Password=***;database=d",
-            ),
-            (
-                "server=h;password=\"s3;cret\";database=d",
-                "server=h;password=***;database=d",
-            ),
-            (
-                "server=h;password={s3;cret};database=d",
-                "server=h;password=***;database=d",
-            ),
-            ("server=h;password='s3;cret", "server=h;password=***"),
-            (
-                "jdbc:sqlserver://h:1433;user=sa;password=s3cret",
-                "jdbc:sqlserver://h:1433;user=sa;password=***",
-            ),
-            (
-                "server=h;Access Token=s3cret;",
-                "server=h;Access Token=***;",
-            ),
-            ("no secrets here", "no secrets here"),
-            ("", ""),
-        ];
-        for (raw, want) in cases {
-            let got = redact_ado(raw);
-            assert_eq!(got, want, "{raw}");
-            assert!(!got.contains("s3"), "{got}");
-        }
     }
 }
