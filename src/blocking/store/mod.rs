@@ -421,6 +421,49 @@ pub trait TxStore: Store {
         E: From<crate::Error>;
 }
 
+/// A driver's transaction, as the closure form ends it (the blocking twin of
+/// `async_impl::store::Finish`).
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+pub(crate) trait Finish: Sized {
+    fn commit(self) -> Result<()>;
+    fn rollback(self) -> Result<()>;
+}
+
+/// The closure form of every store's [`TxStore::with_transaction`]: runs `f` with
+/// `tx`, then commits on `Ok` and rolls back on `Err` (a failed rollback is
+/// logged: the server rolls back when the connection ends anyway). The async
+/// stores' `run_in` has the same shape.
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+pub(crate) fn run_in<T, R, E, F>(mut tx: T, f: F) -> std::result::Result<R, E>
+where
+    T: Finish,
+    F: FnOnce(&mut T) -> std::result::Result<R, E>,
+    E: From<crate::Error>,
+{
+    match f(&mut tx) {
+        Ok(r) => {
+            tx.commit()?;
+            Ok(r)
+        }
+        Err(e) => {
+            if let Err(re) = tx.rollback() {
+                log::warn!("outboxer: rollback failed: {re}");
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Forwards every [`Store`] method to the store behind a pointer, so that
 /// `Box<dyn Store>` and `Arc<dyn Store>` (and boxes of concrete stores) are stores.
 macro_rules! forward_store {

@@ -1,6 +1,7 @@
 //! SQLite store on `rusqlite` with its bundled SQLite: WAL mode, `BEGIN IMMEDIATE`
 //! writes, leases claimed with `UPDATE .. RETURNING`, a small pool of connections.
 
+use super::{run_in, Finish};
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
     Store, TxStore, Undecodable,
@@ -834,22 +835,20 @@ impl TxStore for SqliteStore {
     {
         self.with_conn(|c| {
             let _turn = self.turn();
-            let mut tx = c
+            let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db("beginning a transaction"))?;
-            match f(&mut tx) {
-                Ok(r) => {
-                    tx.commit().map_err(db("committing"))?;
-                    Ok(r)
-                }
-                Err(e) => {
-                    if let Err(re) = tx.rollback() {
-                        log::warn!("outboxer: rollback failed: {re}");
-                    }
-                    Err(e)
-                }
-            }
+            run_in(tx, f)
         })
+    }
+}
+
+impl Finish for Transaction<'_> {
+    fn commit(self) -> Result<()> {
+        Transaction::commit(self).map_err(db("committing"))
+    }
+    fn rollback(self) -> Result<()> {
+        Transaction::rollback(self).map_err(db("rolling back"))
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! SQL text lives in [`crate::core::sql::sqlserver`], which also documents the schema.
 
+use super::{run_in, Finish};
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
     Store, TxStore, Undecodable,
@@ -1008,19 +1009,16 @@ impl TxStore for SqlServerStore {
         F: FnOnce(&mut SqlServerTx<'_>) -> std::result::Result<R, E>,
         E: From<Error>,
     {
-        let mut tx = self.begin()?;
-        match f(&mut tx) {
-            Ok(r) => {
-                tx.commit()?;
-                Ok(r)
-            }
-            Err(e) => {
-                if let Err(re) = tx.rollback() {
-                    log::warn!("outboxer: rollback failed: {re}");
-                }
-                Err(e)
-            }
-        }
+        run_in(self.begin()?, f)
+    }
+}
+
+impl Finish for SqlServerTx<'_> {
+    fn commit(self) -> Result<()> {
+        SqlServerTx::commit(self)
+    }
+    fn rollback(self) -> Result<()> {
+        SqlServerTx::rollback(self)
     }
 }
 
