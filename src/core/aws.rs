@@ -1,10 +1,8 @@
 //! The I/O-free parts shared by the SQS and Kinesis streams: credentials and
-//! their providers, the `sqs://` / `kinesis://` URL form, AWS error bodies,
-//! and the per-key "waves" that keep ordering keys in order across calls.
+//! their providers, the `sqs://` / `kinesis://` URL form, AWS error bodies.
 
 use crate::core::percent;
 use crate::{Error, Result};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -447,42 +445,10 @@ impl fmt::Display for AwsError {
     }
 }
 
-/// Splits a batch into waves: wave `w` holds the `w`-th message of every
-/// ordering key (keyless messages all go into wave 0), in batch order. Sending
-/// wave after wave and holding back keys that failed keeps per-key order: a
-/// later message of a key is only sent after the earlier one was accepted.
-pub fn waves<'a>(keys: impl IntoIterator<Item = Option<&'a str>>) -> Vec<Vec<usize>> {
-    let mut waves: Vec<Vec<usize>> = Vec::new();
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (i, key) in keys.into_iter().enumerate() {
-        let w = match key {
-            None => 0,
-            Some(k) => {
-                let c = seen.entry(k).or_insert(0);
-                *c += 1;
-                *c - 1
-            }
-        };
-        if waves.len() <= w {
-            waves.resize_with(w + 1, Vec::new);
-        }
-        waves[w].push(i);
-    }
-    waves
-}
-
 /// Characters SQS accepts in a message body or string attribute (the XML 1.0
 /// character set).
 pub fn xml_char(c: char) -> bool {
     matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-/// The message held back because an earlier message of its key failed.
-pub fn held_back(what: &'static str, key: &str) -> Error {
-    Error::unavailable(
-        what,
-        format!("held back: an earlier message of ordering key {key:?} failed in this batch"),
-    )
 }
 
 #[cfg(test)]
@@ -547,12 +513,6 @@ mod tests {
         .expect("aws xml error");
         assert_eq!(e.code, "SignatureDoesNotMatch");
         assert!(e.message.starts_with("The request signature"), "{e}");
-    }
-
-    #[test]
-    fn waves_keep_key_order() {
-        let keys = [Some("a"), None, Some("a"), Some("b"), None, Some("a")];
-        assert_eq!(waves(keys), vec![vec![0, 1, 3, 4], vec![2], vec![5]]);
     }
 
     #[test]

@@ -20,3 +20,4 @@ pub mod retry;
 pub mod rows;
 pub mod sql;
 pub mod sqs;
+pub mod waves;

@@ -56,6 +56,7 @@ mod driver {
     use super::*;
     use crate::blocking::stream::{Deadline, Stream};
     use crate::core::kafka::check_setting;
+    use crate::core::waves::{held_back, waves};
     use crate::message::StoredMessage;
     use parking_lot::Mutex;
     use rdkafka::config::ClientConfig;
@@ -661,22 +662,7 @@ mod driver {
             out: &mut [Option<Result<()>>],
             deadline: &Deadline,
         ) -> Result<()> {
-            let mut waves: Vec<Vec<usize>> = Vec::new();
-            let mut seen: HashMap<&str, usize> = HashMap::new();
-            for (i, m) in batch.iter().enumerate() {
-                let w = match m.ordering_key.as_deref() {
-                    None => 0,
-                    Some(k) => {
-                        let c = seen.entry(k).or_insert(0);
-                        *c += 1;
-                        *c - 1
-                    }
-                };
-                if waves.len() <= w {
-                    waves.resize_with(w + 1, Vec::new);
-                }
-                waves[w].push(i);
-            }
+            let waves = waves(batch.iter().map(|m| m.ordering_key.as_deref()));
             // Reports are awaited until the batch's deadline, and never longer than
             // librdkafka's own delivery timeout (plus a margin for its report).
             let until = (Instant::now() + self.delivery_timeout + Duration::from_secs(2))
@@ -701,10 +687,7 @@ mod driver {
                     }
                     if let Some(k) = m.ordering_key.as_deref() {
                         if failed_keys.contains(k) {
-                            out[i] = Some(Err(Error::unavailable(
-                                "kafka",
-                                format!("held back: an earlier message of ordering key {k:?} failed in this batch"),
-                            )));
+                            out[i] = Some(Err(held_back("kafka", k)));
                             continue;
                         }
                     }

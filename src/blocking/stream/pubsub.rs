@@ -59,6 +59,7 @@ mod driver {
         pem_pkcs8_der, plan, PlanItem, PlannedRequest, ServiceAccountKey, MAX_MESSAGES_PER_REQUEST,
     };
     use crate::core::retry::Backoff;
+    use crate::core::waves::held_back;
     use crate::message::{StoredMessage, MESSAGE_ID_HEADER};
     use crate::Error;
     use base64::Engine as _;
@@ -695,7 +696,7 @@ mod driver {
                     .or_else(|| parsed.as_ref().ok().and_then(|r| r.ordering_key.as_deref()))
                     .map(str::to_string);
                 if let Some(k) = key.as_ref().filter(|k| failed_keys.contains(*k)) {
-                    out[i] = Some(Err(held_back(k)));
+                    out[i] = Some(Err(held_back("pubsub", k)));
                     continue;
                 }
                 match parsed {
@@ -762,17 +763,6 @@ mod driver {
         }
     }
 
-    fn held_back(key: &str) -> Error {
-        Error::unavailable(
-            "pubsub",
-            format!("held back: an earlier message of ordering key {key:?} failed in this batch"),
-        )
-    }
-
-    /// A copy of a request's error for each of its messages.
-    fn copy_error(e: &Error) -> Error {
-        e.duplicate("pubsub")
-    }
 
     impl PubSubStream {
         fn run(
@@ -788,14 +778,14 @@ mod driver {
                     done.extend(
                         req.messages
                             .iter()
-                            .map(|&i| (i, r.as_ref().map(|_| ()).map_err(copy_error))),
+                            .map(|&i| (i, r.as_ref().map(|_| ()).map_err(|e| e.duplicate("pubsub")))),
                     );
                 }
                 Job::Keyed(key, reqs) => {
                     let mut failed = false;
                     for req in reqs.iter() {
                         if failed {
-                            done.extend(req.messages.iter().map(|&i| (i, Err(held_back(key)))));
+                            done.extend(req.messages.iter().map(|&i| (i, Err(held_back("pubsub", key)))));
                             continue;
                         }
                         if deadline.expired() {
@@ -808,7 +798,7 @@ mod driver {
                         done.extend(
                             req.messages
                                 .iter()
-                                .map(|&i| (i, r.as_ref().map(|_| ()).map_err(copy_error))),
+                                .map(|&i| (i, r.as_ref().map(|_| ()).map_err(|e| e.duplicate("pubsub")))),
                         );
                     }
                 }
