@@ -2,8 +2,8 @@
 //! `kafka://` URL form and its validation. No I/O.
 
 use crate::core::options::{reject_unknown, required_string, string};
-use crate::message::Options;
 use crate::core::percent;
+use crate::message::Options;
 use crate::{Error, Result};
 use serde_json::Value;
 

@@ -133,12 +133,10 @@ pub fn redact_raw_url(raw: &str) -> String {
 fn redact_query(q: &str) -> String {
     let q = q.split_once('#').map_or(q, |(q, _)| q);
     url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(
-            url::form_urlencoded::parse(q.as_bytes()).map(|(k, v)| {
-                let v = redact_value(&k, &v);
-                (k, v)
-            }),
-        )
+        .extend_pairs(url::form_urlencoded::parse(q.as_bytes()).map(|(k, v)| {
+            let v = redact_value(&k, &v);
+            (k, v)
+        }))
         .finish()
 }
 

@@ -60,8 +60,8 @@ mod driver {
         AwsClient, AwsError, AwsErrorKind, AwsSettings, Credentials, CredentialsProvider, Service,
     };
     use crate::blocking::stream::{Deadline, Stream};
-    use crate::core::waves::{held_back, waves};
     use crate::core::kinesis::partition_key;
+    use crate::core::waves::{held_back, waves};
     use crate::message::StoredMessage;
     use base64::Engine as _;
     use serde_json::{json, Value};

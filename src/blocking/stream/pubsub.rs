@@ -763,7 +763,6 @@ mod driver {
         }
     }
 
-
     impl PubSubStream {
         fn run(
             &self,
@@ -776,16 +775,20 @@ mod driver {
                 Job::Unordered(req) => {
                     let r = self.send_request(req, batch, deadline);
                     done.extend(
-                        req.messages
-                            .iter()
-                            .map(|&i| (i, r.as_ref().map(|_| ()).map_err(|e| e.duplicate("pubsub")))),
+                        req.messages.iter().map(|&i| {
+                            (i, r.as_ref().map(|_| ()).map_err(|e| e.duplicate("pubsub")))
+                        }),
                     );
                 }
                 Job::Keyed(key, reqs) => {
                     let mut failed = false;
                     for req in reqs.iter() {
                         if failed {
-                            done.extend(req.messages.iter().map(|&i| (i, Err(held_back("pubsub", key)))));
+                            done.extend(
+                                req.messages
+                                    .iter()
+                                    .map(|&i| (i, Err(held_back("pubsub", key)))),
+                            );
                             continue;
                         }
                         if deadline.expired() {
@@ -795,11 +798,9 @@ mod driver {
                         }
                         let r = self.send_request(req, batch, deadline);
                         failed = r.is_err();
-                        done.extend(
-                            req.messages
-                                .iter()
-                                .map(|&i| (i, r.as_ref().map(|_| ()).map_err(|e| e.duplicate("pubsub")))),
-                        );
+                        done.extend(req.messages.iter().map(|&i| {
+                            (i, r.as_ref().map(|_| ()).map_err(|e| e.duplicate("pubsub")))
+                        }));
                     }
                 }
             }

@@ -66,8 +66,8 @@ mod driver {
         AwsClient, AwsError, AwsSettings, CallError, Credentials, CredentialsProvider, Service,
     };
     use crate::blocking::stream::{Deadline, Stream};
-    use crate::core::waves::{held_back, waves};
     use crate::core::sqs::group_for_key;
+    use crate::core::waves::{held_back, waves};
     use crate::message::StoredMessage;
     use serde_json::{json, Map, Value};
     use std::collections::{HashMap, HashSet};
