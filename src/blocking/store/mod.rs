@@ -29,7 +29,7 @@ mod mysql_store;
 pub use self::mysql_store::{MysqlStore, MysqlStoreBuilder};
 
 #[cfg(feature = "sqlite")]
-#[path = "sqlite.rs"]
+#[path = "sqlite/mod.rs"]
 mod sqlite_store;
 #[cfg(feature = "sqlite")]
 pub use self::sqlite_store::{SqliteStore, SqliteStoreBuilder};
