@@ -35,7 +35,7 @@ mod sqlite_store;
 pub use self::sqlite_store::{SqliteStore, SqliteStoreBuilder};
 
 #[cfg(feature = "sqlserver")]
-#[path = "sqlserver.rs"]
+#[path = "sqlserver/mod.rs"]
 mod sqlserver_store;
 #[cfg(all(feature = "sqlserver", feature = "async"))]
 pub(crate) use self::sqlserver_store::{open_client, Client as TdsClient};
