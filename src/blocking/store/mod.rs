@@ -8,30 +8,37 @@ use std::time::Duration;
 // The driver crates, re-exported so that callers join transactions with the
 // exact version the store was built against.
 #[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub use ::mysql;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use ::postgres;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use ::rusqlite;
 #[cfg(feature = "sqlserver")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlserver")))]
 pub use ::tiberius;
 
 #[cfg(feature = "postgres")]
 #[path = "postgres.rs"]
 mod postgres_store;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use self::postgres_store::{PostgresStore, PostgresStoreBuilder};
 
 #[cfg(feature = "mysql")]
 #[path = "mysql.rs"]
 mod mysql_store;
 #[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub use self::mysql_store::{MysqlStore, MysqlStoreBuilder};
 
 #[cfg(feature = "sqlite")]
 #[path = "sqlite/mod.rs"]
 mod sqlite_store;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use self::sqlite_store::{SqliteStore, SqliteStoreBuilder};
 
 #[cfg(feature = "sqlserver")]
@@ -40,6 +47,7 @@ mod sqlserver_store;
 #[cfg(all(feature = "sqlserver", feature = "async"))]
 pub(crate) use self::sqlserver_store::{open_client, Client as TdsClient};
 #[cfg(feature = "sqlserver")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlserver")))]
 pub use self::sqlserver_store::{SqlServerStore, SqlServerStoreBuilder, SqlServerTx};
 
 /// A claim's ownership token: rows are marked only with the token that claimed them,

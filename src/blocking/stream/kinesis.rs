@@ -51,6 +51,7 @@ impl Validate for KinesisValidator {
 }
 
 #[cfg(feature = "kinesis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
 pub use self::driver::{KinesisStream, KinesisStreamBuilder};
 
 #[cfg(feature = "kinesis")]

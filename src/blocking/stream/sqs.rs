@@ -57,6 +57,7 @@ impl Validate for SqsValidator {
 }
 
 #[cfg(feature = "sqs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqs")))]
 pub use self::driver::{SqsStream, SqsStreamBuilder};
 
 #[cfg(feature = "sqs")]

@@ -49,6 +49,7 @@ impl Validate for KafkaValidator {
 }
 
 #[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub use self::driver::{KafkaStream, KafkaStreamBuilder};
 
 #[cfg(feature = "kafka")]

@@ -44,6 +44,7 @@ impl Validate for PubSubValidator {
 }
 
 #[cfg(feature = "pubsub")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
 pub use self::driver::{
     AccessToken, MetadataServer, PubSubStream, PubSubStreamBuilder, ServiceAccount, StaticToken,
     TokenProvider,
