@@ -224,6 +224,7 @@ impl Error {
 }
 
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 impl From<postgres::Error> for Error {
     fn from(e: postgres::Error) -> Self {
         Error::db("running a statement", e)

@@ -1,9 +1,8 @@
 //! The I/O-free parts shared by the SQS and Kinesis streams: credentials and
-//! their providers, the `sqs://` / `kinesis://` URL form, AWS error bodies,
-//! and the per-key "waves" that keep ordering keys in order across calls.
+//! their providers, the `sqs://` / `kinesis://` URL form, AWS error bodies.
 
+use crate::core::percent;
 use crate::{Error, Result};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -180,26 +179,6 @@ impl fmt::Debug for AwsUrl {
     }
 }
 
-fn percent_decode(s: &str) -> std::result::Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("bad percent-escape")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "percent-escapes are not UTF-8".to_string())
-}
-
 impl AwsUrl {
     /// Parses `raw` with the scheme `scheme` (`sqs` or `kinesis`). Errors never
     /// contain the secret.
@@ -226,7 +205,7 @@ impl AwsUrl {
                 let (key, secret) = u
                     .split_once(':')
                     .ok_or("userinfo must be ACCESS_KEY:SECRET")?;
-                let (key, secret) = (percent_decode(key)?, percent_decode(secret)?);
+                let (key, secret) = (percent::decode(key)?, percent::decode(secret)?);
                 if key.is_empty() || secret.is_empty() {
                     return Err("userinfo must be ACCESS_KEY:SECRET".into());
                 }
@@ -243,7 +222,7 @@ impl AwsUrl {
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
-                "endpoint" => endpoint = Some(check_endpoint(&percent_decode(v)?)?),
+                "endpoint" => endpoint = Some(check_endpoint(&percent::decode(v)?)?),
                 other => {
                     return Err(format!(
                         "unknown query parameter {:?} (known: endpoint)",
@@ -259,34 +238,11 @@ impl AwsUrl {
         })
     }
 
-    /// The URL with the secret replaced by `***`, for errors and logs.
+    /// The URL with the secret replaced by `***`, for errors and logs (see
+    /// [`crate::redact_url`]; this form also shows URLs with a raw `/` or `@` in the
+    /// secret).
     pub fn redact(raw: &str) -> String {
-        match raw.split_once("://") {
-            Some((scheme, rest)) => {
-                let (authority, query) = match rest.split_once('?') {
-                    Some((a, q)) => (a, Some(q)),
-                    None => (rest, None),
-                };
-                let authority = match authority.rsplit_once('@') {
-                    Some((userinfo, host)) => {
-                        let key = userinfo.split_once(':').map_or(userinfo, |(k, _)| k);
-                        format!("{key}:***@{host}")
-                    }
-                    None => authority.to_string(),
-                };
-                let query = query.map(|q| {
-                    let q = crate::core::redact::redact_url(&format!("http://h/?{q}"));
-                    q.split_once('?')
-                        .map(|(_, q)| q.to_string())
-                        .unwrap_or_default()
-                });
-                match query {
-                    Some(q) => format!("{scheme}://{authority}?{q}"),
-                    None => format!("{scheme}://{authority}"),
-                }
-            }
-            None => "<unparsable url>".into(),
-        }
+        crate::core::redact::redact_raw_url(raw)
     }
 }
 
@@ -489,42 +445,10 @@ impl fmt::Display for AwsError {
     }
 }
 
-/// Splits a batch into waves: wave `w` holds the `w`-th message of every
-/// ordering key (keyless messages all go into wave 0), in batch order. Sending
-/// wave after wave and holding back keys that failed keeps per-key order: a
-/// later message of a key is only sent after the earlier one was accepted.
-pub fn waves<'a>(keys: impl IntoIterator<Item = Option<&'a str>>) -> Vec<Vec<usize>> {
-    let mut waves: Vec<Vec<usize>> = Vec::new();
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (i, key) in keys.into_iter().enumerate() {
-        let w = match key {
-            None => 0,
-            Some(k) => {
-                let c = seen.entry(k).or_insert(0);
-                *c += 1;
-                *c - 1
-            }
-        };
-        if waves.len() <= w {
-            waves.resize_with(w + 1, Vec::new);
-        }
-        waves[w].push(i);
-    }
-    waves
-}
-
 /// Characters SQS accepts in a message body or string attribute (the XML 1.0
 /// character set).
 pub fn xml_char(c: char) -> bool {
     matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-/// The message held back because an earlier message of its key failed.
-pub fn held_back(what: &'static str, key: &str) -> Error {
-    Error::unavailable(
-        what,
-        format!("held back: an earlier message of ordering key {key:?} failed in this batch"),
-    )
 }
 
 #[cfg(test)]
@@ -589,12 +513,6 @@ mod tests {
         .expect("aws xml error");
         assert_eq!(e.code, "SignatureDoesNotMatch");
         assert!(e.message.starts_with("The request signature"), "{e}");
-    }
-
-    #[test]
-    fn waves_keep_key_order() {
-        let keys = [Some("a"), None, Some("a"), Some("b"), None, Some("a")];
-        assert_eq!(waves(keys), vec![vec![0, 1, 3, 4], vec![2], vec![5]]);
     }
 
     #[test]

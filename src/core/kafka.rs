@@ -2,6 +2,7 @@
 //! `kafka://` URL form and its validation. No I/O.
 
 use crate::core::options::{reject_unknown, required_string, string};
+use crate::core::percent;
 use crate::message::Options;
 use crate::{Error, Result};
 use serde_json::Value;
@@ -208,53 +209,13 @@ impl std::fmt::Debug for KafkaUrl {
         let settings: Vec<(String, String)> = self
             .settings
             .iter()
-            .map(|(k, v)| (k.clone(), redact_value(k, v)))
+            .map(|(k, v)| (k.clone(), crate::core::redact::redact_value(k, v)))
             .collect();
         f.debug_struct("KafkaUrl")
             .field("brokers", &self.brokers)
             .field("settings", &settings)
             .finish()
     }
-}
-
-/// A secret-looking property's value is shown as `***`.
-pub fn redact_value(key: &str, value: &str) -> String {
-    let k = key.to_ascii_lowercase();
-    if ["password", "secret", "token", "jaas", "key.pem", "private"]
-        .iter()
-        .any(|s| k.contains(s))
-    {
-        "***".into()
-    } else {
-        value.into()
-    }
-}
-
-fn percent_decode(s: &str) -> std::result::Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = s
-                    .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| format!("bad percent-escape at byte {i}"))?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| "percent-escapes are not UTF-8".to_string())
 }
 
 impl KafkaUrl {
@@ -275,8 +236,8 @@ impl KafkaUrl {
         let hosts = match authority.rsplit_once('@') {
             Some((userinfo, hosts)) => {
                 let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                settings.push(("sasl.username".to_string(), percent_decode(user)?));
-                settings.push(("sasl.password".to_string(), percent_decode(pass)?));
+                settings.push(("sasl.username".to_string(), percent::decode(user)?));
+                settings.push(("sasl.password".to_string(), percent::decode(pass)?));
                 hosts
             }
             None => authority,
@@ -312,8 +273,8 @@ impl KafkaUrl {
                 let (k, v) = pair
                     .split_once('=')
                     .ok_or_else(|| format!("query pair {:?} has no '='", pair.split('=').next()))?;
-                let k = percent_decode(k)?;
-                let v = percent_decode(v)?;
+                let k = percent::decode_form(k)?;
+                let v = percent::decode_form(v)?;
                 check_setting(&k, &v)?;
                 settings.push((k, v));
             }
@@ -329,35 +290,10 @@ impl KafkaUrl {
         Ok(KafkaUrl { brokers, settings })
     }
 
-    /// The URL with secrets replaced by `***`, for errors and logs.
+    /// The URL with secrets (the password, secret-looking properties) replaced by
+    /// `***`, for errors and logs.
     pub fn redact(raw: &str) -> String {
-        let Some(rest) = raw.strip_prefix("kafka://") else {
-            return crate::core::redact::redact_url(raw);
-        };
-        let (authority, query) = match rest.split_once('?') {
-            Some((a, q)) => (a, Some(q)),
-            None => (rest, None),
-        };
-        let authority = match authority.rsplit_once('@') {
-            Some((userinfo, hosts)) => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                format!("{user}:***@{hosts}")
-            }
-            None => authority.to_string(),
-        };
-        let mut out = format!("kafka://{authority}");
-        if let Some(q) = query {
-            let pairs: Vec<String> = q
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((k, v)) => format!("{k}={}", redact_value(k, v)),
-                    None => p.to_string(),
-                })
-                .collect();
-            out.push('?');
-            out.push_str(&pairs.join("&"));
-        }
-        out
+        crate::core::redact::redact_raw_url(raw)
     }
 }
 
@@ -417,6 +353,14 @@ mod tests {
         assert!(u
             .settings
             .contains(&("sasl.password".to_string(), "p@ss".to_string())));
+        // In the userinfo `+` is the password's own (RFC 3986); in the query a space.
+        let u = KafkaUrl::parse("kafka://me:p+ss@h?client.id=a+b").expect("valid");
+        assert!(u
+            .settings
+            .contains(&("sasl.password".to_string(), "p+ss".to_string())));
+        assert!(u
+            .settings
+            .contains(&("client.id".to_string(), "a b".to_string())));
         assert!(!format!("{u:?}").contains("p@ss"));
         for bad in [
             "amqp://h",

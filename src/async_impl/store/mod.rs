@@ -9,32 +9,38 @@ use std::future::Future;
 // The async driver crates, re-exported so that callers join transactions with the
 // exact version the store was built against.
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use ::tokio_postgres;
 
 #[cfg(feature = "postgres")]
 #[path = "postgres.rs"]
 mod postgres_store;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use self::postgres_store::{PostgresStore, PostgresStoreBuilder};
 
 #[cfg(feature = "async-mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async-mysql")))]
 pub use ::mysql_async;
 #[cfg(feature = "async-mysql")]
 #[path = "mysql.rs"]
 mod mysql_store;
 #[cfg(feature = "async-mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async-mysql")))]
 pub use self::mysql_store::MysqlStore;
 
 #[cfg(feature = "sqlserver")]
 #[path = "sqlserver.rs"]
 mod sqlserver_store;
 #[cfg(feature = "sqlserver")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlserver")))]
 pub use self::sqlserver_store::{SqlServerClient, SqlServerStore};
 
 #[cfg(feature = "sqlite")]
 #[path = "sqlite.rs"]
 mod sqlite_store;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use self::sqlite_store::{SqliteStore, SqliteTx};
 
 /// A database that holds the outbox table, seen from async code.

@@ -8,38 +8,46 @@ use std::time::Duration;
 // The driver crates, re-exported so that callers join transactions with the
 // exact version the store was built against.
 #[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub use ::mysql;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use ::postgres;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use ::rusqlite;
 #[cfg(feature = "sqlserver")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlserver")))]
 pub use ::tiberius;
 
 #[cfg(feature = "postgres")]
 #[path = "postgres.rs"]
 mod postgres_store;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use self::postgres_store::{PostgresStore, PostgresStoreBuilder};
 
 #[cfg(feature = "mysql")]
 #[path = "mysql.rs"]
 mod mysql_store;
 #[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub use self::mysql_store::{MysqlStore, MysqlStoreBuilder};
 
 #[cfg(feature = "sqlite")]
-#[path = "sqlite.rs"]
+#[path = "sqlite/mod.rs"]
 mod sqlite_store;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use self::sqlite_store::{SqliteStore, SqliteStoreBuilder};
 
 #[cfg(feature = "sqlserver")]
-#[path = "sqlserver.rs"]
+#[path = "sqlserver/mod.rs"]
 mod sqlserver_store;
 #[cfg(all(feature = "sqlserver", feature = "async"))]
 pub(crate) use self::sqlserver_store::{open_client, Client as TdsClient};
 #[cfg(feature = "sqlserver")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlserver")))]
 pub use self::sqlserver_store::{SqlServerStore, SqlServerStoreBuilder, SqlServerTx};
 
 /// A claim's ownership token: rows are marked only with the token that claimed them,
@@ -419,6 +427,49 @@ pub trait TxStore: Store {
     where
         F: FnOnce(&mut Self::Tx<'_>) -> std::result::Result<R, E>,
         E: From<crate::Error>;
+}
+
+/// A driver's transaction, as the closure form ends it (the blocking twin of
+/// `async_impl::store::Finish`).
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+pub(crate) trait Finish: Sized {
+    fn commit(self) -> Result<()>;
+    fn rollback(self) -> Result<()>;
+}
+
+/// The closure form of every store's [`TxStore::with_transaction`]: runs `f` with
+/// `tx`, then commits on `Ok` and rolls back on `Err` (a failed rollback is
+/// logged: the server rolls back when the connection ends anyway). The async
+/// stores' `run_in` has the same shape.
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+pub(crate) fn run_in<T, R, E, F>(mut tx: T, f: F) -> std::result::Result<R, E>
+where
+    T: Finish,
+    F: FnOnce(&mut T) -> std::result::Result<R, E>,
+    E: From<crate::Error>,
+{
+    match f(&mut tx) {
+        Ok(r) => {
+            tx.commit()?;
+            Ok(r)
+        }
+        Err(e) => {
+            if let Err(re) = tx.rollback() {
+                log::warn!("outboxer: rollback failed: {re}");
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Forwards every [`Store`] method to the store behind a pointer, so that

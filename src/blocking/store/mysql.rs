@@ -2,6 +2,7 @@
 //! `FOR UPDATE SKIP LOCKED` in a two-step claim (MariaDB has no `UPDATE .. RETURNING`),
 //! per-key enqueue locks on a small lock table, polling plus the in-process wake.
 
+use super::{run_in, Finish};
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
     Store, TxStore, Undecodable,
@@ -581,22 +582,20 @@ impl TxStore for MysqlStore {
         F: FnOnce(&mut mysql::Transaction<'_>) -> std::result::Result<R, E>,
         E: From<Error>,
     {
-        let mut tx = self
+        let tx = self
             .inner
             .pool
             .start_transaction(TxOpts::default())
             .map_err(|e| Error::db("beginning a transaction", e))?;
-        match f(&mut tx) {
-            Ok(r) => {
-                tx.commit().map_err(|e| Error::db("committing", e))?;
-                Ok(r)
-            }
-            Err(e) => {
-                if let Err(re) = tx.rollback() {
-                    log::warn!("outboxer: rollback failed: {re}");
-                }
-                Err(e)
-            }
-        }
+        run_in(tx, f)
+    }
+}
+
+impl Finish for mysql::Transaction<'_> {
+    fn commit(self) -> Result<()> {
+        mysql::Transaction::commit(self).map_err(|e| Error::db("committing", e))
+    }
+    fn rollback(self) -> Result<()> {
+        mysql::Transaction::rollback(self).map_err(|e| Error::db("rolling back", e))
     }
 }

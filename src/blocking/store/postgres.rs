@@ -1,6 +1,7 @@
 //! PostgreSQL store on the `postgres` crate: leases with `FOR UPDATE SKIP LOCKED`,
 //! LISTEN/NOTIFY wake-ups, a small connection pool of its own.
 
+use super::{run_in, Finish};
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
     Store, TxStore, Undecodable, WakeListener,
@@ -618,21 +619,19 @@ impl TxStore for PostgresStore {
         E: From<Error>,
     {
         let mut conn = self.conn()?;
-        let mut tx = conn
+        let tx = conn
             .transaction()
             .map_err(|e| Error::db("beginning a transaction", e))?;
-        match f(&mut tx) {
-            Ok(r) => {
-                tx.commit().map_err(|e| Error::db("committing", e))?;
-                Ok(r)
-            }
-            Err(e) => {
-                if let Err(re) = tx.rollback() {
-                    log::warn!("outboxer: rollback failed: {re}");
-                }
-                Err(e)
-            }
-        }
+        run_in(tx, f)
+    }
+}
+
+impl Finish for postgres::Transaction<'_> {
+    fn commit(self) -> Result<()> {
+        postgres::Transaction::commit(self).map_err(|e| Error::db("committing", e))
+    }
+    fn rollback(self) -> Result<()> {
+        postgres::Transaction::rollback(self).map_err(|e| Error::db("rolling back", e))
     }
 }
 

@@ -51,6 +51,7 @@ impl Validate for KinesisValidator {
 }
 
 #[cfg(feature = "kinesis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
 pub use self::driver::{KinesisStream, KinesisStreamBuilder};
 
 #[cfg(feature = "kinesis")]
@@ -60,8 +61,8 @@ mod driver {
         AwsClient, AwsError, AwsErrorKind, AwsSettings, Credentials, CredentialsProvider, Service,
     };
     use crate::blocking::stream::{Deadline, Stream};
-    use crate::core::aws::{held_back, waves};
     use crate::core::kinesis::partition_key;
+    use crate::core::waves::{held_back, waves};
     use crate::message::StoredMessage;
     use base64::Engine as _;
     use serde_json::{json, Value};
@@ -175,10 +176,6 @@ mod driver {
         size: usize,
     }
 
-    fn copy_error(e: &Error) -> Error {
-        e.duplicate("kinesis")
-    }
-
     fn prepare(m: &StoredMessage) -> Result<Prepared> {
         KinesisValidator.validate(&m.payload, &m.headers, &m.options)?;
         let route = KinesisRoute::parse(&m.options)?;
@@ -229,7 +226,7 @@ mod driver {
                         let stops = e.stops_batch();
                         let err = e.into_error("kinesis");
                         for &i in &pending {
-                            out[i] = Some(Err(copy_error(&err)));
+                            out[i] = Some(Err(err.duplicate("kinesis")));
                         }
                         return if stops { Err(err) } else { Ok(()) };
                     }
@@ -354,7 +351,7 @@ mod driver {
                     for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
                         if let Some(e) = &down {
                             for i in chunk {
-                                out[i] = Some(Err(copy_error(e)));
+                                out[i] = Some(Err(e.duplicate("kinesis")));
                             }
                             continue;
                         }

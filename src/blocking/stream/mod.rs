@@ -18,18 +18,23 @@ pub mod sqs;
 // The stream types, also here for `use outboxer::stream::AmqpStream`; each is
 // documented once, in its stream's module (with its builder and routes).
 #[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 #[doc(no_inline)]
 pub use amqp::AmqpStream;
 #[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 #[doc(no_inline)]
 pub use kafka::KafkaStream;
 #[cfg(feature = "kinesis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
 #[doc(no_inline)]
 pub use kinesis::KinesisStream;
 #[cfg(feature = "pubsub")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
 #[doc(no_inline)]
 pub use pubsub::PubSubStream;
 #[cfg(feature = "sqs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqs")))]
 #[doc(no_inline)]
 pub use sqs::SqsStream;
 

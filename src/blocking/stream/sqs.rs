@@ -57,6 +57,7 @@ impl Validate for SqsValidator {
 }
 
 #[cfg(feature = "sqs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqs")))]
 pub use self::driver::{SqsStream, SqsStreamBuilder};
 
 #[cfg(feature = "sqs")]
@@ -66,8 +67,8 @@ mod driver {
         AwsClient, AwsError, AwsSettings, CallError, Credentials, CredentialsProvider, Service,
     };
     use crate::blocking::stream::{Deadline, Stream};
-    use crate::core::aws::{held_back, waves};
     use crate::core::sqs::group_for_key;
+    use crate::core::waves::{held_back, waves};
     use crate::message::StoredMessage;
     use serde_json::{json, Map, Value};
     use std::collections::{HashMap, HashSet};
@@ -193,10 +194,6 @@ mod driver {
         size: usize,
     }
 
-    fn copy_error(e: &Error) -> Error {
-        e.duplicate("sqs")
-    }
-
     impl SqsStream {
         fn prepare(&self, i: usize, m: &StoredMessage) -> Result<Prepared> {
             let validator = SqsValidator {
@@ -293,7 +290,7 @@ mod driver {
                     let stops = e.stops_batch();
                     let err = e.into_error("sqs");
                     for &i in entries {
-                        out[i] = Some(Err(copy_error(&err)));
+                        out[i] = Some(Err(err.duplicate("sqs")));
                     }
                     return if stops { Err(err) } else { Ok(()) };
                 }
@@ -392,7 +389,7 @@ mod driver {
                         }
                     }
                     if let Some(e) = &down {
-                        out[i] = Some(Err(copy_error(e)));
+                        out[i] = Some(Err(e.duplicate("sqs")));
                         continue;
                     }
                     let Some(p) = prepared[i].as_ref() else {
@@ -406,7 +403,7 @@ mod driver {
                 for (route, entries) in by_queue {
                     if let Some(e) = &down {
                         for i in entries {
-                            out[i] = Some(Err(copy_error(e)));
+                            out[i] = Some(Err(e.duplicate("sqs")));
                         }
                         continue;
                     }
@@ -416,7 +413,7 @@ mod driver {
                             let stops = e.stops_batch();
                             let e = e.into_error("sqs");
                             for &i in &entries {
-                                out[i] = Some(Err(copy_error(&e)));
+                                out[i] = Some(Err(e.duplicate("sqs")));
                             }
                             if stops {
                                 down = Some(e);
@@ -444,7 +441,7 @@ mod driver {
                     for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
                         if let Some(e) = &down {
                             for i in chunk {
-                                out[i] = Some(Err(copy_error(e)));
+                                out[i] = Some(Err(e.duplicate("sqs")));
                             }
                             continue;
                         }
