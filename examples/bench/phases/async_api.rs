@@ -3,7 +3,8 @@
 //! own threads, outcomes forwarded into async channels). Blocking setup (tables,
 //! broker connections, the consumer check) stays outside the runtime.
 
-use super::latency::percentile;
+use super::latency::{percentile, sorted_latencies};
+use super::relay::relay_table;
 use crate::{
     Backend, BoxResult, Broker, Env, CHUNK, LATENCY_MESSAGES, LATENCY_RATE_PER_S, PHASE_TIMEOUT,
 };
@@ -58,11 +59,7 @@ pub fn relay_phase<B: Backend>(
     relays: usize,
     batch: usize,
 ) -> BoxResult<Duration> {
-    let table = if relays == 1 {
-        env.table(&format!("relay{batch}"))
-    } else {
-        env.table(&format!("relay{relays}"))
-    };
+    let table = relay_table(env, relays, batch);
     db.drop_table(&table)?;
     let streams = (0..relays)
         .map(|_| env.stream(true))
@@ -195,19 +192,7 @@ pub fn latency_phase<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResul
         }
         BoxResult::Ok((sent?, delivered, c.published))
     })?;
-    let mut latencies: Vec<f64> = sent
-        .iter()
-        .filter_map(|(id, at)| delivered.get(id).map(|d| d.saturating_duration_since(*at)))
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .collect();
-    if latencies.len() < LATENCY_MESSAGES {
-        return Err(format!(
-            "latency: only {} of {LATENCY_MESSAGES} messages delivered",
-            latencies.len()
-        )
-        .into());
-    }
-    latencies.sort_by(f64::total_cmp);
+    let latencies = sorted_latencies(&sent, &delivered, LATENCY_MESSAGES)?;
     broker.settle(published)?;
     db.drop_table(&table)?;
     Ok((percentile(&latencies, 0.50), percentile(&latencies, 0.99)))

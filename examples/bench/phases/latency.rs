@@ -68,24 +68,35 @@ pub fn latency_phase<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResul
             c.dropped_ok, c.failed
         );
     }
-    let mut latencies: Vec<f64> = sent
-        .iter()
-        .filter_map(|(id, at)| delivered.get(id).map(|d| d.saturating_duration_since(*at)))
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .collect();
-    if latencies.len() < latency_messages {
-        return Err(format!(
-            "latency: only {} of {latency_messages} messages delivered",
-            latencies.len()
-        )
-        .into());
-    }
-    latencies.sort_by(f64::total_cmp);
+    let latencies = sorted_latencies(&sent, &delivered, latency_messages)?;
     drop(relay);
     drop(outbox);
     broker.settle(c.published)?;
     db.drop_table(&table)?;
     Ok((percentile(&latencies, 0.50), percentile(&latencies, 0.99)))
+}
+
+/// Send-to-delivery times in ms, sorted; an error unless all `expected` messages
+/// were delivered.
+pub fn sorted_latencies(
+    sent: &[(MessageId, Instant)],
+    delivered: &HashMap<MessageId, Instant>,
+    expected: usize,
+) -> BoxResult<Vec<f64>> {
+    let mut latencies: Vec<f64> = sent
+        .iter()
+        .filter_map(|(id, at)| delivered.get(id).map(|d| d.saturating_duration_since(*at)))
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    if latencies.len() < expected {
+        return Err(format!(
+            "latency: only {} of {expected} messages delivered",
+            latencies.len()
+        )
+        .into());
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
 }
 
 /// Nearest-rank percentile of sorted, non-empty values.

@@ -14,11 +14,7 @@ pub fn relay_phase<B: Backend>(
     relays: usize,
     batch: usize,
 ) -> BoxResult<Duration> {
-    let table = if relays == 1 {
-        env.table(&format!("relay{batch}"))
-    } else {
-        env.table(&format!("relay{relays}"))
-    };
+    let table = relay_table(env, relays, batch);
     db.drop_table(&table)?;
     if !env.breakdown {
         let mut outboxes = Vec::with_capacity(relays);
@@ -44,6 +40,15 @@ pub fn relay_phase<B: Backend>(
     let took = time_relays(env, db, broker, &table, outboxes)?;
     timings.print(took, relays);
     Ok(took)
+}
+
+/// The table of a relay run: `relay<batch>` for one relay, `relay<relays>` for more.
+pub fn relay_table(env: &Env, relays: usize, batch: usize) -> String {
+    if relays == 1 {
+        env.table(&format!("relay{batch}"))
+    } else {
+        env.table(&format!("relay{relays}"))
+    }
 }
 
 /// The outbox of phases 4 and 5: polling every 10 ms, no cleanup thread.
