@@ -376,3 +376,80 @@ fn a_broker_silent_mid_batch_costs_at_most_the_confirm_timeout() {
         "close is bounded"
     );
 }
+
+// ---- Issue 13: the stream's connection setup and wire format, exported ----
+
+/// `open_connection` + `open_confirm_channel` + `message_properties` publish as the
+/// stream does: acked, not returned, with the message id as property and header.
+#[test]
+fn open_connection_publishes_with_confirms_and_the_streams_properties() {
+    let _shared = shared();
+    let mut conn = amqp::open_connection(&amqp_url()).expect("open_connection");
+    let (channel, confirms, returns) = amqp::open_confirm_channel(&mut conn).expect("channel");
+    let queue = channel
+        .queue_declare(
+            unique("open_conn"),
+            amiquip::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .expect("queue");
+    let id = MessageId::new();
+    let headers = [("h".to_string(), "v".to_string())].into_iter().collect();
+    let props = amqp::message_properties(id, &headers, SystemTime::now());
+    let publish = amiquip::Publish {
+        mandatory: true,
+        ..amiquip::Publish::with_properties(b"p", queue.name(), props)
+    };
+    channel.basic_publish("", publish).expect("publish");
+    match confirms.recv_timeout(Duration::from_secs(10)) {
+        Ok(amiquip::Confirm::Ack(a)) => assert_eq!(a.delivery_tag, 1),
+        other => panic!("expected an ack: {other:?}"),
+    }
+    assert!(returns.try_recv().is_err(), "routable: not returned");
+    let got = (0..100)
+        .find_map(|_| {
+            let g = queue.get(true).expect("get");
+            if g.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            g
+        })
+        .expect("the message is in the queue");
+    let p = &got.delivery.properties;
+    assert_eq!(p.message_id().as_deref(), Some(id.to_string().as_str()));
+    assert_eq!(*p.delivery_mode(), Some(2));
+    let h = p.headers().as_ref().expect("headers");
+    for (k, v) in [
+        ("h", "v".to_string()),
+        (outboxer::MESSAGE_ID_HEADER, id.to_string()),
+    ] {
+        assert!(
+            matches!(h.get(k), Some(amiquip::AmqpValue::LongString(s)) if *s == v),
+            "{k}: {h:?}"
+        );
+    }
+    conn.close().expect("close");
+}
+
+/// A URL the stream refuses is refused alike, with its password redacted.
+#[test]
+fn open_connection_refuses_what_the_stream_refuses() {
+    for url in [
+        "amqp://u:s3cret@127.0.0.1:5672/%zz",
+        "amqps://u:s3cret@127.0.0.1:5671/%2f",
+        "amqp://u:s3cret@127.0.0.1:5672/%2f?frame_max=1",
+    ] {
+        match amqp::open_connection(url) {
+            Err(Error::InvalidUrl { url: shown, .. }) => {
+                assert!(!shown.contains("s3cret"), "{shown}")
+            }
+            other => panic!("{url}: expected InvalidUrl, got {:?}", other.map(|_| ())),
+        }
+        assert!(matches!(
+            AmqpStream::builder(url).build(),
+            Err(Error::InvalidUrl { .. })
+        ));
+    }
+}

@@ -1,6 +1,6 @@
 //! `outboxer bench`: enqueue N messages through the library while a relay publishes
 //! them, with a progress bar; prints the same `RESULT key=value` line format as
-//! `examples/bench.rs` (a subset of its keys, see the README).
+//! `examples/bench/` (a subset of its keys, see the README).
 
 use crate::fail::Fail;
 use amiquip::{
