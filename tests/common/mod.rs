@@ -167,8 +167,9 @@ pub fn drop_table(table: &str) {
     let _ = pg().batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""));
 }
 
-/// A durable queue `q` bound with `binding` to the durable topic exchange `ex`
-/// (both declared), with a prefetch window for acked consumption.
+/// A durable queue `q` (expiring 5 minutes after its last use) bound with
+/// `binding` to the durable topic exchange `ex` (both declared), with a prefetch
+/// window for acked consumption.
 pub fn bound_queue<'a>(
     ch: &'a amiquip::Channel,
     ex: &str,
@@ -183,10 +184,16 @@ pub fn bound_queue<'a>(
             ..Default::default()
         },
     )?;
+    // Durable, so that it outlives a broker restart in the fault tests; it expires
+    // once unused for 5 minutes, so that test runs leave no queues behind (a broker
+    // recovering a thousand of them at start-up runs out of file handles).
+    let mut arguments = FieldTable::new();
+    arguments.insert("x-expires".into(), amiquip::AmqpValue::LongInt(300_000));
     let queue = ch.queue_declare(
         q,
         QueueDeclareOptions {
             durable: true,
+            arguments,
             ..Default::default()
         },
     )?;

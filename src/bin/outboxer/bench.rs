@@ -3,10 +3,7 @@
 //! `examples/bench/` (a subset of its keys, see the README).
 
 use crate::fail::Fail;
-use amiquip::{
-    Auth, Connection, ConnectionOptions, ConnectionTuning, ExchangeDeclareOptions, ExchangeType,
-    FieldTable, QueueDeclareOptions,
-};
+use amiquip::{Connection, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use outboxer::stream::amqp;
 use outboxer::{Message, MessageId, Outbox, Store, Stream};
@@ -33,57 +30,16 @@ struct AmqpSink {
     queue: String,
 }
 
-/// Opens an AMQP connection from a URL parsed with `url` 2 and a socket of our own:
-/// amiquip's `Connection::open` goes through `url` 1.x and its `idna` advisory
-/// (see the README's security section), which outboxer never calls.
+/// Opens an AMQP connection the way the stream does (the library's URL parsing,
+/// a `TCP_NODELAY` socket of its own, bounded handshake).
 fn connect(raw: &str) -> Result<Connection, Fail> {
     let shown = outboxer::redact_url(raw);
-    let bad = |why: &str| Fail::usage(format!("stream {shown}: {why}"));
-    let url = url::Url::parse(raw).map_err(|_| bad("not a URL"))?;
-    // Percent-decoding of user, password and vhost (`%2f` is `/`).
-    let decode = |s: &str| {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            let hex = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-                (b'%', Some(v)) => {
-                    out.push(v);
-                    i += 3;
-                }
-                (c, _) => {
-                    out.push(c);
-                    i += 1;
-                }
-            }
+    amqp::open_connection(raw).map_err(|e| match e {
+        outboxer::Error::InvalidUrl { reason, .. } => {
+            Fail::usage(format!("stream {shown}: {reason}"))
         }
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    let host = url.host_str().ok_or_else(|| bad("no host"))?;
-    let port = url.port().unwrap_or(5672);
-    let user = match url.username() {
-        "" => "guest".to_string(),
-        u => decode(u),
-    };
-    let password = url.password().map(decode).unwrap_or_else(|| "guest".into());
-    let vhost = match url.path() {
-        "" | "/" => "/".to_string(),
-        p => decode(&p[1..]),
-    };
-    let down = |e: &dyn std::fmt::Display| Fail::runtime(format!("stream {shown}: {e}"));
-    let tcp = std::net::TcpStream::connect((host, port)).map_err(|e| down(&e))?;
-    let tcp = mio::net::TcpStream::from_stream(tcp).map_err(|e| down(&e))?;
-    let options = ConnectionOptions::<Auth>::default()
-        .auth(Auth::Plain {
-            username: user,
-            password,
-        })
-        .virtual_host(vhost);
-    Connection::insecure_open_stream(tcp, options, ConnectionTuning::default())
-        .map_err(|e| down(&e))
+        e => Fail::runtime(format!("stream {shown}: {e}")),
+    })
 }
 
 impl AmqpSink {

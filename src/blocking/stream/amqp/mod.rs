@@ -80,8 +80,11 @@ mod stream;
 mod target;
 
 #[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use self::connection::{open_confirm_channel, open_connection};
 #[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use self::publish::message_properties;
 #[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use self::stream::{AmqpStream, AmqpStreamBuilder};

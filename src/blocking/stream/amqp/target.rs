@@ -16,27 +16,6 @@ pub(super) struct Target {
     pub(super) redacted: String,
 }
 
-// TODO(merge): shared decoder
-fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-escape at byte {i}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "percent-escapes are not UTF-8".to_string())
-}
-
 pub(super) fn parse_target(raw: &str) -> Result<Target, String> {
     let url = url::Url::parse(raw).map_err(|e| e.to_string())?;
     match url.scheme() {
@@ -49,15 +28,15 @@ pub(super) fn parse_target(raw: &str) -> Result<Target, String> {
     let host = url.host_str().ok_or("no host")?.to_string();
     let user = match url.username() {
         "" => "guest".to_string(),
-        u => percent_decode(u)?,
+        u => crate::core::percent::decode(u)?,
     };
     let password = match url.password() {
         None => "guest".to_string(),
-        Some(p) => percent_decode(p)?,
+        Some(p) => crate::core::percent::decode(p)?,
     };
     let vhost = match url.path() {
         "" | "/" => "/".to_string(),
-        p => percent_decode(&p[1..])?,
+        p => crate::core::percent::decode(&p[1..])?,
     };
     let mut heartbeat = 60u16;
     let mut connect_timeout = Duration::from_secs(10);
