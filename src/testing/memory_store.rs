@@ -135,6 +135,21 @@ impl State {
         }
     }
 
+    /// Deletes up to `limit` rows that match, lowest ids first; returns how many.
+    fn remove_where(&mut self, limit: usize, matches: impl Fn(&Entry) -> bool) -> u64 {
+        let ids: Vec<i64> = self
+            .rows
+            .values()
+            .filter(|e| matches(e))
+            .map(|e| e.row.id)
+            .take(limit)
+            .collect();
+        for id in &ids {
+            self.rows.remove(id);
+        }
+        ids.len() as u64
+    }
+
     /// The earliest row of each key that still holds it (pending or parked).
     fn key_heads(&self) -> HashMap<&str, i64> {
         let mut heads = HashMap::new();
@@ -435,17 +450,9 @@ impl Store for MemoryStore {
     fn cleanup(&self, older_than: Duration, limit: usize) -> Result<u64> {
         let mut s = self.state.lock();
         s.fault(StoreOp::Cleanup)?;
-        let old: Vec<i64> = s
-            .rows
-            .values()
-            .filter(|e| e.dispatched_at.is_some_and(|d| d.elapsed() > older_than))
-            .map(|e| e.row.id)
-            .take(limit)
-            .collect();
-        for id in &old {
-            s.rows.remove(id);
-        }
-        Ok(old.len() as u64)
+        Ok(s.remove_where(limit, |e| {
+            e.dispatched_at.is_some_and(|d| d.elapsed() > older_than)
+        }))
     }
 
     fn requeue(&self, which: &Requeue) -> Result<u64> {
@@ -513,20 +520,10 @@ impl Store for MemoryStore {
 
     fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
         let mut s = self.state.lock();
-        let old: Vec<i64> = s
-            .rows
-            .values()
-            .filter(|e| {
-                matches!(e.row.status, RowStatus::Parked | RowStatus::Skipped)
-                    && e.created.elapsed() > older_than
-            })
-            .map(|e| e.row.id)
-            .take(limit)
-            .collect();
-        for id in &old {
-            s.rows.remove(id);
-        }
-        Ok(old.len() as u64)
+        Ok(s.remove_where(limit, |e| {
+            matches!(e.row.status, RowStatus::Parked | RowStatus::Skipped)
+                && e.created.elapsed() > older_than
+        }))
     }
 
     fn stats(&self) -> Result<Stats> {

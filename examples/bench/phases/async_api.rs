@@ -4,10 +4,8 @@
 //! broker connections, the consumer check) stays outside the runtime.
 
 use super::latency::{percentile, sorted_latencies};
-use super::relay::relay_table;
-use crate::{
-    Backend, BoxResult, Broker, Env, CHUNK, LATENCY_MESSAGES, LATENCY_RATE_PER_S, PHASE_TIMEOUT,
-};
+use super::relay::{relay_progress, relay_table};
+use crate::{Backend, BoxResult, Broker, Env, CHUNK, LATENCY_MESSAGES, LATENCY_RATE_PER_S};
 use outboxer::async_impl::store::PostgresStore as AsyncPg;
 use outboxer::async_impl::Outbox as AsyncOutbox;
 use std::collections::HashMap;
@@ -90,22 +88,11 @@ pub fn relay_phase<B: Backend>(
         let mut failures = 0usize;
         let took = loop {
             let published: u64 = running.iter().map(|r| r.counters().published).sum();
-            if published >= n {
-                break start.elapsed();
-            }
-            for relay in &running {
-                while let Ok(f) = relay.err().try_recv() {
-                    failures += 1;
-                    if failures <= 3 {
-                        eprintln!("bench: relay failure: {} ({:?})", f.error, f.action);
-                    }
-                }
-            }
-            if start.elapsed() > PHASE_TIMEOUT {
-                return Err(format!(
-                    "relay: only {published} of {n} published after {PHASE_TIMEOUT:?}"
-                )
-                .into());
+            let errors = running
+                .iter()
+                .flat_map(|r| std::iter::from_fn(|| r.err().try_recv().ok()));
+            if let Some(took) = relay_progress(n, start, published, &mut failures, errors)? {
+                break took;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };

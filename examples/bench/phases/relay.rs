@@ -90,22 +90,9 @@ fn time_relays<B: Backend, S: Store>(
     let mut failures = 0usize;
     let took = loop {
         let published: u64 = running.iter().map(|r| r.counters().published).sum();
-        if published >= n {
-            break start.elapsed();
-        }
-        for relay in &running {
-            for f in relay.err().try_iter() {
-                failures += 1;
-                if failures <= 3 {
-                    eprintln!("bench: relay failure: {} ({:?})", f.error, f.action);
-                }
-            }
-        }
-        if start.elapsed() > PHASE_TIMEOUT {
-            return Err(format!(
-                "relay: only {published} of {n} published after {PHASE_TIMEOUT:?}"
-            )
-            .into());
+        let errors = running.iter().flat_map(|r| r.err().try_iter());
+        if let Some(took) = relay_progress(n, start, published, &mut failures, errors)? {
+            break took;
         }
         std::thread::sleep(Duration::from_millis(2));
     };
@@ -145,4 +132,31 @@ fn time_relays<B: Backend, S: Store>(
     broker.settle(total.published)?;
     db.drop_table(table)?;
     Ok(took)
+}
+
+/// One look at the relays of phases 4 and 5 (blocking or async): the time taken
+/// once `n` messages are published, the first failures printed, an error once the
+/// phase has run too long.
+pub fn relay_progress(
+    n: u64,
+    start: Instant,
+    published: u64,
+    failures: &mut usize,
+    errors: impl Iterator<Item = outboxer::Failure>,
+) -> BoxResult<Option<Duration>> {
+    if published >= n {
+        return Ok(Some(start.elapsed()));
+    }
+    for f in errors {
+        *failures += 1;
+        if *failures <= 3 {
+            eprintln!("bench: relay failure: {} ({:?})", f.error, f.action);
+        }
+    }
+    if start.elapsed() > PHASE_TIMEOUT {
+        return Err(
+            format!("relay: only {published} of {n} published after {PHASE_TIMEOUT:?}").into(),
+        );
+    }
+    Ok(None)
 }
