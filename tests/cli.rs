@@ -147,26 +147,13 @@ impl RelayProc {
     }
 
     /// SIGTERM, then waits for a clean exit; returns the log.
-    fn terminate(mut self) -> String {
+    fn terminate(self) -> String {
         let st = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill");
         assert!(st.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "relay did not stop:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        std::thread::sleep(Duration::from_millis(100)); // the reader thread drains stderr
-        let log = self.log();
+        let (status, log) = self.wait_exit(Duration::from_secs(60));
         assert!(status.success(), "exit {status:?}:\n{log}");
         assert!(log.contains("relay stopped"), "{log}");
         log
