@@ -724,24 +724,41 @@ fn relay_killed_with_sigkill_loses_nothing() {
         let o = Outbox::builder().store(st.clone()).build().expect("outbox");
         sent.extend(o.send_batch(chunk).expect("send"));
     }
+    // A relay holds no lease for the instant between marking a batch and its next
+    // claim committing, so a kill can land there (seen in CI: 350 marked, 0 leased).
+    // The case needs a relay killed while it holds leases: kill, look, and if the
+    // kill missed them, start another child (it resumes where the last one stopped).
     let exe = std::env::current_exe().expect("test binary");
-    let mut child = std::process::Command::new(exe)
-        .args(["--exact", "child_relay_process", "--ignored", "--quiet"])
-        .env("OUTBOXER_CHILD_TABLE", &table)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn relay process");
-    let before = sink.collect(300, Duration::from_secs(60));
-    child.kill().expect("SIGKILL"); // std sends SIGKILL on Unix
-    let _ = child.wait();
-    assert!(
-        before.len() >= 300,
-        "the child relay published ({})",
-        before.len()
-    );
-    let s = st.stats().expect("stats");
+    let mut before = Vec::new();
+    let mut s = st.stats().expect("stats");
+    let mut kills = 0;
+    for _attempt in 0..5 {
+        kills += 1;
+        let mut child = std::process::Command::new(&exe)
+            .args(["--exact", "child_relay_process", "--ignored", "--quiet"])
+            .env("OUTBOXER_CHILD_TABLE", &table)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn relay process");
+        let want = before.len() + 300;
+        sink.collect_into(&mut before, want, Duration::from_secs(60));
+        child.kill().expect("SIGKILL"); // std sends SIGKILL on Unix
+        let _ = child.wait();
+        assert!(
+            before.len() >= want,
+            "the child relay published ({} of {want})",
+            before.len()
+        );
+        s = st.stats().expect("stats");
+        if s.leased > 0 {
+            break;
+        }
+    }
     assert!(s.pending > 0, "killed mid-stream: {s:?}");
-    assert!(s.leased > 0, "the dead relay held leases: {s:?}");
+    assert!(
+        s.leased > 0,
+        "5 kills, none while the relay held leases: {s:?}"
+    );
 
     // Another relay takes over once the dead one's leases expire.
     let survivor = Outbox::builder()
@@ -761,8 +778,12 @@ fn relay_killed_with_sigkill_loses_nothing() {
         "nothing lost"
     );
     let dups = c.values().filter(|n| **n > 1).count();
-    // Only what the dead relay had published but not yet marked can repeat.
-    assert!(dups <= 3 * 50, "{dups} duplicates");
+    // Only what a dead relay had published but not yet marked can repeat: at most
+    // the batch being published and the two waiting for their mark, per kill.
+    assert!(
+        dups <= kills * 3 * 50,
+        "{dups} duplicates after {kills} kills"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while st.stats().expect("stats").dispatched < N as u64 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
