@@ -88,6 +88,21 @@ pub enum Error {
         /// What the server said, without secrets.
         reason: String,
     },
+    /// TLS could not be set up with the server: its certificate is not trusted or
+    /// does not name the host, or one side wants TLS and the other does not. A
+    /// setting to fix, never a downgrade to plaintext: `Outbox::start` and the
+    /// store builders refuse to go on with it. Should it happen to a running relay
+    /// (a certificate rotated badly), the relay treats it as an outage: messages
+    /// are released, nothing parks, and it is reported on `err()`.
+    #[error("{what}: {cause}: {reason}")]
+    Tls {
+        /// Which server (e.g. `postgres`, `amqp`).
+        what: &'static str,
+        /// What is wrong.
+        cause: crate::tls::TlsCause,
+        /// The TLS library's words, without secrets.
+        reason: String,
+    },
     /// The broker negatively acknowledged (nacked) the message.
     #[error("broker rejected the message: {0}")]
     Rejected(String),
@@ -141,6 +156,7 @@ impl Error {
             self,
             Error::Unavailable { .. }
                 | Error::Unauthorized { .. }
+                | Error::Tls { .. }
                 | Error::Timeout(_)
                 | Error::Database { .. }
         )
@@ -196,6 +212,21 @@ impl Error {
         }
     }
 
+    /// A TLS failure of `what`, its cause read from the driver's error text; `None`
+    /// when the error is not about TLS.
+    #[allow(dead_code)]
+    pub(crate) fn tls_from(
+        what: &'static str,
+        e: &(dyn std::error::Error + 'static),
+    ) -> Option<Self> {
+        let text = crate::core::tls::chain_text(e);
+        crate::core::tls::classify(&text).map(|cause| Error::Tls {
+            what,
+            cause,
+            reason: e.to_string(),
+        })
+    }
+
     /// A copy of one call's error for each message the call carried (`Error` is not
     /// `Clone`: `Database` holds a driver error). The kind is kept, so an outage
     /// stays an outage; other variants become `Unavailable` under `what` when
@@ -210,6 +241,15 @@ impl Error {
             },
             Error::Unauthorized { what, reason } => Error::Unauthorized {
                 what,
+                reason: reason.clone(),
+            },
+            Error::Tls {
+                what,
+                cause,
+                reason,
+            } => Error::Tls {
+                what,
+                cause: *cause,
                 reason: reason.clone(),
             },
             Error::Rejected(r) => Error::Rejected(r.clone()),

@@ -91,6 +91,7 @@ mod blocking;
 mod core;
 mod error;
 mod message;
+pub mod tls;
 
 #[cfg(feature = "async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]

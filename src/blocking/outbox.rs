@@ -128,12 +128,23 @@ impl<S: Store> Outbox<S> {
                 "no stream was given to the builder",
             ));
         }
-        let stream = self
+        let mut stream = self
             .shared
             .stream
             .lock()
             .take()
             .ok_or(Error::AlreadyStarted)?;
+        if let Err(e) = stream.connect() {
+            if matches!(
+                e,
+                Error::Tls { .. } | Error::Config { .. } | Error::InvalidUrl { .. }
+            ) {
+                // Not started: the stream goes back, so a later start can try again.
+                *self.shared.stream.lock() = Some(stream);
+                return Err(e);
+            }
+            log::warn!("outboxer: the relay starts while its broker is unavailable: {e}");
+        }
         relay::start(Arc::clone(&self.shared), stream)
     }
 

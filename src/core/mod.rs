@@ -20,4 +20,5 @@ pub mod retry;
 pub mod rows;
 pub mod sql;
 pub mod sqs;
+pub mod tls;
 pub mod waves;

@@ -4,6 +4,7 @@
 
 pub mod amqp_faults;
 pub mod stream_harness;
+pub mod tls;
 
 use amiquip::{
     Connection, ConsumerMessage, ConsumerOptions, ExchangeDeclareOptions, ExchangeType, FieldTable,

@@ -66,6 +66,15 @@ pub trait Stream: Send + 'static {
     /// per-message outcome.
     fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>>;
 
+    /// Connects before the relay starts. `Outbox::start` calls it once and refuses
+    /// to start on a setting that can never work ([`crate::Error::Tls`],
+    /// [`crate::Error::Config`], [`crate::Error::InvalidUrl`]); any other error
+    /// (the broker is down) lets the relay start and retry it as an outage.
+    /// The default checks nothing.
+    fn connect(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Flushes and closes connections (called when the relay stops).
     fn close(&mut self) {}
 }
@@ -76,6 +85,9 @@ impl<S: Stream + ?Sized> Stream for Box<S> {
     }
     fn publish(&mut self, batch: &[StoredMessage], deadline: &Deadline) -> Vec<Result<()>> {
         (**self).publish(batch, deadline)
+    }
+    fn connect(&mut self) -> Result<()> {
+        (**self).connect()
     }
     fn close(&mut self) {
         (**self).close()

@@ -3,7 +3,6 @@
 //! over TLS with `sslmode=require` (no plaintext fallback) and the session is
 //! checked in `pg_stat_ssl`. The certificate is self-signed, so this test's
 //! verifier accepts any certificate: it proves the store speaks TLS, not PKI.
-#![cfg(feature = "postgres")]
 
 use outboxer::store::{PostgresStore, Store};
 use outboxer::Message;

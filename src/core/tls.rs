@@ -1,0 +1,118 @@
+//! Recognising TLS failures in drivers' errors, so that each store and stream
+//! reports the same [`TlsCause`] whatever its TLS library (rustls, OpenSSL through
+//! native-tls or librdkafka) says.
+
+use crate::tls::TlsCause;
+
+/// The cause of a TLS failure told by an error's text (the whole source chain,
+/// as the driver printed it), or `None` when the text is not about TLS.
+/// Host name checks come first: OpenSSL reports a name mismatch as a failed
+/// verification too.
+#[allow(dead_code)] // used by the drivers behind features
+pub(crate) fn classify(text: &str) -> Option<TlsCause> {
+    let t = text.to_ascii_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|n| t.contains(n));
+    if any(&[
+        "notvalidforname",
+        "not valid for name",
+        "hostname mismatch",
+        "ip address mismatch",
+        "certificate is not valid for",
+        "does not match hostname",
+        "domain validation",
+    ]) {
+        return Some(TlsCause::HostnameMismatch);
+    }
+    if any(&[
+        "unknownissuer",
+        "unknown issuer",
+        "unknown ca",
+        "unknown_ca",
+        "certificate verify failed",
+        "self-signed certificate",
+        "self signed certificate",
+        "unable to get local issuer",
+        "badsignature",
+        "invalidcertificate",
+        "invalid peer certificate",
+        "certificate has expired",
+        "certificate expired",
+    ]) {
+        return Some(TlsCause::CertificateNotTrusted);
+    }
+    if any(&[
+        "server does not support tls",
+        "server does not support ssl",
+        "ssl connection is required",
+        "wrong version number",
+        "invalidcontenttype",
+        "corrupt message",
+        "packet length too long",
+        "http request",
+    ]) {
+        return Some(TlsCause::ServerWithoutTls);
+    }
+    if any(&["handshake", "tls alert", "ssl alert", "alert received"]) {
+        return Some(TlsCause::Handshake);
+    }
+    None
+}
+
+/// The error's text with its whole source chain, for [`classify`].
+#[allow(dead_code)]
+pub(crate) fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        next = s.source();
+    }
+    // Debug forms carry the enum names rustls uses (NotValidForName, UnknownIssuer).
+    text.push_str(&format!(" {e:?}"));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_cause_in_rustls_and_openssl_wording() {
+        let cases = [
+            (
+                "invalid peer certificate: NotValidForName",
+                TlsCause::HostnameMismatch,
+            ),
+            (
+                "error:0A000086:SSL routines::certificate verify failed: Hostname mismatch",
+                TlsCause::HostnameMismatch,
+            ),
+            (
+                "invalid peer certificate: UnknownIssuer",
+                TlsCause::CertificateNotTrusted,
+            ),
+            (
+                "certificate verify failed: self-signed certificate in certificate chain",
+                TlsCause::CertificateNotTrusted,
+            ),
+            (
+                "error performing TLS handshake: server does not support TLS",
+                TlsCause::ServerWithoutTls,
+            ),
+            (
+                "SSL routines::wrong version number",
+                TlsCause::ServerWithoutTls,
+            ),
+            (
+                "received fatal alert: HandshakeFailure",
+                TlsCause::Handshake,
+            ),
+        ];
+        for (text, cause) in cases {
+            assert_eq!(classify(text), Some(cause), "{text}");
+        }
+        assert_eq!(classify("connection refused"), None);
+        assert_eq!(classify("password authentication failed"), None);
+    }
+}
