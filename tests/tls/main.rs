@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 #[cfg(all(feature = "postgres", feature = "amqp"))]
+#[allow(unused_imports)]
 use common::tls as fixtures;
 #[cfg(not(all(feature = "postgres", feature = "amqp")))]
 #[allow(dead_code)]
