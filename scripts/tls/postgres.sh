@@ -6,13 +6,22 @@
 #  - role outboxer_tls_only may connect over TLS only (hostssl trust, hostnossl
 #    reject): the "server requires TLS, plaintext was asked" case;
 #  - role outboxer_cert logs in with the test client certificate (CN outboxer,
-#    mapped in pg_ident): the mutual TLS case.
+#    mapped in pg_ident): the mutual TLS case;
+#  - role outboxer_pw needs its password (scram), a throwaway test secret: the
+#    command's URL-from-a-file case (tests/cli.rs), where trust would prove nothing.
 # Usage: scripts/tls/postgres.sh up | status
 set -euo pipefail
 DIR=${OUTBOXER_TLS_DIR:-$HOME/.cache/outboxer/tls}
 log() { printf 'tls/postgres: %s\n' "$*" >&2; }
 sql() { psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atqc "$1"; }
 MARK="# outboxer TLS tests (scripts/tls/postgres.sh)"
+END="# end of outboxer TLS tests"
+PW=outboxer-pw-only-in-a-file
+RULES="hostssl   all outboxer_tls_only 127.0.0.1/32 trust
+hostnossl all outboxer_tls_only 127.0.0.1/32 reject
+hostssl   all outboxer_cert     127.0.0.1/32 cert map=outboxer_tls
+host      all outboxer_cert     127.0.0.1/32 reject
+host      all outboxer_pw       127.0.0.1/32 scram-sha-256"
 
 up() {
   local data hba ident own changed=0
@@ -37,24 +46,25 @@ up() {
     sql "ALTER SYSTEM SET ssl = on"
     changed=1
   fi
-  for role in outboxer_tls_only outboxer_cert; do
+  for role in outboxer_tls_only outboxer_cert outboxer_pw; do
     if [ "$(sql "SELECT count(*) FROM pg_roles WHERE rolname = '$role'")" = 0 ]; then
       sql "CREATE ROLE $role LOGIN"
       sql "GRANT ALL ON DATABASE test TO $role"
+      [ "$role" != outboxer_pw ] || sql "ALTER ROLE outboxer_pw PASSWORD '$PW'"
     fi
   done
-  # Rules go first: pg_hba takes the first matching line.
-  if ! grep -qF "$MARK" "$hba"; then
+  # Rules go first (pg_hba takes the first matching line), as one marked block,
+  # rewritten when it differs from RULES.
+  local block
+  block=$(awk -v m="$MARK" -v e="$END" '$0==m{on=1;next} $0==e{on=0;next} on' "$hba")
+  if [ "$block" != "$RULES" ]; then
     local tmp
     tmp=$(mktemp)
     {
       echo "$MARK"
-      echo "hostssl   all outboxer_tls_only 127.0.0.1/32 trust"
-      echo "hostnossl all outboxer_tls_only 127.0.0.1/32 reject"
-      echo "hostssl   all outboxer_cert     127.0.0.1/32 cert map=outboxer_tls"
-      echo "host      all outboxer_cert     127.0.0.1/32 reject"
-      echo "# end of outboxer TLS tests"
-      cat "$hba"
+      echo "$RULES"
+      echo "$END"
+      awk -v m="$MARK" -v e="$END" '$0==m{on=1;next} $0==e{on=0;next} !on' "$hba"
     } >"$tmp"
     cat "$tmp" >"$hba"
     rm -f "$tmp"
@@ -71,7 +81,7 @@ up() {
   fi
   # The test schema is usable by the TLS-only roles (PostgreSQL 15: public is not).
   psql -h 127.0.0.1 -U postgres -d test -v ON_ERROR_STOP=1 -Atqc \
-    "GRANT ALL ON SCHEMA public TO outboxer_tls_only, outboxer_cert" >/dev/null
+    "GRANT ALL ON SCHEMA public TO outboxer_tls_only, outboxer_cert, outboxer_pw" >/dev/null
   status
 }
 

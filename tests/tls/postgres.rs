@@ -439,3 +439,155 @@ mod async_store {
         );
     }
 }
+
+/// The `outboxer` command over verified TLS. The store URL, with the password of
+/// a role that needs it (`outboxer_pw`, scram), is read from a file
+/// (`--store-file`), so that it is in neither the process list nor any output.
+#[cfg(all(feature = "cli", feature = "amqp"))]
+mod command {
+    use super::*;
+    use crate::common::{amqp_url, unique, Sink};
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_outboxer");
+    const PASSWORD: &str = "outboxer-pw-only-in-a-file";
+
+    fn outboxer() -> Command {
+        let mut c = Command::new(BIN);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OUTBOXER_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("OUTBOXER_LOG", "info");
+        c
+    }
+
+    fn store_url(ca: &std::path::Path, app: &str) -> String {
+        format!(
+            "postgres://outboxer_pw:{PASSWORD}@localhost:5432/test?sslmode=verify-full&sslrootcert={}&application_name={app}",
+            enc(ca)
+        )
+    }
+
+    fn run(args: &[&str]) -> (bool, String) {
+        let out = outboxer().args(args).output().expect("run outboxer");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    #[test]
+    fn command_relays_over_verified_tls_with_the_url_in_a_file() {
+        server_ready();
+        let (app, table, ex) = (name("tls_cli"), unique("tls_cli"), unique("tls_cli_ex"));
+        let dir = std::env::temp_dir().join(unique("tls_cli"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (store_file, stream_file) = (dir.join("store-url"), dir.join("stream-url"));
+        std::fs::write(&store_file, format!("{}\n", store_url(&ca(), &app))).expect("write");
+        std::fs::write(&stream_file, amqp_url()).expect("write");
+        let store_arg = store_file.display().to_string();
+
+        let (ok, out) = run(&["migrate", "--store-file", &store_arg, "--table", &table]);
+        assert!(ok, "migrate over TLS: {out}");
+        assert!(!out.contains(PASSWORD), "{out}");
+
+        let sink = Sink::new(&ex, "#");
+        let mut child = outboxer()
+            .args(["relay", "--store-file", &store_arg, "--table", &table])
+            .args(["--check-interval", "50ms"])
+            .env("OUTBOXER_STREAM_FILE", &stream_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn relay");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::BufReader::new(stderr).read_to_string(&mut s);
+            s
+        });
+        // What `ps` shows of the running relay: no password.
+        let ps = Command::new("ps")
+            .args(["-ww", "-o", "args=", "-p", &child.id().to_string()])
+            .output()
+            .expect("ps");
+        let args = String::from_utf8_lossy(&ps.stdout).into_owned();
+        assert!(args.contains("--store-file"), "ps shows: {args}");
+        assert!(!args.contains(PASSWORD), "ps shows: {args}");
+
+        plain()
+            .execute(
+                &format!(
+                    "INSERT INTO \"{table}\" (payload, options)
+                     SELECT convert_to('m' || g, 'UTF8'),
+                            jsonb_build_object('exchange.name', $1::text, 'routing_key', 'k')
+                     FROM generate_series(1, 50) AS g"
+                ),
+                &[&ex],
+            )
+            .expect("plain SQL insert");
+        let got = sink.collect(50, Duration::from_secs(30));
+        let mut bodies: Vec<Vec<u8>> = got.iter().map(|g| g.body.clone()).collect();
+        bodies.sort();
+        bodies.dedup();
+        // The relay's sessions, while it runs, are TLS sessions.
+        let (with_tls, all, version) = tls_sessions(&app);
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = log.join().unwrap_or_default();
+        assert_eq!(bodies.len(), 50, "every row delivered:\n{log}");
+        assert!(all >= 1 && with_tls == all, "{with_tls} of {all} over TLS");
+        eprintln!("outboxer relay: {with_tls} of {all} sessions over {version:?}");
+        assert!(status.success(), "{status:?}\n{log}");
+        assert!(!log.contains(PASSWORD), "{log}");
+
+        let (ok, out) = run(&["stats", "--store-file", &store_arg, "--table", &table]);
+        assert!(ok && !out.contains(PASSWORD), "{out}");
+        drop_table(&table);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn command_refuses_to_start_on_a_wrong_ca() {
+        server_ready();
+        let table = unique("tls_cli_bad");
+        let url = store_url(&other_ca(), &name("tls_cli_bad"));
+        let started = Instant::now();
+        let (ok, out) = run(&[
+            "relay",
+            "--store",
+            &url,
+            "--table",
+            &table,
+            "--stream",
+            &amqp_url(),
+        ]);
+        assert!(!ok, "{out}");
+        assert!(
+            out.contains("certificate is not trusted") && !out.contains(PASSWORD),
+            "{out}"
+        );
+        assert!(!out.contains("relay started"), "{out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "refused at start"
+        );
+    }
+}
