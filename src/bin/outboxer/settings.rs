@@ -251,7 +251,7 @@ mod tests {
 
         let both: FileConfig =
             toml::from_str("stream = 'amqp://h'\nstream_file = '/x'").expect("toml");
-        let f = stream_url(None, None, &both).err().expect("refused");
+        let f = stream_url(None, None, &both).expect_err("refused");
         assert!(f.message.contains("cannot both"), "{}", f.message);
         let from_file: FileConfig =
             toml::from_str(&format!("store_file = '{}'", good.display())).expect("toml");
