@@ -707,7 +707,16 @@ struct PostgresListener {
 impl WakeListener for PostgresListener {
     fn wait(&mut self, timeout: Duration) -> Result<bool> {
         if self.client.is_none() {
-            let mut c = (self.store.inner.connect)().map_err(crate::core::pg_tls::connect_error)?;
+            let mut c =
+                (self.store.inner.connect)().map_err(
+                    |e| match crate::core::pg_tls::connect_error(e) {
+                        Error::Database { source, .. } => Error::Database {
+                            context: "connecting the LISTEN connection",
+                            source,
+                        },
+                        other => other,
+                    },
+                )?;
             // The channel name is derived from a validated identifier.
             c.batch_execute(&format!("LISTEN \"{}\"", self.store.inner.sql.channel))
                 .map_err(|e| Error::db("LISTEN", e))?;
