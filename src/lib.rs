@@ -169,7 +169,7 @@ pub struct StreamsDoctests;
 #[doc = include_str!("../docs/async.md")]
 pub struct AsyncDoctests;
 
-/// docs/tls.md (rustls and tokio-postgres-rustls are dev-dependencies)
+/// docs/tls.md
 #[cfg(all(doctest, feature = "postgres"))]
 #[doc = include_str!("../docs/tls.md")]
 pub struct TlsDoctests;

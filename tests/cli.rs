@@ -1138,3 +1138,97 @@ fn bad_rows_and_refused_messages_park_alone_while_1000_good_ones_flow() {
     assert_eq!(counts(&v), (0, 0, 1000, bad_ids.len() as u64), "{v}");
     drop_table(&table);
 }
+
+/// `--store-file`/`--stream-file` (and OUTBOXER_STORE_FILE, OUTBOXER_STREAM_FILE,
+/// `store_file` in the TOML) read a URL from a file: exclusive with the URL flag,
+/// a missing or empty file is a usage error naming the file, and what the file
+/// holds is never printed. Role `outboxer_pw` needs its password
+/// (scripts/tls/postgres.sh), so the password in the file is really used.
+#[test]
+fn urls_from_files_keep_passwords_out_of_args_and_output() {
+    const PASSWORD: &str = "outboxer-pw-only-in-a-file";
+    let dir = std::env::temp_dir().join(unique("cli_files"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let table = unique("cli_files");
+    let good = dir.join("store-url");
+    std::fs::write(
+        &good,
+        format!("\n  postgres://outboxer_pw:{PASSWORD}@127.0.0.1:5432/test  \n"),
+    )
+    .expect("write");
+    let good_arg = good.display().to_string();
+
+    // Through the flag, the variable and the config file.
+    let out = ok(&["migrate", "--store-file", &good_arg, "--table", &table]);
+    assert!(!out.contains(PASSWORD), "{out}");
+    let o = outboxer()
+        .args(["stats", "--table", &table, "--json"])
+        .env("OUTBOXER_STORE_FILE", &good)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains(PASSWORD), "{}", text(&o));
+    let config = dir.join("outboxer.toml");
+    std::fs::write(&config, format!("store_file = {:?}\n", good_arg)).expect("write");
+    let out = ok(&[
+        "stats",
+        "--config",
+        &config.display().to_string(),
+        "--table",
+        &table,
+    ]);
+    assert!(!out.contains(PASSWORD), "{out}");
+
+    // The password in the file is the one the server checks.
+    let wrong = dir.join("wrong-url");
+    std::fs::write(
+        &wrong,
+        "postgres://outboxer_pw:not-the-password@127.0.0.1:5432/test",
+    )
+    .expect("write");
+    let o = run(&["stats", "--store-file", &wrong.display().to_string()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("password authentication failed")
+            && !text(&o).contains("not-the-password"),
+        "{}",
+        text(&o)
+    );
+
+    // Exclusive with the URL flag (clap: exit 2).
+    let o = run(&["stats", "--store", &pg_url(), "--store-file", &good_arg]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("cannot be used with"), "{}", text(&o));
+    let o = run(&[
+        "relay",
+        "--store-file",
+        &good_arg,
+        "--stream",
+        &amqp_url(),
+        "--stream-file",
+        &good_arg,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    // Missing and empty files: named, exit 2.
+    let empty = dir.join("empty");
+    std::fs::write(&empty, " \n").expect("write");
+    for (path, says) in [
+        (dir.join("missing"), "cannot read"),
+        (empty, "the file is empty"),
+    ] {
+        let p = path.display().to_string();
+        let o = run(&["stats", "--store-file", &p]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains(&p) && text(&o).contains(says),
+            "{}",
+            text(&o)
+        );
+        let o = run(&["relay", "--store-file", &good_arg, "--stream-file", &p]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(&p), "{}", text(&o));
+    }
+    drop_table(&table);
+    let _ = std::fs::remove_dir_all(&dir);
+}

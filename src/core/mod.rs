@@ -14,6 +14,8 @@ pub mod kafka;
 pub mod kinesis;
 mod options;
 pub mod percent;
+#[cfg(feature = "postgres")]
+pub mod pg_tls;
 pub mod pubsub;
 pub mod redact;
 pub mod retry;
@@ -21,4 +23,6 @@ pub mod rows;
 pub mod sql;
 pub mod sqs;
 pub mod tls;
+#[cfg(feature = "postgres")]
+pub mod tls_rustls;
 pub mod waves;

@@ -52,6 +52,10 @@ pub(crate) fn classify(text: &str) -> Option<TlsCause> {
     ]) {
         return Some(TlsCause::ServerWithoutTls);
     }
+    // PostgreSQL's pg_hba refusal of a plaintext connection ("..., no encryption").
+    if any(&["no encryption"]) {
+        return Some(TlsCause::ServerRequiresTls);
+    }
     if any(&["handshake", "tls alert", "ssl alert", "alert received"]) {
         return Some(TlsCause::Handshake);
     }
@@ -103,6 +107,10 @@ mod tests {
             (
                 "SSL routines::wrong version number",
                 TlsCause::ServerWithoutTls,
+            ),
+            (
+                "FATAL: pg_hba.conf rejects connection for host \"127.0.0.1\", user \"u\", database \"test\", no encryption",
+                TlsCause::ServerRequiresTls,
             ),
             (
                 "received fatal alert: HandshakeFailure",

@@ -8,12 +8,16 @@ use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::sql::postgres::PostgresSql;
 use crate::message::Message;
+use crate::tls::Tls;
 use crate::{Error, Result};
 use parking_lot::Mutex;
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, NoTls, Socket};
 
 // The enqueue path shared with the blocking store (compiled here with `.await`).
 use maybe_async::must_be_async as maybe;
@@ -30,6 +34,10 @@ mod enqueue;
 /// Cheap to clone: clones share one pool. Connections are tasks on the runtime
 /// that opened them; a connection whose runtime has gone is replaced.
 ///
+/// TLS as in the blocking [`crate::store::PostgresStore`]: the URL's `sslmode`,
+/// `sslrootcert`, `sslcert`, `sslkey`, or [`PostgresStoreBuilder::tls`]; the
+/// relay's blocking store and the async sends use the same settings.
+///
 /// ```no_run
 /// # async fn demo() -> Result<(), outboxer::Error> {
 /// use outboxer::async_impl::store::PostgresStore;
@@ -45,9 +53,20 @@ pub struct PostgresStore {
     inner: Arc<Inner>,
 }
 
+/// Opens one async connection (its connection task spawned on the runtime).
+type Connector = dyn Fn(tokio_postgres::Config) -> Pin<Box<dyn Future<Output = Result<Client>> + Send>>
+    + Send
+    + Sync;
+
+/// Gives the relay's blocking store builder the same custom TLS connector.
+type BlockingTls = Box<
+    dyn FnOnce(crate::store::PostgresStoreBuilder) -> crate::store::PostgresStoreBuilder + Send,
+>;
+
 struct Inner {
     blocking: BlockingDrop<crate::store::PostgresStore>,
     config: tokio_postgres::Config,
+    connect: Arc<Connector>,
     sql: PostgresSql,
     lock_space: i32,
     notify: bool,
@@ -58,6 +77,8 @@ struct Inner {
 /// Settings of an async [`PostgresStore`].
 pub struct PostgresStoreBuilder {
     config: Result<tokio_postgres::Config>,
+    tls: Result<Tls>,
+    connector: Option<(Arc<Connector>, BlockingTls)>,
     table: String,
     max_idle: usize,
     notify: bool,
@@ -73,18 +94,29 @@ impl std::fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// Connects with a URL (`postgres://user[:password]@host[:port]/db?...`) or a
-    /// `key=value` string, without TLS, to the default table `event_store`.
+    /// `key=value` string to the default table `event_store`, with TLS if the URL's
+    /// `sslmode` asks for it.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::builder(url).build().await
     }
 
     /// A builder for table name and pool settings.
     pub fn builder(url: &str) -> PostgresStoreBuilder {
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: redact_url(url),
+            reason,
+        };
+        let (config, tls) = match crate::core::pg_tls::split(url) {
+            Ok((rest, tls)) => (
+                tokio_postgres::Config::from_str(&rest).map_err(|e| invalid(e.to_string())),
+                Ok(tls),
+            ),
+            Err(reason) => (Err(invalid(reason.clone())), Err(invalid(reason))),
+        };
         PostgresStoreBuilder {
-            config: tokio_postgres::Config::from_str(url).map_err(|e| Error::InvalidUrl {
-                url: redact_url(url),
-                reason: e.to_string(),
-            }),
+            config,
+            tls,
+            connector: None,
             table: TableName::default().plain(),
             max_idle: 8,
             notify: true,
@@ -106,7 +138,7 @@ impl PostgresStore {
         let pooled = self.inner.idle.lock().pop();
         let client = match pooled {
             Some(c) if !c.is_closed() => c,
-            _ => connect(&self.inner.config).await?,
+            _ => (self.inner.connect)(self.inner.config.clone()).await?,
         };
         Ok(Conn {
             inner: &self.inner,
@@ -123,18 +155,30 @@ impl PostgresStore {
     }
 }
 
-async fn connect(config: &tokio_postgres::Config) -> Result<Client> {
-    let rt = runtime()?;
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| Error::db("connecting to PostgreSQL", e))?;
-    rt.spawn(async move {
-        if let Err(e) = connection.await {
-            log::warn!("outboxer: PostgreSQL connection closed: {e}");
-        }
-    });
-    Ok(client)
+/// A [`Connector`] through `tls`.
+fn connector<T>(tls: T) -> Arc<Connector>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    Arc::new(move |config: tokio_postgres::Config| {
+        let tls = tls.clone();
+        Box::pin(async move {
+            let rt = runtime()?;
+            let (client, connection) = config
+                .connect(tls)
+                .await
+                .map_err(crate::core::pg_tls::connect_error)?;
+            rt.spawn(async move {
+                if let Err(e) = connection.await {
+                    log::warn!("outboxer: PostgreSQL connection closed: {e}");
+                }
+            });
+            Ok(client)
+        })
+    })
 }
 
 impl PostgresStoreBuilder {
@@ -158,21 +202,80 @@ impl PostgresStoreBuilder {
         Self { notify: on, ..self }
     }
 
+    /// TLS settings, in place of the URL's `sslmode`/`sslrootcert`/`sslcert`/`sslkey`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), outboxer::Error> {
+    /// use outboxer::async_impl::store::PostgresStore;
+    /// use outboxer::tls::Tls;
+    /// let store = PostgresStore::builder("postgres://app@db.internal/app")
+    ///     .tls(Tls::verify_full().ca_file("/etc/ssl/certs/db-ca.pem"))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(self, tls: Tls) -> Self {
+        Self {
+            tls: Ok(tls),
+            ..self
+        }
+    }
+
+    /// Connect through your own TLS connector (for both the async sends and the
+    /// relay's blocking store) instead of outboxer's rustls one. The connection is
+    /// then always TLS (`sslmode=require`; the connector decides what is verified),
+    /// and the [`tls`](Self::tls) settings are not used.
+    pub fn tls_connector<T>(self, tls: T) -> Self
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        let for_blocking = tls.clone();
+        let blocking: BlockingTls = Box::new(move |b| b.tls_connector(for_blocking));
+        Self {
+            connector: Some((connector(tls), blocking)),
+            ..self
+        }
+    }
+
     /// Validates the settings, builds the relay's blocking store (on the blocking
     /// pool: `postgres` cannot connect on a runtime thread) and opens one async
     /// connection to check the server.
     pub async fn build(self) -> Result<PostgresStore> {
         let mut config = self.config?;
+        let tls = self.tls?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
         if config.get_application_name().is_none() {
             config.application_name("outboxer");
         }
+        let (connect, blocking_tls): (Arc<Connector>, BlockingTls) = match self.connector {
+            Some((connect, blocking)) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                (connect, blocking)
+            }
+            None if tls.enabled() => {
+                // Never `Prefer`: a failed handshake must not become plaintext.
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let for_blocking = tls.clone();
+                (
+                    connector(crate::core::pg_tls::connector(&tls)?),
+                    Box::new(move |b| b.tls(for_blocking)),
+                )
+            }
+            None => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                let for_blocking = tls.clone();
+                (connector(NoTls), Box::new(move |b| b.tls(for_blocking)))
+            }
+        };
         let (table, max_idle, notify) = (self.table, self.max_idle, self.notify);
         let blocking_config = postgres::Config::from(config.clone());
         let blocking = unblock("connecting to PostgreSQL", move || {
-            crate::store::PostgresStore::from_config(blocking_config)
+            blocking_tls(crate::store::PostgresStore::from_config(blocking_config))
                 .table(&table)
                 .max_idle(max_idle)
                 .notify(notify)
@@ -186,6 +289,7 @@ impl PostgresStoreBuilder {
                 sql: PostgresSql::new(&table),
                 lock_space: table.lock_space(),
                 config,
+                connect,
                 notify,
                 idle: Mutex::new(Vec::new()),
                 max_idle,

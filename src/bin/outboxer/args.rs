@@ -46,6 +46,15 @@ pub struct Common {
     /// (ADO/JDBC string, when compiled in) [default: sqlite:outboxer.db]
     #[arg(long, env = "OUTBOXER_STORE", hide_env_values = true)]
     pub store: Option<String>,
+    /// Read the store URL from this file instead (first and last whitespace
+    /// trimmed): its password stays out of the process list and the shell history
+    #[arg(
+        long,
+        env = "OUTBOXER_STORE_FILE",
+        value_name = "PATH",
+        conflicts_with = "store"
+    )]
+    pub store_file: Option<PathBuf>,
     /// Outbox table name, optionally schema-qualified [default: event_store]
     #[arg(long, env = "OUTBOXER_TABLE")]
     pub table: Option<String>,
@@ -61,6 +70,15 @@ pub struct RelayArgs {
     /// Stream URL: amqp://, kafka://, sqs://, kinesis://, pubsub:// (when compiled in)
     #[arg(long, env = "OUTBOXER_STREAM", hide_env_values = true)]
     pub stream: Option<String>,
+    /// Read the stream URL from this file instead (trimmed), keeping its secrets
+    /// out of the process list
+    #[arg(
+        long,
+        env = "OUTBOXER_STREAM_FILE",
+        value_name = "PATH",
+        conflicts_with = "stream"
+    )]
+    pub stream_file: Option<PathBuf>,
     #[command(flatten)]
     pub relay: RelayOptions,
 }
@@ -162,6 +180,14 @@ pub struct BenchArgs {
     /// Stream URL (amqp:// only)
     #[arg(long, env = "OUTBOXER_STREAM", hide_env_values = true)]
     pub stream: Option<String>,
+    /// Read the stream URL from this file instead (trimmed)
+    #[arg(
+        long,
+        env = "OUTBOXER_STREAM_FILE",
+        value_name = "PATH",
+        conflicts_with = "stream"
+    )]
+    pub stream_file: Option<PathBuf>,
     /// Messages to send
     #[arg(long, default_value_t = 10_000)]
     pub messages: u64,

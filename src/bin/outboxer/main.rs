@@ -16,6 +16,7 @@ use connect::{display_url, open_store, open_stream};
 use fail::Fail;
 use outboxer::store::Requeue;
 use settings::{FileConfig, RelaySettings};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -52,7 +53,7 @@ struct Opened {
 }
 
 fn open(common: &Common, file: &FileConfig, default_table: &str) -> Result<Opened, Fail> {
-    let t = settings::target(common, file);
+    let t = settings::target(common, file)?;
     let table = t.table.unwrap_or_else(|| default_table.to_string());
     let shown = display_url(&t.store);
     let store = open_store(&t.store, Some(&table)).map_err(|f| Fail {
@@ -70,10 +71,15 @@ fn open(common: &Common, file: &FileConfig, default_table: &str) -> Result<Opene
     })
 }
 
-fn stream_url(flag: Option<String>, file: &FileConfig) -> Result<String, Fail> {
-    flag.or_else(|| file.stream.clone()).ok_or_else(|| {
+fn stream_url(
+    flag: Option<String>,
+    flag_file: Option<PathBuf>,
+    file: &FileConfig,
+) -> Result<String, Fail> {
+    settings::stream_url(flag.as_ref(), flag_file.as_deref(), file)?.ok_or_else(|| {
         Fail::usage(
-            "a stream is required: --stream URL, OUTBOXER_STREAM or `stream` in the config file",
+            "a stream is required: --stream URL, --stream-file PATH, OUTBOXER_STREAM, \
+             OUTBOXER_STREAM_FILE or `stream`/`stream_file` in the config file",
         )
     })
 }
@@ -89,7 +95,7 @@ fn run(command: Command) -> Result<(), Fail> {
         Command::Relay(a) => {
             let file = FileConfig::load(&a.common)?;
             let settings = RelaySettings::resolve(&a.relay, &file)?;
-            let url = stream_url(a.stream, &file)?;
+            let url = stream_url(a.stream, a.stream_file, &file)?;
             let o = open(&a.common, &file, "event_store")?;
             let stream = open_stream(&url)?;
             let what = format!(
@@ -147,7 +153,7 @@ fn run(command: Command) -> Result<(), Fail> {
         }
         Command::Bench(a) => {
             let file = FileConfig::load(&a.common)?;
-            let url = stream_url(a.stream, &file)?;
+            let url = stream_url(a.stream, a.stream_file, &file)?;
             if !url.to_ascii_lowercase().starts_with("amqp://") {
                 return Err(Fail::usage("bench supports amqp:// streams only"));
             }

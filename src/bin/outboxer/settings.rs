@@ -5,7 +5,7 @@ use crate::args::{Common, RelayOptions};
 use crate::fail::Fail;
 use crate::parse;
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The default store: a SQLite file in the working directory.
@@ -16,7 +16,11 @@ pub const DEFAULT_STORE: &str = "sqlite:outboxer.db";
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub store: Option<String>,
+    /// A file holding the store URL (relative paths from the working directory).
+    pub store_file: Option<PathBuf>,
     pub stream: Option<String>,
+    /// A file holding the stream URL.
+    pub stream_file: Option<PathBuf>,
     pub table: Option<String>,
     pub migrate: Option<bool>,
     pub batch_size: Option<usize>,
@@ -63,15 +67,72 @@ pub struct Target {
     pub table: Option<String>,
 }
 
-pub fn target(common: &Common, file: &FileConfig) -> Target {
-    Target {
-        store: common
-            .store
-            .clone()
-            .or_else(|| file.store.clone())
+/// The store URL from `--store`/`--store-file` (or their variables), else the
+/// config file's `store`/`store_file`, else the default.
+pub fn target(common: &Common, file: &FileConfig) -> Result<Target, Fail> {
+    let store = match url_from(
+        "--store-file",
+        common.store.as_ref(),
+        common.store_file.as_deref(),
+    )? {
+        Some(url) => url,
+        None => url_from_config("store", file.store.as_ref(), file.store_file.as_deref())?
             .unwrap_or_else(|| DEFAULT_STORE.to_string()),
+    };
+    Ok(Target {
+        store,
         table: common.table.clone().or_else(|| file.table.clone()),
+    })
+}
+
+/// The stream URL from `--stream`/`--stream-file` (or their variables), else the
+/// config file's `stream`/`stream_file`.
+pub fn stream_url(
+    flag: Option<&String>,
+    flag_file: Option<&Path>,
+    file: &FileConfig,
+) -> Result<Option<String>, Fail> {
+    match url_from("--stream-file", flag, flag_file)? {
+        Some(url) => Ok(Some(url)),
+        None => url_from_config("stream", file.stream.as_ref(), file.stream_file.as_deref()),
     }
+}
+
+/// A URL given directly or in a file (clap keeps the two exclusive).
+fn url_from(what: &str, url: Option<&String>, path: Option<&Path>) -> Result<Option<String>, Fail> {
+    match (url, path) {
+        (Some(url), _) => Ok(Some(url.clone())),
+        (None, Some(path)) => read_url_file(what, path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+fn url_from_config(
+    key: &str,
+    url: Option<&String>,
+    path: Option<&Path>,
+) -> Result<Option<String>, Fail> {
+    if url.is_some() && path.is_some() {
+        return Err(Fail::usage(format!(
+            "config file: `{key}` and `{key}_file` cannot both be set"
+        )));
+    }
+    url_from(&format!("`{key}_file` of the config file"), url, path)
+}
+
+/// Reads a URL from a file, trimmed. Errors name the file, never what it holds
+/// (a password).
+pub fn read_url_file(what: &str, path: &Path) -> Result<String, Fail> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Fail::usage(format!("{what} {}: cannot read: {e}", path.display())))?;
+    let url = text.trim();
+    if url.is_empty() {
+        return Err(Fail::usage(format!(
+            "{what} {}: the file is empty",
+            path.display()
+        )));
+    }
+    Ok(url.to_string())
 }
 
 /// The relay's resolved settings.
@@ -147,12 +208,56 @@ mod tests {
         assert_eq!(s.check_interval, Duration::from_secs(2));
         assert_eq!(s.cleanup_interval, None);
         assert_eq!(s.lease, Duration::from_secs(30));
-        let t = target(&Common::default(), &file);
+        let t = target(&Common::default(), &file).expect("target");
         assert_eq!(t.store, "postgres://h/db");
         assert_eq!(
-            target(&Common::default(), &FileConfig::default()).store,
+            target(&Common::default(), &FileConfig::default())
+                .expect("target")
+                .store,
             DEFAULT_STORE
         );
+    }
+
+    #[test]
+    fn urls_from_files_are_trimmed_and_their_errors_show_no_contents() {
+        let dir = std::env::temp_dir().join(format!("outboxer-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let good = dir.join("store");
+        std::fs::write(&good, "  postgres://u:s3cret@h/db\n").expect("write");
+        let common = Common {
+            store_file: Some(good.clone()),
+            ..Common::default()
+        };
+        let t = target(&common, &FileConfig::default()).expect("target");
+        assert_eq!(t.store, "postgres://u:s3cret@h/db");
+
+        let empty = dir.join("empty");
+        std::fs::write(&empty, " \n").expect("write");
+        for path in [empty, dir.join("missing")] {
+            let common = Common {
+                store_file: Some(path.clone()),
+                ..Common::default()
+            };
+            let f = target(&common, &FileConfig::default())
+                .err()
+                .expect("refused");
+            assert_eq!(f.code, crate::fail::USAGE);
+            assert!(
+                f.message.contains(&path.display().to_string()),
+                "{}",
+                f.message
+            );
+        }
+
+        let both: FileConfig =
+            toml::from_str("stream = 'amqp://h'\nstream_file = '/x'").expect("toml");
+        let f = stream_url(None, None, &both).expect_err("refused");
+        assert!(f.message.contains("cannot both"), "{}", f.message);
+        let from_file: FileConfig =
+            toml::from_str(&format!("store_file = '{}'", good.display())).expect("toml");
+        let t = target(&Common::default(), &from_file).expect("target");
+        assert_eq!(t.store, "postgres://u:s3cret@h/db");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

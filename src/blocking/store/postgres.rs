@@ -11,6 +11,7 @@ use crate::core::redact::redact_url;
 use crate::core::rows;
 use crate::core::sql::postgres::PostgresSql;
 use crate::message::{Message, MessageId, StoredMessage};
+use crate::tls::Tls;
 use crate::{Error, Result};
 use parking_lot::{Condvar, Mutex};
 use postgres::fallible_iterator::FallibleIterator;
@@ -32,6 +33,14 @@ type Connector = dyn Fn() -> std::result::Result<Client, postgres::Error> + Send
 /// The outbox table in PostgreSQL (9.5+ for SKIP LOCKED; 13+ for `gen_random_uuid()`).
 ///
 /// Cheap to clone: clones share one pool of connections.
+///
+/// TLS comes from the URL's `sslmode` (`disable`, the default when absent;
+/// `require` and `verify-full`: the certificate and the host name are verified;
+/// `verify-ca`: the certificate only; `prefer` and `allow` are refused, they may
+/// fall back to plaintext), `sslrootcert` (the CA file; without it the webpki
+/// roots) and `sslcert`/`sslkey` (a client certificate), or from
+/// [`PostgresStoreBuilder::tls`]. A TLS failure at connect is
+/// [`Error::Tls`] naming its [`TlsCause`](crate::tls::TlsCause).
 ///
 /// ```no_run
 /// # fn main() -> Result<(), outboxer::Error> {
@@ -69,6 +78,7 @@ struct Pool {
 /// Settings of a [`PostgresStore`].
 pub struct PostgresStoreBuilder {
     config: std::result::Result<postgres::Config, Error>,
+    tls: std::result::Result<Tls, Error>,
     table: std::result::Result<TableName, Error>,
     max_idle: usize,
     max_connections: usize,
@@ -87,24 +97,39 @@ impl std::fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// Connects with a URL (`postgres://user[:password]@host[:port]/db?...`) or a
-    /// `key=value` string, without TLS, to the default table `event_store`.
-    /// One connection is opened to check the server is there.
+    /// `key=value` string to the default table `event_store`, with TLS if the URL's
+    /// `sslmode` asks for it. One connection is opened to check the server is there.
     pub fn connect(url: &str) -> Result<Self> {
         Self::builder(url).build()
     }
 
     /// A builder for table name, TLS and pool settings.
     pub fn builder(url: &str) -> PostgresStoreBuilder {
-        let config = postgres::Config::from_str(url).map_err(|e| Error::InvalidUrl {
+        let invalid = |reason: String| Error::InvalidUrl {
             url: redact_url(url),
-            reason: e.to_string(),
-        });
-        PostgresStoreBuilder::new(config)
+            reason,
+        };
+        match crate::core::pg_tls::split(url) {
+            Ok((rest, tls)) => {
+                let config = postgres::Config::from_str(&rest).map_err(|e| invalid(e.to_string()));
+                PostgresStoreBuilder::new(config, Ok(tls))
+            }
+            Err(reason) => {
+                PostgresStoreBuilder::new(Err(invalid(reason.clone())), Err(invalid(reason)))
+            }
+        }
     }
 
-    /// A builder from a ready `postgres::Config`.
+    /// A builder from a ready `postgres::Config`. Its `ssl_mode` `Require` is
+    /// verified TLS with the webpki roots (set a CA with
+    /// [`tls`](PostgresStoreBuilder::tls)); `Prefer` (its default) and `Disable`
+    /// are plaintext.
     pub fn from_config(config: postgres::Config) -> PostgresStoreBuilder {
-        PostgresStoreBuilder::new(Ok(config))
+        let tls = match config.get_ssl_mode() {
+            postgres::config::SslMode::Require => Tls::verify_full(),
+            _ => Tls::disabled(),
+        };
+        PostgresStoreBuilder::new(Ok(config), Ok(tls))
     }
 
     /// Creates or upgrades the table (same as [`Store::migrate`], without importing the trait).
@@ -147,7 +172,7 @@ impl PostgresStore {
                         pool.open = pool.open.saturating_sub(1);
                         drop(pool);
                         inner.freed.notify_one();
-                        Err(Error::db("connecting to PostgreSQL", e))
+                        Err(crate::core::pg_tls::connect_error(e))
                     }
                 };
             }
@@ -202,9 +227,13 @@ impl PostgresStore {
 }
 
 impl PostgresStoreBuilder {
-    fn new(config: std::result::Result<postgres::Config, Error>) -> Self {
+    fn new(
+        config: std::result::Result<postgres::Config, Error>,
+        tls: std::result::Result<Tls, Error>,
+    ) -> Self {
         PostgresStoreBuilder {
             config,
+            tls,
             table: Ok(TableName::default()),
             max_idle: 8,
             max_connections: 16,
@@ -250,8 +279,28 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// Connect with TLS (e.g. `postgres-native-tls` or `tokio-postgres-rustls` connectors).
-    pub fn tls<T>(mut self, tls: T) -> Self
+    /// TLS settings, in place of the URL's `sslmode`/`sslrootcert`/`sslcert`/`sslkey`.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), outboxer::Error> {
+    /// use outboxer::store::PostgresStore;
+    /// use outboxer::tls::Tls;
+    /// let store = PostgresStore::builder("postgres://app@db.internal/app")
+    ///     .tls(Tls::verify_full().ca_file("/etc/ssl/certs/db-ca.pem"))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Ok(tls);
+        self
+    }
+
+    /// Connect through your own `postgres` TLS connector (`postgres-native-tls`,
+    /// `postgres-openssl`, a `tokio-postgres-rustls` connector of your own
+    /// configuration) instead of outboxer's rustls one. The connection is then
+    /// always TLS (`sslmode=require` to the server; the connector decides what is
+    /// verified), and the [`tls`](Self::tls) settings are not used.
+    pub fn tls_connector<T>(mut self, tls: T) -> Self
     where
         T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
         T::Stream: Send,
@@ -259,7 +308,8 @@ impl PostgresStoreBuilder {
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
         self.connector = Some(Box::new(
-            move |config: postgres::Config| -> Box<Connector> {
+            move |mut config: postgres::Config| -> Box<Connector> {
+                config.ssl_mode(postgres::config::SslMode::Require);
                 Box::new(move || config.connect(tls.clone()))
             },
         ));
@@ -269,6 +319,7 @@ impl PostgresStoreBuilder {
     /// Validates the settings and opens one connection to check the server.
     pub fn build(self) -> Result<PostgresStore> {
         let mut config = self.config?;
+        let tls = self.tls?;
         let table = self.table?;
         if self.max_connections == 0 {
             return Err(Error::config("max_connections", "must be at least 1"));
@@ -284,7 +335,19 @@ impl PostgresStoreBuilder {
         }
         let connect: Box<Connector> = match self.connector {
             Some(make) => make(config),
-            None => Box::new(move || config.connect(postgres::NoTls)),
+            None if tls.enabled() => {
+                let connector = crate::core::pg_tls::connector(&tls)?;
+                // Never `Prefer`: a failed handshake must not become plaintext.
+                config.ssl_mode(postgres::config::SslMode::Require);
+                Box::new(move || config.connect(connector.clone()))
+            }
+            None => {
+                if tls.ca_path().is_some() || tls.client_cert_paths().is_some() {
+                    tls.check_files("tls")?;
+                }
+                config.ssl_mode(postgres::config::SslMode::Disable);
+                Box::new(move || config.connect(postgres::NoTls))
+            }
         };
         let store = PostgresStore {
             inner: Arc::new(Inner {
@@ -644,8 +707,16 @@ struct PostgresListener {
 impl WakeListener for PostgresListener {
     fn wait(&mut self, timeout: Duration) -> Result<bool> {
         if self.client.is_none() {
-            let mut c = (self.store.inner.connect)()
-                .map_err(|e| Error::db("connecting the LISTEN connection", e))?;
+            let mut c =
+                (self.store.inner.connect)().map_err(
+                    |e| match crate::core::pg_tls::connect_error(e) {
+                        Error::Database { source, .. } => Error::Database {
+                            context: "connecting the LISTEN connection",
+                            source,
+                        },
+                        other => other,
+                    },
+                )?;
             // The channel name is derived from a validated identifier.
             c.batch_execute(&format!("LISTEN \"{}\"", self.store.inner.sql.channel))
                 .map_err(|e| Error::db("LISTEN", e))?;
