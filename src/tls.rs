@@ -14,7 +14,7 @@
 //! - turning verification off altogether is only possible through
 //!   [`Tls::danger_accept_invalid_certificates`], named so that it stands out in
 //!   review;
-//! - a TLS failure at connect is [`Error::Tls`](crate::Error::Tls) with its
+//! - a TLS failure at connect is [`Error::Tls`] with its
 //!   [`TlsCause`]: `Outbox::start` refuses to start on it, and nothing is ever
 //!   sent in plaintext in place of TLS.
 //!
