@@ -438,7 +438,8 @@ fn open_connection_publishes_with_confirms_and_the_streams_properties() {
 fn open_connection_refuses_what_the_stream_refuses() {
     for url in [
         "amqp://u:s3cret@127.0.0.1:5672/%zz",
-        "amqps://u:s3cret@127.0.0.1:5671/%2f",
+        "amqps://u:s3cret@127.0.0.1:5671/%2f?verify=verify_none",
+        "amqp://u:s3cret@127.0.0.1:5672/%2f?cacertfile=/ca.pem",
         "amqp://u:s3cret@127.0.0.1:5672/%2f?frame_max=1",
     ] {
         match amqp::open_connection(url) {
