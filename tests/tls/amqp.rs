@@ -330,3 +330,166 @@ fn mutual_tls_presents_the_client_certificate() {
         .expect("valid");
     start_with(built).expect("mutual TLS through the builder");
 }
+
+/// `outboxer relay --stream 'amqps://..'`, run as a user runs it.
+#[cfg(feature = "cli")]
+mod cli {
+    use super::*;
+    use crate::common::{pg, pg_url};
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    fn outboxer() -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_outboxer"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OUTBOXER_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("OUTBOXER_LOG", "info");
+        c
+    }
+
+    fn relay(table: &str, stream: &str) -> std::process::Child {
+        outboxer()
+            .args(["relay", "--store", &pg_url(), "--table", table])
+            .args(["--stream", stream, "--check-interval", "50ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run outboxer")
+    }
+
+    /// Waits at most `within` for the process to end; kills it if it does not.
+    fn wait(mut child: std::process::Child, within: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut log = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut log);
+        }
+        assert!(
+            status.is_some(),
+            "outboxer relay still running after {within:?}:\n{log}"
+        );
+        (status.and_then(|s| s.code()), log)
+    }
+
+    #[test]
+    fn outboxer_relay_delivers_over_amqps() {
+        tls_listener();
+        let table = unique("tls_amqp_cli");
+        let ex = unique("tls_cli_ex");
+        let sink = Sink::new(&ex, "#");
+        drop(store(&table)); // migrated
+        pg().execute(
+            &format!(
+                "INSERT INTO \"{table}\" (payload, options)
+                 SELECT convert_to('m' || g, 'UTF8'),
+                        jsonb_build_object('exchange.name', $1::text, 'routing_key', 'k')
+                 FROM generate_series(1, 30) AS g"
+            ),
+            &[&ex],
+        )
+        .expect("plain SQL insert");
+        let child = relay(&table, &amqps("localhost", TLS_PORT, &ca(), ""));
+        let got = sink.collect(30, Duration::from_secs(60));
+        let pid = child.id().to_string();
+        let stopped = Command::new("kill").args(["-TERM", &pid]).status();
+        let (code, log) = wait(child, Duration::from_secs(60));
+        assert!(stopped.map(|s| s.success()).unwrap_or(false), "kill -TERM");
+        let bodies: std::collections::BTreeSet<_> = got.iter().map(|g| g.body.clone()).collect();
+        assert_eq!(bodies.len(), 30, "delivered {} of 30:\n{log}", bodies.len());
+        assert_eq!(code, Some(0), "{log}");
+        assert!(!log.contains("guest:guest"), "password shown:\n{log}");
+        drop_table(&table);
+    }
+
+    #[test]
+    fn outboxer_relay_with_a_wrong_ca_exits_at_start_naming_the_cause() {
+        tls_listener();
+        let table = unique("tls_amqp_cli_bad");
+        drop(store(&table));
+        let child = relay(&table, &amqps("localhost", TLS_PORT, &other_ca(), ""));
+        let (code, log) = wait(child, Duration::from_secs(30));
+        drop_table(&table);
+        assert_eq!(code, Some(1), "{log}");
+        assert!(log.contains("certificate is not trusted"), "{log}");
+        assert!(!log.contains("relay started"), "{log}");
+    }
+}
+
+/// The async API runs the same stream: `start().await` refuses a TLS mistake and
+/// the relay publishes over verified TLS.
+#[cfg(feature = "async")]
+mod async_api {
+    use super::*;
+    use crate::common::pg_url;
+    use outboxer::async_impl::store::PostgresStore;
+    use outboxer::async_impl::Outbox;
+
+    #[tokio::test]
+    async fn the_async_relay_publishes_over_tls_and_refuses_a_wrong_ca() {
+        tls_listener();
+        let table = unique("tls_amqp_async");
+        let ex = unique("tls_async_ex");
+        let store = PostgresStore::builder(&pg_url())
+            .table(&table)
+            .build()
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        let outbox = |ca: &Path| {
+            Outbox::builder()
+                .store(store.clone())
+                .stream(
+                    AmqpStream::builder(&amqps("localhost", TLS_PORT, ca, ""))
+                        .build()
+                        .expect("valid URL"),
+                )
+                .check_interval(Duration::from_millis(50))
+                .build()
+                .expect("outbox")
+        };
+        match outbox(&other_ca()).start().await {
+            Err(Error::Tls {
+                cause: TlsCause::CertificateNotTrusted,
+                ..
+            }) => {}
+            other => panic!(
+                "expected CertificateNotTrusted, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+        let (sink, ex2) = tokio::task::spawn_blocking(move || (Sink::new(&ex, "#"), ex))
+            .await
+            .expect("sink");
+        let outbox = outbox(&ca());
+        let relay = outbox.start().await.expect("start over TLS");
+        for i in 0..10 {
+            outbox
+                .send(Message::new(format!("a{i}")).route(amqp::topic(&ex2, "k")))
+                .await
+                .expect("send");
+        }
+        let got = tokio::task::spawn_blocking(move || sink.collect(10, Duration::from_secs(30)))
+            .await
+            .expect("collect");
+        relay.stop().await.expect("stop");
+        assert_eq!(got.len(), 10, "{got:?}");
+        tokio::task::spawn_blocking(move || drop_table(&table))
+            .await
+            .expect("drop table");
+    }
+}
