@@ -239,6 +239,13 @@ impl AmqpStreamBuilder {
             target.server_name = Some(name);
         }
         target.tls.check_files("tls")?;
+        if target.tls.accepts_invalid_certificates() {
+            log::warn!(
+                "outboxer: TLS verification is OFF for {} (danger_accept_invalid_certs): \
+                 anyone on the path can read and change the traffic",
+                target.redacted
+            );
+        }
         if self.confirm_timeout.is_zero() || self.confirm_timeout > Duration::from_secs(3600) {
             return Err(Error::config("confirm_timeout", "must be within 1ns..=1h"));
         }
