@@ -170,7 +170,7 @@ pub struct StreamsDoctests;
 pub struct AsyncDoctests;
 
 /// docs/tls.md
-#[cfg(all(doctest, feature = "postgres"))]
+#[cfg(all(doctest, feature = "postgres", feature = "amqp"))]
 #[doc = include_str!("../docs/tls.md")]
 pub struct TlsDoctests;
 

@@ -93,6 +93,12 @@ mod tests {
                 TlsCause::HostnameMismatch,
             ),
             (
+                // native-tls (OpenSSL) connecting to an address the certificate lacks.
+                "TLS handshake failed: error:0A000086:SSL routines:tls_post_process_server_certificate:\
+                 certificate verify failed:../ssl/statem/statem_clnt.c:1889: (IP address mismatch)",
+                TlsCause::HostnameMismatch,
+            ),
+            (
                 "invalid peer certificate: UnknownIssuer",
                 TlsCause::CertificateNotTrusted,
             ),

@@ -8,6 +8,54 @@ use std::time::Duration;
 
 stream_conformance!(Amqp);
 
+/// The same suite over `amqps://` (issue 14): the broker's TLS listener on
+/// 127.0.0.1:5671 (scripts/tls/rabbitmq.sh), verified against the test CA;
+/// the consumers stay on the plaintext port.
+mod over_tls {
+    use crate::common::stream_harness::{Amqp, StreamHarness};
+    use crate::common::{tls, Sink};
+    use outboxer::stream::AmqpStream;
+    use outboxer::Options;
+
+    pub struct AmqpTls;
+
+    fn url(port: u16) -> String {
+        format!(
+            "amqps://guest:guest@localhost:{port}/%2f?cacertfile={}",
+            tls::ca().display()
+        )
+    }
+
+    impl StreamHarness for AmqpTls {
+        type S = AmqpStream;
+        type C = Sink;
+        fn stream() -> AmqpStream {
+            AmqpStream::connect(&url(5671))
+                .expect("RabbitMQ's TLS listener on 127.0.0.1:5671 (scripts/test-services up)")
+        }
+        fn unreachable() -> AmqpStream {
+            AmqpStream::builder(&url(1)).build().expect("valid URL")
+        }
+        fn destination(name: &str) -> (Options, Sink) {
+            Amqp::destination(name)
+        }
+        fn refused_destination(name: &str) -> Options {
+            Amqp::refused_destination(name)
+        }
+        fn invalid_options() -> Options {
+            Amqp::invalid_options()
+        }
+        fn max_message_size() -> usize {
+            Amqp::max_message_size()
+        }
+        fn cut_connections() {
+            Amqp::cut_connections()
+        }
+    }
+
+    stream_conformance!(AmqpTls);
+}
+
 // ---- Issue 12: refusals that close the channel, returns, credentials, deadlines ----
 
 use crate::common::amqp_faults::{broker_addr, AmqpCutProxy, RabbitUser, SilentServer};
@@ -438,7 +486,8 @@ fn open_connection_publishes_with_confirms_and_the_streams_properties() {
 fn open_connection_refuses_what_the_stream_refuses() {
     for url in [
         "amqp://u:s3cret@127.0.0.1:5672/%zz",
-        "amqps://u:s3cret@127.0.0.1:5671/%2f",
+        "amqps://u:s3cret@127.0.0.1:5671/%2f?verify=verify_none",
+        "amqp://u:s3cret@127.0.0.1:5672/%2f?cacertfile=/ca.pem",
         "amqp://u:s3cret@127.0.0.1:5672/%2f?frame_max=1",
     ] {
         match amqp::open_connection(url) {

@@ -154,8 +154,11 @@ fn run(command: Command) -> Result<(), Fail> {
         Command::Bench(a) => {
             let file = FileConfig::load(&a.common)?;
             let url = stream_url(a.stream, a.stream_file, &file)?;
-            if !url.to_ascii_lowercase().starts_with("amqp://") {
-                return Err(Fail::usage("bench supports amqp:// streams only"));
+            let lower = url.to_ascii_lowercase();
+            if !lower.starts_with("amqp://") && !lower.starts_with("amqps://") {
+                return Err(Fail::usage(
+                    "bench supports amqp:// and amqps:// streams only",
+                ));
             }
             if a.messages == 0 {
                 return Err(Fail::usage("--messages must be at least 1"));

@@ -8,10 +8,12 @@ use super::target::{parse_target, Target};
 use crate::blocking::stream::Deadline;
 use crate::core::amqp::refused_for_user;
 use crate::core::redact::redact_url;
+use crate::tls::{Tls, TlsCause, TlsMode};
 use crate::{Error, Result};
 use amiquip::{Auth, Channel, Confirm, Connection, ConnectionOptions, ConnectionTuning, Return};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -126,6 +128,13 @@ impl Target {
             E::ConnectionTimeout => Error::Timeout(format!(
                 "{redacted}: no answer from the broker within the connection timeout"
             )),
+            // A setting to fix (CA, host name, a plaintext server), never an outage.
+            E::TlsHandshake { .. } => Error::Tls {
+                what: "amqp",
+                cause: crate::core::tls::classify(&crate::core::tls::chain_text(&e))
+                    .unwrap_or(TlsCause::Handshake),
+                reason: format!("{redacted}: {e}"),
+            },
             _ => self.unavailable(e),
         }
     }
@@ -165,7 +174,8 @@ fn connect<T>(
     }))
 }
 
-/// AMQP handshake and `then` on a connected socket, at most `left`.
+/// TLS (for `amqps://`) or not, the AMQP handshake and `then` on a connected
+/// socket, at most `left`.
 fn handshake<T>(
     t: &Target,
     tcp: TcpStream,
@@ -177,6 +187,10 @@ fn handshake<T>(
     // waits for delayed ACKs (~33 ms instead of ~1 ms).
     tcp.set_nodelay(true).map_err(|e| t.unavailable(e))?;
     let socket = tcp.try_clone().map_err(|e| t.unavailable(e))?;
+    let connector = match t.tls.enabled() {
+        true => Some(tls_connector(&t.tls)?),
+        false => None,
+    };
     let tcp = mio::net::TcpStream::from_stream(tcp).map_err(|e| t.unavailable(e))?;
     let options = ConnectionOptions::<Auth>::default()
         .auth(Auth::Plain {
@@ -188,20 +202,161 @@ fn handshake<T>(
         .connection_timeout(Some(left.max(Duration::from_millis(1))))
         .information(Some("outboxer".into()));
     let dog = Watchdog::arm(&socket, left, Some(deadline))?;
+    let first_bytes = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let tuning = ConnectionTuning::default();
     // On an error the connection is dropped (closed) here, while the
     // watchdog still bounds it.
-    let opened = Connection::insecure_open_stream(tcp, options, ConnectionTuning::default())
-        .and_then(|mut connection| {
-            let then = then(&mut connection)?;
-            Ok((connection, then))
-        });
+    let opened = match connector {
+        // The certificate must name `server_name_indication` when given, else the host.
+        Some(c) => Connection::open_tls_stream(
+            c,
+            t.server_name.as_deref().unwrap_or(&t.host),
+            tcp,
+            options,
+            tuning,
+        ),
+        None => Connection::insecure_open_stream(
+            FirstBytes {
+                tcp,
+                seen: first_bytes.clone(),
+                done: false,
+            },
+            options,
+            tuning,
+        ),
+    }
+    .and_then(|mut connection| {
+        let then = then(&mut connection)?;
+        Ok((connection, then))
+    });
     let fired = dog.disarm();
     match opened {
         Ok((connection, then)) if !fired => Ok((connection, then, socket)),
         Ok(_) => Err(t.timed_out("connecting", deadline)),
         Err(_) if fired => Err(t.timed_out("connecting", deadline)),
+        Err(_) if is_tls_record(&first_bytes.lock()) => Err(Error::Tls {
+            what: "amqp",
+            cause: TlsCause::ServerRequiresTls,
+            reason: format!(
+                "{}: the server answered the AMQP header with TLS; use amqps://",
+                t.redacted
+            ),
+        }),
         Err(e) => Err(t.connection_error(e)),
     }
+}
+
+/// A TLS record's header: content type (alert 21 or handshake 22), major version 3.
+fn is_tls_record(b: &[u8]) -> bool {
+    matches!(b, [21 | 22, 3, ..])
+}
+
+/// The plaintext socket, keeping the first bytes the server sends: a TLS-only
+/// port answers the AMQP header with a TLS alert, which amiquip reports as
+/// malformed data; those bytes tell [`TlsCause::ServerRequiresTls`] apart.
+struct FirstBytes {
+    tcp: mio::net::TcpStream,
+    seen: Arc<parking_lot::Mutex<Vec<u8>>>,
+    done: bool,
+}
+
+impl Read for FirstBytes {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        if !self.done {
+            let mut seen = self.seen.lock();
+            let take = n.min(3 - seen.len());
+            seen.extend_from_slice(&buf[..take]);
+            self.done = seen.len() >= 3 || n == 0;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for FirstBytes {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+impl mio::Evented for FirstBytes {
+    fn register(
+        &self,
+        poll: &mio::Poll,
+        token: mio::Token,
+        interest: mio::Ready,
+        opts: mio::PollOpt,
+    ) -> std::io::Result<()> {
+        self.tcp.register(poll, token, interest, opts)
+    }
+    fn reregister(
+        &self,
+        poll: &mio::Poll,
+        token: mio::Token,
+        interest: mio::Ready,
+        opts: mio::PollOpt,
+    ) -> std::io::Result<()> {
+        self.tcp.reregister(poll, token, interest, opts)
+    }
+    fn deregister(&self, poll: &mio::Poll) -> std::io::Result<()> {
+        self.tcp.deregister(poll)
+    }
+}
+
+impl amiquip::IoStream for FirstBytes {}
+
+/// The OpenSSL connector (through native-tls, what amiquip takes) for `tls`: the
+/// CA file replaces the system's roots, the client certificate is presented, the
+/// host name is checked unless [`TlsMode::VerifyCa`], and nothing is verified
+/// only with [`Tls::danger_accept_invalid_certificates`]. TLS 1.2 at least.
+fn tls_connector(tls: &Tls) -> Result<native_tls::TlsConnector> {
+    let read = |field: &'static str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::config(field, format!("cannot read {}: {e}", path.display())))
+    };
+    let mut b = native_tls::TlsConnector::builder();
+    b.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
+    if let Some(ca) = tls.ca_path() {
+        let certs = native_tls::Certificate::stack_from_pem(&read("cacertfile", ca)?)
+            .map_err(|e| Error::config("cacertfile", format!("{}: {e}", ca.display())))?;
+        if certs.is_empty() {
+            return Err(Error::config(
+                "cacertfile",
+                format!("{} holds no certificate", ca.display()),
+            ));
+        }
+        b.disable_built_in_roots(true);
+        for c in certs {
+            b.add_root_certificate(c);
+        }
+    }
+    if let Some((cert, key)) = tls.client_cert_paths() {
+        let identity =
+            native_tls::Identity::from_pkcs8(&read("certfile", cert)?, &read("keyfile", key)?)
+                .map_err(|e| {
+                    Error::config(
+                        "keyfile",
+                        format!(
+                            "{} / {}: {e} (the key must be unencrypted PKCS#8 PEM, \
+                             `openssl pkcs8 -topk8 -nocrypt` converts one)",
+                            cert.display(),
+                            key.display()
+                        ),
+                    )
+                })?;
+        b.identity(identity);
+    }
+    if tls.mode() == TlsMode::VerifyCa {
+        b.danger_accept_invalid_hostnames(true);
+    }
+    if tls.accepts_invalid_certificates() {
+        b.danger_accept_invalid_certs(true);
+        b.danger_accept_invalid_hostnames(true);
+    }
+    b.build().map_err(|e| Error::config("tls", e))
 }
 
 impl AmqpStream {
@@ -281,11 +436,12 @@ impl AmqpStream {
 ///   `amqp://user:password@host:port/vhost` with percent-escapes decoded, user and
 ///   password `guest` and vhost `/` when absent, the query parameters `heartbeat`
 ///   (seconds, default 60) and `connection_timeout` (milliseconds, default
-///   10 000); `amqps` is refused;
+///   10 000); `amqps://` connects with TLS, verified, with the TLS parameters
+///   described under [`AmqpStream`]'s TLS section;
 /// - the TCP socket is opened here with `TCP_NODELAY` and handed to amiquip
-///   (`Connection::insecure_open_stream`): amiquip never sets it, and without it
-///   a publisher-confirm round trip waits for delayed ACKs (~33 ms instead of
-///   ~1 ms);
+///   (`Connection::insecure_open_stream`, or `Connection::open_tls_stream` for
+///   `amqps://`): amiquip never sets it, and without it a publisher-confirm round
+///   trip waits for delayed ACKs (~33 ms instead of ~1 ms);
 /// - resolving, connecting and the AMQP handshake together take at most the
 ///   URL's `connection_timeout`.
 ///
@@ -299,7 +455,8 @@ impl AmqpStream {
 /// # Errors
 ///
 /// [`Error::InvalidUrl`] for a URL the stream refuses (the URL is redacted in the
-/// error); [`Error::Unauthorized`] when the broker refuses the login or the vhost;
+/// error); [`Error::Config`] for a TLS file that cannot be read; [`Error::Tls`]
+/// when TLS cannot be set up (its cause named); [`Error::Unauthorized`] when the broker refuses the login or the vhost;
 /// [`Error::Timeout`] when it does not answer within the connection timeout;
 /// [`Error::Unavailable`] for the rest (unresolvable host, connection refused).
 ///
@@ -321,6 +478,7 @@ pub fn open_connection(url: &str) -> Result<Connection> {
         url: redact_url(url),
         reason,
     })?;
+    target.tls.check_files("tls")?;
     let deadline = Deadline::after(target.connect_timeout);
     let (connection, (), _socket) = connect(&target, &deadline, |_| Ok(()))?;
     Ok(connection)

@@ -6,6 +6,7 @@ use super::{AmqpRoute, AmqpValidator, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::blocking::stream::{Deadline, Stream, Validate};
 use crate::core::redact::redact_url;
 use crate::message::StoredMessage;
+use crate::tls::Tls;
 use crate::{Error, Result};
 use std::net::Shutdown;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub struct AmqpStreamBuilder {
     mandatory: bool,
     confirm_timeout: Duration,
     max_message_size: usize,
+    tls: Option<Tls>,
+    server_name: Option<String>,
 }
 
 /// Publishes to RabbitMQ (AMQP 0-9-1) with publisher confirms.
@@ -63,6 +66,36 @@ pub struct AmqpStreamBuilder {
 ///   exchange fails only the messages to that exchange.
 /// - Broker unreachable, connection lost: [`Error::Unavailable`]; no answer in
 ///   time: [`Error::Timeout`] (both transient).
+/// - TLS cannot be set up (see below): [`Error::Tls`]; `Outbox::start` refuses to
+///   start on it (it connects through [`Stream::connect`]).
+///
+/// # TLS
+///
+/// `amqps://` connects with TLS (port 5671 by default), verifying the broker's
+/// certificate chain **and** its host name, with RabbitMQ's URI query
+/// parameters: `cacertfile=<PEM>` (trusted instead of the system's roots),
+/// `certfile=<PEM>&keyfile=<PKCS#8 PEM>` (a client certificate, mutual TLS),
+/// `server_name_indication=<name>` (the name checked, e.g. when the URL's host
+/// is an address), `verify=verify_peer` (the default; `verify_none` is refused).
+/// Verification is turned off only by `danger_accept_invalid_certs=true`, or
+/// [`Tls::danger_accept_invalid_certificates`] given to
+/// [`tls`](AmqpStreamBuilder::tls). An `amqp://` URL with a TLS parameter is
+/// refused, never connected in plaintext. TLS is OpenSSL's (through native-tls,
+/// amiquip's TLS), at least TLS 1.2.
+///
+/// ```no_run
+/// # fn main() -> Result<(), outboxer::Error> {
+/// use outboxer::stream::AmqpStream;
+/// let stream = AmqpStream::connect(
+///     "amqps://app:secret@rabbit.internal/%2f?cacertfile=/etc/ssl/certs/rabbit-ca.pem",
+/// )?;
+/// # Ok(()) }
+/// ```
+///
+/// A failure is [`Error::Tls`] naming its [`TlsCause`](crate::tls::TlsCause):
+/// `CertificateNotTrusted` (wrong CA), `HostnameMismatch`, `ServerWithoutTls`
+/// (`amqps://` to a plaintext port), `ServerRequiresTls` (`amqp://` to a TLS
+/// port). A running relay treats one as an outage (released, never parked).
 ///
 /// # Time bounds
 ///
@@ -113,6 +146,8 @@ impl AmqpStream {
             mandatory: true,
             confirm_timeout: Duration::from_secs(15),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            tls: None,
+            server_name: None,
         }
     }
 }
@@ -144,12 +179,73 @@ impl AmqpStreamBuilder {
         self.max_message_size = bytes;
         self
     }
-    /// Validates the settings; does not connect.
+    /// TLS settings in code, in place of the URL's TLS query parameters (its
+    /// scheme must agree: an enabled [`Tls`] needs `amqps://`, [`Tls::disabled`]
+    /// needs `amqp://`). [`TlsMode::VerifyFull`](crate::tls::TlsMode::VerifyFull)
+    /// checks the chain and the host name, `VerifyCa` the chain only.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), outboxer::Error> {
+    /// use outboxer::stream::AmqpStream;
+    /// use outboxer::tls::Tls;
+    /// let stream = AmqpStream::builder("amqps://app:secret@rabbit.internal/%2f")
+    ///     .tls(
+    ///         Tls::verify_full()
+    ///             .ca_file("/etc/ssl/certs/rabbit-ca.pem")
+    ///             .client_cert("/etc/outboxer/client.pem", "/etc/outboxer/client.key"),
+    ///     )
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+    /// The name the broker's certificate must carry when it is not the URL's host
+    /// (the URL's `server_name_indication`), e.g. a broker reached by an address.
+    pub fn tls_server_name(mut self, name: &str) -> Self {
+        self.server_name = Some(name.to_string());
+        self
+    }
+    /// Validates the settings (and reads the TLS files); does not connect.
     pub fn build(self) -> Result<AmqpStream> {
-        let target = self.target.map_err(|reason| Error::InvalidUrl {
+        let mut target = self.target.map_err(|reason| Error::InvalidUrl {
             url: self.raw_redacted.clone(),
             reason,
         })?;
+        if let Some(tls) = self.tls {
+            let secure = target.tls.enabled();
+            if tls.enabled() && !secure {
+                return Err(Error::config(
+                    "tls",
+                    "TLS settings for an amqp:// (plaintext) URL: use amqps://",
+                ));
+            }
+            if !tls.enabled() && secure {
+                return Err(Error::config(
+                    "tls",
+                    "Tls::disabled() for an amqps:// URL: use amqp:// for plaintext",
+                ));
+            }
+            target.tls = tls;
+        }
+        if let Some(name) = self.server_name {
+            if !target.tls.enabled() {
+                return Err(Error::config(
+                    "tls_server_name",
+                    "a TLS server name for an amqp:// (plaintext) URL: use amqps://",
+                ));
+            }
+            target.server_name = Some(name);
+        }
+        target.tls.check_files("tls")?;
+        if target.tls.accepts_invalid_certificates() {
+            log::warn!(
+                "outboxer: TLS verification is OFF for {} (danger_accept_invalid_certs): \
+                 anyone on the path can read and change the traffic",
+                target.redacted
+            );
+        }
         if self.confirm_timeout.is_zero() || self.confirm_timeout > Duration::from_secs(3600) {
             return Err(Error::config("confirm_timeout", "must be within 1ns..=1h"));
         }
@@ -190,6 +286,15 @@ fn like(e: &Error) -> Error {
         },
         Error::Unavailable { what, reason } => Error::Unavailable {
             what,
+            reason: reason.clone(),
+        },
+        Error::Tls {
+            what,
+            cause,
+            reason,
+        } => Error::Tls {
+            what,
+            cause: *cause,
             reason: reason.clone(),
         },
         other => Error::unavailable("amqp", other),
@@ -259,6 +364,14 @@ impl Stream for AmqpStream {
         out.into_iter()
             .map(|o| o.unwrap_or_else(|| Err(unsettled())))
             .collect()
+    }
+
+    /// Connects and opens the confirm channel, so that `Outbox::start` refuses a
+    /// TLS mistake at once (a broker that is merely down lets the relay start and
+    /// retry).
+    fn connect(&mut self) -> Result<()> {
+        self.session(&Deadline::after(self.target.connect_timeout))
+            .map(|_| ())
     }
 
     fn close(&mut self) {
