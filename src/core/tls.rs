@@ -43,6 +43,7 @@ pub(crate) fn classify(text: &str) -> Option<TlsCause> {
     if any(&[
         "server does not support tls",
         "server does not support ssl",
+        "does not have this capability",
         "ssl connection is required",
         "wrong version number",
         "invalidcontenttype",
@@ -56,6 +57,17 @@ pub(crate) fn classify(text: &str) -> Option<TlsCause> {
         return Some(TlsCause::Handshake);
     }
     None
+}
+
+/// Makes ring rustls's process-wide default provider unless one is installed: the
+/// MySQL drivers build their TLS settings on the default provider, which rustls
+/// cannot pick by itself when the build also enables aws-lc-rs (it panics).
+#[cfg(feature = "mysql")]
+pub(crate) fn ensure_default_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may install one first; either way one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 /// The error's text with its whole source chain, for [`classify`].
@@ -98,6 +110,10 @@ mod tests {
             ),
             (
                 "error performing TLS handshake: server does not support TLS",
+                TlsCause::ServerWithoutTls,
+            ),
+            (
+                "DriverError { Client requires secure connection but server does not have this capability }",
                 TlsCause::ServerWithoutTls,
             ),
             (
