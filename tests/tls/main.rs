@@ -17,5 +17,7 @@ use common::tls as fixtures;
 #[path = "../common/tls.rs"]
 mod fixtures;
 
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
