@@ -29,7 +29,8 @@ mod enqueue;
 ///
 /// TLS as the blocking [`crate::store::MysqlStore`]: the URL's `ssl-mode`,
 /// `ssl-ca`, `ssl-cert`, `ssl-key`, or [`MysqlStoreBuilder::tls`]; both the
-/// async pool and the relay's blocking pool use it.
+/// async pool and the relay's blocking pool use it. Except `VERIFY_CA`, refused
+/// with [`Error::Config`]: `mysql_async` 0.37.1 cannot skip the host name check.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), outboxer::Error> {
@@ -136,6 +137,17 @@ impl MysqlStoreBuilder {
         let mut opts = OptsBuilder::from_opts(opts);
         if let Some(tls) = &tls {
             tls.check_files("tls")?;
+            if tls.mode() == TlsMode::VerifyCa && !tls.accepts_invalid_certificates() {
+                // Its skip-domain check looks for the text "NotValidForName", which
+                // rustls 0.23 no longer prints: the name would be checked anyway.
+                return Err(Error::config(
+                    "tls",
+                    "VERIFY_CA (chain only) is not available on the async MySQL store: \
+                     mysql_async 0.37.1 checks the host name anyway \
+                     (blackbeam/mysql_async#404); use VERIFY_IDENTITY with a host name \
+                     the certificate carries, or the blocking store",
+                ));
+            }
             opts = opts.ssl_opts(ssl_opts(tls));
         }
         crate::core::tls::ensure_default_provider();
@@ -167,9 +179,8 @@ fn ssl_opts(tls: &Tls) -> Option<SslOpts> {
     if !tls.enabled() {
         return None;
     }
-    let mut ssl = SslOpts::default()
-        .with_danger_skip_domain_validation(tls.mode() == TlsMode::VerifyCa)
-        .with_danger_accept_invalid_certs(tls.accepts_invalid_certificates());
+    let mut ssl =
+        SslOpts::default().with_danger_accept_invalid_certs(tls.accepts_invalid_certificates());
     if let Some(ca) = tls.ca_path() {
         ssl = ssl.with_root_certs(vec![ca.to_path_buf().into()]);
     }
