@@ -40,6 +40,11 @@ pub(crate) fn classify(text: &str) -> Option<TlsCause> {
     ]) {
         return Some(TlsCause::CertificateNotTrusted);
     }
+    // MySQL 8's refusal of plaintext under require_secure_transport (MariaDB
+    // answers "access denied" instead, like a wrong password).
+    if any(&["insecure transport are prohibited"]) {
+        return Some(TlsCause::ServerRequiresTls);
+    }
     if any(&[
         "server does not support tls",
         "server does not support ssl",
@@ -115,6 +120,10 @@ mod tests {
             (
                 "DriverError { Client requires secure connection but server does not have this capability }",
                 TlsCause::ServerWithoutTls,
+            ),
+            (
+                "ERROR 3159 (HY000): Connections using insecure transport are prohibited while --require_secure_transport=ON.",
+                TlsCause::ServerRequiresTls,
             ),
             (
                 "SSL routines::wrong version number",
