@@ -80,12 +80,14 @@ fn session_cipher(store: &MysqlStore) -> String {
         .expect("Ssl_cipher")
 }
 
+#[allow(dead_code)] // used by the relay, command and async tests (their features)
 fn drop_table(table: &str) {
     if let Ok(mut c) = mysql::Pool::new(root_url().as_str()).and_then(|p| p.get_conn()) {
         let _ = c.query_drop(format!("DROP TABLE IF EXISTS `{table}`, `{table}_keys`"));
     }
 }
 
+#[allow(dead_code)]
 fn unique(prefix: &str) -> String {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
