@@ -480,15 +480,15 @@ mod mysql_store {
         assert_eq!(r.expect("migrate, enqueue, claim").len(), 1);
     }
 
-    /// `danger_accept_invalid_certs` asks for TLS; the local MariaDB has
-    /// `have_ssl = DISABLED`, so the connection is refused (fails closed).
+    /// `danger_accept_invalid_certs` alone names no TLS mode: refused, never a
+    /// silent plaintext or unverified connection (TLS itself: tests/tls/mysql.rs).
     #[test]
-    fn tls_requested_against_a_plaintext_server_fails_closed() {
+    fn the_danger_switch_without_ssl_mode_is_refused() {
         let sep = if url().contains('?') { '&' } else { '?' };
         let e = MysqlStore::connect(&format!("{}{sep}danger_accept_invalid_certs=true", url()))
-            .expect_err("server without TLS");
-        assert!(matches!(e, Error::Database { .. }), "{e:?}");
-        assert!(e.to_string().contains("secure connection"), "{e}");
+            .expect_err("no ssl-mode");
+        assert!(matches!(e, Error::InvalidUrl { .. }), "{e:?}");
+        assert!(e.to_string().contains("ssl-mode"), "{e}");
     }
 
     #[test]

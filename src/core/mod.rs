@@ -12,6 +12,8 @@ pub mod config;
 pub mod ident;
 pub mod kafka;
 pub mod kinesis;
+#[cfg(feature = "mysql")]
+pub mod mysql_url;
 mod options;
 pub mod percent;
 #[cfg(feature = "postgres")]

@@ -89,7 +89,7 @@ pub fn redact_url(raw: &str) -> String {
 ///
 /// ```
 /// let shown = outboxer::redact_connection_string(
-///     "server=tcp:db,1433;user=sa;password=s3cret;TrustServerCertificate=true",
+///     "server=tcp:db,1433;user=sa;password=s3cret;TrustServerCertificateCA=/ca.pem",
 /// );
 /// assert!(!shown.contains("s3cret"), "{shown}");
 /// ```

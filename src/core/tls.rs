@@ -40,9 +40,15 @@ pub(crate) fn classify(text: &str) -> Option<TlsCause> {
     ]) {
         return Some(TlsCause::CertificateNotTrusted);
     }
+    // MySQL 8's refusal of plaintext under require_secure_transport (MariaDB
+    // answers "access denied" instead, like a wrong password).
+    if any(&["insecure transport are prohibited"]) {
+        return Some(TlsCause::ServerRequiresTls);
+    }
     if any(&[
         "server does not support tls",
         "server does not support ssl",
+        "does not have this capability",
         "ssl connection is required",
         "wrong version number",
         "invalidcontenttype",
@@ -60,6 +66,17 @@ pub(crate) fn classify(text: &str) -> Option<TlsCause> {
         return Some(TlsCause::Handshake);
     }
     None
+}
+
+/// Makes ring rustls's process-wide default provider unless one is installed: the
+/// MySQL drivers build their TLS settings on the default provider, which rustls
+/// cannot pick by itself when the build also enables aws-lc-rs (it panics).
+#[cfg(feature = "mysql")]
+pub(crate) fn ensure_default_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may install one first; either way one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 /// The error's text with its whole source chain, for [`classify`].
@@ -109,6 +126,14 @@ mod tests {
             (
                 "error performing TLS handshake: server does not support TLS",
                 TlsCause::ServerWithoutTls,
+            ),
+            (
+                "DriverError { Client requires secure connection but server does not have this capability }",
+                TlsCause::ServerWithoutTls,
+            ),
+            (
+                "ERROR 3159 (HY000): Connections using insecure transport are prohibited while --require_secure_transport=ON.",
+                TlsCause::ServerRequiresTls,
             ),
             (
                 "SSL routines::wrong version number",

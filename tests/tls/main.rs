@@ -19,5 +19,7 @@ mod fixtures;
 
 #[cfg(all(feature = "postgres", feature = "amqp"))]
 mod amqp;
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;

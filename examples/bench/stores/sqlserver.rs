@@ -23,7 +23,8 @@ impl SqlServer {
         let conn_str = std::env::var("OUTBOXER_MSSQL_URL").map_err(|_| {
             "--store sqlserver needs OUTBOXER_MSSQL_URL (no default), an ADO.NET \
              connection string such as \
-             \"server=tcp:127.0.0.1,1433;user=sa;password=..;TrustServerCertificate=true\""
+             \"server=tcp:127.0.0.1,1433;user=sa;password=..;encrypt=true;\
+             TrustServerCertificateCA=/path/to/server-ca.pem\""
         })?;
         let client = SqlServerStore::builder(&conn_str).build()?;
         Ok(SqlServer { conn_str, client })

@@ -27,7 +27,7 @@ pub use ::mysql_async;
 mod mysql_store;
 #[cfg(feature = "async-mysql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async-mysql")))]
-pub use self::mysql_store::MysqlStore;
+pub use self::mysql_store::{MysqlStore, MysqlStoreBuilder};
 
 #[cfg(feature = "sqlserver")]
 #[path = "sqlserver.rs"]

@@ -12,10 +12,12 @@ use crate::core::redact::redact_url;
 use crate::core::rows;
 use crate::core::sql::mysql::{failed_status, MysqlSql, EXTRA_COLUMNS};
 use crate::message::{Message, MessageId, StoredMessage};
+use crate::tls::{Tls, TlsMode};
 use crate::{Error, Result};
 use mysql::prelude::Queryable;
 use mysql::{
-    IsolationLevel, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, TxOpts, Value,
+    ClientIdentity, IsolationLevel, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row,
+    SslOpts, TxOpts, Value,
 };
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -37,11 +39,22 @@ mod enqueue;
 /// held the server's local time: their undelivered rows are moved to UTC by the
 /// offset of the migrating session's zone; run it before starting new relays.
 ///
+/// TLS: the URL's `ssl-mode=VERIFY_IDENTITY|VERIFY_CA|REQUIRED|DISABLED` with
+/// `ssl-ca`, `ssl-cert`, `ssl-key` (MySQL's client spelling), or
+/// [`MysqlStoreBuilder::tls`]. Whenever TLS is on, the certificate and the host
+/// name are verified (also for `REQUIRED`, which MySQL's own client does not
+/// verify); `VERIFY_CA` skips the name; `PREFERRED` is refused (it may fall back
+/// to plaintext). A TLS failure at [`build`](MysqlStoreBuilder::build) is
+/// [`Error::Tls`] naming its cause.
+///
 /// ```no_run
 /// # fn main() -> Result<(), outboxer::Error> {
 /// use outboxer::store::MysqlStore;
 /// let store = MysqlStore::builder("mysql://root@127.0.0.1:3306/test").table("event_store").build()?;
 /// store.migrate()?;
+/// let over_tls = MysqlStore::connect(
+///     "mysql://app@db.internal/app?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ssl/certs/db-ca.pem",
+/// )?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -58,6 +71,7 @@ struct Inner {
 /// Settings of a [`MysqlStore`].
 pub struct MysqlStoreBuilder {
     opts: Result<Opts>,
+    tls: Option<Tls>,
     table: Result<TableName>,
     max_connections: usize,
 }
@@ -76,22 +90,34 @@ impl MysqlStore {
         Self::builder(url).build()
     }
 
-    /// A builder for table name and pool size.
+    /// A builder for table name, pool size and TLS. The URL's `ssl-mode`, `ssl-ca`,
+    /// `ssl-cert`, `ssl-key` and `danger_accept_invalid_certs` are read here (see
+    /// [`MysqlStore`]); every other parameter is the `mysql` crate's.
     pub fn builder(url: &str) -> MysqlStoreBuilder {
+        let (opts, tls) = match crate::core::mysql_url::split(url) {
+            Ok(u) => (
+                Opts::from_url(&u.url).map_err(|e| Error::InvalidUrl {
+                    url: redact_url(url),
+                    reason: e.to_string(),
+                }),
+                u.tls,
+            ),
+            Err(e) => (Err(e), None),
+        };
         MysqlStoreBuilder {
-            opts: Opts::from_url(url).map_err(|e| Error::InvalidUrl {
-                url: redact_url(url),
-                reason: e.to_string(),
-            }),
+            opts,
+            tls,
             table: Ok(TableName::default()),
             max_connections: 16,
         }
     }
 
-    /// A builder from ready `mysql::Opts` (TLS and other settings are the caller's).
+    /// A builder from ready `mysql::Opts` (TLS and other settings are the caller's,
+    /// unless [`MysqlStoreBuilder::tls`] replaces them).
     pub fn from_opts(opts: Opts) -> MysqlStoreBuilder {
         MysqlStoreBuilder {
             opts: Ok(opts),
+            tls: None,
             table: Ok(TableName::default()),
             max_connections: 16,
         }
@@ -116,7 +142,7 @@ impl MysqlStore {
             .start_transaction(
                 TxOpts::default().set_isolation_level(Some(IsolationLevel::ReadCommitted)),
             )
-            .map_err(|e| Error::db(context, e))
+            .map_err(|e| connect_error(context, e))
     }
 
     /// Runs one statement in its own READ COMMITTED transaction; returns affected rows.
@@ -132,7 +158,7 @@ impl MysqlStore {
         self.inner
             .pool
             .get_conn()
-            .map_err(|e| Error::db("connecting to MySQL", e))
+            .map_err(|e| connect_error("connecting to MySQL", e))
     }
 
     fn insert(&self, q: &mut impl Queryable, messages: &[Message]) -> Result<()> {
@@ -236,14 +262,40 @@ impl MysqlStoreBuilder {
         self
     }
 
-    /// Validates the settings and opens one connection to check the server.
+    /// TLS for every connection, in place of the URL's `ssl-mode` settings (or the
+    /// `Opts`' own): [`Tls::verify_full`] verifies the certificate and the host
+    /// name, [`Tls::verify_ca`] the certificate only.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), outboxer::Error> {
+    /// use outboxer::store::MysqlStore;
+    /// use outboxer::tls::Tls;
+    /// let store = MysqlStore::builder("mysql://app@db.internal:3306/app")
+    ///     .tls(Tls::verify_full().ca_file("/etc/ssl/certs/db-ca.pem"))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Validates the settings and opens one connection to check the server (and
+    /// its TLS: a failure is [`Error::Tls`] naming the cause).
     pub fn build(self) -> Result<MysqlStore> {
         let table = self.table?;
         let constraints = PoolConstraints::new(0, self.max_connections.max(1))
             .ok_or_else(|| Error::config("max_connections", "must be at least 1"))?;
-        let opts = OptsBuilder::from_opts(self.opts?)
+        let mut opts = OptsBuilder::from_opts(self.opts?)
             .tcp_connect_timeout(Some(Duration::from_secs(10)))
             .pool_opts(PoolOpts::default().with_constraints(constraints));
+        if let Some(tls) = &self.tls {
+            tls.check_files("tls")?;
+            opts = opts.ssl_opts(ssl_opts(tls));
+        }
+        crate::core::tls::ensure_default_provider();
+        let opts = Opts::from(opts);
+        let plaintext = opts.get_ssl_opts().is_none();
         let pool = Pool::new(opts).map_err(|e| Error::db("connecting to MySQL", e))?;
         let store = MysqlStore {
             inner: Arc::new(Inner {
@@ -252,9 +304,51 @@ impl MysqlStoreBuilder {
                 pool,
             }),
         };
-        drop(store.conn()?);
+        match store.inner.pool.get_conn() {
+            Ok(conn) => drop(conn),
+            // MariaDB and MySQL deny an account that requires TLS like a wrong
+            // password: the words cannot tell, so the context says it.
+            Err(mysql::Error::MySqlError(e)) if plaintext && e.code == ACCESS_DENIED => {
+                return Err(Error::db(
+                    "connecting to MySQL in plaintext (access denied: a wrong \
+                     password, or an account that requires TLS: see ssl-mode)",
+                    mysql::Error::MySqlError(e),
+                ))
+            }
+            Err(e) => return Err(connect_error("connecting to MySQL", e)),
+        }
         Ok(store)
     }
+}
+
+/// ER_ACCESS_DENIED_ERROR.
+const ACCESS_DENIED: u16 = 1045;
+
+/// The driver's TLS settings for `tls` (`None`: plaintext).
+fn ssl_opts(tls: &Tls) -> Option<SslOpts> {
+    if !tls.enabled() {
+        return None;
+    }
+    let mut ssl = SslOpts::default()
+        .with_danger_skip_domain_validation(tls.mode() == TlsMode::VerifyCa)
+        .with_danger_accept_invalid_certs(tls.accepts_invalid_certificates());
+    if let Some(ca) = tls.ca_path() {
+        ssl = ssl.with_root_cert_path(Some(ca.to_path_buf()));
+    }
+    if let Some((cert, key)) = tls.client_cert_paths() {
+        let identity = ClientIdentity::new(cert.to_path_buf(), key.to_path_buf());
+        ssl = ssl.with_client_identity(Some(identity));
+    }
+    Some(ssl)
+}
+
+/// A failure to connect: [`Error::Tls`] when it is about TLS (a setting to fix,
+/// which `Outbox::start` and `build` refuse on), a database error otherwise.
+pub(crate) fn connect_error(
+    context: &'static str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::tls_from("mysql", &e).unwrap_or_else(|| Error::db(context, e))
 }
 
 /// A claimed row; only an unreadable id fails (the row cannot even be named).
@@ -586,7 +680,7 @@ impl TxStore for MysqlStore {
             .inner
             .pool
             .start_transaction(TxOpts::default())
-            .map_err(|e| Error::db("beginning a transaction", e))?;
+            .map_err(|e| connect_error("beginning a transaction", e))?;
         run_in(tx, f)
     }
 }

@@ -72,7 +72,8 @@ impl Inner {
         })?;
         match r {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(Error::db("connecting to SQL Server", e)),
+            Ok(Err(e)) => Err(Error::tls_from("sqlserver", &e)
+                .unwrap_or_else(|| Error::db("connecting to SQL Server", e))),
             Err(_) => Err(Error::db(
                 "connecting to SQL Server",
                 format!("no connection within {timeout:?} (connect_timeout)"),

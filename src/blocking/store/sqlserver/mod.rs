@@ -13,6 +13,7 @@ use crate::core::ident::TableName;
 use crate::core::rows;
 use crate::core::sql::sqlserver::{self as q, batch, SqlServerSql};
 use crate::message::{Message, MessageId, StoredMessage};
+use crate::tls::{Tls, TlsMode};
 use crate::{Error, Result};
 use parking_lot::Mutex;
 use std::future::Future;
@@ -62,7 +63,8 @@ mod enqueue;
 /// use outboxer::{Message, Store, TxStore};
 ///
 /// let store = SqlServerStore::builder(
-///     "server=tcp:127.0.0.1,1433;user=sa;password=secret;TrustServerCertificate=true",
+///     "server=tcp:127.0.0.1,1433;user=sa;password=secret;encrypt=true;\
+///      TrustServerCertificateCA=/etc/ssl/certs/db-ca.pem",
 /// )
 /// .table("dbo.event_store")
 /// .build()?;
@@ -93,6 +95,7 @@ struct Inner {
 /// Settings of a [`SqlServerStore`].
 pub struct SqlServerStoreBuilder {
     config: Result<tiberius::Config>,
+    tls: Option<Tls>,
     table: Result<TableName>,
     max_idle: usize,
     connect_timeout: Duration,
@@ -119,10 +122,12 @@ impl std::fmt::Debug for SqlServerStoreBuilder {
 
 impl SqlServerStore {
     /// Connects with an ADO.NET connection string
-    /// (`server=tcp:host,1433;user=..;password=..;database=..;TrustServerCertificate=true`)
+    /// (`server=tcp:host,1433;user=..;password=..;database=..;encrypt=true;TrustServerCertificateCA=/path/ca.pem`)
     /// or a JDBC one (`jdbc:sqlserver://host:1433;user=..;password=..`), to the table
     /// `event_store`. TLS (rustls) is used unless the string says `encrypt=false`; the
-    /// server's certificate is checked unless `TrustServerCertificate=true`. Give the
+    /// server's certificate and name are checked against the system's CAs plus
+    /// `TrustServerCertificateCA` (`TrustServerCertificate=true` turns checking off:
+    /// test servers only). Or [`SqlServerStoreBuilder::tls`]. Give the
     /// port: named instances through SQL Browser are not supported.
     /// One connection is opened to check the server is there.
     pub fn connect(conn_str: &str) -> Result<Self> {
@@ -175,10 +180,52 @@ impl SqlServerStore {
     }
 }
 
+/// Sets `tls` on a tiberius `Config` (see [`SqlServerStoreBuilder::tls`]), without
+/// ever reaching tiberius' panics on mixing `trust_cert` with `trust_cert_ca`.
+fn apply_tls(config: &mut tiberius::Config, tls: &Tls) -> Result<()> {
+    use tiberius::EncryptionLevel;
+    tls.check_files("tls")?;
+    // tiberius keeps its trust settings private; its Debug form shows them (the
+    // text stays here, it holds the password).
+    let shown = format!("{config:?}");
+    if shown.contains("bypass: true") || !shown.contains("extra_cas: []") {
+        return Err(Error::config(
+            "tls",
+            "the connection string (or Config) already sets TrustServerCertificate or \
+             TrustServerCertificateCA: set TLS in one place",
+        ));
+    }
+    match tls.mode() {
+        TlsMode::Disabled => {
+            config.encryption(EncryptionLevel::NotSupported);
+            return Ok(());
+        }
+        TlsMode::VerifyCa if !tls.accepts_invalid_certificates() => {
+            return Err(Error::config(
+                "tls",
+                "SQL Server (tiberius) cannot verify the certificate chain without the \
+                 host name: use Tls::verify_full (from_config with \
+                 Config::hostname_in_certificate names the expected host)",
+            ))
+        }
+        _ => config.encryption(EncryptionLevel::Required),
+    }
+    if tls.accepts_invalid_certificates() {
+        config.trust_cert();
+    } else if let Some(ca) = tls.ca_path() {
+        config.trust_cert_ca(ca.display());
+    }
+    if let Some((cert, key)) = tls.client_cert_paths() {
+        config.client_certificate(cert, key);
+    }
+    Ok(())
+}
+
 impl SqlServerStoreBuilder {
     fn new(config: Result<tiberius::Config>) -> Self {
         SqlServerStoreBuilder {
             config,
+            tls: None,
             table: Ok(TableName::default()),
             max_idle: 8,
             connect_timeout: Duration::from_secs(10),
@@ -190,6 +237,32 @@ impl SqlServerStoreBuilder {
     /// in the login's default schema.
     pub fn table(mut self, name: &str) -> Self {
         self.table = TableName::parse(name);
+        self
+    }
+
+    /// TLS in outboxer's one shape: [`Tls::verify_full`] is tiberius'
+    /// `EncryptionLevel::Required` with the certificate and host name verified
+    /// against the system's CAs plus [`Tls::ca_file`] (`trust_cert_ca`),
+    /// [`Tls::client_cert`] its client certificate, and
+    /// [`Tls::danger_accept_invalid_certificates`] its `trust_cert()` (no checks at
+    /// all). [`Tls::disabled`] is `EncryptionLevel::NotSupported` (plaintext, the
+    /// login too). [`Tls::verify_ca`] is refused: tiberius cannot check the chain
+    /// without the name (its `hostname_in_certificate`, on a
+    /// [`from_config`](SqlServerStore::from_config) `Config`, names the expected
+    /// host instead). Refused too when the connection string or `Config` already
+    /// sets `TrustServerCertificate`/`TrustServerCertificateCA`: one place says it.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), outboxer::Error> {
+    /// use outboxer::store::SqlServerStore;
+    /// use outboxer::tls::Tls;
+    /// let store = SqlServerStore::builder("server=tcp:db.internal,1433;user=app;password=..")
+    ///     .tls(Tls::verify_full().ca_file("/etc/ssl/certs/db-ca.pem"))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -233,6 +306,9 @@ impl SqlServerStoreBuilder {
                 ));
             }
             config.command_timeout(t);
+        }
+        if let Some(tls) = &self.tls {
+            apply_tls(&mut config, tls)?;
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -148,3 +148,91 @@ fn bad_json_rows_are_undecodable_not_errors() {
         }
     }
 }
+
+/// A file that passes `Tls::check_files` (a PEM label; tiberius reads it only at
+/// connect).
+fn pem_file(name: &str, label: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("outboxer-{}-{name}", std::process::id()));
+    let body = format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+    std::fs::write(&path, body).expect("temp file");
+    path
+}
+
+fn ado(extra: &str) -> tiberius::Config {
+    tiberius::Config::from_ado_string(&format!("server=tcp:db,1433;user=sa;password=pw;{extra}"))
+        .expect("ADO string")
+}
+
+#[test]
+fn tls_maps_to_tiberius_settings() {
+    let ca = pem_file("ca.pem", "CERTIFICATE");
+    let (cert, key) = (
+        pem_file("client.pem", "CERTIFICATE"),
+        pem_file("client.key", "PRIVATE KEY"),
+    );
+    // Verify-full with a CA: Required, the CA added, no bypass.
+    let mut c = ado("");
+    apply_tls(&mut c, &Tls::verify_full().ca_file(&ca)).expect("verify-full");
+    let shown = format!("{c:?}");
+    assert!(shown.contains("encryption: Required"), "{shown}");
+    assert!(shown.contains(&format!("File({:?})", ca)), "{shown}");
+    assert!(shown.contains("bypass: false"), "{shown}");
+    assert!(shown.contains("client_cert: None"), "{shown}");
+    // A client certificate.
+    let mut c = ado("");
+    apply_tls(&mut c, &Tls::verify_full().client_cert(&cert, &key)).expect("mutual TLS");
+    assert!(format!("{c:?}").contains("CertAndKey"), "{c:?}");
+    // The danger switch is trust_cert(), and only it.
+    let mut c = ado("encrypt=false");
+    let danger = Tls::verify_full().danger_accept_invalid_certificates(true);
+    apply_tls(&mut c, &danger).expect("danger");
+    let shown = format!("{c:?}");
+    assert!(shown.contains("encryption: Required") && shown.contains("bypass: true"));
+    // Disabled: plaintext.
+    let mut c = ado("");
+    apply_tls(&mut c, &Tls::disabled()).expect("disabled");
+    assert!(format!("{c:?}").contains("encryption: NotSupported"));
+}
+
+#[test]
+fn tls_refusals_are_config_errors_never_panics() {
+    let ca = pem_file("ca2.pem", "CERTIFICATE");
+    let refused = |mut c: tiberius::Config, tls: Tls| match apply_tls(&mut c, &tls) {
+        Err(Error::Config { field: "tls", .. }) => {}
+        other => panic!("{tls:?}: {other:?}"),
+    };
+    refused(ado(""), Tls::verify_ca().ca_file(&ca));
+    refused(ado(""), Tls::verify_full().ca_file("/nonexistent/ca.pem"));
+    // Trust set twice (tiberius panics when trust_cert and trust_cert_ca mix).
+    refused(
+        ado("TrustServerCertificate=true"),
+        Tls::verify_full().ca_file(&ca),
+    );
+    refused(
+        ado(&format!("TrustServerCertificateCA={}", ca.display())),
+        Tls::verify_full().danger_accept_invalid_certificates(true),
+    );
+    // Through the builder, before any connection.
+    let e = SqlServerStore::builder("server=tcp:127.0.0.1,1;user=sa;password=x")
+        .tls(Tls::verify_ca())
+        .build();
+    assert!(
+        matches!(e, Err(Error::Config { field: "tls", .. })),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn ado_strings_with_a_ca_keep_working() {
+    let ca = pem_file("ca3.pem", "CERTIFICATE");
+    let c = ado(&format!(
+        "Encrypt=true;TrustServerCertificateCA={}",
+        ca.display()
+    ));
+    let shown = format!("{c:?}");
+    assert!(shown.contains("encryption: Required"), "{shown}");
+    assert!(
+        shown.contains("bypass: false") && shown.contains("File("),
+        "{shown}"
+    );
+}
