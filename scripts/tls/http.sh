@@ -3,7 +3,6 @@
 # SQS, Kinesis and Pub/Sub TLS tests (issue 14). The plaintext ports stay as
 # they are; each TLS port forwards to one of them:
 #   https 127.0.0.1:4576 -> moto 4566 (no signature checks)
-#   https 127.0.0.1:4577 -> moto 4567 (signatures checked)
 #   https 127.0.0.1:4578 -> moto 4566, a client certificate of the test CA required
 #   https 127.0.0.1:8096 -> the Pub/Sub emulator 8086
 # The certificate is the test server certificate of scripts/tls-certs (names
@@ -21,7 +20,7 @@ CERTS=${OUTBOXER_TLS_DIR:-$HOME/.cache/outboxer/tls}
 OWN=$CACHE/http-tls          # the terminators' copies of certificate and key
 HOST=127.0.0.1
 # tls-port:upstream-port:client-certificate-required
-ROUTES=(4576:4566:0 4577:4567:0 4578:4566:1 8096:8086:0)
+ROUTES=(4576:4566:0 4578:4566:1 8096:8086:0)
 
 log() { printf 'tls/http: %s\n' "$*" >&2; }
 
