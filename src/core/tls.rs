@@ -40,6 +40,14 @@ pub(crate) fn classify(text: &str) -> Option<TlsCause> {
     ]) {
         return Some(TlsCause::CertificateNotTrusted);
     }
+    // A server's answer to plaintext on its TLS port (nginx, Go, Apache wordings).
+    if any(&[
+        "plain http request was sent to https port",
+        "client sent an http request to an https server",
+        "speaking plain http to an ssl-enabled server port",
+    ]) {
+        return Some(TlsCause::ServerRequiresTls);
+    }
     if any(&[
         "server does not support tls",
         "server does not support ssl",
@@ -103,6 +111,18 @@ mod tests {
             (
                 "SSL routines::wrong version number",
                 TlsCause::ServerWithoutTls,
+            ),
+            (
+                "io: received corrupt message of type InvalidContentType",
+                TlsCause::ServerWithoutTls,
+            ),
+            (
+                "<center>The plain HTTP request was sent to HTTPS port</center>",
+                TlsCause::ServerRequiresTls,
+            ),
+            (
+                "Client sent an HTTP request to an HTTPS server.",
+                TlsCause::ServerRequiresTls,
             ),
             (
                 "received fatal alert: HandshakeFailure",
