@@ -19,3 +19,12 @@ mod fixtures;
 
 #[cfg(feature = "postgres")]
 mod postgres;
+
+#[cfg(all(
+    feature = "postgres",
+    feature = "amqp",
+    feature = "sqs",
+    feature = "kinesis",
+    feature = "pubsub"
+))]
+mod http;
