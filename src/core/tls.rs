@@ -60,7 +60,14 @@ pub(crate) fn classify(text: &str) -> Option<TlsCause> {
     ]) {
         return Some(TlsCause::ServerWithoutTls);
     }
-    if any(&["handshake", "tls alert", "ssl alert", "alert received"]) {
+    // rustls: "received fatal alert: CertificateRequired" (no client certificate).
+    if any(&[
+        "handshake",
+        "tls alert",
+        "ssl alert",
+        "alert received",
+        "received fatal alert",
+    ]) {
         return Some(TlsCause::Handshake);
     }
     None
@@ -123,6 +130,10 @@ mod tests {
             (
                 "Client sent an HTTP request to an HTTPS server.",
                 TlsCause::ServerRequiresTls,
+            ),
+            (
+                "io: received fatal alert: CertificateRequired",
+                TlsCause::Handshake,
             ),
             (
                 "received fatal alert: HandshakeFailure",
