@@ -172,7 +172,7 @@ mod client {
             };
             let tls = match self.tls.or(url.tls) {
                 Some(t) => HttpTls::from_settings(&t, "tls")?,
-                None => HttpTls::from_env_ca(CA_BUNDLE_ENV)?,
+                None => HttpTls::from_env_ca(CA_BUNDLE_ENV, &endpoint)?,
             };
             tls.check_scheme("tls", &endpoint)?;
             let provider: Arc<dyn CredentialsProvider> = match (self.provider, url.credentials) {

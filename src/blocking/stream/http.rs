@@ -164,9 +164,14 @@ impl HttpTls {
         })
     }
 
-    /// With the defaults: AWS SDKs' `AWS_CA_BUNDLE`, Google's
-    /// `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`.
-    pub fn from_env_ca(var: &'static str) -> Result<HttpTls> {
+    /// The CA bundle named by an environment variable (AWS SDKs'
+    /// `AWS_CA_BUNDLE`, Google's `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`) for an
+    /// `https://` URL. Ambient: an `http://` URL (a local emulator) does not read
+    /// it, so a stale variable cannot break it.
+    pub fn from_env_ca(var: &'static str, url: &str) -> Result<HttpTls> {
+        if !url.starts_with("https://") {
+            return Ok(HttpTls::none());
+        }
         match std::env::var_os(var).filter(|v| !v.is_empty()) {
             None => Ok(HttpTls::none()),
             Some(path) => {

@@ -103,16 +103,26 @@ impl PubSubStreamBuilder {
             std::env::var(EMULATOR_ENV).ok(),
             std::env::var(CREDENTIALS_ENV).ok(),
         );
-        let tls = match self.tls.clone().or(url.tls.clone()) {
-            Some(t) => HttpTls::from_settings(&t, "tls")?,
-            None => HttpTls::from_env_ca(CA_BUNDLE_ENV)?,
+        let explicit_tls = match self.tls.clone().or(url.tls.clone()) {
+            Some(t) => Some(HttpTls::from_settings(&t, "tls")?),
+            None => None,
         };
-        let (base, auth) = match target {
+        // The URL's or builder's settings, else the environment's CA bundle.
+        let tls_for = |base: &str| -> Result<HttpTls> {
+            match &explicit_tls {
+                Some(t) => {
+                    t.check_scheme("tls", base)?;
+                    Ok(t.clone())
+                }
+                None => HttpTls::from_env_ca(CA_BUNDLE_ENV, base),
+            }
+        };
+        let (base, auth, tls) = match target {
             Target::Emulator(host) => {
                 let base = crate::core::pubsub::emulator_base(&host)
                     .map_err(|r| Error::config("emulator", r))?;
-                tls.check_scheme("tls", &base)?;
-                (base, None)
+                let tls = tls_for(&base)?;
+                (base, None, tls)
             }
             Target::Google {
                 endpoint,
@@ -122,7 +132,7 @@ impl PubSubStreamBuilder {
                 if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
                     return Err(Error::config("endpoint", "must be an http(s):// URL"));
                 }
-                tls.check_scheme("tls", &endpoint)?;
+                let tls = tls_for(&endpoint)?;
                 let provider: Arc<dyn TokenProvider> = match (&self.provider, credentials) {
                     (Some(p), _) if explicit_provider => p.clone(),
                     // Its token endpoint (https by default) trusts the same CA.
@@ -131,7 +141,7 @@ impl PubSubStreamBuilder {
                     }
                     _ => Arc::new(MetadataServer::new()),
                 };
-                (endpoint, Some(Arc::new(TokenCache::new(provider))))
+                (endpoint, Some(Arc::new(TokenCache::new(provider))), tls)
             }
         };
         let retry = RetryPolicy {
