@@ -610,6 +610,131 @@ fn pubsub_ca_bundle_child() {
     }
 }
 
+/// A token endpoint over TLS (rustls, the test server certificate) answering
+/// every request with a token; the number of requests it answered.
+fn tls_token_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = crate::fixtures::dir();
+    let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .expect("server.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server.key");
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config"),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&served);
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().map_while(Result::ok) {
+            let Ok(conn) = rustls::ServerConnection::new(Arc::clone(&config)) else {
+                continue;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            // The request head, then its body (Content-Length).
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            let complete = |r: &[u8]| {
+                let text = String::from_utf8_lossy(r).to_ascii_lowercase();
+                let Some(end) = text.find("\r\n\r\n") else {
+                    return false;
+                };
+                let len = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                r.len() >= end + 4 + len
+            };
+            while !complete(&req) {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            if !complete(&req) {
+                continue;
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            let body = r#"{"access_token":"tls-token","expires_in":3600,"token_type":"Bearer"}"#;
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    (format!("https://localhost:{port}/token"), served)
+}
+
+/// A service-account key file whose token endpoint is `token_uri`.
+fn service_account_key(token_uri: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique("tls_sa"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pem = dir.join("key.pem");
+    let st = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&pem)
+        .stderr(Stdio::null())
+        .status()
+        .expect("the openssl CLI");
+    assert!(st.success(), "openssl genpkey");
+    let key = json!({
+        "type": "service_account",
+        "client_email": "relay@outboxer-tls.iam.gserviceaccount.com",
+        "private_key": std::fs::read_to_string(&pem).expect("key"),
+        "private_key_id": "tls",
+        "token_uri": token_uri,
+    });
+    let path = dir.join("key.json");
+    std::fs::write(&path, key.to_string()).expect("write key");
+    path
+}
+
+#[test]
+fn pubsub_token_endpoint_uses_the_streams_ca() {
+    need(EMULATOR_TLS);
+    let (token_uri, served) = tls_token_endpoint();
+    let key = service_account_key(&token_uri);
+    let build = |ca: std::path::PathBuf| {
+        PubSubStream::builder(&format!(
+            "pubsub://{PROJECT}?credentials={}",
+            key.to_str().expect("UTF-8 path")
+        ))
+        // The emulator behind TLS stands in for Google's API (it ignores the token).
+        .endpoint(&format!("https://{EMULATOR_TLS}"))
+        .tls(Tls::verify_full().ca_file(ca))
+        .build()
+        .expect("stream")
+    };
+    // The webpki roots do not know the test CA: the token came over the stream's.
+    build(ca()).connect().expect("a token over verified TLS");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let _ = std::fs::remove_dir_all(key.parent().expect("dir"));
+}
+
 // ---------------------------------------------------------------- the command
 
 #[cfg(feature = "cli")]
