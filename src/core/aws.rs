@@ -167,6 +167,9 @@ pub struct AwsUrl {
     pub credentials: Option<Credentials>,
     /// The `endpoint` query value, if given.
     pub endpoint: Option<String>,
+    /// TLS settings from `ca_file`, `client_cert`/`client_key`,
+    /// `danger_accept_invalid_certs`, if given (for `https://` endpoints).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl fmt::Debug for AwsUrl {
@@ -175,6 +178,7 @@ impl fmt::Debug for AwsUrl {
             .field("region", &self.region)
             .field("credentials", &self.credentials)
             .field("endpoint", &self.endpoint)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -219,14 +223,17 @@ impl AwsUrl {
             Some(host.to_string())
         };
         let mut endpoint = None;
+        let mut tls = crate::core::http_tls::TlsParams::default();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "endpoint" => endpoint = Some(check_endpoint(&percent::decode(v)?)?),
+                other if tls.take(other, &percent::decode(v)?)? => {}
                 other => {
                     return Err(format!(
-                        "unknown query parameter {:?} (known: endpoint)",
-                        other.chars().take(40).collect::<String>()
+                        "unknown query parameter {:?} (known: endpoint, {})",
+                        other.chars().take(40).collect::<String>(),
+                        crate::core::http_tls::TLS_PARAMS
                     ))
                 }
             }
@@ -235,6 +242,7 @@ impl AwsUrl {
             region,
             credentials,
             endpoint,
+            tls: tls.finish()?,
         })
     }
 
@@ -473,8 +481,18 @@ mod tests {
             AwsUrl {
                 region: None,
                 credentials: None,
-                endpoint: None
+                endpoint: None,
+                tls: None,
             }
+        );
+        let u = AwsUrl::parse(
+            "sqs://eu-west-1?endpoint=https://127.0.0.1:4576&ca_file=%2Fetc%2Fca.pem",
+            "sqs",
+        )
+        .expect("valid");
+        assert_eq!(
+            u.tls,
+            Some(crate::tls::Tls::verify_full().ca_file("/etc/ca.pem"))
         );
         for bad in [
             "sqs:/x",

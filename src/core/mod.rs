@@ -9,6 +9,7 @@
 pub mod amqp;
 pub mod aws;
 pub mod config;
+pub mod http_tls;
 pub mod ident;
 pub mod kafka;
 pub mod kinesis;

@@ -364,14 +364,20 @@ pub fn plan(items: &[PlanItem], max_messages: usize, max_bytes: usize) -> Plan {
 }
 
 /// A parsed `pubsub://PROJECT[?emulator=host:port][&credentials=/path/key.json]` URL.
+/// `emulator=https://host:port` reaches an emulator behind TLS; `ca_file`,
+/// `client_cert`/`client_key` and `danger_accept_invalid_certs` set its TLS (and
+/// that of an `https://` API endpoint).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PubSubUrl {
     /// The Google Cloud project of short topic names.
     pub project: String,
-    /// `host:port` of an emulator (no auth, plain HTTP).
+    /// `host:port` of an emulator (no auth, plain HTTP), or
+    /// `https://host:port` for one behind TLS.
     pub emulator: Option<String>,
     /// Path of a service-account key file.
     pub credentials: Option<String>,
+    /// TLS settings of the URL, if any.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl PubSubUrl {
@@ -396,25 +402,47 @@ impl PubSubUrl {
             project: project.to_string(),
             emulator: None,
             credentials: None,
+            tls: None,
         };
+        let mut tls = crate::core::http_tls::TlsParams::default();
         if let Some(q) = query.filter(|q| !q.is_empty()) {
             for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
                 match &*k {
                     "emulator" => {
-                        check_host_port(&v)?;
+                        emulator_base(&v)?;
                         url.emulator = Some(v.into_owned());
                     }
                     "credentials" if !v.is_empty() => url.credentials = Some(v.into_owned()),
+                    other if tls.take(other, &v)? => {}
                     other => {
                         return Err(format!(
-                            "unknown query parameter {other:?} (known: emulator, credentials)"
+                            "unknown query parameter {other:?} (known: emulator, credentials, {})",
+                            crate::core::http_tls::TLS_PARAMS
                         ))
                     }
                 }
             }
         }
+        url.tls = tls.finish()?;
         Ok(url)
     }
+}
+
+/// The base URL of an emulator given as `host:port` or `http://host:port`
+/// (plaintext, as Google's clients reach `PUBSUB_EMULATOR_HOST`) or
+/// `https://host:port` (TLS).
+pub fn emulator_base(v: &str) -> std::result::Result<String, String> {
+    let (scheme, host_port) = match v.split_once("://") {
+        Some((s @ ("http" | "https"), rest)) => (s, rest.trim_end_matches('/')),
+        Some(_) => {
+            return Err(format!(
+                "{v:?}: an emulator is host:port or http(s)://host:port"
+            ))
+        }
+        None => ("http", v),
+    };
+    check_host_port(host_port)?;
+    Ok(format!("{scheme}://{host_port}"))
 }
 
 /// `host:port` with a non-zero port.
@@ -708,7 +736,20 @@ mod tests {
                 .expect("valid");
         assert_eq!(u.emulator.as_deref(), Some("127.0.0.1:8086"));
         assert_eq!(u.credentials.as_deref(), Some("/tmp/key.json"));
+        let u = PubSubUrl::parse("pubsub://p1?emulator=https://localhost:8096&ca_file=%2Fca.pem")
+            .expect("valid");
+        assert_eq!(
+            emulator_base(u.emulator.as_deref().unwrap_or_default()).as_deref(),
+            Ok("https://localhost:8096")
+        );
+        assert_eq!(
+            u.tls,
+            Some(crate::tls::Tls::verify_full().ca_file("/ca.pem"))
+        );
+        assert_eq!(emulator_base("h:1").as_deref(), Ok("http://h:1"));
         for bad in [
+            "pubsub://p?emulator=ftp://h:1",
+            "pubsub://p?emulator=https://h",
             "pubsub://",
             "kafka://p",
             "pubsub://p?emulator=host",

@@ -41,8 +41,14 @@ pub(crate) fn classify(text: &str) -> Option<TlsCause> {
         return Some(TlsCause::CertificateNotTrusted);
     }
     // MySQL 8's refusal of plaintext under require_secure_transport (MariaDB
-    // answers "access denied" instead, like a wrong password).
-    if any(&["insecure transport are prohibited"]) {
+    // answers "access denied" instead, like a wrong password), and a server's
+    // answer to plaintext on its TLS port (nginx, Go, Apache wordings).
+    if any(&[
+        "insecure transport are prohibited",
+        "plain http request was sent to https port",
+        "client sent an http request to an https server",
+        "speaking plain http to an ssl-enabled server port",
+    ]) {
         return Some(TlsCause::ServerRequiresTls);
     }
     if any(&[
@@ -62,7 +68,14 @@ pub(crate) fn classify(text: &str) -> Option<TlsCause> {
     if any(&["no encryption"]) {
         return Some(TlsCause::ServerRequiresTls);
     }
-    if any(&["handshake", "tls alert", "ssl alert", "alert received"]) {
+    // rustls: "received fatal alert: CertificateRequired" (no client certificate).
+    if any(&[
+        "handshake",
+        "tls alert",
+        "ssl alert",
+        "alert received",
+        "received fatal alert",
+    ]) {
         return Some(TlsCause::Handshake);
     }
     None
@@ -142,6 +155,22 @@ mod tests {
             (
                 "FATAL: pg_hba.conf rejects connection for host \"127.0.0.1\", user \"u\", database \"test\", no encryption",
                 TlsCause::ServerRequiresTls,
+            ),
+            (
+                "io: received corrupt message of type InvalidContentType",
+                TlsCause::ServerWithoutTls,
+            ),
+            (
+                "<center>The plain HTTP request was sent to HTTPS port</center>",
+                TlsCause::ServerRequiresTls,
+            ),
+            (
+                "Client sent an HTTP request to an HTTPS server.",
+                TlsCause::ServerRequiresTls,
+            ),
+            (
+                "io: received fatal alert: CertificateRequired",
+                TlsCause::Handshake,
             ),
             (
                 "received fatal alert: HandshakeFailure",

@@ -23,3 +23,12 @@ mod amqp;
 mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
+
+#[cfg(all(
+    feature = "postgres",
+    feature = "amqp",
+    feature = "sqs",
+    feature = "kinesis",
+    feature = "pubsub"
+))]
+mod http;

@@ -27,6 +27,17 @@ macro_rules! aws_builder_setters {
             self.aws.endpoint = Some(endpoint.to_string());
             self
         }
+        /// TLS of an `https://` endpoint: a CA bundle that replaces the built-in
+        /// webpki roots (a private endpoint, a TLS-intercepting proxy), a client
+        /// certificate. The chain and the host name are always verified unless
+        /// [`Tls::danger_accept_invalid_certificates`](crate::tls::Tls::danger_accept_invalid_certificates)
+        /// says otherwise; [`Tls::verify_ca`](crate::tls::Tls::verify_ca) is
+        /// refused (ureq checks names). Overrides the URL's `ca_file` and
+        /// `AWS_CA_BUNDLE`; settings for an `http://` endpoint are refused at `build`.
+        pub fn tls(mut self, tls: crate::tls::Tls) -> Self {
+            self.aws.tls = Some(tls);
+            self
+        }
         /// Static credentials.
         pub fn credentials(mut self, credentials: Credentials) -> Self {
             self.aws.provider = Some(Arc::new(credentials));
@@ -59,7 +70,9 @@ pub(crate) use aws_builder_setters;
 #[cfg(feature = "_aws")]
 mod client {
     use super::*;
-    use crate::blocking::stream::http::{HttpClient, HttpRequest, HttpResponse, RetryPolicy};
+    use crate::blocking::stream::http::{
+        HttpClient, HttpRequest, HttpResponse, HttpTls, RetryPolicy,
+    };
     use crate::blocking::stream::Deadline;
     use crate::core::aws::{check_endpoint, check_region, endpoint_from_env, region_from_env};
     use crate::core::retry::Backoff;
@@ -110,7 +123,12 @@ mod client {
         pub provider: Option<Arc<dyn CredentialsProvider>>,
         pub timeout: Duration,
         pub attempts: u32,
+        pub tls: Option<crate::tls::Tls>,
     }
+
+    /// The AWS SDKs' CA bundle variable, used when neither the builder nor the URL
+    /// gives TLS settings.
+    pub(crate) const CA_BUNDLE_ENV: &str = "AWS_CA_BUNDLE";
 
     impl AwsSettings {
         pub fn new(url: &str, service: Service) -> Self {
@@ -122,6 +140,7 @@ mod client {
                 provider: None,
                 timeout: Duration::from_secs(10),
                 attempts: 4,
+                tls: None,
             }
         }
 
@@ -151,6 +170,11 @@ mod client {
                 // The service's public regional endpoint.
                 None => format!("https://{}.{region}.amazonaws.com", service.name()),
             };
+            let tls = match self.tls.or(url.tls) {
+                Some(t) => HttpTls::from_settings(&t, "tls")?,
+                None => HttpTls::from_env_ca(CA_BUNDLE_ENV, &endpoint)?,
+            };
+            tls.check_scheme("tls", &endpoint)?;
             let provider: Arc<dyn CredentialsProvider> = match (self.provider, url.credentials) {
                 (Some(p), _) => p,
                 (None, Some(c)) => Arc::new(c),
@@ -171,7 +195,7 @@ mod client {
                 deadline: (self.timeout * 2).max(Duration::from_secs(20)),
             };
             Ok(AwsClient {
-                http: HttpClient::new(service.name(), self.timeout, retry),
+                http: HttpClient::new(service.name(), self.timeout, retry, &tls),
                 service,
                 region,
                 endpoint,
@@ -268,6 +292,12 @@ mod client {
             let deadline = Deadline::after(Duration::from_secs(3600));
             self.call(action, body, &deadline)
                 .map_err(|e| e.into_error(self.service.name()))
+        }
+
+        /// An unsigned `GET` of the endpoint (`Stream::connect`): the TLS handshake
+        /// and an HTTP answer, with no side effect and no permission needed.
+        pub(crate) fn probe(&self) -> Result<()> {
+            self.http.probe(&format!("{}/", self.endpoint))
         }
 
         /// One call, retried within `deadline` (see [`HttpClient::send_with`]).

@@ -5,7 +5,11 @@
 
 use crate::blocking::stream::Deadline;
 use crate::core::retry::Backoff;
+use crate::tls::{Tls, TlsCause, TlsMode};
 use crate::{Error, Result};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One request, built by the stream for every try.
@@ -103,10 +107,205 @@ const MIN_REQUEST_TIME: Duration = Duration::from_millis(10);
 /// Connections are opened within this, or the request's timeout if shorter.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The TLS of `https://` requests, read from a [`Tls`] at build time (so that a
+/// missing or unusable file is a configuration error then, not a failure of the
+/// first request). The default is ureq's: the webpki roots, chain and host name
+/// verified.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HttpTls {
+    config: Option<ureq::tls::TlsConfig>,
+    /// True when settings were given (not the defaults): they are refused for an
+    /// `http://` endpoint rather than silently not used.
+    explicit: bool,
+}
+
+impl HttpTls {
+    /// The defaults (built-in roots, full verification).
+    pub fn none() -> HttpTls {
+        HttpTls::default()
+    }
+
+    /// From the stream's settings. `Tls::disabled()` without files means the
+    /// defaults (the endpoint's scheme decides whether TLS is used). A CA file
+    /// replaces the built-in roots, like curl's `--cacert`. Chain-only
+    /// verification (`TlsMode::VerifyCa`) is not offered: ureq always checks the
+    /// host name.
+    pub fn from_settings(tls: &Tls, field: &'static str) -> Result<HttpTls> {
+        tls.check_files(field)?;
+        if !tls.enabled() && !tls.accepts_invalid_certificates() {
+            return Ok(HttpTls::none());
+        }
+        if tls.mode() == TlsMode::VerifyCa && !tls.accepts_invalid_certificates() {
+            return Err(Error::config(
+                field,
+                "verify-ca (chain without host name) is not offered by the HTTP streams: \
+                 use Tls::verify_full(), and a host name the certificate names",
+            ));
+        }
+        let mut b = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .disable_verification(tls.accepts_invalid_certificates());
+        if let Some(ca) = tls.ca_path() {
+            let certs = pem_certificates(field, ca)?;
+            b = b.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        if let Some((cert, key)) = tls.client_cert_paths() {
+            let chain = pem_certificates(field, cert)?;
+            let key_pem = read_file(field, key)?;
+            let key = ureq::tls::PrivateKey::from_pem(&key_pem).map_err(|e| {
+                Error::config(field, format!("{}: not a usable key: {e}", key.display()))
+            })?;
+            check_client_cert(field, &chain, &key_pem)?;
+            b = b.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+        }
+        Ok(HttpTls {
+            config: Some(b.build()),
+            explicit: true,
+        })
+    }
+
+    /// The CA bundle named by an environment variable (AWS SDKs'
+    /// `AWS_CA_BUNDLE`, Google's `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`) for an
+    /// `https://` URL. Ambient: an `http://` URL (a local emulator) does not read
+    /// it, so a stale variable cannot break it.
+    pub fn from_env_ca(var: &'static str, url: &str) -> Result<HttpTls> {
+        if !url.starts_with("https://") {
+            return Ok(HttpTls::none());
+        }
+        match std::env::var_os(var).filter(|v| !v.is_empty()) {
+            None => Ok(HttpTls::none()),
+            Some(path) => {
+                let mut t = HttpTls::from_settings(&Tls::verify_full().ca_file(path), var)?;
+                // Ambient: an http:// endpoint (a local emulator) just does not use it.
+                t.explicit = false;
+                Ok(t)
+            }
+        }
+    }
+
+    /// Refuses explicit TLS settings for an `http://` URL: the settings would not
+    /// be used, and the traffic would go in plaintext where TLS was asked for.
+    pub fn check_scheme(&self, field: &'static str, url: &str) -> Result<()> {
+        if self.explicit && !url.starts_with("https://") {
+            return Err(Error::config(
+                field,
+                format!(
+                    "TLS settings were given but {} is not an https:// URL",
+                    crate::core::redact::redact_url(url)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(field: &'static str, path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::config(field, format!("cannot read {}: {e}", path.display())))
+}
+
+/// The certificates of a PEM file (at least one).
+fn pem_certificates(
+    field: &'static str,
+    path: &std::path::Path,
+) -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    let pem = read_file(field, path)?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Error::config(
+                    field,
+                    format!("{}: not PEM: {e}", path.display()),
+                ))
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(Error::config(
+            field,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+/// ureq panics on a client certificate rustls refuses (key not matching the
+/// certificate, unsupported key type): the same check here, as an error.
+fn check_client_cert(
+    field: &'static str,
+    chain: &[ureq::tls::Certificate<'static>],
+    key_pem: &[u8],
+) -> Result<()> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| Error::config(field, format!("not a usable private key: {e}")))?;
+    let chain = chain
+        .iter()
+        .map(|c| CertificateDer::from(c.der().to_vec()))
+        .collect();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+        .map(|_| ())
+        .map_err(|e| Error::config(field, format!("unusable client certificate and key: {e}")))
+}
+
+/// True when the server at `addr` answers a TLS ClientHello with TLS (a
+/// handshake or an alert record): the server of an `http://` URL that did not
+/// answer HTTP requires TLS. Servers that answer a plaintext request with a TLS
+/// alert, or (like OpenSSL's) by closing the connection, are told apart from a
+/// server that is down this way.
+fn speaks_tls(host: &str, port: u16, timeout: Duration) -> bool {
+    let Some(addr) = (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
+        return false;
+    };
+    let name = match rustls::pki_types::ServerName::try_from(host.to_string()) {
+        Ok(n) => n,
+        Err(_) => return false,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(config) = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
+    else {
+        return false;
+    };
+    let Ok(mut conn) = rustls::ClientConnection::new(Arc::new(config), name) else {
+        return false;
+    };
+    let mut hello = Vec::new();
+    if conn.write_tls(&mut hello).is_err() {
+        return false;
+    }
+    let Ok(mut tcp) = TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(timeout));
+    let _ = tcp.set_write_timeout(Some(timeout));
+    let mut head = [0u8; 2];
+    tcp.write_all(&hello).is_ok()
+        && tcp.read_exact(&mut head).is_ok()
+        // A handshake (22) or alert (21) record of TLS 1.x.
+        && matches!(head, [22 | 21, 3])
+}
+
 impl HttpClient {
     /// `what` names the service in errors (`sqs`, `kinesis`, `pubsub`).
-    pub fn new(what: &'static str, timeout: Duration, retry: RetryPolicy) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+    pub fn new(what: &'static str, timeout: Duration, retry: RetryPolicy, tls: &HttpTls) -> Self {
+        let mut config = ureq::Agent::config_builder();
+        if let Some(t) = &tls.config {
+            config = config.tls_config(t.clone());
+        }
+        let agent: ureq::Agent = config
             .http_status_as_error(false)
             .timeout_connect(Some(timeout.min(CONNECT_TIMEOUT)))
             .timeout_global(Some(timeout))
@@ -168,6 +367,60 @@ impl HttpClient {
         Ok(HttpResponse { status, body })
     }
 
+    /// One unauthenticated `GET url` at start (`Stream::connect`): a TLS mistake
+    /// is an [`Error::Tls`] naming its cause. Any HTTP answer is a success (the
+    /// service's own refusal of an unsigned request included), unless it is a
+    /// server's "plain HTTP sent to an HTTPS port". A server that is down is the
+    /// transport error (transient: the relay starts and retries).
+    pub fn probe(&self, url: &str) -> Result<()> {
+        let req = HttpRequest {
+            method: "GET",
+            url: url.to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let timeout = self.timeout.min(CONNECT_TIMEOUT);
+        let plaintext = url.starts_with("http://");
+        match self.send_once(&req, timeout) {
+            Ok(resp) => {
+                if plaintext
+                    && resp.status >= 400
+                    && crate::core::tls::classify(&resp.body_text())
+                        == Some(TlsCause::ServerRequiresTls)
+                {
+                    return Err(self.requires_tls(url, format!("HTTP {}", resp.status)));
+                }
+                Ok(())
+            }
+            Err(e @ Error::Tls { .. }) => Err(e),
+            Err(e) if plaintext => {
+                let target = url::Url::parse(url)
+                    .ok()
+                    .and_then(|u| Some((u.host_str()?.to_string(), u.port_or_known_default()?)));
+                match target {
+                    Some((host, port))
+                        if speaks_tls(host.trim_matches(['[', ']']), port, timeout) =>
+                    {
+                        Err(self.requires_tls(url, e.to_string()))
+                    }
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn requires_tls(&self, url: &str, seen: String) -> Error {
+        Error::Tls {
+            what: self.what,
+            cause: TlsCause::ServerRequiresTls,
+            reason: format!(
+                "{} is http:// but the server answers TLS only ({seen}): use https://",
+                crate::core::redact::redact_url(url)
+            ),
+        }
+    }
+
     /// Sends, retrying transport failures and retryable statuses with backoff.
     /// `build` is called for every try. After the last try, a transport failure
     /// is returned as its error and a retryable status as its response.
@@ -207,7 +460,8 @@ impl HttpClient {
             let outcome = self.send_once(&req, self.timeout.min(left));
             let retry = match &outcome {
                 Ok(r) => retryable(r),
-                Err(e) => e.is_transient(),
+                // A TLS mistake is not retried: it fails the same way every time.
+                Err(e) => e.is_transient() && !matches!(e, Error::Tls { .. }),
             };
             let delay = self.retry.backoff.delay(attempt);
             if !retry
@@ -238,7 +492,7 @@ fn transport_error(what: &'static str, e: ureq::Error) -> Error {
     match e {
         ureq::Error::Timeout(t) => Error::Timeout(format!("{what}: {t}")),
         // The error text of ureq names the host, never credentials (those are headers).
-        other => Error::unavailable(what, other),
+        other => Error::tls_from(what, &other).unwrap_or_else(|| Error::unavailable(what, other)),
     }
 }
 
@@ -306,7 +560,12 @@ mod tests {
 
     #[test]
     fn nothing_is_sent_past_the_deadline_or_once_the_relay_stops() {
-        let client = HttpClient::new("test", Duration::from_secs(2), RetryPolicy::default());
+        let client = HttpClient::new(
+            "test",
+            Duration::from_secs(2),
+            RetryPolicy::default(),
+            &HttpTls::none(),
+        );
         let past = Deadline::at(Instant::now());
         let (tries, out) = counting_send(&client, &past);
         assert_eq!(tries, 0);
@@ -327,6 +586,7 @@ mod tests {
                     .expect("backoff"),
                 deadline: Duration::from_secs(60),
             },
+            &HttpTls::none(),
         );
         let (tries, out) = counting_send(&client, &Deadline::after(Duration::from_millis(300)));
         assert_eq!(tries, 1);
@@ -344,6 +604,7 @@ mod tests {
                     .expect("backoff"),
                 deadline: Duration::from_secs(5),
             },
+            &HttpTls::none(),
         );
         let (tries, out) = counting_send(&client, &Deadline::after(Duration::from_secs(60)));
         assert_eq!(tries, 2);

@@ -354,6 +354,13 @@ mod driver {
     }
 
     impl Stream for SqsStream {
+        /// An unsigned `GET` of the endpoint: a TLS mistake (untrusted
+        /// certificate, wrong host name, TLS/plaintext mismatch) stops
+        /// `Outbox::start` with [`Error::Tls`]; nothing is sent.
+        fn connect(&mut self) -> Result<()> {
+            self.client.probe()
+        }
+
         fn validator(&self) -> Arc<dyn Validate> {
             Arc::new(SqsValidator {
                 max_message_size: self.max_message_size,

@@ -47,7 +47,7 @@ impl Validate for PubSubValidator {
 #[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
 pub use self::driver::{
     AccessToken, MetadataServer, PubSubStream, PubSubStreamBuilder, ServiceAccount, StaticToken,
-    TokenProvider,
+    TokenProvider, CA_BUNDLE_ENV,
 };
 
 #[cfg(feature = "pubsub")]

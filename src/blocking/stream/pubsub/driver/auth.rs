@@ -57,8 +57,8 @@ pub trait TokenProvider: Send + Sync + std::fmt::Debug {
     }
 }
 
-fn token_http(timeout: Duration) -> HttpClient {
-    HttpClient::new("pubsub auth", timeout, RetryPolicy::default())
+fn token_http(timeout: Duration, tls: &HttpTls) -> HttpClient {
+    HttpClient::new("pubsub auth", timeout, RetryPolicy::default(), tls)
 }
 
 /// A token that never changes (e.g. from `gcloud auth print-access-token`).
@@ -127,8 +127,14 @@ impl ServiceAccount {
             key,
             signer,
             scope: PUBSUB_SCOPE.to_string(),
-            http: token_http(Duration::from_secs(30)),
+            http: token_http(Duration::from_secs(30), &HttpTls::none()),
         })
+    }
+
+    /// The token endpoint's TLS: the stream's, when it builds the provider.
+    pub(super) fn with_http_tls(mut self, tls: &HttpTls) -> Self {
+        self.http = token_http(Duration::from_secs(30), tls);
+        self
     }
 
     /// The OAuth scope asked for (default [`PUBSUB_SCOPE`]).
@@ -230,7 +236,8 @@ impl MetadataServer {
     pub fn with_base_url(base_url: &str) -> Self {
         MetadataServer {
             base_url: base_url.trim_end_matches('/').to_string(),
-            http: token_http(Duration::from_secs(10)),
+            // The metadata server is plain HTTP on a link-local address.
+            http: token_http(Duration::from_secs(10), &HttpTls::none()),
         }
     }
 }

@@ -3,9 +3,34 @@
 use super::*;
 
 impl PubSubStreamBuilder {
-    /// An emulator at `host:port`: plain HTTP, no auth (overrides everything else).
+    /// An emulator at `host:port` (plain HTTP, like `PUBSUB_EMULATOR_HOST`), or at
+    /// `https://host:port` behind TLS (verified with [`tls`](Self::tls) or the URL's
+    /// `ca_file`); no auth. Overrides everything else.
     pub fn emulator(mut self, host_port: &str) -> Self {
         self.emulator = Some(host_port.to_string());
+        self
+    }
+    /// TLS of an `https://` endpoint or emulator and of the service account's
+    /// token endpoint: a CA bundle that replaces the built-in webpki roots (a
+    /// TLS-intercepting proxy, a private endpoint), a client certificate. Chain
+    /// and host name are always verified unless
+    /// [`Tls::danger_accept_invalid_certificates`](crate::tls::Tls::danger_accept_invalid_certificates)
+    /// says otherwise; [`Tls::verify_ca`](crate::tls::Tls::verify_ca) is refused.
+    /// Overrides the URL's `ca_file` and [`CA_BUNDLE_ENV`]. Settings for a
+    /// plaintext endpoint or emulator are refused at `build`.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), outboxer::Error> {
+    /// use outboxer::stream::PubSubStream;
+    /// use outboxer::tls::Tls;
+    /// let stream = PubSubStream::builder("pubsub://my-project")
+    ///     .endpoint("https://pubsub.internal.example:8443")
+    ///     .tls(Tls::verify_full().ca_file("/etc/ssl/certs/corp-ca.pem"))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, tls: crate::tls::Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
     /// The API base URL (default [`PUBSUB_ENDPOINT`]), e.g. a regional endpoint or
@@ -78,11 +103,26 @@ impl PubSubStreamBuilder {
             std::env::var(EMULATOR_ENV).ok(),
             std::env::var(CREDENTIALS_ENV).ok(),
         );
-        let (base, auth) = match target {
+        let explicit_tls = match self.tls.clone().or(url.tls.clone()) {
+            Some(t) => Some(HttpTls::from_settings(&t, "tls")?),
+            None => None,
+        };
+        // The URL's or builder's settings, else the environment's CA bundle.
+        let tls_for = |base: &str| -> Result<HttpTls> {
+            match &explicit_tls {
+                Some(t) => {
+                    t.check_scheme("tls", base)?;
+                    Ok(t.clone())
+                }
+                None => HttpTls::from_env_ca(CA_BUNDLE_ENV, base),
+            }
+        };
+        let (base, auth, tls) = match target {
             Target::Emulator(host) => {
-                crate::core::pubsub::check_host_port(&host)
+                let base = crate::core::pubsub::emulator_base(&host)
                     .map_err(|r| Error::config("emulator", r))?;
-                (format!("http://{host}"), None)
+                let tls = tls_for(&base)?;
+                (base, None, tls)
             }
             Target::Google {
                 endpoint,
@@ -92,12 +132,16 @@ impl PubSubStreamBuilder {
                 if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
                     return Err(Error::config("endpoint", "must be an http(s):// URL"));
                 }
+                let tls = tls_for(&endpoint)?;
                 let provider: Arc<dyn TokenProvider> = match (&self.provider, credentials) {
                     (Some(p), _) if explicit_provider => p.clone(),
-                    (_, Some(path)) => Arc::new(ServiceAccount::from_file(path)?),
+                    // Its token endpoint (https by default) trusts the same CA.
+                    (_, Some(path)) => {
+                        Arc::new(ServiceAccount::from_file(path)?.with_http_tls(&tls))
+                    }
                     _ => Arc::new(MetadataServer::new()),
                 };
-                (endpoint, Some(Arc::new(TokenCache::new(provider))))
+                (endpoint, Some(Arc::new(TokenCache::new(provider))), tls)
             }
         };
         let retry = RetryPolicy {
@@ -109,7 +153,7 @@ impl PubSubStreamBuilder {
             project: url.project,
             base,
             auth,
-            http: HttpClient::new("pubsub", self.timeout, retry),
+            http: HttpClient::new("pubsub", self.timeout, retry, &tls),
             concurrency: self.concurrency,
             max_message_size: self.max_message_size,
         })

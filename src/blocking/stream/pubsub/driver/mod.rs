@@ -2,7 +2,7 @@
 //! Google) and with which credentials.
 
 use super::*;
-use crate::blocking::stream::http::{status_error, HttpClient, HttpRequest, RetryPolicy};
+use crate::blocking::stream::http::{status_error, HttpClient, HttpRequest, HttpTls, RetryPolicy};
 use crate::blocking::stream::{Deadline, Stream};
 use crate::core::pubsub::{
     effective_ordering_key, jwt_signing_input, message_size, parse_token_response, pem_pkcs8_der,
@@ -30,6 +30,10 @@ mod tests;
 use self::auth::TokenCache;
 pub use self::auth::{AccessToken, MetadataServer, ServiceAccount, StaticToken, TokenProvider};
 
+/// The CA bundle variable of Google's gRPC client libraries, used when neither
+/// the builder nor the URL gives TLS settings (for `https://` only).
+pub const CA_BUNDLE_ENV: &str = "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH";
+
 /// A token fetched outside a publish (at `connect`, or through
 /// [`TokenProvider::fetch_token`]) is bounded by the client's own timeouts only.
 const UNBOUNDED: Duration = Duration::from_secs(3600);
@@ -47,6 +51,7 @@ pub struct PubSubStreamBuilder {
     attempts: u32,
     concurrency: usize,
     max_message_size: usize,
+    tls: Option<crate::tls::Tls>,
 }
 
 /// Publishes to Google Pub/Sub over REST, with a per-message outcome.
@@ -169,6 +174,7 @@ impl PubSubStream {
             attempts: RetryPolicy::default().attempts,
             concurrency: 8,
             max_message_size: MAX_MESSAGE_SIZE,
+            tls: None,
         }
     }
 

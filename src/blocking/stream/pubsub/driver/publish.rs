@@ -31,6 +31,20 @@ fn too_late() -> Error {
 }
 
 impl Stream for PubSubStream {
+    /// An unauthenticated `GET` of the project's topic list (the TLS handshake
+    /// and an HTTP answer, no side effect), then a token where one is needed: a
+    /// TLS mistake stops `Outbox::start` with [`Error::Tls`].
+    fn connect(&mut self) -> Result<()> {
+        self.http.probe(&format!(
+            "{}/v1/projects/{}/topics",
+            self.base, self.project
+        ))?;
+        if let Some(auth) = &self.auth {
+            auth.bearer(&Deadline::after(UNBOUNDED))?;
+        }
+        Ok(())
+    }
+
     fn validator(&self) -> Arc<dyn Validate> {
         Arc::new(PubSubValidator {
             max_message_size: self.max_message_size,
