@@ -88,8 +88,10 @@ socat_up() { # name, TLS port, upstream port, restart (1 when the certificates c
   if [ "$4" = 1 ]; then stop_one "$name" socat; fi
   port_open "$port" && return 0
   log "starting $name: socat TLS on $HOST:$port -> $HOST:$upstream (log: $CACHE/$name.log)"
-  # verify=0: clients are not asked for a certificate (one-way TLS).
-  setsid nohup socat -d "openssl-listen:$port,bind=$HOST,reuseaddr,fork,cert=$DEST/server.pem,key=$DEST/server.key,verify=0" \
+  # verify=0: clients are not asked for a certificate (one-way TLS). -d -d logs
+  # each session's TLS version and cipher, which the tests read as the server's
+  # word that their session was encrypted.
+  setsid nohup socat -d -d "openssl-listen:$port,bind=$HOST,reuseaddr,fork,cert=$DEST/server.pem,key=$DEST/server.key,verify=0" \
     "tcp:$HOST:$upstream" >>"$CACHE/$name.log" 2>&1 </dev/null &
   echo $! >"$CACHE/$name.pid"
   wait_port "$port" "$CACHE/$name.log"

@@ -17,5 +17,7 @@ use common::tls as fixtures;
 #[path = "../common/tls.rs"]
 mod fixtures;
 
+#[cfg(all(feature = "kafka", feature = "postgres", feature = "amqp"))]
+mod kafka;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -237,9 +237,9 @@ impl KafkaStream {
             match producer.client().fetch_metadata(None, step) {
                 Ok(_) => return Ok(()),
                 Err(e) => {
-                    let named = self.named_failure();
+                    let named = self.named_failure(true);
                     if left <= step || named.is_some() {
-                        return Err(named.unwrap_or_else(|| self.connection_error(&e)));
+                        return Err(named.unwrap_or_else(|| self.connection_error(&e, false)));
                     }
                 }
             }
@@ -259,8 +259,8 @@ impl KafkaStream {
 
     /// What a failed metadata request means, read from librdkafka's latest
     /// errors and warnings (where a handshake or login failure is told).
-    fn connection_error(&self, e: &KafkaError) -> Error {
-        if let Some(named) = self.named_failure() {
+    fn connection_error(&self, e: &KafkaError, probe: bool) -> Error {
+        if let Some(named) = self.named_failure(probe) {
             return named;
         }
         let events = self.events();
@@ -278,7 +278,9 @@ impl KafkaStream {
 
     /// A TLS failure ([`Error::Tls`]) or a refused SASL login
     /// ([`Error::Unauthorized`]) among librdkafka's latest errors and warnings.
-    fn named_failure(&self) -> Option<Error> {
+    /// `probe`: tell a wrong host name from an untrusted chain by a second
+    /// handshake (at start only; a running relay reports an untrusted certificate).
+    fn named_failure(&self, probe: bool) -> Option<Error> {
         let events = self.events();
         for text in &events {
             // "SASL .. mechanism handshake failed" is about the login, not TLS.
@@ -295,11 +297,12 @@ impl KafkaStream {
                 };
                 if possible {
                     // OpenSSL words an untrusted chain and a wrong host name alike.
-                    let cause = if cause == TlsCause::CertificateNotTrusted && self.verify_host {
-                        self.probe_host_name()
-                    } else {
-                        cause
-                    };
+                    let cause =
+                        if probe && cause == TlsCause::CertificateNotTrusted && self.verify_host {
+                            self.probe_host_name()
+                        } else {
+                            cause
+                        };
                     return Some(Error::Tls {
                         what: "kafka",
                         cause,
@@ -421,14 +424,15 @@ impl KafkaStream {
         if deadline.expired() || timeout < Duration::from_millis(10) {
             return Err(not_sent());
         }
-        let md = match self
-            .producer()?
-            .client()
-            .fetch_metadata(Some(topic), timeout)
-        {
+        let producer = self.producer()?;
+        // Only this request's failures are read (delivery reports the poll serves
+        // stay in the context for the batch).
+        producer.poll(Duration::ZERO);
+        producer.context().events.lock().clear();
+        let md = match producer.client().fetch_metadata(Some(topic), timeout) {
             Ok(md) => md,
             // A TLS or SASL failure is named (an outage all the same: all transient).
-            Err(e) => return Err(self.connection_error(&e)),
+            Err(e) => return Err(self.connection_error(&e, false)),
         };
         let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
             return Ok(TopicState::Missing);
