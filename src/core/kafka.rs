@@ -778,6 +778,15 @@ mod tests {
             .settings
             .contains(&("client.id".to_string(), "a b".to_string())));
         assert!(!format!("{u:?}").contains("p@ss"));
+        // A password in the URL goes over TLS unless plaintext is asked for by name.
+        let protocol = |u: &KafkaUrl| last(&u.settings, "security.protocol").map(str::to_string);
+        let u = KafkaUrl::parse("kafka://me:pw@h").expect("valid");
+        assert_eq!(protocol(&u).as_deref(), Some("sasl_ssl"));
+        assert_eq!(last(&u.settings, "sasl.mechanisms"), Some("PLAIN"));
+        let u = KafkaUrl::parse("kafka://me:pw@h?security.protocol=sasl_plaintext").expect("valid");
+        assert_eq!(protocol(&u).as_deref(), Some("sasl_plaintext"));
+        let u = KafkaUrl::parse("kafka://me:pw@h?sasl.mechanism=SCRAM-SHA-256").expect("valid");
+        assert!(!u.settings.iter().any(|(k, _)| k == "sasl.mechanisms"));
         for bad in [
             "amqp://h",
             "kafka://",
