@@ -453,7 +453,8 @@ pub(crate) fn security(
 /// A parsed `kafka://host:port[,host:port][?property=value&...]` URL.
 ///
 /// `user:password@` sets `sasl.username` / `sasl.password` (and, unless given,
-/// `security.protocol=sasl_plaintext`, `sasl.mechanisms=PLAIN`). Query pairs are
+/// `security.protocol=sasl_ssl`, `sasl.mechanisms=PLAIN`: the password never goes
+/// in the clear unless `security.protocol=sasl_plaintext` is given). Query pairs are
 /// librdkafka producer properties (`linger.ms`, `compression.type`, ...).
 #[derive(Clone, PartialEq, Eq)]
 pub struct KafkaUrl {
@@ -541,8 +542,12 @@ impl KafkaUrl {
         if settings.iter().any(|(k, _)| k == "sasl.username")
             && !settings.iter().any(|(k, _)| k == "security.protocol")
         {
-            settings.push(("security.protocol".into(), "sasl_plaintext".into()));
-            if !settings.iter().any(|(k, _)| k == "sasl.mechanisms") {
+            // The password goes over TLS unless plaintext is asked for by name.
+            settings.push(("security.protocol".into(), "sasl_ssl".into()));
+            if !settings
+                .iter()
+                .any(|(k, _)| k == "sasl.mechanisms" || k == "sasl.mechanism")
+            {
                 settings.push(("sasl.mechanisms".into(), "PLAIN".into()));
             }
         }
@@ -655,8 +660,9 @@ mod tests {
             setting(&s, "ssl.endpoint.identification.algorithm"),
             Some("none")
         );
-        // A userinfo URL says sasl_plaintext; a typed Tls turns it into sasl_ssl.
-        let url = KafkaUrl::parse("kafka://me:pw@h").expect("valid");
+        // A userinfo URL asking for plaintext; a typed Tls turns it into sasl_ssl.
+        let url =
+            KafkaUrl::parse("kafka://me:pw@h?security.protocol=sasl_plaintext").expect("valid");
         let s = security(&url.settings, Some(&Tls::verify_full()), None).expect("valid");
         assert_eq!(setting(&s, "security.protocol"), Some("sasl_ssl"));
         // The URL's own names, as librdkafka reads them.
