@@ -61,11 +61,21 @@ pub(crate) fn classify(text: &str) -> Option<TlsCause> {
         "corrupt message",
         "packet length too long",
         "http request",
+        // librdkafka, when the handshake meets a plaintext listener that hangs
+        // up, or one that never answers it (its connection setup timeout).
+        "connecting to a plaintext broker listener",
+        "timed out in state ssl_handshake",
     ]) {
         return Some(TlsCause::ServerWithoutTls);
     }
-    // PostgreSQL's pg_hba refusal of a plaintext connection ("..., no encryption").
-    if any(&["no encryption"]) {
+    // PostgreSQL's pg_hba refusal of a plaintext connection ("..., no encryption"),
+    // and librdkafka's when a TLS listener cuts off its first (plaintext) request.
+    if any(&[
+        "no encryption",
+        "connecting to a ssl listener",
+        "connecting to a tls listener",
+        "in state apiversion_query",
+    ]) {
         return Some(TlsCause::ServerRequiresTls);
     }
     // rustls: "received fatal alert: CertificateRequired" (no client certificate).
@@ -175,6 +185,22 @@ mod tests {
             (
                 "received fatal alert: HandshakeFailure",
                 TlsCause::Handshake,
+            ),
+            (
+                "ssl://127.0.0.1:9092/bootstrap: SSL handshake failed: Disconnected: connecting to a PLAINTEXT broker listener? (after 3ms in state SSL_HANDSHAKE)",
+                TlsCause::ServerWithoutTls,
+            ),
+            (
+                "ssl://127.0.0.1:9092/bootstrap: Connection setup timed out in state SSL_HANDSHAKE (after 5004ms in state SSL_HANDSHAKE)",
+                TlsCause::ServerWithoutTls,
+            ),
+            (
+                "FAIL 127.0.0.1:9093/bootstrap: Disconnected: connection reset by peer (after 5ms in state APIVERSION_QUERY)",
+                TlsCause::ServerRequiresTls,
+            ),
+            (
+                "127.0.0.1:9093/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10 (see api.version.request)",
+                TlsCause::ServerRequiresTls,
             ),
         ];
         for (text, cause) in cases {

@@ -21,6 +21,8 @@ mod fixtures;
 mod amqp;
 #[cfg(feature = "mysql")]
 mod mysql;
+#[cfg(all(feature = "kafka", feature = "postgres", feature = "amqp"))]
+mod kafka;
 #[cfg(feature = "postgres")]
 mod postgres;
 

@@ -7,7 +7,8 @@
 //! `kafka` feature, for services that only enqueue.
 
 pub use crate::core::kafka::{
-    topic, Compression, KafkaRoute, KafkaUrl, KEY, MANAGED_SETTINGS, PARTITION, TOPIC,
+    topic, Compression, KafkaRoute, KafkaUrl, SaslMechanism, DANGER_ACCEPT_INVALID_CERTS, KEY,
+    MANAGED_SETTINGS, PARTITION, TOPIC,
 };
 
 use super::Validate;

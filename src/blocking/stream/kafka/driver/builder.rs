@@ -7,13 +7,57 @@ impl KafkaStreamBuilder {
     /// Sets a librdkafka producer property (SASL, TLS, `client.id`, ...). The
     /// properties that carry the stream's guarantees (`enable.idempotence`,
     /// `acks`, `max.in.flight.requests.per.connection` > 5, brokers) are refused
-    /// at `build()`. TLS needs librdkafka built with SSL: enable rdkafka's `ssl`
-    /// (or `ssl-vendored`) feature in your own Cargo.toml.
+    /// at `build()`, and so are `enable.ssl.certificate.verification=false` and
+    /// `ssl.endpoint.identification.algorithm=none` unless
+    /// `danger_accept_invalid_certs=true` is set too. Prefer the typed
+    /// [`tls`](Self::tls) and [`sasl`](Self::sasl).
     pub fn set(mut self, key: &str, value: &str) -> Self {
         if let Err(e) = check_setting(key, value) {
             self.bad_setting.get_or_insert(e);
         }
         self.settings.push((key.to_string(), value.to_string()));
+        self
+    }
+    /// TLS to the brokers: `security.protocol=ssl` (or `sasl_ssl` with
+    /// [`sasl`](Self::sasl)), the CA as `ssl.ca.location` (else OpenSSL's default
+    /// paths), a client certificate as `ssl.certificate.location` /
+    /// `ssl.key.location`. [`Tls::verify_full`] (the default when TLS is on) checks
+    /// the certificate and the host name (`ssl.endpoint.identification.algorithm=https`),
+    /// [`Tls::verify_ca`] the certificate only;
+    /// [`Tls::danger_accept_invalid_certificates`] turns both off. The same as the
+    /// URL's `security.protocol=ssl&ssl.ca.location=..` (these typed settings win).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), outboxer::Error> {
+    /// use outboxer::stream::kafka::SaslMechanism;
+    /// use outboxer::stream::KafkaStream;
+    /// use outboxer::tls::Tls;
+    ///
+    /// let stream = KafkaStream::builder("kafka://broker-1.internal:9093")
+    ///     .tls(Tls::verify_full().ca_file("/etc/ssl/certs/kafka-ca.pem"))
+    ///     .sasl(SaslMechanism::ScramSha512, "outboxer", "s3cret")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+    /// SASL login: `sasl.mechanisms`, `sasl.username`, `sasl.password` (never
+    /// shown in errors or logs), and `security.protocol=sasl_ssl` with
+    /// [`tls`](Self::tls) or a TLS URL, else `sasl_plaintext` (which sends a
+    /// PLAIN password in the clear: use TLS).
+    pub fn sasl(
+        mut self,
+        mechanism: SaslMechanism,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.sasl = Some(Sasl {
+            mechanism,
+            username: username.into(),
+            password: password.into(),
+        });
         self
     }
     /// How long librdkafka may try to deliver one message (`message.timeout.ms`,
@@ -74,6 +118,9 @@ impl KafkaStreamBuilder {
         };
         let hour = Duration::from_secs(3600);
         let mut config = ClientConfig::new();
+        // librdkafka's log level follows the `log` crate's at creation; the
+        // connection check reads its Info lines (disconnects) whatever the logger.
+        config.set_log_level(RDKafkaLogLevel::Info);
         config
             .set("bootstrap.servers", url.brokers.join(","))
             .set("enable.idempotence", "true")
@@ -122,7 +169,25 @@ impl KafkaStreamBuilder {
             "message.max.bytes",
             (self.max_message_size + RECORD_OVERHEAD).to_string(),
         );
-        for (k, v) in url.settings.iter().chain(self.settings.iter()) {
+        let raw: Vec<(String, String)> = url
+            .settings
+            .iter()
+            .chain(self.settings.iter())
+            .cloned()
+            .collect();
+        let security = security(&raw, self.tls.as_ref(), self.sasl.as_ref())?;
+        // A connection not set up (TCP, TLS, SASL) within the metadata timeout is
+        // given up and told, rather than after librdkafka's 30 s: a listener that
+        // never answers a TLS handshake is then named at start.
+        if !security
+            .settings
+            .iter()
+            .any(|(k, _)| k == "socket.connection.setup.timeout.ms")
+        {
+            let ms = self.metadata_timeout.as_millis().clamp(1000, 30_000);
+            config.set("socket.connection.setup.timeout.ms", ms.to_string());
+        }
+        for (k, v) in &security.settings {
             config.set(k, v);
         }
         let metadata_timeout =
@@ -133,6 +198,8 @@ impl KafkaStreamBuilder {
             delivery_timeout: self.delivery_timeout,
             metadata_timeout,
             max_message_size: self.max_message_size,
+            tls: security.tls,
+            verify_host: security.verify_host,
             producer: None,
             topics: HashMap::new(),
             next_seq: 0,

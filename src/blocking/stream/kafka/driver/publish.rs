@@ -131,6 +131,12 @@ impl Stream for KafkaStream {
             .collect()
     }
 
+    /// Fetches the cluster's metadata within the metadata timeout, so that
+    /// `Outbox::start` refuses a TLS mistake ([`Error::Tls`]).
+    fn connect(&mut self) -> Result<()> {
+        self.check_connection()
+    }
+
     fn close(&mut self) {
         if let Some(p) = self.producer.take() {
             if let Err(e) = p.flush(self.delivery_timeout) {
