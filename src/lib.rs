@@ -170,7 +170,14 @@ pub struct StreamsDoctests;
 pub struct AsyncDoctests;
 
 /// docs/tls.md
-#[cfg(all(doctest, feature = "postgres", feature = "amqp"))]
+#[cfg(all(
+    doctest,
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlserver",
+    feature = "amqp",
+    feature = "kafka"
+))]
 #[doc = include_str!("../docs/tls.md")]
 pub struct TlsDoctests;
 
