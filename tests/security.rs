@@ -358,14 +358,24 @@ mod postgres_store {
         r.expect("migrate and enqueue with the longest accepted name");
     }
 
-    /// The local server has `ssl = on`, but this crate's tests have no TLS
-    /// connector: `sslmode=require` must fail closed, never fall back to plaintext.
+    /// The local server has `ssl = on` with a certificate of the test CA, which the
+    /// built-in roots do not trust: `sslmode=require` verifies, so it must fail
+    /// closed with the cause named, never fall back to plaintext.
     #[test]
-    fn tls_required_without_a_connector_fails_closed() {
+    fn tls_required_with_an_untrusted_certificate_fails_closed() {
         let sep = if url().contains('?') { '&' } else { '?' };
         let e = PostgresStore::connect(&format!("{}{sep}sslmode=require", url()))
-            .expect_err("no TLS connector configured");
-        assert!(matches!(e, Error::Database { .. }), "{e:?}");
+            .expect_err("the test CA is not among the built-in roots");
+        assert!(
+            matches!(
+                e,
+                Error::Tls {
+                    cause: outboxer::tls::TlsCause::CertificateNotTrusted,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         PostgresStore::connect(&format!("{}{sep}sslmode=disable", url())).expect("plaintext");
     }
 
