@@ -111,3 +111,17 @@ fn pipe(a: TcpStream, b: TcpStream) {
         copy(b, a2);
     }
 }
+
+/// The `outboxer` command as a user runs it: none of the test environment's
+/// `OUTBOXER_*` or `AWS_*` variables, and `OUTBOXER_LOG=info`.
+#[cfg(feature = "cli")]
+pub fn outboxer() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_outboxer"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OUTBOXER_") || k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("OUTBOXER_LOG", "info");
+    c
+}

@@ -382,16 +382,7 @@ mod cli {
     use std::process::{Command, Stdio};
     use std::time::Instant;
 
-    fn outboxer() -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_outboxer"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OUTBOXER_") {
-                c.env_remove(k);
-            }
-        }
-        c.env("OUTBOXER_LOG", "info");
-        c
-    }
+    use crate::fixtures::outboxer;
 
     fn relay(table: &str, stream: &str) -> std::process::Child {
         outboxer()

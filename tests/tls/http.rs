@@ -741,18 +741,7 @@ fn pubsub_token_endpoint_uses_the_streams_ca() {
 mod cli {
     use super::*;
 
-    const BIN: &str = env!("CARGO_BIN_EXE_outboxer");
-
-    fn outboxer() -> Command {
-        let mut c = Command::new(BIN);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OUTBOXER_") || k.starts_with("AWS_") {
-                c.env_remove(k);
-            }
-        }
-        c.env("OUTBOXER_LOG", "info");
-        c
-    }
+    use crate::fixtures::outboxer;
 
     /// Messages in the outbox table, sent with no relay running.
     fn enqueue(table: &str, queue: &str, n: usize) -> BTreeSet<String> {

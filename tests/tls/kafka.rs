@@ -428,18 +428,7 @@ mod cli {
     use super::*;
     use std::process::{Output, Stdio};
 
-    const BIN: &str = env!("CARGO_BIN_EXE_outboxer");
-
-    fn outboxer() -> Command {
-        let mut c = Command::new(BIN);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OUTBOXER_") {
-                c.env_remove(k);
-            }
-        }
-        c.env("OUTBOXER_LOG", "info");
-        c
-    }
+    use crate::fixtures::outboxer;
 
     fn insert(table: &str, topic: &str, n: i64) {
         pg().execute(

@@ -320,17 +320,7 @@ fn the_command_relays_over_verified_tls_and_refuses_a_wrong_ca() {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    const BIN: &str = env!("CARGO_BIN_EXE_outboxer");
-    let outboxer = || {
-        let mut c = Command::new(BIN);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OUTBOXER_") {
-                c.env_remove(k);
-            }
-        }
-        c.env("OUTBOXER_LOG", "info");
-        c
-    };
+    use crate::fixtures::outboxer;
     setup();
     let table = unique("tls_cli");
     let ex = unique("tls_cli_ex");

@@ -450,19 +450,9 @@ mod command {
     use std::process::{Command, Stdio};
     use std::time::Instant;
 
-    const BIN: &str = env!("CARGO_BIN_EXE_outboxer");
     const PASSWORD: &str = "outboxer-pw-only-in-a-file";
 
-    fn outboxer() -> Command {
-        let mut c = Command::new(BIN);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OUTBOXER_") {
-                c.env_remove(k);
-            }
-        }
-        c.env("OUTBOXER_LOG", "info");
-        c
-    }
+    use crate::fixtures::outboxer;
 
     fn store_url(ca: &std::path::Path, app: &str) -> String {
         format!(
