@@ -780,9 +780,10 @@ fn relay_killed_with_sigkill_loses_nothing() {
     );
     let dups = c.values().filter(|n| **n > 1).count();
     // Only what a dead relay had published but not yet marked can repeat: at most
-    // the batch being published and the two waiting for their mark, per kill.
+    // the batch being published, the two queued for the marker and the one being
+    // marked, per kill (a loaded CI machine filled all four: 200 after one kill).
     assert!(
-        dups <= kills * 3 * 50,
+        dups <= kills * 4 * 50,
         "{dups} duplicates after {kills} kills"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
