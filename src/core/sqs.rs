@@ -323,6 +323,14 @@ pub struct Decoded {
     pub headers: Headers,
 }
 
+impl Decoded {
+    /// The W3C trace context the message carries (its `traceparent` and
+    /// `tracestate` attributes), if its `traceparent` is well formed.
+    pub fn trace_context(&self) -> Option<crate::message::TraceContext> {
+        crate::message::TraceContext::from_headers(&self.headers)
+    }
+}
+
 /// Decodes a received SQS message (its body and string attributes, e.g. from
 /// `ReceiveMessage` with `MessageAttributeNames=["All"]`) into payload and headers.
 /// Attributes that are not outboxer's are returned as headers.
