@@ -459,6 +459,32 @@ mod tests {
     }
 
     #[test]
+    fn trace_context_travels_as_attributes_of_its_own() {
+        // More headers than attribute slots: the trace context must still be real
+        // attributes, where SQS consumers (and OpenTelemetry instrumentations) look.
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h: Headers = (0..12)
+            .map(|i| (format!("a{i:02}"), "v".to_string()))
+            .collect();
+        h.insert("traceparent".into(), tp.into());
+        h.insert("tracestate".into(), "congo=t61rcWkgMzE".into());
+        let e = encode("id", b"x", &h).expect("encodes");
+        assert!(e.attributes.len() <= 10);
+        assert_eq!(
+            e.attributes.get("traceparent").map(String::as_str),
+            Some(tp)
+        );
+        assert_eq!(
+            e.attributes.get("tracestate").map(String::as_str),
+            Some("congo=t61rcWkgMzE")
+        );
+        let d = decode(&e.body, &e.attributes).expect("decodes");
+        assert_eq!(d.headers, h);
+        let ctx = d.trace_context().expect("trace context");
+        assert_eq!(ctx.traceparent(), tp);
+    }
+
+    #[test]
     fn groups_for_keys() {
         assert_eq!(group_for_key("order-42"), "order-42");
         let g = group_for_key("ключ с пробелом");
