@@ -5,7 +5,7 @@
 
 use crate::core::aws::xml_char;
 use crate::core::options::{reject_unknown, required_string, string};
-use crate::message::{Headers, Options, MESSAGE_ID_HEADER};
+use crate::message::{Headers, Options, MESSAGE_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use crate::{Error, Result};
 use base64::Engine as _;
 use serde_json::Value;
@@ -31,7 +31,8 @@ const KEYS: [&str; 4] = [
 pub const BODY_ENCODING_ATTRIBUTE: &str = "outboxer-body-encoding";
 /// Attribute carrying the headers that cannot be attributes of their own.
 pub const HEADERS_ATTRIBUTE: &str = "outboxer-headers";
-/// Headers sent as attributes of their own (10 minus id, encoding, headers).
+/// Headers sent as attributes of their own (10 minus id, encoding, headers);
+/// `traceparent` and `tracestate` are always among them.
 pub const MAX_HEADER_ATTRIBUTES: usize = 7;
 /// SQS's classic message size limit (body plus attributes), 256 KiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024;
@@ -271,7 +272,14 @@ pub fn encode(message_id: &str, payload: &[u8], headers: &Headers) -> Result<Enc
     };
     let mut rest = serde_json::Map::new();
     let mut own = 0;
-    for (k, v) in headers {
+    // The trace context takes the first attribute slots: SQS consumers (and
+    // OpenTelemetry's SQS instrumentations) read it from attributes of its own.
+    let trace = [TRACEPARENT_HEADER, TRACESTATE_HEADER];
+    let ordered = trace
+        .iter()
+        .filter_map(|k| headers.get_key_value(*k))
+        .chain(headers.iter().filter(|(k, _)| !trace.contains(&k.as_str())));
+    for (k, v) in ordered {
         if [
             MESSAGE_ID_HEADER,
             BODY_ENCODING_ATTRIBUTE,
