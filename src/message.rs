@@ -311,8 +311,19 @@ impl Message {
     ///     let tracestate = (sc.trace_state() != &TraceState::default()).then_some(tracestate);
     ///     msg.trace_context(traceparent, tracestate.as_deref())
     /// }
-    /// # let m = with_current_trace(Message::new(b"x".to_vec()));
-    /// # assert!(m.trace().is_none());
+    /// # assert!(with_current_trace(Message::new(b"x".to_vec())).trace().is_none());
+    /// # use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId};
+    /// # let sc = SpanContext::new(
+    /// #     TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+    /// #     SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+    /// #     TraceFlags::SAMPLED,
+    /// #     true,
+    /// #     TraceState::from_key_value([("congo", "t61rcWkgMzE")]).unwrap(),
+    /// # );
+    /// # let _attached = Context::new().with_remote_span_context(sc).attach();
+    /// let msg = with_current_trace(Message::new(b"paid".to_vec()));
+    /// assert_eq!(msg.headers()["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// assert_eq!(msg.headers()["tracestate"], "congo=t61rcWkgMzE");
     /// ```
     pub fn trace_context(
         mut self,
