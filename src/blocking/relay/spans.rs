@@ -29,8 +29,20 @@ mod imp {
 
     const TARGET: &str = "outboxer::relay";
 
-    /// An entered stage span; it ends when dropped.
-    pub(in super::super) struct Stage(EnteredSpan);
+    /// An entered stage span (and, for publish, its per-message spans); it ends
+    /// with [`Stage::end`] or when dropped.
+    pub(in super::super) struct Stage {
+        // Declared first: dropped before their parent.
+        children: Vec<Span>,
+        span: EnteredSpan,
+    }
+
+    fn stage(span: Span) -> Stage {
+        Stage {
+            children: Vec::new(),
+            span: span.entered(),
+        }
+    }
 
     /// Records the batch fields on `span`.
     fn batch(span: &Span, ids: impl ExactSizeIterator<Item = (i64, MessageId)> + Clone) {
@@ -57,45 +69,48 @@ mod imp {
     /// Around one claim statement. DEBUG, not INFO: an idle relay claims (and
     /// finds nothing) every check interval.
     pub(in super::super) fn claim(batch_limit: usize) -> Stage {
-        Stage(
-            debug_span!(
-                target: TARGET,
-                "outboxer.claim",
-                batch_limit,
-                count = Empty,
-                first_id = Empty,
-                last_id = Empty,
-                first_message_id = Empty,
-                last_message_id = Empty,
-                message_ids = Empty,
-            )
-            .entered(),
-        )
+        stage(debug_span!(
+            target: TARGET,
+            "outboxer.claim",
+            batch_limit,
+            count = Empty,
+            first_id = Empty,
+            last_id = Empty,
+            first_message_id = Empty,
+            last_message_id = Empty,
+            message_ids = Empty,
+        ))
     }
 
     impl Stage {
         /// What the claim returned.
         pub(in super::super) fn claimed(&self, messages: &[StoredMessage]) {
-            if self.0.is_disabled() {
+            if self.span.is_disabled() {
                 return;
             }
-            batch(&self.0, messages.iter().map(|m| (m.id, m.message_id)));
+            batch(&self.span, messages.iter().map(|m| (m.id, m.message_id)));
         }
 
         /// What the stream answered.
         pub(in super::super) fn outcomes(&self, outcomes: &[Result<()>]) {
-            if self.0.is_disabled() {
+            if self.span.is_disabled() {
                 return;
             }
             let failed = outcomes.iter().filter(|o| o.is_err()).count();
-            self.0.record("published", outcomes.len() - failed);
-            self.0.record("failed", failed);
+            self.span.record("published", outcomes.len() - failed);
+            self.span.record("failed", failed);
+        }
+
+        /// Ends the span (and its per-message spans).
+        pub(in super::super) fn end(self) {
+            let Stage { children, span } = self;
+            drop(children);
+            drop(span);
         }
     }
 
-    /// Around one publish call; returns the stage span and one child span per
-    /// message, which end with the call.
-    pub(in super::super) fn publish(messages: &[StoredMessage]) -> (Stage, Vec<Span>) {
+    /// Around one publish call, with one child span per message (DEBUG).
+    pub(in super::super) fn publish(messages: &[StoredMessage]) -> Stage {
         let span = info_span!(
             target: TARGET,
             "outboxer.publish",
@@ -109,10 +124,10 @@ mod imp {
             failed = Empty,
         );
         if span.is_disabled() {
-            return (Stage(span.entered()), Vec::new());
+            return stage(span);
         }
         batch(&span, messages.iter().map(|m| (m.id, m.message_id)));
-        let per_message = if tracing::enabled!(target: TARGET, tracing::Level::DEBUG) {
+        let children = if tracing::enabled!(target: TARGET, tracing::Level::DEBUG) {
             messages
                 .iter()
                 .map(|m| {
@@ -131,7 +146,10 @@ mod imp {
         } else {
             Vec::new()
         };
-        (Stage(span.entered()), per_message)
+        Stage {
+            children,
+            span: span.entered(),
+        }
     }
 
     /// Around the statements that record one batch's outcomes.
@@ -157,7 +175,7 @@ mod imp {
         if !span.is_disabled() {
             batch(&span, sent.iter().map(|s| (s.id, s.message_id)));
         }
-        Stage(span.entered())
+        stage(span)
     }
 }
 
@@ -179,11 +197,13 @@ mod off {
         pub(in super::super) fn claimed(&self, _: &[StoredMessage]) {}
         #[inline(always)]
         pub(in super::super) fn outcomes(&self, _: &[Result<()>]) {}
+        #[inline(always)]
+        pub(in super::super) fn end(self) {}
     }
 
     #[inline(always)]
-    pub(in super::super) fn publish(_: &[StoredMessage]) -> (Stage, ()) {
-        (Stage, ())
+    pub(in super::super) fn publish(_: &[StoredMessage]) -> Stage {
+        Stage
     }
 
     #[inline(always)]

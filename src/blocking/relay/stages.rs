@@ -47,7 +47,7 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
                 c
             }
             Err(e) => {
-                drop(span);
+                span.end();
                 ctx.store_failed(e);
                 db_failures += 1;
                 if ctx.sleep(pause.delay(db_failures)) {
@@ -58,7 +58,7 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
             }
         };
         span.claimed(&claim.messages);
-        drop(span);
+        span.end();
         // A short claim means the table is drained, unless the byte cap cut it.
         let bytes: usize = claim.messages.iter().map(|m| m.payload.len()).sum();
         idle = claim.len() < cfg.batch_size && bytes <= cfg.max_batch_bytes / 2;
@@ -159,14 +159,14 @@ pub(super) fn publisher<S: Store>(
             claimed.at + claimed.lease.duration * 4 / 5,
             ctx.stop_rx.clone(),
         );
-        let (span, per_message) = spans::publish(&claimed.messages);
+        let span = spans::publish(&claimed.messages);
         let outcomes = catch_unwind(AssertUnwindSafe(|| {
             stream.publish(&claimed.messages, &deadline)
         }));
         if let Ok(o) = &outcomes {
             span.outcomes(o);
         }
-        drop((span, per_message));
+        span.end();
         let outcomes = match outcomes {
             Ok(o) if o.len() == claimed.messages.len() => o,
             Ok(o) => {
@@ -324,7 +324,7 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
         persist(ctx, &lease, at, || {
             store.release(&lease, &s.released, delay)
         });
-        drop(span);
+        span.end();
 
         // Only what the mark recorded is delivered; the rest is published again by
         // whoever holds it now (a duplicate, de-duplicated by message id).
