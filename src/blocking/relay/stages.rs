@@ -356,6 +356,27 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
         for (f, attempt) in s.failures {
             ctx.report(f, Some(attempt));
         }
+        // One log line for the batch (a database outage would otherwise log every
+        // message of every batch in flight); err() still gets one per message.
+        if let (Some(first), Some(last)) = (unmarked.first(), unmarked.last()) {
+            let why = match &marked {
+                Some(_) => "the lease was lost to another relay",
+                None => "the database was unreachable until the lease ended",
+            };
+            log::warn!(
+                count = unmarked.len(),
+                first_message_id:% = first.message_id,
+                first_row_id = first.id,
+                last_row_id = last.id;
+                "outboxer: {} published message(s) not marked dispatched ({why}), first row {}, last row {}, \
+                 first message {}: they are published again (consumers drop the duplicates \
+                 by message id)",
+                unmarked.len(),
+                first.id,
+                last.id,
+                first.message_id
+            );
+        }
         for m in unmarked {
             let error = match &marked {
                 Some(_) => Error::LeaseLost { count: 1 },
@@ -364,15 +385,12 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
                     "the dispatched mark did not land before the lease ended",
                 ),
             };
-            ctx.report(
-                Failure {
-                    id: Some(m.id),
-                    message_id: Some(m.message_id),
-                    error,
-                    action: FailureAction::NotMarked,
-                },
-                Some(m.attempts + 1),
-            );
+            ctx.send_err(Failure {
+                id: Some(m.id),
+                message_id: Some(m.message_id),
+                error,
+                action: FailureAction::NotMarked,
+            });
         }
     }
 }
