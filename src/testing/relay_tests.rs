@@ -330,11 +330,14 @@ fn batches_stay_within_the_byte_cap() {
     );
 }
 
+/// A log record's text and key-values.
+type Logged = (String, Vec<(String, String)>);
+
 /// Every log record of the outboxer targets, with its key-values (installed once
 /// for this test binary; tests filter by their own message ids).
-fn captured_logs() -> &'static std::sync::Mutex<Vec<(String, Vec<(String, String)>)>> {
+fn captured_logs() -> &'static std::sync::Mutex<Vec<Logged>> {
     use std::sync::{Mutex, OnceLock};
-    struct Capture(Mutex<Vec<(String, Vec<(String, String)>)>>);
+    struct Capture(Mutex<Vec<Logged>>);
     struct Kv<'a>(&'a mut Vec<(String, String)>);
     impl<'kvs> log::kv::VisitSource<'kvs> for Kv<'_> {
         fn visit_pair(
@@ -408,7 +411,7 @@ fn unmarked_messages_of_a_database_outage_are_logged_once_per_batch() {
     });
     relay.stop().expect("stop");
     assert!(reported, "each message reported on err(): {not_marked}");
-    let lines: Vec<(String, Vec<(String, String)>)> = logs
+    let lines: Vec<Logged> = logs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
