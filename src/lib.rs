@@ -109,7 +109,7 @@ pub use blocking::{Outbox, OutboxBuilder, OutboxTx, Relay, RelayCounters};
 pub use error::{BoxError, Error, Result};
 pub use message::{
     Delivered, Failure, FailureAction, Headers, Message, MessageId, Options, StoredMessage,
-    MESSAGE_ID_HEADER,
+    TraceContext, MESSAGE_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER,
 };
 // The seams' traits, also at the root for `use outboxer::{Store, Stream}`;
 // documented once, in their modules.

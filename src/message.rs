@@ -17,6 +17,153 @@ pub type Options = BTreeMap<String, serde_json::Value>;
 /// consumers can de-duplicate: delivery is at least once.
 pub const MESSAGE_ID_HEADER: &str = "outboxer-message-id";
 
+/// The header holding a message's W3C `traceparent` (see [`Message::trace_context`]).
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The header holding a message's W3C `tracestate` (see [`Message::trace_context`]).
+pub const TRACESTATE_HEADER: &str = "tracestate";
+
+/// A W3C Trace Context (<https://www.w3.org/TR/trace-context/>): the `traceparent`
+/// and optional `tracestate` a message carries from the transaction that enqueued
+/// it to the consumer.
+///
+/// Stored with the message as the headers [`TRACEPARENT_HEADER`] and
+/// [`TRACESTATE_HEADER`], and sent by every stream where that broker's consumers
+/// look for it. Consumers read it back with [`TraceContext::from_headers`].
+///
+/// ```
+/// use outboxer::{Headers, TraceContext};
+///
+/// let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// let ctx = TraceContext::new(tp, Some("congo=t61rcWkgMzE"))?;
+/// assert_eq!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+/// assert_eq!(ctx.parent_id(), "00f067aa0ba902b7");
+/// assert!(ctx.sampled());
+///
+/// let headers = Headers::from([("traceparent".to_string(), tp.to_string())]);
+/// assert_eq!(TraceContext::from_headers(&headers).map(|c| c.traceparent().to_string()),
+///            Some(tp.to_string()));
+/// assert!(TraceContext::new("00-xyz", None).is_err());
+/// # Ok::<(), outboxer::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    traceparent: String,
+    tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// Checks both values: `traceparent` must be
+    /// `00-<32 lowercase hex>-<16 lowercase hex>-<2 lowercase hex>` with a trace id
+    /// and a parent id that are not all zeros; `tracestate` printable ASCII.
+    /// Either failing is [`Error::InvalidHeader`](crate::Error::InvalidHeader).
+    pub fn new(traceparent: impl Into<String>, tracestate: Option<&str>) -> crate::Result<Self> {
+        let traceparent = traceparent.into();
+        check_traceparent(&traceparent)?;
+        if let Some(ts) = tracestate {
+            check_tracestate(ts)?;
+        }
+        Ok(TraceContext {
+            traceparent,
+            tracestate: tracestate.map(str::to_string),
+        })
+    }
+
+    /// The context carried by these headers (a received message's headers or
+    /// attributes), or `None` when there is no valid `traceparent`; a `tracestate`
+    /// that is not printable ASCII is left out (W3C: restart the trace state).
+    pub fn from_headers(headers: &Headers) -> Option<Self> {
+        let tp = headers.get(TRACEPARENT_HEADER)?;
+        check_traceparent(tp).ok()?;
+        let ts = headers
+            .get(TRACESTATE_HEADER)
+            .filter(|ts| check_tracestate(ts).is_ok());
+        Some(TraceContext {
+            traceparent: tp.clone(),
+            tracestate: ts.cloned(),
+        })
+    }
+
+    /// The `traceparent` value, exactly as stored.
+    pub fn traceparent(&self) -> &str {
+        &self.traceparent
+    }
+    /// The `tracestate` value, exactly as stored.
+    pub fn tracestate(&self) -> Option<&str> {
+        self.tracestate.as_deref()
+    }
+    /// The trace id (32 hex digits).
+    pub fn trace_id(&self) -> &str {
+        &self.traceparent[3..35]
+    }
+    /// The parent span id (16 hex digits).
+    pub fn parent_id(&self) -> &str {
+        &self.traceparent[36..52]
+    }
+    /// True when the `sampled` flag is set.
+    pub fn sampled(&self) -> bool {
+        u8::from_str_radix(&self.traceparent[53..55], 16).is_ok_and(|f| f & 1 == 1)
+    }
+}
+
+fn bad_trace(name: &str, reason: &str) -> crate::Error {
+    crate::Error::InvalidHeader {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// W3C traceparent, version 00: `00-<trace id>-<parent id>-<flags>`.
+fn check_traceparent(v: &str) -> crate::Result<()> {
+    let b = v.as_bytes();
+    let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let shape = b.len() == 55
+        && b.starts_with(b"00-")
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(&b[3..35])
+        && hex(&b[36..52])
+        && hex(&b[53..55]);
+    if !shape {
+        return Err(bad_trace(
+            TRACEPARENT_HEADER,
+            "expected 00-<32 lowercase hex>-<16 lowercase hex>-<2 lowercase hex> \
+             (W3C Trace Context, version 00)",
+        ));
+    }
+    if b[3..35].iter().all(|&c| c == b'0') || b[36..52].iter().all(|&c| c == b'0') {
+        return Err(bad_trace(
+            TRACEPARENT_HEADER,
+            "an all-zero trace id or parent id is invalid (W3C Trace Context)",
+        ));
+    }
+    Ok(())
+}
+
+/// W3C tracestate: a list of `key=value` in printable ASCII; only the characters
+/// are checked, so that every broker can carry it unchanged.
+fn check_tracestate(v: &str) -> crate::Result<()> {
+    if !v.bytes().all(|c| (0x20..=0x7e).contains(&c)) {
+        return Err(bad_trace(
+            TRACESTATE_HEADER,
+            "must be printable ASCII (W3C Trace Context)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checked at `send`: trace headers set by [`Message::trace_context`] or by hand
+/// must be well formed, so that a malformed value is refused, never stored.
+pub(crate) fn check_trace_headers(headers: &Headers) -> crate::Result<()> {
+    if let Some(tp) = headers.get(TRACEPARENT_HEADER) {
+        check_traceparent(tp)?;
+    }
+    if let Some(ts) = headers.get(TRACESTATE_HEADER) {
+        check_tracestate(ts)?;
+    }
+    Ok(())
+}
+
 /// A message's stable identity: a UUIDv7, time ordered, assigned when the
 /// message is created and sent on the wire with every delivery attempt.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -119,6 +266,87 @@ impl Message {
     pub fn ordering_key(mut self, key: impl Into<String>) -> Self {
         self.ordering_key = Some(key.into());
         self
+    }
+
+    /// Carries a W3C Trace Context from the enqueueing code to the consumer: stored
+    /// as the headers `traceparent` and (when given) `tracestate`, and sent by every
+    /// stream where its consumers look for it (AMQP headers, Kafka record headers,
+    /// SQS message attributes, Pub/Sub attributes, the Kinesis envelope's headers).
+    /// A malformed `traceparent` is refused at `send` with
+    /// [`Error::InvalidHeader`](crate::Error::InvalidHeader), and nothing is stored.
+    ///
+    /// ```
+    /// use outboxer::{Message, stream::amqp};
+    ///
+    /// let msg = Message::new(b"paid".to_vec())
+    ///     .route(amqp::topic("orders", "orders.paid"))
+    ///     .trace_context("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Some("congo=t61rcWkgMzE"));
+    /// assert_eq!(msg.headers()["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// assert_eq!(msg.trace().map(|t| t.trace_id().to_string()),
+    ///            Some("4bf92f3577b34da6a3ce929d0e0e4736".to_string()));
+    /// ```
+    ///
+    /// Filled from the current OpenTelemetry span (the `opentelemetry` API crate,
+    /// no SDK needed), in the form its W3C propagator writes:
+    ///
+    /// ```
+    /// use opentelemetry::trace::{TraceContextExt, TraceState};
+    /// use opentelemetry::Context;
+    /// use outboxer::Message;
+    ///
+    /// fn with_current_trace(msg: Message) -> Message {
+    ///     let cx = Context::current();
+    ///     let span = cx.span();
+    ///     let sc = span.span_context();
+    ///     if !sc.is_valid() {
+    ///         return msg; // no span: nothing to carry
+    ///     }
+    ///     let traceparent = format!(
+    ///         "00-{}-{}-{:02x}",
+    ///         sc.trace_id(),
+    ///         sc.span_id(),
+    ///         sc.trace_flags().to_u8()
+    ///     );
+    ///     let tracestate = sc.trace_state().header();
+    ///     let tracestate = (sc.trace_state() != &TraceState::default()).then_some(tracestate);
+    ///     msg.trace_context(traceparent, tracestate.as_deref())
+    /// }
+    /// # assert!(with_current_trace(Message::new(b"x".to_vec())).trace().is_none());
+    /// # use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId};
+    /// # let sc = SpanContext::new(
+    /// #     TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+    /// #     SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+    /// #     TraceFlags::SAMPLED,
+    /// #     true,
+    /// #     TraceState::from_key_value([("congo", "t61rcWkgMzE")]).unwrap(),
+    /// # );
+    /// # let _attached = Context::new().with_remote_span_context(sc).attach();
+    /// let msg = with_current_trace(Message::new(b"paid".to_vec()));
+    /// assert_eq!(msg.headers()["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// assert_eq!(msg.headers()["tracestate"], "congo=t61rcWkgMzE");
+    /// ```
+    pub fn trace_context(
+        mut self,
+        traceparent: impl Into<String>,
+        tracestate: Option<&str>,
+    ) -> Self {
+        self.headers
+            .insert(TRACEPARENT_HEADER.to_string(), traceparent.into());
+        match tracestate {
+            Some(ts) => {
+                self.headers
+                    .insert(TRACESTATE_HEADER.to_string(), ts.to_string());
+            }
+            None => {
+                self.headers.remove(TRACESTATE_HEADER);
+            }
+        }
+        self
+    }
+
+    /// The message's trace context, when its `traceparent` header is well formed.
+    pub fn trace(&self) -> Option<TraceContext> {
+        TraceContext::from_headers(&self.headers)
     }
 
     /// Replaces the generated id, e.g. to make an enqueue idempotent upstream.
@@ -224,5 +452,44 @@ mod tests {
         assert_eq!(a.as_uuid().get_version_num(), 7);
         assert!(a < b);
         assert_eq!(a.to_string().parse::<MessageId>().ok(), Some(a));
+    }
+
+    #[test]
+    fn traceparent_format() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(check_traceparent(ok).is_ok());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+        ] {
+            assert!(
+                matches!(
+                    check_traceparent(bad),
+                    Err(crate::Error::InvalidHeader { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(check_tracestate("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE").is_ok());
+        assert!(check_tracestate("a=b\nc=d").is_err());
+        let h = Headers::from([
+            (TRACEPARENT_HEADER.to_string(), ok.to_string()),
+            (TRACESTATE_HEADER.to_string(), "bad\u{1}".to_string()),
+        ]);
+        let ctx = TraceContext::from_headers(&h).expect("valid traceparent");
+        assert_eq!((ctx.traceparent(), ctx.tracestate()), (ok, None));
+        assert!(check_trace_headers(&h).is_err());
+        let m = Message::new(b"x".to_vec())
+            .trace_context(ok, Some("a=b"))
+            .trace_context(ok, None);
+        assert!(!m.headers().contains_key(TRACESTATE_HEADER));
     }
 }

@@ -1490,3 +1490,64 @@ fn outbox_over_a_store_trait_object_relays() {
     assert_eq!(shared.stats().expect("stats").dispatched, 1);
     tables.iter().for_each(|t| drop_table(t));
 }
+
+/// A malformed W3C traceparent (from `Message::trace_context` or a hand-set
+/// header) is refused at send with a typed error, and nothing is stored: not the
+/// message, not the rest of its batch, not the caller's transaction's message.
+#[test]
+fn malformed_traceparent_is_refused_at_send_and_nothing_stored() {
+    let table = unique("tc_bad");
+    let ex = unique("ex");
+    let outbox = outbox(&table);
+    let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let route = amqp::topic(&ex, "k");
+    let bad = [
+        Message::new(b"x".to_vec())
+            .route(route.clone())
+            .trace_context("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", None),
+        Message::new(b"x".to_vec())
+            .route(route.clone())
+            .trace_context(good.to_uppercase(), None),
+        Message::new(b"x".to_vec())
+            .route(route.clone())
+            .header("traceparent", "not a traceparent"),
+        Message::new(b"x".to_vec())
+            .route(route.clone())
+            .trace_context(good, Some("bad\nstate")),
+    ];
+    for m in &bad {
+        match outbox.send(m.clone()) {
+            Err(Error::InvalidHeader { name, .. }) => {
+                assert!(name == "traceparent" || name == "tracestate", "{name}")
+            }
+            other => panic!("{:?}: {other:?}", m.headers()),
+        }
+    }
+    let ok = Message::new(b"ok".to_vec())
+        .route(route.clone())
+        .trace_context(good, None);
+    assert!(matches!(
+        outbox.send_batch(&[ok.clone(), bad[0].clone()]),
+        Err(Error::InvalidHeader { .. })
+    ));
+    let mut client = pg();
+    let mut tx = client.transaction().expect("begin");
+    assert!(matches!(
+        outbox.send_within_tx(&mut tx, bad[2].clone()),
+        Err(Error::InvalidHeader { .. })
+    ));
+    tx.commit().expect("commit");
+    let n: i64 = pg()
+        .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0, "nothing stored");
+    // A valid one is stored with its context as headers.
+    outbox.send(ok).expect("send");
+    let stored: serde_json::Value = pg()
+        .query_one(&format!("SELECT headers FROM \"{table}\""), &[])
+        .expect("row")
+        .get(0);
+    assert_eq!(stored, serde_json::json!({ "traceparent": good }));
+    drop_table(&table);
+}

@@ -89,6 +89,7 @@ impl<S: Store> Outbox<S> {
     }
 
     pub(crate) fn validate(&self, m: &Message) -> Result<()> {
+        crate::message::check_trace_headers(&m.headers)?;
         match &self.shared.validator {
             Some(v) => v.validate(&m.payload, &m.headers, &m.options),
             None => Ok(()),

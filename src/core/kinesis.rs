@@ -173,6 +173,23 @@ pub struct KinesisRecord {
     pub payload: Vec<u8>,
 }
 
+impl KinesisRecord {
+    /// The W3C trace context the record carries (the envelope's `traceparent` and
+    /// `tracestate` headers), if its `traceparent` is well formed.
+    ///
+    /// ```
+    /// use outboxer::stream::kinesis::decode_record;
+    /// let r = decode_record(br#"{"v":1,"id":"x","headers":{"traceparent":
+    ///     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},"payload":""}"#)?;
+    /// assert_eq!(r.trace_context().map(|t| t.parent_id().to_string()),
+    ///            Some("00f067aa0ba902b7".to_string()));
+    /// # Ok::<(), outboxer::Error>(())
+    /// ```
+    pub fn trace_context(&self) -> Option<crate::message::TraceContext> {
+        crate::message::TraceContext::from_headers(&self.headers)
+    }
+}
+
 /// Decodes the data of a record written by the Kinesis stream.
 ///
 /// ```

@@ -5,7 +5,7 @@
 
 use crate::core::aws::xml_char;
 use crate::core::options::{reject_unknown, required_string, string};
-use crate::message::{Headers, Options, MESSAGE_ID_HEADER};
+use crate::message::{Headers, Options, MESSAGE_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use crate::{Error, Result};
 use base64::Engine as _;
 use serde_json::Value;
@@ -31,7 +31,8 @@ const KEYS: [&str; 4] = [
 pub const BODY_ENCODING_ATTRIBUTE: &str = "outboxer-body-encoding";
 /// Attribute carrying the headers that cannot be attributes of their own.
 pub const HEADERS_ATTRIBUTE: &str = "outboxer-headers";
-/// Headers sent as attributes of their own (10 minus id, encoding, headers).
+/// Headers sent as attributes of their own (10 minus id, encoding, headers);
+/// `traceparent` and `tracestate` are always among them.
 pub const MAX_HEADER_ATTRIBUTES: usize = 7;
 /// SQS's classic message size limit (body plus attributes), 256 KiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024;
@@ -271,7 +272,14 @@ pub fn encode(message_id: &str, payload: &[u8], headers: &Headers) -> Result<Enc
     };
     let mut rest = serde_json::Map::new();
     let mut own = 0;
-    for (k, v) in headers {
+    // The trace context takes the first attribute slots: SQS consumers (and
+    // OpenTelemetry's SQS instrumentations) read it from attributes of its own.
+    let trace = [TRACEPARENT_HEADER, TRACESTATE_HEADER];
+    let ordered = trace
+        .iter()
+        .filter_map(|k| headers.get_key_value(*k))
+        .chain(headers.iter().filter(|(k, _)| !trace.contains(&k.as_str())));
+    for (k, v) in ordered {
         if [
             MESSAGE_ID_HEADER,
             BODY_ENCODING_ATTRIBUTE,
@@ -321,6 +329,14 @@ pub struct Decoded {
     pub payload: Vec<u8>,
     /// The headers, exactly as enqueued.
     pub headers: Headers,
+}
+
+impl Decoded {
+    /// The W3C trace context the message carries (its `traceparent` and
+    /// `tracestate` attributes), if its `traceparent` is well formed.
+    pub fn trace_context(&self) -> Option<crate::message::TraceContext> {
+        crate::message::TraceContext::from_headers(&self.headers)
+    }
 }
 
 /// Decodes a received SQS message (its body and string attributes, e.g. from
@@ -448,6 +464,32 @@ mod tests {
             encode("id", b"x", &reserved),
             Err(Error::InvalidHeader { .. })
         ));
+    }
+
+    #[test]
+    fn trace_context_travels_as_attributes_of_its_own() {
+        // More headers than attribute slots: the trace context must still be real
+        // attributes, where SQS consumers (and OpenTelemetry instrumentations) look.
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h: Headers = (0..12)
+            .map(|i| (format!("a{i:02}"), "v".to_string()))
+            .collect();
+        h.insert("traceparent".into(), tp.into());
+        h.insert("tracestate".into(), "congo=t61rcWkgMzE".into());
+        let e = encode("id", b"x", &h).expect("encodes");
+        assert!(e.attributes.len() <= 10);
+        assert_eq!(
+            e.attributes.get("traceparent").map(String::as_str),
+            Some(tp)
+        );
+        assert_eq!(
+            e.attributes.get("tracestate").map(String::as_str),
+            Some("congo=t61rcWkgMzE")
+        );
+        let d = decode(&e.body, &e.attributes).expect("decodes");
+        assert_eq!(d.headers, h);
+        let ctx = d.trace_context().expect("trace context");
+        assert_eq!(ctx.traceparent(), tp);
     }
 
     #[test]

@@ -329,3 +329,101 @@ fn batches_stay_within_the_byte_cap() {
         stream.publishes()
     );
 }
+
+/// A log record's text and key-values.
+type Logged = (String, Vec<(String, String)>);
+
+/// Every log record of the outboxer targets, with its key-values (installed once
+/// for this test binary; tests filter by their own message ids).
+fn captured_logs() -> &'static std::sync::Mutex<Vec<Logged>> {
+    use std::sync::{Mutex, OnceLock};
+    struct Capture(Mutex<Vec<Logged>>);
+    struct Kv<'a>(&'a mut Vec<(String, String)>);
+    impl<'kvs> log::kv::VisitSource<'kvs> for Kv<'_> {
+        fn visit_pair(
+            &mut self,
+            key: log::kv::Key<'kvs>,
+            value: log::kv::Value<'kvs>,
+        ) -> Result<(), log::kv::Error> {
+            self.0.push((key.to_string(), value.to_string()));
+            Ok(())
+        }
+    }
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if !record.target().starts_with("outboxer") {
+                return;
+            }
+            let mut kv = Vec::new();
+            let _ = record.key_values().visit(&mut Kv(&mut kv));
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((record.args().to_string(), kv));
+        }
+        fn flush(&self) {}
+    }
+    static LOGS: OnceLock<&'static Capture> = OnceLock::new();
+    let c = *LOGS.get_or_init(|| {
+        let c: &'static Capture = Box::leak(Box::new(Capture(Mutex::new(Vec::new()))));
+        if log::set_logger(c).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+        c
+    });
+    &c.0
+}
+
+/// A database that goes away between publish and mark: the whole batch comes back
+/// as not marked on `err()`, one failure per message, but the log says it once
+/// per batch, never once per message (an outage must not flood the log).
+#[test]
+fn unmarked_messages_of_a_database_outage_are_logged_once_per_batch() {
+    let logs = captured_logs();
+    let (store, stream) = (MemoryStore::new(), ScriptedStream::new());
+    let outbox = builder(&store, &stream)
+        .lease(Duration::from_secs(1))
+        .build()
+        .expect("outbox");
+    let msgs: Vec<Message> = (0..50)
+        .map(|i| Message::new(format!("m{i}").into_bytes()))
+        .collect();
+    let ids: Vec<String> = outbox
+        .send_batch(&msgs)
+        .expect("send")
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    store.fail_next(StoreOp::MarkDispatched, 1_000);
+    let relay = outbox.start().expect("start");
+    assert_eq!(stream.wait_for(50, Duration::from_secs(5)).len(), 50);
+    let mut not_marked = 0;
+    let reported = until(Duration::from_secs(10), || {
+        not_marked += relay
+            .err()
+            .try_iter()
+            .filter(|f| f.action == FailureAction::NotMarked)
+            .count();
+        not_marked >= 50
+    });
+    relay.stop().expect("stop");
+    assert!(reported, "each message reported on err(): {not_marked}");
+    let lines: Vec<Logged> = logs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(text, kv)| {
+            ids.iter()
+                .any(|id| text.contains(id.as_str()) || kv.iter().any(|(_, v)| v == id))
+        })
+        .cloned()
+        .collect();
+    assert!(
+        (1..=2).contains(&lines.len()),
+        "one line per batch, not per message: {} lines: {lines:#?}",
+        lines.len()
+    );
+}

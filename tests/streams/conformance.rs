@@ -277,6 +277,81 @@ pub fn relay_end_to_end_from_postgres<H: StreamHarness>() {
     crate::common::drop_table(&table);
 }
 
+/// W3C trace context end to end, the same for every stream: messages sent with
+/// `Message::trace_context` (one with more headers than SQS has attribute slots)
+/// and a row written with plain SQL whose headers hold `traceparent`/`tracestate`,
+/// relayed from PostgreSQL; the consumer reads both values byte-exact where that
+/// broker's consumers look for them (AMQP headers, Kafka record headers, SQS and
+/// Pub/Sub attributes, the Kinesis envelope's headers).
+pub fn trace_context_from_postgres<H: StreamHarness>() {
+    use outboxer::{Message, Outbox, TraceContext};
+    let _g = read();
+    let (dest, consumer) = H::destination(&unique("s_tc"));
+    let table = unique("tc");
+    let outbox = Outbox::builder()
+        .store(crate::common::store(&table))
+        .stream(H::stream())
+        .check_interval(Duration::from_millis(20))
+        .build()
+        .expect("outbox");
+    let tp = |n: u8| format!("00-4bf92f3577b34da6a3ce929d0e0e47{n:02x}-00f067aa0ba902b7-01");
+    let state = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+    let mut crowded = Message::new(b"crowded".to_vec())
+        .route(dest.clone())
+        .trace_context(tp(1), Some(state));
+    for i in 0..9 {
+        crowded = crowded.header(format!("a{i}"), "v");
+    }
+    let sent = vec![
+        crowded,
+        Message::new(b"no state".to_vec())
+            .route(dest.clone())
+            .trace_context(tp(2), None),
+        Message::new(b"none".to_vec()).route(dest.clone()),
+    ];
+    outbox.send_batch(&sent).expect("send");
+    // A writer in another language: the same headers, set with plain SQL.
+    let headers = serde_json::json!({"traceparent": tp(3), "tracestate": state});
+    let options = serde_json::Value::Object(dest.clone().into_iter().collect());
+    crate::common::pg()
+        .execute(
+            &format!("INSERT INTO \"{table}\" (payload, options, headers) VALUES ($1, $2, $3)"),
+            &[&b"plain sql".to_vec(), &options, &headers],
+        )
+        .expect("plain-SQL insert");
+    let relay = outbox.start().expect("start");
+    let got = consumer.receive(4, Duration::from_secs(60));
+    relay.stop().expect("stop");
+    assert_eq!(got.len(), 4, "{got:?}");
+    let by_body = |b: &[u8]| {
+        got.iter()
+            .find(|r| r.payload == b)
+            .unwrap_or_else(|| panic!("{:?} received", String::from_utf8_lossy(b)))
+    };
+    for (body, want_tp, want_state) in [
+        (&b"crowded"[..], Some(tp(1)), Some(state)),
+        (b"no state", Some(tp(2)), None),
+        (b"none", None, None),
+        (b"plain sql", Some(tp(3)), Some(state)),
+    ] {
+        let r = by_body(body);
+        let what = String::from_utf8_lossy(body);
+        assert_eq!(r.headers.get("traceparent"), want_tp.as_ref(), "{what}");
+        assert_eq!(
+            r.headers.get("tracestate").map(String::as_str),
+            want_state,
+            "{what}"
+        );
+        let ctx = TraceContext::from_headers(&r.headers);
+        assert_eq!(ctx.map(|c| c.traceparent().to_string()), want_tp, "{what}");
+    }
+    assert_eq!(
+        by_body(b"crowded").headers.get("a8").map(String::as_str),
+        Some("v")
+    );
+    crate::common::drop_table(&table);
+}
+
 /// A publish to a server that accepts connections and never answers returns by its
 /// deadline, plus at most one request timeout, with a transient error for every
 /// message (nothing lost, nothing parked).
@@ -361,7 +436,7 @@ pub fn relay_stops_within_one_request_timeout(
 macro_rules! stream_conformance {
     ($h:ty) => {
         $crate::stream_conformance!($h, publish_only);
-        $crate::stream_conformance!(@tests $h, relay_end_to_end_from_postgres);
+        $crate::stream_conformance!(@tests $h, relay_end_to_end_from_postgres trace_context_from_postgres);
     };
     ($h:ty, publish_only) => {
         $crate::stream_conformance!(@tests $h,

@@ -200,6 +200,42 @@ mod fifo {
 
 // SQS-specific cases.
 
+/// SQS allows 10 attributes a message: with more headers than slots, the trace
+/// context still travels as attributes of its own (not inside `outboxer-headers`),
+/// where SQS consumers and OpenTelemetry's SQS instrumentations read it.
+#[test]
+fn trace_context_is_a_real_message_attribute() {
+    let url = create_queue(&unique("q_tc"));
+    let reader = QueueReader::new(url.clone());
+    let mut s = Sqs::stream();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut m = stored(1, b"traced", &sqs::queue(&url).into(), None);
+    for i in 0..12 {
+        m.headers.insert(format!("a{i:02}"), "v".into());
+    }
+    m.headers.insert("traceparent".into(), tp.into());
+    m.headers
+        .insert("tracestate".into(), "congo=t61rcWkgMzE".into());
+    let out = s.publish(&[m.clone()], &crate::common::deadline());
+    assert!(out[0].is_ok(), "{out:?}");
+    let got = reader.raw(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1);
+    let (body, attrs) = &got[0];
+    assert!(attrs.len() <= 10, "{attrs:?}");
+    assert_eq!(attrs.get("traceparent").map(String::as_str), Some(tp));
+    assert_eq!(
+        attrs.get("tracestate").map(String::as_str),
+        Some("congo=t61rcWkgMzE")
+    );
+    let d = sqs::decode(body, attrs).expect("decodes");
+    assert_eq!(d.headers, m.headers);
+    assert_eq!(
+        d.trace_context().map(|c| c.traceparent().to_string()),
+        Some(tp.to_string())
+    );
+    s.close();
+}
+
 #[test]
 fn throttling_and_server_errors_are_retried_then_delivered_once() {
     let name = unique("q_retry");

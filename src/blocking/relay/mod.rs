@@ -11,6 +11,7 @@
 //! the whole relay cleanly and is reported, never a silent death.
 
 mod outage;
+mod spans;
 mod stages;
 
 use super::outbox::Shared;
@@ -204,9 +205,16 @@ impl<S: Store> Ctx<S> {
         }
     }
 
-    /// A failure of one message (refused, retried, parked): reported each time.
-    fn report(&self, failure: Failure) {
+    /// A failure of one message (refused, retried, parked): reported each time,
+    /// with the message id, row id and attempt (1 = the first publish) also as
+    /// the log record's key-values.
+    fn report(&self, failure: Failure, attempt: Option<u32>) {
+        let message_id = failure.message_id.map(|m| m.to_string());
         log::warn!(
+            message_id = message_id.as_deref(),
+            row_id = failure.id,
+            attempt,
+            action:? = failure.action;
             "outboxer: {} (message {:?}, row {:?}, {:?})",
             failure.error,
             failure.message_id,

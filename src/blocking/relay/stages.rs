@@ -2,6 +2,7 @@
 //! the marker records outcomes; plus the cleanup of old dispatched rows.
 
 use super::outage::release_delay;
+use super::spans;
 use super::{lease_left, Claimed, Ctx, Published, Sent, StreamHome};
 use crate::blocking::store::{BatchLimit, FailedAttempt, Lease, Store, Undecodable};
 use crate::blocking::stream::Deadline;
@@ -38,6 +39,7 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
             rows: cfg.batch_size,
             bytes: cfg.max_batch_bytes,
         };
+        let span = spans::claim(limit.rows);
         let claim = match ctx.shared.store.claim(&lease, limit) {
             Ok(c) => {
                 db_failures = 0;
@@ -45,6 +47,7 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
                 c
             }
             Err(e) => {
+                span.end();
                 ctx.store_failed(e);
                 db_failures += 1;
                 if ctx.sleep(pause.delay(db_failures)) {
@@ -54,6 +57,8 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
                 continue;
             }
         };
+        span.claimed(&claim.messages);
+        span.end();
         // A short claim means the table is drained, unless the byte cap cut it.
         let bytes: usize = claim.messages.iter().map(|m| m.payload.len()).sum();
         idle = claim.len() < cfg.batch_size && bytes <= cfg.max_batch_bytes / 2;
@@ -112,15 +117,18 @@ fn park_undecodable<S: Store>(ctx: &Ctx<S>, lease: &Lease, rows: Vec<Undecodable
         .failed
         .fetch_add(rows.len() as u64, Ordering::Relaxed);
     for r in rows {
-        ctx.report(Failure {
-            id: Some(r.id),
-            message_id: None,
-            error: Error::Decode {
-                id: r.id,
-                reason: r.reason,
+        ctx.report(
+            Failure {
+                id: Some(r.id),
+                message_id: None,
+                error: Error::Decode {
+                    id: r.id,
+                    reason: r.reason,
+                },
+                action: FailureAction::Parked,
             },
-            action: FailureAction::Parked,
-        });
+            None,
+        );
     }
 }
 
@@ -151,9 +159,15 @@ pub(super) fn publisher<S: Store>(
             claimed.at + claimed.lease.duration * 4 / 5,
             ctx.stop_rx.clone(),
         );
-        let outcomes = match catch_unwind(AssertUnwindSafe(|| {
+        let span = spans::publish(&claimed.messages);
+        let outcomes = catch_unwind(AssertUnwindSafe(|| {
             stream.publish(&claimed.messages, &deadline)
-        })) {
+        }));
+        if let Ok(o) = &outcomes {
+            span.outcomes(o);
+        }
+        span.end();
+        let outcomes = match outcomes {
             Ok(o) if o.len() == claimed.messages.len() => o,
             Ok(o) => {
                 // A stream that breaks the one-outcome-per-message contract would
@@ -219,7 +233,8 @@ pub(super) fn publisher<S: Store>(
 struct Sorted<'a> {
     ok: Vec<&'a Sent>,
     failed: Vec<FailedAttempt>,
-    failures: Vec<Failure>,
+    /// With the attempt each one was (1 = the first publish).
+    failures: Vec<(Failure, u32)>,
     released: Vec<i64>,
     /// The first transient error of the batch and its message (the outage's face
     /// in reports).
@@ -254,16 +269,19 @@ fn sort<'a, S: Store>(ctx: &Ctx<S>, sent: &'a [Sent], outcomes: Vec<Result<()>>)
                     park,
                     hold_key: cfg.on_park == OnPark::HoldKey,
                 });
-                s.failures.push(Failure {
-                    id: Some(m.id),
-                    message_id: Some(m.message_id),
-                    error,
-                    action: if park {
-                        FailureAction::Parked
-                    } else {
-                        FailureAction::Retry
+                s.failures.push((
+                    Failure {
+                        id: Some(m.id),
+                        message_id: Some(m.message_id),
+                        error,
+                        action: if park {
+                            FailureAction::Parked
+                        } else {
+                            FailureAction::Retry
+                        },
                     },
-                });
+                    m.attempts + 1,
+                ));
             }
         }
     }
@@ -299,12 +317,14 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
                 Duration::ZERO
             }
         };
+        let span = spans::mark(&sent, s.ok.len(), s.failed.len(), s.released.len());
         let ids: Vec<i64> = s.ok.iter().map(|m| m.id).collect();
         let marked = persist(ctx, &lease, at, || store.mark_dispatched(&lease, &ids));
         persist(ctx, &lease, at, || store.mark_failed(&lease, &s.failed));
         persist(ctx, &lease, at, || {
             store.release(&lease, &s.released, delay)
         });
+        span.end();
 
         // Only what the mark recorded is delivered; the rest is published again by
         // whoever holds it now (a duplicate, de-duplicated by message id).
@@ -333,8 +353,29 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
                 ctx.counters.dropped_ok.fetch_add(1, Ordering::Relaxed);
             }
         }
-        for f in s.failures {
-            ctx.report(f);
+        for (f, attempt) in s.failures {
+            ctx.report(f, Some(attempt));
+        }
+        // One log line for the batch (a database outage would otherwise log every
+        // message of every batch in flight); err() still gets one per message.
+        if let (Some(first), Some(last)) = (unmarked.first(), unmarked.last()) {
+            let why = match &marked {
+                Some(_) => "the lease was lost to another relay",
+                None => "the database was unreachable until the lease ended",
+            };
+            log::warn!(
+                count = unmarked.len(),
+                first_message_id:% = first.message_id,
+                first_row_id = first.id,
+                last_row_id = last.id;
+                "outboxer: {} published message(s) not marked dispatched ({why}), first row {}, last row {}, \
+                 first message {}: they are published again (consumers drop the duplicates \
+                 by message id)",
+                unmarked.len(),
+                first.id,
+                last.id,
+                first.message_id
+            );
         }
         for m in unmarked {
             let error = match &marked {
@@ -344,7 +385,7 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
                     "the dispatched mark did not land before the lease ended",
                 ),
             };
-            ctx.report(Failure {
+            ctx.send_err(Failure {
                 id: Some(m.id),
                 message_id: Some(m.message_id),
                 error,

@@ -13,10 +13,12 @@
 //!   name (`A-Za-z0-9_-.`, at most 256 bytes, not `aws.`/`amazon.`, no `..`),
 //!   its value non-empty and made of XML characters, and one of the first
 //!   [`MAX_HEADER_ATTRIBUTES`] such headers (SQS allows 10 attributes a
-//!   message). All other headers travel as one JSON object (string to string) in
-//!   the string attribute `outboxer-headers`.
+//!   message), the trace context's `traceparent` and `tracestate` taking the
+//!   first places. All other headers travel as one JSON object (string to
+//!   string) in the string attribute `outboxer-headers`.
 //!
-//! [`decode`] turns a received body and its attributes back into payload and headers.
+//! [`decode`] turns a received body and its attributes back into payload and
+//! headers; [`Decoded::trace_context`] reads the W3C trace context.
 
 pub use crate::core::sqs::{
     decode, encode, queue, Decoded, Encoded, SqsRoute, BODY_ENCODING_ATTRIBUTE,

@@ -232,3 +232,28 @@ pub fn concurrent_claimers_never_share_a_row<H: Harness>() {
     assert_eq!(distinct.len(), 600, "no row claimed twice");
     H::drop_table(&t);
 }
+
+/// A W3C trace context written with plain SQL (the `traceparent` and `tracestate`
+/// keys of the headers JSON, as docs/cli.md shows per store) is claimed byte-exact
+/// with the row, for the relay to send; one from `Message::trace_context` too.
+pub fn plain_sql_trace_context_is_claimed_with_the_row<H: Harness>() {
+    let t = unique("c_trace");
+    let s = store::<H>(&t);
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let state = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+    let headers = format!(r#"{{"traceparent": "{tp}", "tracestate": "{state}"}}"#);
+    H::exec(&[H::insert_sql(&t, "plain", Some(&headers), None, None)]);
+    s.enqueue(&[Message::new(b"api".to_vec()).trace_context(tp, None)])
+        .expect("enqueue");
+    let got = s.claim(&lease(30), 10.into()).expect("claim").messages;
+    assert_eq!(bodies(&got), ["plain", "api"]);
+    let ctx: Vec<Option<outboxer::TraceContext>> = got
+        .iter()
+        .map(|m| outboxer::TraceContext::from_headers(&m.headers))
+        .collect();
+    let plain = ctx[0].as_ref().expect("plain-SQL trace context");
+    assert_eq!((plain.traceparent(), plain.tracestate()), (tp, Some(state)));
+    let api = ctx[1].as_ref().expect("trace context");
+    assert_eq!((api.traceparent(), api.tracestate()), (tp, None));
+    H::drop_table(&t);
+}

@@ -125,7 +125,8 @@ macro_rules! store_conformance {
             cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table
             bad_names_and_unreachable_servers_are_typed_errors
             undecodable_rows_are_claimed_apart release_with_a_delay parked_head_holds_its_key
-            skip_and_held_keys claims_honour_the_byte_limit);
+            skip_and_held_keys claims_honour_the_byte_limit
+            plain_sql_trace_context_is_claimed_with_the_row);
     };
     (@tests $h:ty, $attrs:tt, $($name:ident)*) => {
         #[cfg(all(feature = "postgres", feature = "amqp"))]
