@@ -1232,3 +1232,213 @@ fn urls_from_files_keep_passwords_out_of_args_and_output() {
     drop_table(&table);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 15: `outboxer check` prints one line per check and exits 0 when a relay
+/// could start, 1 with a clear line for each problem: store unreachable, table
+/// missing, a Go outboxer table not migrated, stream unreachable, a TLS mistake.
+#[test]
+fn check_names_each_problem_and_exits_1() {
+    let table = unique("cli_check");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    let out = ok(&[
+        "check",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--stream",
+        &amqp_url(),
+    ]);
+    assert!(out.contains("migrated (pending 0"), "{out}");
+    assert!(
+        out.lines().filter(|l| l.ends_with(": connected")).count() == 2,
+        "{out}"
+    );
+    assert_eq!(out.lines().last(), Some("ok"), "{out}");
+
+    let expect_fail = |args: &[&str], line: &str, summary: &str| {
+        let o = run(args);
+        let all = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {all}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(line),
+            "{line} in {all}"
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(&format!("check failed: {summary}")),
+            "{summary} in {all}"
+        );
+        assert!(!all.contains("pg-s3cret-pw"), "{all}");
+    };
+    let missing = unique("cli_check_missing");
+    expect_fail(
+        &[
+            "check",
+            "--store",
+            &pg_url_with_secret(),
+            "--table",
+            &missing,
+        ],
+        &format!("table   {missing}: missing: run `outboxer migrate`"),
+        "table missing",
+    );
+    expect_fail(
+        &["check", "--store", &mysql_url(), "--table", &missing],
+        &format!("table   {missing}: missing"),
+        "table missing",
+    );
+    // Go outboxer's own schema (postgres/migrations of italolelis/outboxer).
+    let go = unique("cli_check_go");
+    pg().batch_execute(&format!(
+        "CREATE TABLE \"{go}\" (id SERIAL PRIMARY KEY, dispatched BOOLEAN NOT NULL DEFAULT false, \
+         dispatched_at TIMESTAMP, payload BYTEA NOT NULL, options JSONB, headers JSONB)"
+    ))
+    .expect("go table");
+    expect_fail(
+        &["check", "--store", &store, "--table", &go],
+        "not migrated (a Go outboxer table or an older outboxer table): run `outboxer migrate`",
+        "table not migrated",
+    );
+    ok(&["migrate", "--store", &store, "--table", &go]);
+    ok(&["check", "--store", &store, "--table", &go]);
+    expect_fail(
+        &[
+            "check",
+            "--store",
+            &pg_url_with_secret().replace(":5432/", ":1/"),
+            "--table",
+            &table,
+        ],
+        "unreachable: database error while connecting",
+        "store unreachable",
+    );
+    expect_fail(
+        &[
+            "check",
+            "--store",
+            &store,
+            "--table",
+            &table,
+            "--stream",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+        ],
+        "stream  amqp://guest:***@127.0.0.1:1/%2f: unreachable: amqp unavailable",
+        "stream unreachable",
+    );
+    // TLS asked of a server that verifies against roots that do not hold the test CA,
+    // and amqps:// to a plain AMQP port.
+    expect_fail(
+        &[
+            "check",
+            "--store",
+            &format!("{store}?sslmode=require"),
+            "--table",
+            &table,
+        ],
+        "TLS: postgres: the server's certificate is not trusted",
+        "store TLS",
+    );
+    expect_fail(
+        &[
+            "check",
+            "--store",
+            &store,
+            "--table",
+            &table,
+            "--stream",
+            &amqp_url().replacen("amqp://", "amqps://", 1),
+        ],
+        ": TLS: amqp: TLS was required but the server does not speak TLS",
+        "stream TLS",
+    );
+    drop_table(&table);
+    drop_table(&go);
+}
+
+/// Issue 15: a 30 s broker outage while 500 messages wait is a handful of log
+/// lines, not one per message, also with `OUTBOXER_LOG=debug`; every line is one
+/// JSON object with the documented fields (`--log-format json`).
+#[test]
+fn a_30s_outage_is_a_handful_of_json_log_lines_even_at_debug() {
+    let table = unique("cli_outage30");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    let proxy = TcpProxy::start("127.0.0.1:5672");
+    let mut cmd = outboxer();
+    cmd.env("OUTBOXER_LOG", "debug")
+        .env("OUTBOXER_LOG_FORMAT", "json");
+    cmd.args([
+        "relay",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--check-interval",
+        "50ms",
+        "--stream",
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port),
+    ]);
+    let relay = RelayProc::spawn(cmd);
+    pg_insert(&table, &ex, 100);
+    let mut got = sink.collect(100, Duration::from_secs(30));
+    assert_eq!(got.len(), 100);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = relay.log().lines().count();
+    proxy.cut();
+    for burst in 0..5 {
+        pg_insert_from(&table, &ex, 101 + burst * 100, 200 + burst * 100);
+        std::thread::sleep(Duration::from_secs(6));
+    }
+    let during: Vec<String> = relay.log().lines().skip(before).map(String::from).collect();
+    proxy.restore();
+    sink.collect_into(&mut got, 600, Duration::from_secs(60));
+    all_delivered(&got, 600);
+    let log = relay.terminate();
+    eprintln!(
+        "{} log lines during the outage, {} in all:\n{}",
+        during.len(),
+        log.lines().count(),
+        during.join("\n")
+    );
+    // 600 messages published: no line per message at debug level either.
+    assert!(log.lines().count() <= 40, "{log}");
+    assert!(
+        during.len() <= 12,
+        "{} log lines during a 30 s outage of 500 messages:\n{}",
+        during.len(),
+        during.join("\n")
+    );
+    assert!(
+        during.iter().any(|l| l.contains("outage")),
+        "the outage is reported:\n{}",
+        during.join("\n")
+    );
+    let mut levels = std::collections::HashSet::new();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let ts = v["ts"].as_str().unwrap_or_default();
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "ts {ts}: {line}"
+        );
+        for field in ["level", "target", "msg"] {
+            assert!(v[field].is_string(), "{field}: {line}");
+        }
+        levels.insert(v["level"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        levels.contains("INFO") && levels.contains("WARN"),
+        "{levels:?}\n{log}"
+    );
+    // The summary line carries its counts as key-values.
+    assert!(
+        log.lines().any(|l| l.contains("\"total_published\":")),
+        "{log}"
+    );
+    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, 600, 0));
+    drop_table(&table);
+}

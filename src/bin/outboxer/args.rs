@@ -16,12 +16,37 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr: `text` (RFC 3339 UTC time, level, message) or `json`
+    /// (one object per line: ts, level, target, msg and the record's key-values)
+    /// [default: text]
+    #[arg(long, global = true, env = "OUTBOXER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::logging::LogFormat>,
+}
+
+impl Command {
+    /// The options shared by every subcommand (for the config file's path).
+    pub fn common(&self) -> &Common {
+        match self {
+            Command::Migrate(c) => c,
+            Command::Check(a) => &a.common,
+            Command::Relay(a) => &a.common,
+            Command::Stats(a) => &a.common,
+            Command::Requeue(a) => &a.common,
+            Command::Skip(a) => &a.common,
+            Command::Purge(a) => &a.common,
+            Command::Bench(a) => &a.common,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or upgrade the outbox table and its indexes (idempotent).
     Migrate(Common),
+    /// Connect to the store and the stream and check that the table is migrated:
+    /// one line per check, exit 0 when all is well, 1 otherwise (for exec probes
+    /// and deploy pipelines).
+    Check(CheckArgs),
     /// Run the relay until SIGINT or SIGTERM.
     Relay(RelayArgs),
     /// Counts by status, oldest pending age, attempts histogram, parked messages,
@@ -116,6 +141,23 @@ pub struct RelayOptions {
     /// How often a summary (published / failed) is logged [default: 10s]
     #[arg(long, env = "OUTBOXER_LOG_INTERVAL")]
     pub log_interval: Option<String>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Stream URL (as for `relay`); without one, only the store and table are checked
+    #[arg(long, env = "OUTBOXER_STREAM", hide_env_values = true)]
+    pub stream: Option<String>,
+    /// Read the stream URL from this file instead (trimmed)
+    #[arg(
+        long,
+        env = "OUTBOXER_STREAM_FILE",
+        value_name = "PATH",
+        conflicts_with = "stream"
+    )]
+    pub stream_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

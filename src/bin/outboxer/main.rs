@@ -4,14 +4,16 @@
 mod admin;
 mod args;
 mod bench;
+mod check;
 mod connect;
 mod fail;
+mod logging;
 mod parse;
 mod relay;
 mod settings;
 
 use args::{Cli, Command, Common};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use connect::{display_url, open_store, open_stream};
 use fail::Fail;
 use outboxer::store::Requeue;
@@ -20,22 +22,50 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-/// The default log filter (`env_logger` syntax, like `RUST_LOG`).
-const DEFAULT_LOG: &str = "warn,outboxer=info,outboxer::blocking::relay=error";
+/// The version line: the crate's version and the stores and streams compiled in.
+fn version() -> String {
+    let on = |list: &[(&'static str, bool)]| {
+        list.iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let stores = on(&[
+        ("postgres", true),
+        ("mysql", true),
+        ("sqlite", true),
+        ("sqlserver", cfg!(feature = "sqlserver")),
+    ]);
+    let streams = on(&[
+        ("amqp", true),
+        ("kafka", cfg!(feature = "kafka")),
+        ("sqs", cfg!(feature = "sqs")),
+        ("kinesis", cfg!(feature = "kinesis")),
+        ("pubsub", cfg!(feature = "pubsub")),
+    ]);
+    format!(
+        "{} (stores: {stores}; streams: {streams})",
+        env!("CARGO_PKG_VERSION")
+    )
+}
 
 fn main() -> ExitCode {
-    let cli = Cli::parse(); // usage errors exit with code 2
-                            // Logs go to stderr; OUTBOXER_LOG overrides the default. By default: info for
-                            // outboxer, warnings for the drivers (no PostgreSQL NOTICEs), and the library
-                            // relay's own per-failure warnings left out, because the command logs every
-                            // failure from the relay's err() channel itself (rate-limited during outages).
-    env_logger::Builder::from_env(
-        env_logger::Env::default()
-            .filter_or("OUTBOXER_LOG", DEFAULT_LOG)
-            .write_style("OUTBOXER_LOG_STYLE"),
-    )
-    .format_target(false)
-    .init();
+    // clap takes a &'static str; this runs once.
+    let version: &'static str = Box::leak(version().into_boxed_str());
+    let cli = match Cli::from_arg_matches(&Cli::command().version(version).get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(), // usage errors exit with code 2
+    };
+    // The log format: flag or OUTBOXER_LOG_FORMAT, else the config file's
+    // `log_format` (a file that fails to load is reported by the command itself).
+    let format = cli.log_format.or_else(|| {
+        FileConfig::load(cli.command.common())
+            .ok()
+            .and_then(|f| f.log_format)
+            .and_then(|f| logging::LogFormat::parse(&f))
+    });
+    logging::init(format.unwrap_or(logging::LogFormat::Text));
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -57,12 +87,12 @@ fn open(common: &Common, file: &FileConfig, default_table: &str) -> Result<Opene
     let table = t.table.unwrap_or_else(|| default_table.to_string());
     let shown = display_url(&t.store);
     let store = open_store(&t.store, Some(&table)).map_err(|f| Fail {
-        code: f.code,
         message: if f.message.contains(&shown) {
             f.message
         } else {
             format!("store {shown}: {}", f.message)
         },
+        ..f
     })?;
     Ok(Opened {
         store,
@@ -91,6 +121,12 @@ fn run(command: Command) -> Result<(), Fail> {
             let o = open(&common, &file, "event_store")?;
             let what = format!("table {} on {}", o.table, o.shown);
             admin::migrate(&*o.store, &what)
+        }
+        Command::Check(a) => {
+            let file = FileConfig::load(&a.common)?;
+            let target = settings::target(&a.common, &file)?;
+            let url = settings::stream_url(a.stream.as_ref(), a.stream_file.as_deref(), &file)?;
+            check::run(&target, url.as_deref())
         }
         Command::Relay(a) => {
             let file = FileConfig::load(&a.common)?;
