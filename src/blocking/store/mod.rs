@@ -189,6 +189,59 @@ pub enum Requeue {
     AllParked,
     /// These row ids (only those that are parked).
     Ids(Vec<i64>),
+    /// The parked messages that meet every condition of the filter (an empty
+    /// filter: every parked message).
+    Matching(ParkedFilter),
+}
+
+/// Which parked messages [`Requeue::Matching`] selects; every condition given must
+/// hold.
+///
+/// ```no_run
+/// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+/// use outboxer::store::{ParkedFilter, Requeue};
+/// use std::time::Duration;
+///
+/// // Parked more than an hour ago by a refusal that has been fixed since.
+/// let which = ParkedFilter::new()
+///     .older_than(Duration::from_secs(3600))
+///     .error_contains("NOT_FOUND - no exchange");
+/// let moved = store.requeue(&Requeue::Matching(which))?;
+/// println!("requeued {moved} parked message(s)");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ParkedFilter {
+    /// Enqueued (`created_at`) more than this long ago, by the database clock.
+    pub older_than: Option<Duration>,
+    /// `last_error` contains this text, ignoring the case of ASCII letters
+    /// (of every letter on PostgreSQL and MySQL). Empty: no condition.
+    pub error_contains: Option<String>,
+}
+
+impl ParkedFilter {
+    /// A filter without conditions (every parked message).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only messages enqueued more than `age` ago (by the database clock).
+    pub fn older_than(mut self, age: Duration) -> Self {
+        self.older_than = Some(age);
+        self
+    }
+
+    /// Only messages whose `last_error` contains `text` (case-insensitive).
+    pub fn error_contains(mut self, text: impl Into<String>) -> Self {
+        self.error_contains = Some(text.into());
+        self
+    }
+
+    /// The error text to look for, `None` when there is no such condition.
+    pub(crate) fn error_text(&self) -> Option<&str> {
+        self.error_contains.as_deref().filter(|t| !t.is_empty())
+    }
 }
 
 /// A snapshot of the table.

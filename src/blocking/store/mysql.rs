@@ -563,6 +563,17 @@ impl Store for MysqlStore {
             Requeue::AllParked => self.inner.sql.requeue(None),
             Requeue::Ids(ids) if ids.is_empty() => return Ok(0),
             Requeue::Ids(ids) => self.inner.sql.requeue(Some(ids)),
+            Requeue::Matching(f) => {
+                let context = "requeueing parked messages";
+                let age = f.older_than.map(micros);
+                let text = f.error_text();
+                let mut tx = self.tx(context)?;
+                tx.exec_drop(self.inner.sql.requeue_matching(), (age, age, text, text))
+                    .map_err(|e| Error::db(context, e))?;
+                let n = tx.affected_rows();
+                tx.commit().map_err(|e| Error::db(context, e))?;
+                return Ok(n);
+            }
         };
         self.write("requeueing parked messages", stmt)
     }

@@ -554,6 +554,10 @@ impl Store for PostgresStore {
         let r = match which {
             Requeue::AllParked => conn.execute(&self.inner.sql.requeue_all, &[]),
             Requeue::Ids(ids) => conn.execute(&self.inner.sql.requeue_ids, &[ids]),
+            Requeue::Matching(f) => conn.execute(
+                &self.inner.sql.requeue_matching,
+                &[&f.older_than.map(millis), &f.error_text()],
+            ),
         };
         r.map_err(|e| Error::db("requeueing parked messages", e))
     }

@@ -342,6 +342,18 @@ impl MysqlSql {
         )
     }
 
+    /// Matching parked (and skipped) rows back to pending: (? older than µs or
+    /// NULL, twice; ? error text or NULL, twice).
+    pub fn requeue_matching(&self) -> String {
+        format!(
+            "UPDATE {} SET status = 'pending', attempts = 0, available_at = UTC_TIMESTAMP(6), {NO_LEASE}
+             WHERE status IN ('parked', 'skipped')
+               AND (? IS NULL OR created_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND)
+               AND (? IS NULL OR LOCATE(LOWER(?), LOWER(last_error)) > 0)",
+            self.table
+        )
+    }
+
     /// Parked (and skipped) rows back to pending (all, or these ids).
     pub fn requeue(&self, ids: Option<&[i64]>) -> String {
         let filter = match ids {

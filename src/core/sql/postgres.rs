@@ -36,6 +36,9 @@ pub struct PostgresSql {
     pub requeue_ids: String,
     /// all parked (and skipped) rows back to pending
     pub requeue_all: String,
+    /// ($1 older than ms or NULL, $2 error text or NULL) matching parked rows back
+    /// to pending
+    pub requeue_matching: String,
     /// ($1 ids) parked rows give their keys up
     pub skip: String,
     /// ($1 limit) keys held by a parked head: key, id, message_id, last_error, waiting
@@ -214,6 +217,12 @@ impl PostgresSql {
             requeue_all: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), locked_by = NULL, locked_until = NULL \
                  WHERE status IN ('parked', 'skipped')"
+            ),
+            requeue_matching: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), locked_by = NULL, locked_until = NULL \
+                 WHERE status IN ('parked', 'skipped') \
+                   AND ($1::float8 IS NULL OR created_at < now() - $1::float8 * interval '1 millisecond') \
+                   AND ($2::text IS NULL OR strpos(lower(last_error), lower($2::text)) > 0)"
             ),
             skip: format!(
                 "UPDATE {t} SET status = 'skipped' WHERE id = ANY($1) AND status = 'parked'"

@@ -52,6 +52,9 @@ pub struct SqliteSql {
     pub requeue_one: String,
     /// Every parked and skipped row back to pending: (?1 now ms)
     pub requeue_all: String,
+    /// Matching parked and skipped rows back to pending: (?1 now ms, ?2 created
+    /// before ms or NULL, ?3 error text or NULL)
+    pub requeue_matching: String,
     /// Counts (pending, dispatched, parked, leased), the oldest pending
     /// `created_at` (NULL when none) and held keys: (?1 now ms)
     pub stats: String,
@@ -253,6 +256,11 @@ impl SqliteSql {
             requeue_all: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?1, locked_by = NULL, locked_until = NULL \
                  WHERE status IN ('parked', 'skipped')"
+            ),
+            requeue_matching: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?1, locked_by = NULL, locked_until = NULL \
+                 WHERE status IN ('parked', 'skipped') AND (?2 IS NULL OR created_at < ?2) \
+                   AND (?3 IS NULL OR instr(lower(last_error), lower(?3)) > 0)"
             ),
             // One subquery per status, so each count reads its own partial index
             // instead of scanning the whole table.

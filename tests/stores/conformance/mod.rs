@@ -118,7 +118,7 @@ pub use schema::*;
 macro_rules! store_conformance {
     ($h:ty $(, #[$attr:meta])*) => {
         $crate::store_conformance!(@tests $h, [$(#[$attr])*],
-            send_claim_mark_roundtrip mark_fail_park_requeue attempts_histogram_and_parked_list
+            send_claim_mark_roundtrip mark_fail_park_requeue requeue_by_age_and_error_text attempts_histogram_and_parked_list
             purge_parked_only_touches_parked
             lease_expiry_and_token_checked_marks mark_reports_exactly_the_rows_still_held
             concurrent_claimers_never_share_a_row per_key_fifo rollback_stores_nothing

@@ -162,6 +162,14 @@ impl Store for SqliteStore {
                     }
                     n
                 }
+                Requeue::Matching(f) => {
+                    let before = f.older_than.map(|age| now.saturating_sub(millis(age)));
+                    tx.execute(
+                        &self.inner.sql.requeue_matching,
+                        params![now, before, f.error_text()],
+                    )
+                    .map_err(db(ctx))?
+                }
             };
             Ok(n as u64)
         })

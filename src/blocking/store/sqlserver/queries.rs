@@ -191,6 +191,12 @@ impl Store for SqlServerStore {
                 .conn()?
                 .exec(ctx, Query::new(self.inner.sql.requeue_all.as_str())),
             Requeue::Ids(ids) => self.by_ids(ctx, ids, None, None, SqlServerSql::requeue_ids),
+            Requeue::Matching(f) => {
+                let mut query = Query::new(self.inner.sql.requeue_matching.as_str());
+                query.bind(f.older_than.map(q::delay_ms));
+                query.bind(f.error_text().map(str::to_string));
+                self.conn()?.exec(ctx, query)
+            }
         }
     }
 

@@ -122,6 +122,9 @@ pub struct SqlServerSql {
     pub cleanup: String,
     /// Every parked row back to pending.
     pub requeue_all: String,
+    /// (@P1 older than ms or NULL, @P2 error text or NULL) matching parked rows
+    /// back to pending.
+    pub requeue_matching: String,
     /// One row: pending, dispatched, parked, leased (BIGINT), oldest pending age in
     /// microseconds (BIGINT), held keys (BIGINT).
     pub stats: String,

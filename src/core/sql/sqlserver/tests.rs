@@ -10,6 +10,7 @@ fn dml(s: &SqlServerSql) -> Vec<String> {
         s.claim.clone(),
         s.cleanup.clone(),
         s.requeue_all.clone(),
+        s.requeue_matching.clone(),
         s.stats.clone(),
         s.attempts_histogram.clone(),
         s.parked.clone(),
