@@ -2,8 +2,8 @@
 //! that a test can inject.
 
 use crate::blocking::store::{
-    BatchLimit, Claim, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats, Store,
-    TxStore, Undecodable,
+    BatchLimit, Claim, FailedAttempt, HeldKey, Lease, ParkedMessage, Purgeable, Requeue, Stats,
+    Store, TxStore, Undecodable,
 };
 use crate::message::{Headers, Message, MessageId, Options, StoredMessage};
 use crate::{Error, Result};
@@ -533,6 +533,25 @@ impl Store for MemoryStore {
             matches!(e.row.status, RowStatus::Parked | RowStatus::Skipped)
                 && e.created.elapsed() > older_than
         }))
+    }
+
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+        let s = self.state.lock();
+        let mut p = Purgeable::default();
+        for e in s.rows.values() {
+            match e.row.status {
+                RowStatus::Dispatched
+                    if e.dispatched_at.is_some_and(|d| d.elapsed() > older_than) =>
+                {
+                    p.dispatched += 1
+                }
+                RowStatus::Parked | RowStatus::Skipped if e.created.elapsed() > older_than => {
+                    p.parked += 1
+                }
+                _ => {}
+            }
+        }
+        Ok(p)
     }
 
     fn stats(&self) -> Result<Stats> {

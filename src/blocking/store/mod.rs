@@ -244,6 +244,17 @@ impl ParkedFilter {
     }
 }
 
+/// What [`Store::purgeable`] counts: rows older than a cutoff that a purge
+/// would delete.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purgeable {
+    /// Dispatched before the cutoff (`dispatched_at`), as [`Store::cleanup`] deletes.
+    pub dispatched: u64,
+    /// Parked or skipped, enqueued before the cutoff (`created_at`), as
+    /// [`Store::purge_parked`] deletes.
+    pub parked: u64,
+}
+
 /// A snapshot of the table.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
@@ -425,6 +436,19 @@ pub trait Store: Send + Sync + 'static {
     /// ```
     fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64>;
 
+    /// How many rows [`Store::cleanup`] and [`Store::purge_parked`] with this age
+    /// would delete now (by the database clock), deleting nothing: what a dry run
+    /// of a purge shows.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// use std::time::Duration;
+    /// let p = store.purgeable(Duration::from_secs(7 * 24 * 3600))?;
+    /// println!("{} dispatched and {} parked message(s) are older than 7 days", p.dispatched, p.parked);
+    /// # Ok(()) }
+    /// ```
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable>;
+
     /// Counts by status and the age of the oldest pending message.
     fn stats(&self) -> Result<Stats>;
 
@@ -562,6 +586,9 @@ macro_rules! forward_store {
             }
             fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
                 (**self).purge_parked(older_than, limit)
+            }
+            fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+                (**self).purgeable(older_than)
             }
             fn stats(&self) -> Result<Stats> {
                 (**self).stats()

@@ -4,8 +4,8 @@
 
 use super::{run_in, Finish};
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, TxStore, Undecodable,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Purgeable, Requeue,
+    Stats, Store, TxStore, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
@@ -589,6 +589,19 @@ impl Store for MysqlStore {
         let n = tx.affected_rows();
         tx.commit().map_err(|e| Error::db(context, e))?;
         Ok(n)
+    }
+
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+        let age = micros(older_than);
+        let row: Option<(i64, i64)> = self
+            .conn()?
+            .exec_first(&self.inner.sql.purgeable, (age, age))
+            .map_err(|e| Error::db("counting purgeable messages", e))?;
+        let (dispatched, parked) = row.unwrap_or_default();
+        Ok(Purgeable {
+            dispatched: u64::try_from(dispatched).unwrap_or(0),
+            parked: u64::try_from(parked).unwrap_or(0),
+        })
     }
 
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {

@@ -3,8 +3,8 @@
 
 use super::{run_in, Finish};
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, TxStore, Undecodable, WakeListener,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Purgeable, Requeue,
+    Stats, Store, TxStore, Undecodable, WakeListener,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
@@ -615,6 +615,18 @@ impl Store for PostgresStore {
         self.conn()?
             .execute(&self.inner.sql.purge_parked, &[&millis(older_than), &limit])
             .map_err(|e| Error::db("purging parked messages", e))
+    }
+
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+        let row = self
+            .conn()?
+            .query_one(&self.inner.sql.purgeable, &[&millis(older_than)])
+            .map_err(|e| Error::db("counting purgeable messages", e))?;
+        let count = |i: usize| -> u64 { u64::try_from(row.get::<_, i64>(i)).unwrap_or(0) };
+        Ok(Purgeable {
+            dispatched: count(0),
+            parked: count(1),
+        })
     }
 
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {

@@ -49,6 +49,8 @@ pub struct PostgresSql {
     pub attempts_histogram: String,
     /// ($1 older than ms, $2 limit) delete parked rows by created_at
     pub purge_parked: String,
+    /// ($1 older than ms) dispatched and parked rows older than the cutoff
+    pub purgeable: String,
     /// ($1 limit) parked rows: id, message_id, attempts, last_error, ordering_key,
     /// holds key
     pub parked: String,
@@ -250,6 +252,13 @@ impl PostgresSql {
                     SELECT id FROM {t} WHERE status IN ('parked', 'skipped')
                       AND created_at < now() - $1::float8 * interval '1 millisecond'
                     ORDER BY id LIMIT $2)"
+            ),
+            purgeable: format!(
+                "SELECT count(*) FILTER (WHERE status = 'dispatched'
+                          AND dispatched_at < now() - $1::float8 * interval '1 millisecond'),
+                        count(*) FILTER (WHERE status IN ('parked', 'skipped')
+                          AND created_at < now() - $1::float8 * interval '1 millisecond')
+                 FROM {t} WHERE status IN ('dispatched', 'parked', 'skipped')"
             ),
             attempts_histogram: format!(
                 "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked', 'skipped') \

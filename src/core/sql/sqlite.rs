@@ -66,6 +66,8 @@ pub struct SqliteSql {
     pub attempts_histogram: String,
     /// (?1 cutoff ms, ?2 limit) delete parked rows created before the cutoff.
     pub purge_parked: String,
+    /// (?1 dispatched/created before ms) dispatched and parked rows older than the cutoff
+    pub purgeable: String,
     /// (?1 limit) parked rows: id, message_id, attempts, last_error, ordering_key,
     /// holds key (0/1).
     pub parked: String,
@@ -287,6 +289,10 @@ impl SqliteSql {
                 "DELETE FROM {t} WHERE id IN (
                     SELECT id FROM {t} WHERE status IN ('parked', 'skipped') AND created_at < ?1
                     ORDER BY id LIMIT ?2)"
+            ),
+            purgeable: format!(
+                "SELECT (SELECT count(*) FROM {t} WHERE status = 'dispatched' AND dispatched_at < ?1),
+                        (SELECT count(*) FROM {t} WHERE status IN ('parked', 'skipped') AND created_at < ?1)"
             ),
             attempts_histogram: format!(
                 "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked', 'skipped') \

@@ -159,6 +159,12 @@ pub fn purge_parked_only_touches_parked<H: Harness>() {
         1
     );
     std::thread::sleep(Duration::from_millis(20));
+    // What a dry run counts: nothing younger than an hour; with no age, the one
+    // dispatched row and the three parked ones (pending rows never).
+    let none = s.purgeable(Duration::from_secs(3600)).expect("purgeable");
+    assert_eq!((none.dispatched, none.parked), (0, 0));
+    let all = s.purgeable(Duration::ZERO).expect("purgeable");
+    assert_eq!((all.dispatched, all.parked), (1, 3));
     // Younger than an hour: nothing goes.
     assert_eq!(
         s.purge_parked(Duration::from_secs(3600), 100)

@@ -274,6 +274,22 @@ impl Store for SqliteStore {
         })
     }
 
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+        let ctx = "counting purgeable messages";
+        let (dispatched, parked) = self.with_conn(|c| {
+            let cutoff = now_ms().saturating_sub(millis(older_than));
+            c.prepare_cached(&self.inner.sql.purgeable)
+                .and_then(|mut s| {
+                    s.query_row([cutoff], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                })
+                .map_err(db(ctx))
+        })?;
+        Ok(Purgeable {
+            dispatched: u64::try_from(dispatched).unwrap_or(0),
+            parked: u64::try_from(parked).unwrap_or(0),
+        })
+    }
+
     fn stats(&self) -> Result<Stats> {
         let ctx = "reading stats";
         // One statement is one consistent snapshot; reads need no write lock.

@@ -219,6 +219,23 @@ impl Store for SqlServerStore {
         Ok(total)
     }
 
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+        let ctx = "counting purgeable messages";
+        let ms = q::delay_ms(older_than);
+        let rows = self
+            .conn()?
+            .rows_dyn(ctx, &self.inner.sql.purgeable, &[&ms])?;
+        let row = rows.first().ok_or_else(|| Error::db(ctx, "no row"))?;
+        let num = |i: usize| -> Result<u64> {
+            let v: Option<i64> = row.try_get(i).map_err(|e| Error::db(ctx, e))?;
+            Ok(u64::try_from(v.unwrap_or(0)).unwrap_or(0))
+        };
+        Ok(Purgeable {
+            dispatched: num(0)?,
+            parked: num(1)?,
+        })
+    }
+
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {
         let ctx = "reading the attempts histogram";
         let rows = self

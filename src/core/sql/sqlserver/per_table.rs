@@ -230,6 +230,13 @@ impl SqlServerSql {
                  DELETE FROM d",
                 cutoff = utc_minus_ms("@P1"),
             ),
+            purgeable: format!(
+                "SELECT (SELECT CAST(COUNT(*) AS BIGINT) FROM {t} WITH (NOLOCK)
+                         WHERE status = 'dispatched' AND dispatched_at < {cutoff}),
+                        (SELECT CAST(COUNT(*) AS BIGINT) FROM {t} WITH (NOLOCK)
+                         WHERE status IN ('parked', 'skipped') AND created_at < {cutoff})",
+                cutoff = utc_minus_ms("@P1"),
+            ),
             attempts_histogram: format!(
                 "SELECT attempts, CAST(COUNT(*) AS BIGINT) FROM {t} WITH (NOLOCK) \
                  WHERE status IN ('pending', 'parked', 'skipped') GROUP BY attempts ORDER BY attempts"

@@ -15,6 +15,7 @@ fn dml(s: &SqlServerSql) -> Vec<String> {
         s.attempts_histogram.clone(),
         s.parked.clone(),
         s.purge_parked.clone(),
+        s.purgeable.clone(),
         s.enqueue(2, 3, true),
         s.enqueue(0, 1, false),
         s.mark_dispatched(4),
