@@ -1442,3 +1442,130 @@ fn a_30s_outage_is_a_handful_of_json_log_lines_even_at_debug() {
     assert_eq!(counts(&stats_json(&store, &table)), (0, 0, 600, 0));
     drop_table(&table);
 }
+
+/// Issue 15's operator tools: `requeue` by age and by error text (and both),
+/// saying how many moved; `purge --dry-run` counts by status with the cutoff and
+/// deletes nothing; `stats --watch 1s`-style durations with a time on every
+/// refresh; `--version` lists the stores and streams compiled in.
+#[test]
+fn requeue_by_age_and_error_purge_dry_run_watch_and_version() {
+    let table = unique("cli_ops_tools");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    // Rows as an old table holds them: parked 10 days ago by two kinds of error,
+    // parked just now, dispatched 10 days ago, and one pending.
+    pg().batch_execute(&format!(
+        "INSERT INTO \"{table}\" (payload, status, last_error, created_at, attempts) VALUES
+           ('a', 'parked', 'broker rejected the message: NOT_FOUND - no exchange ''x''', now() - interval '10 days', 10),
+           ('b', 'parked', 'message unroutable: 312 NO_ROUTE', now() - interval '10 days', 10),
+           ('c', 'parked', 'broker rejected the message: NOT_FOUND - no exchange ''y''', now(), 10);
+         INSERT INTO \"{table}\" (payload, status, created_at, dispatched_at) VALUES
+           ('d', 'dispatched', now() - interval '10 days', now() - interval '10 days');
+         INSERT INTO \"{table}\" (payload) VALUES ('e');"
+    ))
+    .expect("rows");
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["--store", &store, "--table", &table]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run_ok = |cmd: &str, extra: &[&str]| {
+        let mut a = vec![cmd.to_string()];
+        a.extend(args(extra));
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let out = run_ok(
+        "purge",
+        &["--before", "7d", "--include-parked", "--dry-run"],
+    );
+    assert!(
+        out.contains("would purge 1 dispatched message(s) dispatched before 20"),
+        "{out}"
+    );
+    assert!(
+        out.contains("would purge 2 parked message(s) enqueued before 20"),
+        "{out}"
+    );
+    assert!(out.contains("nothing deleted"), "{out}");
+    let out = run_ok("purge", &["--before", "7d", "--dry-run"]);
+    assert!(
+        out.contains("2 parked message(s) enqueued before") && out.contains("stay"),
+        "{out}"
+    );
+    assert_eq!(
+        counts(&stats_json(&store, &table)),
+        (1, 0, 1, 3),
+        "dry runs delete nothing"
+    );
+
+    let out = run_ok(
+        "requeue",
+        &["--before", "7d", "--error-contains", "no EXCHANGE"],
+    );
+    assert!(
+        out.starts_with("requeued 1 parked message(s) enqueued before 20"),
+        "{out}"
+    );
+    assert!(
+        out.contains("whose last error contains \"no EXCHANGE\""),
+        "{out}"
+    );
+    let out = run_ok("requeue", &["--error-contains", "not_found"]);
+    assert!(out.starts_with("requeued 1 "), "{out}");
+    let out = run_ok("requeue", &["--before", "2026-01-01T00:00:00Z"]);
+    assert!(
+        out.starts_with("requeued 0 "),
+        "the last one is younger: {out}"
+    );
+    let out = run_ok("requeue", &["--before", "1d"]);
+    assert!(out.starts_with("requeued 1 "), "{out}");
+    assert_eq!(counts(&stats_json(&store, &table)), (4, 0, 1, 0));
+    for bad in [
+        &["--id", "1", "--before", "7d"][..],
+        &["--all-parked", "--error-contains", "x"][..],
+        &["--error-contains", ""][..],
+        &["--before", "soon"][..],
+    ] {
+        let mut a = vec!["requeue".to_string()];
+        a.extend(args(bad));
+        let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
+    }
+
+    // --watch takes durations (a bare number is still seconds); each refresh has its time.
+    for every in ["300ms", "0.3"] {
+        let out = run_ok("stats", &["--watch", every, "--count", "2"]);
+        let stamps: Vec<&str> = out
+            .split("\x1b[2J\x1b[H")
+            .filter(|s| !s.is_empty())
+            .map(|s| s.lines().next().unwrap_or_default())
+            .collect();
+        assert_eq!(stamps.len(), 2, "{out}");
+        for ts in stamps {
+            assert!(
+                ts.len() == 24 && ts.ends_with('Z') && ts.starts_with("20"),
+                "{ts}"
+            );
+        }
+    }
+    let out = run_ok("stats", &["--json", "--watch", "200ms", "--count", "2"]);
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+    }
+    let o = run(&["stats", "--store", &store, "--watch", "10ms"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    let v = ok(&["--version"]);
+    assert!(
+        v.starts_with("outboxer 0.")
+            && v.contains("stores: postgres, mysql, sqlite")
+            && v.contains("streams: amqp"),
+        "{v}"
+    );
+    assert_eq!(v.contains("kafka"), cfg!(feature = "kafka"), "{v}");
+    drop_table(&table);
+}

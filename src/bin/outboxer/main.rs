@@ -16,7 +16,7 @@ use args::{Cli, Command, Common};
 use clap::{CommandFactory, FromArgMatches};
 use connect::{display_url, open_store, open_stream};
 use fail::Fail;
-use outboxer::store::Requeue;
+use outboxer::store::{ParkedFilter, Requeue};
 use settings::{FileConfig, RelaySettings};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -146,12 +146,15 @@ fn run(command: Command) -> Result<(), Fail> {
             let file = FileConfig::load(&a.common)?;
             let watch = match a.watch {
                 None => None,
-                Some(secs) => Some(
-                    Duration::try_from_secs_f64(secs)
-                        .ok()
-                        .filter(|d| *d >= Duration::from_millis(100))
-                        .ok_or_else(|| {
-                            Fail::usage(format!("--watch {secs}: give at least 0.1 seconds"))
+                Some(every) => Some(
+                    parse::duration(&every)
+                        .map_err(|e| Fail::usage(format!("--watch: {e}")))
+                        .and_then(|d| {
+                            if d >= Duration::from_millis(100) {
+                                Ok(d)
+                            } else {
+                                Err(Fail::usage(format!("--watch {every}: give at least 100ms")))
+                            }
                         })?,
                 ),
             };
@@ -167,13 +170,36 @@ fn run(command: Command) -> Result<(), Fail> {
         }
         Command::Requeue(a) => {
             let file = FileConfig::load(&a.common)?;
-            let which = if a.all_parked {
-                Requeue::AllParked
+            let (which, what) = if a.all_parked {
+                (Requeue::AllParked, String::new())
+            } else if a.before.is_some() || a.error_contains.is_some() {
+                let mut filter = ParkedFilter::new();
+                let mut what = String::new();
+                if let Some(before) = &a.before {
+                    let now = SystemTime::now();
+                    let age = parse::age_or_time(before, now)
+                        .map_err(|e| Fail::usage(format!("--before: {e}")))?;
+                    filter = filter.older_than(age);
+                    what.push_str(&format!(
+                        " enqueued before {}",
+                        parse::rfc3339_millis(
+                            now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)
+                        )
+                    ));
+                }
+                if let Some(text) = &a.error_contains {
+                    if text.is_empty() {
+                        return Err(Fail::usage("--error-contains: give some text"));
+                    }
+                    filter = filter.error_contains(text.as_str());
+                    what.push_str(&format!(" whose last error contains {text:?}"));
+                }
+                (Requeue::Matching(filter), what)
             } else {
-                Requeue::Ids(a.id)
+                (Requeue::Ids(a.id), String::new())
             };
             let o = open(&a.common, &file, "event_store")?;
-            admin::requeue(&*o.store, &which)
+            admin::requeue(&*o.store, &which, &what)
         }
         Command::Skip(a) => {
             let file = FileConfig::load(&a.common)?;
@@ -184,8 +210,16 @@ fn run(command: Command) -> Result<(), Fail> {
             let file = FileConfig::load(&a.common)?;
             let age = parse::age_or_time(&a.before, SystemTime::now())
                 .map_err(|e| Fail::usage(format!("--before: {e}")))?;
+            let cutoff = SystemTime::now()
+                .checked_sub(age)
+                .map(parse::rfc3339_millis)
+                .unwrap_or_else(|| a.before.clone());
             let o = open(&a.common, &file, "event_store")?;
-            admin::purge(&*o.store, age, &a.before, a.include_parked)
+            if a.dry_run {
+                admin::purge_dry_run(&*o.store, age, &cutoff, a.include_parked)
+            } else {
+                admin::purge(&*o.store, age, &cutoff, a.include_parked)
+            }
         }
         Command::Bench(a) => {
             let file = FileConfig::load(&a.common)?;
