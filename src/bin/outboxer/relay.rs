@@ -88,12 +88,13 @@ pub fn run(
                 Err(_) => break,
             },
             recv(relay.err()) -> f => match f {
+                // An outage arrives once per report (the library counts its
+                // released messages in that report), a message failure per message.
+                Ok(f) if f.action == FailureAction::Released => released += 1,
                 Ok(f) => {
                     failed += 1;
-                    match f.action {
-                        FailureAction::Parked => parked += 1,
-                        FailureAction::Released => released += 1,
-                        _ => {}
+                    if f.action == FailureAction::Parked {
+                        parked += 1;
                     }
                 }
                 Err(_) => break,
@@ -103,7 +104,7 @@ pub fn run(
                     let (p, f) = (ok - last_ok, failed - last_failed);
                     log::info!(
                         published = p, failed = f, total_published = ok, total_failed = failed,
-                        total_parked = parked;
+                        total_parked = parked, outage_reports = released;
                         "published {p} failed {f} in the last {:?} (total: published {ok}, \
                          failed {failed}, parked {parked}, outage reports {released})",
                         s.log_interval
@@ -125,7 +126,9 @@ pub fn run(
     // Outcomes recorded while stopping (the library logged the failures).
     ok += relay.ok().try_iter().count() as u64;
     for f in relay.err().try_iter() {
-        failed += 1;
+        if f.action != FailureAction::Released {
+            failed += 1;
+        }
         if f.action == FailureAction::Parked {
             parked += 1;
         }
