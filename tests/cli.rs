@@ -1569,3 +1569,82 @@ fn requeue_by_age_and_error_purge_dry_run_watch_and_version() {
     assert_eq!(v.contains("kafka"), cfg!(feature = "kafka"), "{v}");
     drop_table(&table);
 }
+
+/// Issue 15: the log format comes from `--log-format`, `OUTBOXER_LOG_FORMAT` or
+/// the config file's `log_format`; text lines start with an RFC 3339 UTC time;
+/// an unknown format is a usage error (exit 2).
+#[test]
+fn log_format_from_flag_env_and_config_file() {
+    let table = unique("cli_logfmt");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    let check = [
+        "check",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--stream",
+        &amqp_url(),
+    ];
+    let stderr_of = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let is_rfc3339 = |l: &str| {
+        l.len() > 24 && l.as_bytes()[10] == b'T' && l.as_bytes()[23] == b'Z' && l.starts_with("20")
+    };
+    let o = run(&check);
+    assert!(o.status.success(), "{}", text(&o));
+    let log = stderr_of(&o);
+    assert!(log.contains("connected to amqp"), "{log}");
+    assert!(
+        log.lines().all(is_rfc3339),
+        "text lines start with the time:\n{log}"
+    );
+
+    let dir = std::env::temp_dir().join(unique("outboxer-logfmt"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let json_toml = dir.join("json.toml");
+    std::fs::write(&json_toml, "log_format = \"json\"\n").expect("write");
+    let from_file = [
+        &check[..],
+        &["--config", json_toml.to_str().unwrap_or_default()],
+    ]
+    .concat();
+    let from_env = {
+        let mut c = outboxer();
+        c.env("OUTBOXER_LOG_FORMAT", "json").args(check);
+        c.output().expect("run")
+    };
+    for o in [
+        run(&from_file),
+        run(&[&["--log-format", "json"], &check[..]].concat()),
+        from_env,
+    ] {
+        assert!(o.status.success(), "{}", text(&o));
+        let log = stderr_of(&o);
+        assert!(!log.is_empty());
+        for line in log.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert!(v["ts"].as_str().is_some_and(is_rfc3339_json), "{line}");
+        }
+    }
+    let bad_toml = dir.join("bad.toml");
+    std::fs::write(&bad_toml, "log_format = \"yaml\"\n").expect("write");
+    for args in [
+        [
+            &check[..],
+            &["--config", bad_toml.to_str().unwrap_or_default()],
+        ]
+        .concat(),
+        [&check[..], &["--log-format", "xml"]].concat(),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    drop_table(&table);
+}
+
+fn is_rfc3339_json(ts: &str) -> bool {
+    ts.len() == 24 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z')
+}
