@@ -1302,6 +1302,16 @@ fn check_names_each_problem_and_exits_1() {
     );
     ok(&["migrate", "--store", &store, "--table", &go]);
     ok(&["check", "--store", &store, "--table", &go]);
+    // A table whose index was dropped is not migrated either.
+    pg().batch_execute(&format!("DROP INDEX \"{go}_parked_idx\""))
+        .expect("drop index");
+    expect_fail(
+        &["check", "--store", &store, "--table", &go],
+        &format!("not migrated: indexes missing: {go}_parked_idx: run `outboxer migrate`"),
+        "table not migrated",
+    );
+    ok(&["migrate", "--store", &store, "--table", &go]);
+    ok(&["check", "--store", &store, "--table", &go]);
     expect_fail(
         &[
             "check",

@@ -535,6 +535,10 @@ impl Store for MemoryStore {
         }))
     }
 
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        Ok(Some(Vec::new())) // no indexes to miss
+    }
+
     fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
         let s = self.state.lock();
         let mut p = Purgeable::default();

@@ -30,7 +30,8 @@ fn table_problem(message: &str) -> String {
     }
 }
 
-/// Reads what the relay and `stats` read, touching every column they use.
+/// Reads what the relay and `stats` read, touching every column they use (the
+/// indexes are listed apart: `Store::missing_indexes`).
 fn read_table(store: &dyn Store) -> outboxer::Result<outboxer::store::Stats> {
     let stats = store.stats()?;
     store.attempts_histogram()?;
@@ -56,12 +57,29 @@ pub fn run(target: &Target, stream: Option<&str>) -> Result<(), Fail> {
         }
         Ok(store) => {
             line("store", &format!("{shown}: connected"));
-            match read_table(&*store) {
-                Ok(s) => line(
+            match read_table(&*store).and_then(|s| Ok((s, store.missing_indexes()?))) {
+                Ok((_, Some(missing))) if !missing.is_empty() => {
+                    line(
+                        "table",
+                        &format!(
+                            "{table}: not migrated: indexes missing: {}: run `outboxer migrate`",
+                            missing.join(", ")
+                        ),
+                    );
+                    failed.push("table not migrated".to_string());
+                }
+                Ok((s, indexes)) => line(
                     "table",
                     &format!(
-                        "{table}: migrated (pending {}, parked {}, dispatched {})",
-                        s.pending, s.parked, s.dispatched
+                        "{table}: migrated (pending {}, parked {}, dispatched {}{})",
+                        s.pending,
+                        s.parked,
+                        s.dispatched,
+                        if indexes.is_some() {
+                            ""
+                        } else {
+                            "; indexes not inspected on this store"
+                        }
                     ),
                 ),
                 Err(e) => {

@@ -484,6 +484,37 @@ pub trait Store: Send + Sync + 'static {
     fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
         Ok(None)
     }
+
+    /// The indexes [`Store::migrate`] creates that the table lacks, by name (empty:
+    /// all there); `None` when this store cannot tell. `outboxer check` reports
+    /// them: a table without them works, slowly.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// if let Some(missing) = store.missing_indexes()? {
+    ///     if !missing.is_empty() {
+    ///         println!("run migrate: indexes missing: {}", missing.join(", "));
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+}
+
+/// Which of `expected` index names are not among `present` (ASCII case ignored).
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+pub(crate) fn not_present(expected: Vec<String>, present: &[String]) -> Vec<String> {
+    expected
+        .into_iter()
+        .filter(|e| !present.iter().any(|p| p.eq_ignore_ascii_case(e)))
+        .collect()
 }
 
 /// A [`Store`] whose messages can join the caller's transaction: the part of the
@@ -601,6 +632,9 @@ macro_rules! forward_store {
             }
             fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
                 (**self).wake_listener()
+            }
+            fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+                (**self).missing_indexes()
             }
         }
     };

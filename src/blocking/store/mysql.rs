@@ -591,6 +591,26 @@ impl Store for MysqlStore {
         Ok(n)
     }
 
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        let t = &self.inner.table;
+        let present: Vec<String> = self
+            .conn()?
+            .exec(
+                "SELECT DISTINCT index_name FROM information_schema.statistics
+                 WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?",
+                (t.schema(), t.table()),
+            )
+            .map_err(|e| Error::db("listing the table's indexes", e))?;
+        let expected = self
+            .inner
+            .sql
+            .indexes
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        Ok(Some(super::not_present(expected, &present)))
+    }
+
     fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
         let age = micros(older_than);
         let row: Option<(i64, i64)> = self

@@ -617,6 +617,26 @@ impl Store for PostgresStore {
             .map_err(|e| Error::db("purging parked messages", e))
     }
 
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        let table = &self.inner.table;
+        let present: Vec<String> = self
+            .conn()?
+            .query(
+                "SELECT indexname::text FROM pg_indexes \
+                 WHERE schemaname = coalesce($1, current_schema()) AND tablename = $2",
+                &[&table.schema(), &table.table()],
+            )
+            .map_err(|e| Error::db("listing the table's indexes", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let expected = crate::core::sql::postgres::INDEXES
+            .iter()
+            .map(|s| crate::core::sql::postgres::index_name(table.table(), s))
+            .collect();
+        Ok(Some(super::not_present(expected, &present)))
+    }
+
     fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
         let row = self
             .conn()?

@@ -58,6 +58,27 @@ pub struct PostgresSql {
     pub channel: String,
 }
 
+/// The suffixes of the indexes `migrate` creates (`{table}_{suffix}`).
+pub const INDEXES: [&str; 5] = [
+    "pending_idx",
+    "undelivered_key_idx",
+    "dispatched_idx",
+    "parked_idx",
+    "skipped_idx",
+];
+
+/// The name PostgreSQL gives an index `{table}_{suffix}`: identifiers are cut to
+/// 63 bytes.
+pub fn index_name(table: &str, suffix: &str) -> String {
+    let mut name = format!("{table}_{suffix}");
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    name
+}
+
 /// What a claim returns, in the order `rows` decodes it.
 const RETURNING: &str =
     "u.id, u.message_id, u.payload, u.headers, u.options, u.ordering_key, u.attempts, \
@@ -322,5 +343,23 @@ mod tests {
             .migrate
             .iter()
             .any(|s| s == "DROP INDEX IF EXISTS \"app\".\"events_pending_key_idx\""));
+    }
+}
+
+#[cfg(test)]
+mod index_names {
+    use super::*;
+
+    #[test]
+    fn migrate_creates_every_listed_index_under_its_name() {
+        let t = TableName::parse("app.events").expect("name");
+        let sql = PostgresSql::new(&t);
+        for suffix in INDEXES {
+            let create = format!("CREATE INDEX IF NOT EXISTS \"events_{suffix}\" ON");
+            assert!(sql.migrate.iter().any(|s| s.contains(&create)), "{suffix}");
+        }
+        let long = "t".repeat(60);
+        assert_eq!(index_name(&long, "pending_idx").len(), 63);
+        assert_eq!(index_name("events", "pending_idx"), "events_pending_idx");
     }
 }

@@ -73,6 +73,15 @@ pub struct SqliteSql {
     pub parked: String,
 }
 
+/// The suffixes of the indexes `migrate` creates (`{table}_{suffix}`).
+pub const INDEXES: [&str; 5] = [
+    "pending_idx",
+    "undelivered_key_idx",
+    "dispatched_idx",
+    "parked_idx",
+    "skipped_idx",
+];
+
 /// What a claim returns, in the order the store decodes it.
 pub const RETURNING: &str =
     "id, message_id, payload, headers, options, ordering_key, attempts, created_at";
@@ -377,5 +386,20 @@ mod tests {
     fn millis_saturate() {
         assert_eq!(millis(Duration::from_millis(1500)), 1500);
         assert_eq!(millis(Duration::MAX), i64::MAX);
+    }
+}
+
+#[cfg(test)]
+mod index_names {
+    use super::*;
+
+    #[test]
+    fn migrate_creates_every_listed_index_under_its_name() {
+        let t = sqlite_table(&TableName::parse("events").expect("name")).expect("table");
+        let sql = SqliteSql::new(&t);
+        for suffix in INDEXES {
+            let create = format!("CREATE INDEX IF NOT EXISTS \"events_{suffix}\" ON");
+            assert!(sql.indexes.iter().any(|s| s.contains(&create)), "{suffix}");
+        }
     }
 }

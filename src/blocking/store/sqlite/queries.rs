@@ -274,6 +274,25 @@ impl Store for SqliteStore {
         })
     }
 
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        let table = self.inner.table.table().to_string();
+        let present = self.with_conn(|c| {
+            c.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1")
+                .and_then(|mut s| {
+                    s.query_map([&table], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(db("listing the table's indexes"))
+        })?;
+        let expected = crate::core::sql::sqlite::INDEXES
+            .iter()
+            .map(|s| format!("{table}_{s}"))
+            .collect();
+        Ok(Some(crate::blocking::store::not_present(
+            expected, &present,
+        )))
+    }
+
     fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
         let ctx = "counting purgeable messages";
         let (dispatched, parked) = self.with_conn(|c| {

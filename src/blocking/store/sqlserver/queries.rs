@@ -219,6 +219,26 @@ impl Store for SqlServerStore {
         Ok(total)
     }
 
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        let ctx = "listing the table's indexes";
+        let sql = &self.inner.sql;
+        let table = sql.table();
+        let rows = self.conn()?.rows_dyn(
+            ctx,
+            "SELECT name FROM sys.indexes WHERE object_id = OBJECT_ID(@P1, N'U') AND name IS NOT NULL",
+            &[&table],
+        )?;
+        let mut present = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let name: Option<&str> = row.try_get(0).map_err(|e| Error::db(ctx, e))?;
+            present.extend(name.map(str::to_string));
+        }
+        let expected = sql.indexes.iter().map(|(n, _)| n.clone()).collect();
+        Ok(Some(crate::blocking::store::not_present(
+            expected, &present,
+        )))
+    }
+
     fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
         let ctx = "counting purgeable messages";
         let ms = q::delay_ms(older_than);
