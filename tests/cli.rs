@@ -1232,3 +1232,429 @@ fn urls_from_files_keep_passwords_out_of_args_and_output() {
     drop_table(&table);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 15: `outboxer check` prints one line per check and exits 0 when a relay
+/// could start, 1 with a clear line for each problem: store unreachable, table
+/// missing, a Go outboxer table not migrated, stream unreachable, a TLS mistake.
+#[test]
+fn check_names_each_problem_and_exits_1() {
+    let table = unique("cli_check");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    let out = ok(&[
+        "check",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--stream",
+        &amqp_url(),
+    ]);
+    assert!(out.contains("migrated (pending 0"), "{out}");
+    assert!(
+        out.lines().filter(|l| l.ends_with(": connected")).count() == 2,
+        "{out}"
+    );
+    assert_eq!(out.lines().last(), Some("ok"), "{out}");
+
+    let expect_fail = |args: &[&str], line: &str, summary: &str| {
+        let o = run(args);
+        let all = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {all}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(line),
+            "{line} in {all}"
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(&format!("check failed: {summary}")),
+            "{summary} in {all}"
+        );
+        assert!(!all.contains("pg-s3cret-pw"), "{all}");
+    };
+    let missing = unique("cli_check_missing");
+    expect_fail(
+        &[
+            "check",
+            "--store",
+            &pg_url_with_secret(),
+            "--table",
+            &missing,
+        ],
+        &format!("table   {missing}: missing: run `outboxer migrate`"),
+        "table missing",
+    );
+    expect_fail(
+        &["check", "--store", &mysql_url(), "--table", &missing],
+        &format!("table   {missing}: missing"),
+        "table missing",
+    );
+    // Go outboxer's own schema (postgres/migrations of italolelis/outboxer).
+    let go = unique("cli_check_go");
+    pg().batch_execute(&format!(
+        "CREATE TABLE \"{go}\" (id SERIAL PRIMARY KEY, dispatched BOOLEAN NOT NULL DEFAULT false, \
+         dispatched_at TIMESTAMP, payload BYTEA NOT NULL, options JSONB, headers JSONB)"
+    ))
+    .expect("go table");
+    expect_fail(
+        &["check", "--store", &store, "--table", &go],
+        "not migrated (a Go outboxer table or an older outboxer table): run `outboxer migrate`",
+        "table not migrated",
+    );
+    ok(&["migrate", "--store", &store, "--table", &go]);
+    ok(&["check", "--store", &store, "--table", &go]);
+    // A table whose index was dropped is not migrated either.
+    pg().batch_execute(&format!("DROP INDEX \"{go}_parked_idx\""))
+        .expect("drop index");
+    expect_fail(
+        &["check", "--store", &store, "--table", &go],
+        &format!("not migrated: indexes missing: {go}_parked_idx: run `outboxer migrate`"),
+        "table not migrated",
+    );
+    ok(&["migrate", "--store", &store, "--table", &go]);
+    ok(&["check", "--store", &store, "--table", &go]);
+    expect_fail(
+        &[
+            "check",
+            "--store",
+            &pg_url_with_secret().replace(":5432/", ":1/"),
+            "--table",
+            &table,
+        ],
+        "unreachable: database error while connecting",
+        "store unreachable",
+    );
+    expect_fail(
+        &[
+            "check",
+            "--store",
+            &store,
+            "--table",
+            &table,
+            "--stream",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+        ],
+        "stream  amqp://guest:***@127.0.0.1:1/%2f: unreachable: amqp unavailable",
+        "stream unreachable",
+    );
+    // TLS asked of a server that verifies against roots that do not hold the test CA,
+    // and amqps:// to a plain AMQP port.
+    expect_fail(
+        &[
+            "check",
+            "--store",
+            &format!("{store}?sslmode=require"),
+            "--table",
+            &table,
+        ],
+        "TLS: postgres: the server's certificate is not trusted",
+        "store TLS",
+    );
+    expect_fail(
+        &[
+            "check",
+            "--store",
+            &store,
+            "--table",
+            &table,
+            "--stream",
+            &amqp_url().replacen("amqp://", "amqps://", 1),
+        ],
+        ": TLS: amqp: TLS was required but the server does not speak TLS",
+        "stream TLS",
+    );
+    drop_table(&table);
+    drop_table(&go);
+}
+
+/// Issue 15: a 30 s broker outage while 500 messages wait is a handful of log
+/// lines, not one per message, also with `OUTBOXER_LOG=debug`; every line is one
+/// JSON object with the documented fields (`--log-format json`).
+#[test]
+fn a_30s_outage_is_a_handful_of_json_log_lines_even_at_debug() {
+    let table = unique("cli_outage30");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    let proxy = TcpProxy::start("127.0.0.1:5672");
+    let mut cmd = outboxer();
+    cmd.env("OUTBOXER_LOG", "debug")
+        .env("OUTBOXER_LOG_FORMAT", "json");
+    cmd.args([
+        "relay",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--check-interval",
+        "50ms",
+        "--stream",
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port),
+    ]);
+    let relay = RelayProc::spawn(cmd);
+    pg_insert(&table, &ex, 100);
+    let mut got = sink.collect(100, Duration::from_secs(30));
+    assert_eq!(got.len(), 100);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = relay.log().lines().count();
+    proxy.cut();
+    for burst in 0..5 {
+        pg_insert_from(&table, &ex, 101 + burst * 100, 200 + burst * 100);
+        std::thread::sleep(Duration::from_secs(6));
+    }
+    let during: Vec<String> = relay.log().lines().skip(before).map(String::from).collect();
+    proxy.restore();
+    sink.collect_into(&mut got, 600, Duration::from_secs(60));
+    all_delivered(&got, 600);
+    let log = relay.terminate();
+    eprintln!(
+        "{} log lines during the outage, {} in all:\n{}",
+        during.len(),
+        log.lines().count(),
+        during.join("\n")
+    );
+    // 600 messages published: no line per message at debug level either.
+    assert!(log.lines().count() <= 40, "{log}");
+    assert!(
+        during.len() <= 12,
+        "{} log lines during a 30 s outage of 500 messages:\n{}",
+        during.len(),
+        during.join("\n")
+    );
+    assert!(
+        during.iter().any(|l| l.contains("outage")),
+        "the outage is reported:\n{}",
+        during.join("\n")
+    );
+    let mut levels = std::collections::HashSet::new();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let ts = v["ts"].as_str().unwrap_or_default();
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "ts {ts}: {line}"
+        );
+        for field in ["level", "target", "msg"] {
+            assert!(v[field].is_string(), "{field}: {line}");
+        }
+        levels.insert(v["level"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        levels.contains("INFO") && levels.contains("WARN"),
+        "{levels:?}\n{log}"
+    );
+    // The summary line carries its counts as key-values.
+    assert!(
+        log.lines().any(|l| l.contains("\"total_published\":")),
+        "{log}"
+    );
+    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, 600, 0));
+    drop_table(&table);
+}
+
+/// Issue 15's operator tools: `requeue` by age and by error text (and both),
+/// saying how many moved; `purge --dry-run` counts by status with the cutoff and
+/// deletes nothing; `stats --watch 1s`-style durations with a time on every
+/// refresh; `--version` lists the stores and streams compiled in.
+#[test]
+fn requeue_by_age_and_error_purge_dry_run_watch_and_version() {
+    let table = unique("cli_ops_tools");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    // Rows as an old table holds them: parked 10 days ago by two kinds of error,
+    // parked just now, dispatched 10 days ago, and one pending.
+    pg().batch_execute(&format!(
+        "INSERT INTO \"{table}\" (payload, status, last_error, created_at, attempts) VALUES
+           ('a', 'parked', 'broker rejected the message: NOT_FOUND - no exchange ''x''', now() - interval '10 days', 10),
+           ('b', 'parked', 'message unroutable: 312 NO_ROUTE', now() - interval '10 days', 10),
+           ('c', 'parked', 'broker rejected the message: NOT_FOUND - no exchange ''y''', now(), 10);
+         INSERT INTO \"{table}\" (payload, status, created_at, dispatched_at) VALUES
+           ('d', 'dispatched', now() - interval '10 days', now() - interval '10 days');
+         INSERT INTO \"{table}\" (payload) VALUES ('e');"
+    ))
+    .expect("rows");
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["--store", &store, "--table", &table]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run_ok = |cmd: &str, extra: &[&str]| {
+        let mut a = vec![cmd.to_string()];
+        a.extend(args(extra));
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let out = run_ok(
+        "purge",
+        &["--before", "7d", "--include-parked", "--dry-run"],
+    );
+    assert!(
+        out.contains("would purge 1 dispatched message(s) dispatched before 20"),
+        "{out}"
+    );
+    assert!(
+        out.contains("would purge 2 parked message(s) enqueued before 20"),
+        "{out}"
+    );
+    assert!(out.contains("nothing deleted"), "{out}");
+    let out = run_ok("purge", &["--before", "7d", "--dry-run"]);
+    assert!(
+        out.contains("2 parked message(s) enqueued before") && out.contains("stay"),
+        "{out}"
+    );
+    assert_eq!(
+        counts(&stats_json(&store, &table)),
+        (1, 0, 1, 3),
+        "dry runs delete nothing"
+    );
+
+    let out = run_ok(
+        "requeue",
+        &["--before", "7d", "--error-contains", "no EXCHANGE"],
+    );
+    assert!(
+        out.starts_with("requeued 1 parked message(s) enqueued before 20"),
+        "{out}"
+    );
+    assert!(
+        out.contains("whose last error contains \"no EXCHANGE\""),
+        "{out}"
+    );
+    let out = run_ok("requeue", &["--error-contains", "not_found"]);
+    assert!(out.starts_with("requeued 1 "), "{out}");
+    let out = run_ok("requeue", &["--before", "2026-01-01T00:00:00Z"]);
+    assert!(
+        out.starts_with("requeued 0 "),
+        "the last one is younger: {out}"
+    );
+    let out = run_ok("requeue", &["--before", "1d"]);
+    assert!(out.starts_with("requeued 1 "), "{out}");
+    assert_eq!(counts(&stats_json(&store, &table)), (4, 0, 1, 0));
+    for bad in [
+        &["--id", "1", "--before", "7d"][..],
+        &["--all-parked", "--error-contains", "x"][..],
+        &["--error-contains", ""][..],
+        &["--before", "soon"][..],
+    ] {
+        let mut a = vec!["requeue".to_string()];
+        a.extend(args(bad));
+        let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
+    }
+
+    // --watch takes durations (a bare number is still seconds); each refresh has its time.
+    for every in ["300ms", "0.3"] {
+        let out = run_ok("stats", &["--watch", every, "--count", "2"]);
+        let stamps: Vec<&str> = out
+            .split("\x1b[2J\x1b[H")
+            .filter(|s| !s.is_empty())
+            .map(|s| s.lines().next().unwrap_or_default())
+            .collect();
+        assert_eq!(stamps.len(), 2, "{out}");
+        for ts in stamps {
+            assert!(
+                ts.len() == 24 && ts.ends_with('Z') && ts.starts_with("20"),
+                "{ts}"
+            );
+        }
+    }
+    let out = run_ok("stats", &["--json", "--watch", "200ms", "--count", "2"]);
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+    }
+    let o = run(&["stats", "--store", &store, "--watch", "10ms"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    let v = ok(&["--version"]);
+    assert!(
+        v.starts_with("outboxer 0.")
+            && v.contains("stores: postgres, mysql, sqlite")
+            && v.contains("streams: amqp"),
+        "{v}"
+    );
+    assert_eq!(v.contains("kafka"), cfg!(feature = "kafka"), "{v}");
+    drop_table(&table);
+}
+
+/// Issue 15: the log format comes from `--log-format`, `OUTBOXER_LOG_FORMAT` or
+/// the config file's `log_format`; text lines start with an RFC 3339 UTC time;
+/// an unknown format is a usage error (exit 2).
+#[test]
+fn log_format_from_flag_env_and_config_file() {
+    let table = unique("cli_logfmt");
+    let store = pg_url();
+    ok(&["migrate", "--store", &store, "--table", &table]);
+    let check = [
+        "check",
+        "--store",
+        &store,
+        "--table",
+        &table,
+        "--stream",
+        &amqp_url(),
+    ];
+    let stderr_of = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let is_rfc3339 = |l: &str| {
+        l.len() > 24 && l.as_bytes()[10] == b'T' && l.as_bytes()[23] == b'Z' && l.starts_with("20")
+    };
+    let o = run(&check);
+    assert!(o.status.success(), "{}", text(&o));
+    let log = stderr_of(&o);
+    assert!(log.contains("connected to amqp"), "{log}");
+    assert!(
+        log.lines().all(is_rfc3339),
+        "text lines start with the time:\n{log}"
+    );
+
+    let dir = std::env::temp_dir().join(unique("outboxer-logfmt"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let json_toml = dir.join("json.toml");
+    std::fs::write(&json_toml, "log_format = \"json\"\n").expect("write");
+    let from_file = [
+        &check[..],
+        &["--config", json_toml.to_str().unwrap_or_default()],
+    ]
+    .concat();
+    let from_env = {
+        let mut c = outboxer();
+        c.env("OUTBOXER_LOG_FORMAT", "json").args(check);
+        c.output().expect("run")
+    };
+    for o in [
+        run(&from_file),
+        run(&[&["--log-format", "json"], &check[..]].concat()),
+        from_env,
+    ] {
+        assert!(o.status.success(), "{}", text(&o));
+        let log = stderr_of(&o);
+        assert!(!log.is_empty());
+        for line in log.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert!(v["ts"].as_str().is_some_and(is_rfc3339_json), "{line}");
+        }
+    }
+    let bad_toml = dir.join("bad.toml");
+    std::fs::write(&bad_toml, "log_format = \"yaml\"\n").expect("write");
+    for args in [
+        [
+            &check[..],
+            &["--config", bad_toml.to_str().unwrap_or_default()],
+        ]
+        .concat(),
+        [&check[..], &["--log-format", "xml"]].concat(),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    drop_table(&table);
+}
+
+fn is_rfc3339_json(ts: &str) -> bool {
+    ts.len() == 24 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z')
+}

@@ -53,6 +53,9 @@ impl<S: Store> Store for TimedStore<S> {
     fn purge_parked(&self, older_than: Duration, limit: usize) -> outboxer::Result<u64> {
         self.inner.purge_parked(older_than, limit)
     }
+    fn purgeable(&self, older_than: Duration) -> outboxer::Result<outboxer::store::Purgeable> {
+        self.inner.purgeable(older_than)
+    }
     fn attempts_histogram(&self) -> outboxer::Result<Vec<(u32, u64)>> {
         self.inner.attempts_histogram()
     }

@@ -160,7 +160,18 @@ impl<S: Store> Outbox<S> {
         unblock("migrating the table", move || outbox.migrate()).await
     }
 
-    /// Moves parked messages back to pending with a fresh attempt budget.
+    /// Moves parked messages back to pending with a fresh attempt budget: by id,
+    /// all, or those matching a [`crate::store::ParkedFilter`] (age, error text).
+    ///
+    /// ```no_run
+    /// # async fn demo(outbox: outboxer::async_impl::Outbox<outboxer::async_impl::store::PostgresStore>) -> Result<(), outboxer::Error> {
+    /// use outboxer::store::{ParkedFilter, Requeue};
+    ///
+    /// let which = ParkedFilter::new().error_contains("NOT_FOUND - no exchange");
+    /// let moved = outbox.requeue(Requeue::Matching(which)).await?;
+    /// println!("requeued {moved} parked message(s)");
+    /// # Ok(()) }
+    /// ```
     pub async fn requeue(&self, which: Requeue) -> Result<u64> {
         let outbox = Arc::clone(&self.inner);
         unblock("requeueing parked messages", move || outbox.requeue(&which)).await

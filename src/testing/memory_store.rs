@@ -2,8 +2,8 @@
 //! that a test can inject.
 
 use crate::blocking::store::{
-    BatchLimit, Claim, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats, Store,
-    TxStore, Undecodable,
+    BatchLimit, Claim, FailedAttempt, HeldKey, Lease, ParkedMessage, Purgeable, Requeue, Stats,
+    Store, TxStore, Undecodable,
 };
 use crate::message::{Headers, Message, MessageId, Options, StoredMessage};
 use crate::{Error, Result};
@@ -459,13 +459,22 @@ impl Store for MemoryStore {
         let mut s = self.state.lock();
         let now = Instant::now();
         let wanted: Option<HashSet<i64>> = match which {
-            Requeue::AllParked => None,
             Requeue::Ids(ids) => Some(ids.iter().copied().collect()),
+            _ => None,
+        };
+        let matches = |e: &Entry| match which {
+            Requeue::Matching(f) => {
+                let old = f.older_than.is_none_or(|age| e.created.elapsed() > age);
+                let text = f.error_text().map(str::to_lowercase);
+                let error = e.row.last_error.as_deref().map(str::to_lowercase);
+                old && text.is_none_or(|t| error.is_some_and(|e| e.contains(&t)))
+            }
+            _ => true,
         };
         let mut n = 0;
         for e in s.rows.values_mut() {
             let parked = matches!(e.row.status, RowStatus::Parked | RowStatus::Skipped);
-            if parked && wanted.as_ref().is_none_or(|w| w.contains(&e.row.id)) {
+            if parked && wanted.as_ref().is_none_or(|w| w.contains(&e.row.id)) && matches(e) {
                 e.row.status = RowStatus::Pending;
                 e.row.attempts = 0;
                 e.available_at = now;
@@ -524,6 +533,29 @@ impl Store for MemoryStore {
             matches!(e.row.status, RowStatus::Parked | RowStatus::Skipped)
                 && e.created.elapsed() > older_than
         }))
+    }
+
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        Ok(Some(Vec::new())) // no indexes to miss
+    }
+
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+        let s = self.state.lock();
+        let mut p = Purgeable::default();
+        for e in s.rows.values() {
+            match e.row.status {
+                RowStatus::Dispatched
+                    if e.dispatched_at.is_some_and(|d| d.elapsed() > older_than) =>
+                {
+                    p.dispatched += 1
+                }
+                RowStatus::Parked | RowStatus::Skipped if e.created.elapsed() > older_than => {
+                    p.parked += 1
+                }
+                _ => {}
+            }
+        }
+        Ok(p)
     }
 
     fn stats(&self) -> Result<Stats> {

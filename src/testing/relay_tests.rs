@@ -427,3 +427,34 @@ fn unmarked_messages_of_a_database_outage_are_logged_once_per_batch() {
         lines.len()
     );
 }
+
+#[test]
+fn memory_store_requeues_by_age_and_error_text() {
+    use crate::store::{FailedAttempt, Lease, ParkedFilter, Requeue, Store};
+    let store = MemoryStore::new();
+    let park = |body: &str, error: &str| {
+        store
+            .enqueue(&[Message::new(body.as_bytes().to_vec())])
+            .expect("enqueue");
+        let l = Lease::new(Duration::from_secs(30));
+        let got = store.claim(&l, 10.into()).expect("claim").messages;
+        let f = FailedAttempt {
+            id: got[0].id,
+            error: error.into(),
+            retry_in: Duration::ZERO,
+            park: true,
+            hold_key: false,
+        };
+        assert_eq!(store.mark_failed(&l, &[f]).expect("park"), 1);
+    };
+    park("old", "NOT_FOUND - no exchange 'a'");
+    std::thread::sleep(Duration::from_millis(300));
+    park("new", "NOT_FOUND - no exchange 'b'");
+    let requeue = |f: ParkedFilter| store.requeue(&Requeue::Matching(f)).expect("requeue");
+    let older = ParkedFilter::new().older_than(Duration::from_millis(200));
+    assert_eq!(requeue(older.clone().error_contains("exchange 'B'")), 0);
+    assert_eq!(requeue(older.error_contains("no EXCHANGE")), 1);
+    assert_eq!(store.rows_in(RowStatus::Skipped).len(), 1); // parked without holding a key
+    assert_eq!(requeue(ParkedFilter::new().error_contains("")), 1);
+    assert!(store.rows_in(RowStatus::Skipped).is_empty());
+}

@@ -41,6 +41,9 @@ impl Harness for My {
             format!("INSERT INTO {t} (payload, options, headers) VALUES ('from go', '{{}}', '{{\"n\": 1}}')"),
         ]
     }
+    fn index_ref(table: &str, index: &str) -> String {
+        format!("`{index}` ON `{table}`")
+    }
     fn drop_table(t: &str) {
         Self::exec(&[
             format!("DROP TABLE IF EXISTS `{t}`"),

@@ -32,6 +32,9 @@ impl Harness for Pg {
             format!("INSERT INTO {t} (payload, options, headers) VALUES ('from go', '{{}}', '{{\"n\": 1}}')"),
         ]
     }
+    fn index_ref(_table: &str, index: &str) -> String {
+        format!("\"{index}\"")
+    }
     fn drop_table(t: &str) {
         Self::exec(&[format!("DROP TABLE IF EXISTS \"{t}\"")]);
     }

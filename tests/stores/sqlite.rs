@@ -81,6 +81,9 @@ impl Harness for Sqlite {
             ),
         ]
     }
+    fn index_ref(_table: &str, index: &str) -> String {
+        format!("\"{index}\"")
+    }
     fn drop_table(t: &str) {
         Self::exec(&[format!("DROP TABLE IF EXISTS \"{t}\"")]);
     }

@@ -67,6 +67,9 @@ impl Harness for Mssql {
             ),
         ]
     }
+    fn index_ref(table: &str, index: &str) -> String {
+        format!("[{index}] ON [{table}]")
+    }
     fn drop_table(t: &str) {
         Self::exec(&[format!("DROP TABLE IF EXISTS [{t}]")]);
     }

@@ -43,6 +43,7 @@ pub fn snapshot(store: &dyn Store, parked_limit: usize) -> Result<Snapshot, Fail
 /// The `--json` form; field names are stable (documented in the README).
 pub fn to_json(s: &Snapshot, store: &str, table: &str) -> serde_json::Value {
     json!({
+        "ts": parse::rfc3339_millis(SystemTime::now()),
         "store": store,
         "table": table,
         "pending": s.stats.pending,
@@ -173,12 +174,9 @@ pub fn stats(store: &dyn Store, o: &StatsOptions, shown: &str, table: &str) -> R
             format!("{}\n", to_json(&snap, shown, table))
         } else if o.watch.is_some() {
             // Clear the screen and print the time of the refresh.
-            let ts = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
             format!(
-                "\x1b[2J\x1b[H(unix time {ts})\n{}",
+                "\x1b[2J\x1b[H{}\n{}",
+                parse::rfc3339_millis(SystemTime::now()),
                 to_text(&snap, shown, table)
             )
         } else {
@@ -197,9 +195,10 @@ pub fn stats(store: &dyn Store, o: &StatsOptions, shown: &str, table: &str) -> R
     }
 }
 
-pub fn requeue(store: &dyn Store, which: &Requeue) -> Result<(), Fail> {
+/// `what` describes a filter (` enqueued before ..`, ` whose last error ..`).
+pub fn requeue(store: &dyn Store, which: &Requeue, what: &str) -> Result<(), Fail> {
     let n = store.requeue(which)?;
-    println!("requeued {n} parked message(s)");
+    println!("requeued {n} parked message(s){what}");
     Ok(())
 }
 
@@ -224,6 +223,33 @@ pub fn skip(store: &dyn Store, ids: &[i64]) -> Result<(), Fail> {
             refused.join(", ")
         )))
     }
+}
+
+/// Says what [`purge`] would delete, deleting nothing.
+pub fn purge_dry_run(
+    store: &dyn Store,
+    age: Duration,
+    before: &str,
+    parked: bool,
+) -> Result<(), Fail> {
+    let p = store.purgeable(age)?;
+    println!(
+        "dry run: would purge {} dispatched message(s) dispatched before {before}",
+        p.dispatched
+    );
+    if parked {
+        println!(
+            "dry run: would purge {} parked message(s) enqueued before {before}",
+            p.parked
+        );
+    } else {
+        println!(
+            "dry run: {} parked message(s) enqueued before {before} stay (--include-parked deletes them)",
+            p.parked
+        );
+    }
+    println!("dry run: nothing deleted; pending messages are never deleted");
+    Ok(())
 }
 
 /// Deletes dispatched rows older than `age` (and with `parked`, parked rows enqueued

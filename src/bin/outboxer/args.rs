@@ -16,12 +16,37 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr: `text` (RFC 3339 UTC time, level, message) or `json`
+    /// (one object per line: ts, level, target, msg and the record's key-values)
+    /// [default: text]
+    #[arg(long, global = true, env = "OUTBOXER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::logging::LogFormat>,
+}
+
+impl Command {
+    /// The options shared by every subcommand (for the config file's path).
+    pub fn common(&self) -> &Common {
+        match self {
+            Command::Migrate(c) => c,
+            Command::Check(a) => &a.common,
+            Command::Relay(a) => &a.common,
+            Command::Stats(a) => &a.common,
+            Command::Requeue(a) => &a.common,
+            Command::Skip(a) => &a.common,
+            Command::Purge(a) => &a.common,
+            Command::Bench(a) => &a.common,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or upgrade the outbox table and its indexes (idempotent).
     Migrate(Common),
+    /// Connect to the store and the stream and check that the table is migrated:
+    /// one line per check, exit 0 when all is well, 1 otherwise (for exec probes
+    /// and deploy pipelines).
+    Check(CheckArgs),
     /// Run the relay until SIGINT or SIGTERM.
     Relay(RelayArgs),
     /// Counts by status, oldest pending age, attempts histogram, parked messages,
@@ -118,6 +143,23 @@ pub struct RelayOptions {
     pub log_interval: Option<String>,
 }
 
+#[derive(Debug, Args, Clone, Default)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Stream URL (as for `relay`); without one, only the store and table are checked
+    #[arg(long, env = "OUTBOXER_STREAM", hide_env_values = true)]
+    pub stream: Option<String>,
+    /// Read the stream URL from this file instead (trimmed)
+    #[arg(
+        long,
+        env = "OUTBOXER_STREAM_FILE",
+        value_name = "PATH",
+        conflicts_with = "stream"
+    )]
+    pub stream_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct StatsArgs {
     #[command(flatten)]
@@ -125,9 +167,10 @@ pub struct StatsArgs {
     /// One JSON object per line on stdout (stable field names)
     #[arg(long)]
     pub json: bool,
-    /// Refresh every SECS seconds (default 2) until interrupted
-    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
-    pub watch: Option<f64>,
+    /// Refresh every DURATION (2s, 500ms, 1m; a bare number is seconds; default
+    /// 2s) until interrupted; each refresh is stamped with its RFC 3339 time
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "2s")]
+    pub watch: Option<String>,
     /// With --watch: stop after this many refreshes
     #[arg(long, value_name = "N", requires = "watch")]
     pub count: Option<u64>,
@@ -146,16 +189,24 @@ pub struct SkipArgs {
 }
 
 #[derive(Debug, Args, Clone)]
-#[group(id = "which", required = true, multiple = false, args = ["id", "all_parked"])]
+#[group(id = "which", required = true, multiple = true, args = ["id", "all_parked", "before", "error_contains"])]
 pub struct RequeueArgs {
     #[command(flatten)]
     pub common: Common,
     /// Row id of a parked message (repeatable)
-    #[arg(long = "id", value_name = "ID")]
+    #[arg(long = "id", value_name = "ID", conflicts_with_all = ["all_parked", "before", "error_contains"])]
     pub id: Vec<i64>,
     /// Every parked message
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["before", "error_contains"])]
     pub all_parked: bool,
+    /// Parked messages enqueued before this: an RFC 3339 time
+    /// (2026-11-20T00:00:00Z) or an age (7d, 12h, 30m)
+    #[arg(long, value_name = "TIME|AGE")]
+    pub before: Option<String>,
+    /// Parked messages whose last error contains this text (case-insensitive);
+    /// with --before, those that match both
+    #[arg(long, value_name = "TEXT")]
+    pub error_contains: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -171,6 +222,9 @@ pub struct PurgeArgs {
     /// with `outboxer stats` first)
     #[arg(long)]
     pub include_parked: bool,
+    /// Say what would be deleted (counts by status, the cutoff) and delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -12,6 +12,8 @@ pub const USAGE: u8 = 2;
 pub struct Fail {
     pub code: u8,
     pub message: String,
+    /// A TLS mistake (`Error::Tls`): a certificate, CA file or TLS setting.
+    pub tls: bool,
 }
 
 impl Fail {
@@ -19,6 +21,7 @@ impl Fail {
         Fail {
             code: USAGE,
             message: message.into(),
+            tls: false,
         }
     }
 
@@ -26,6 +29,7 @@ impl Fail {
         Fail {
             code: RUNTIME,
             message: message.into(),
+            tls: false,
         }
     }
 
@@ -45,6 +49,7 @@ impl fmt::Display for Fail {
 impl From<outboxer::Error> for Fail {
     fn from(e: outboxer::Error) -> Fail {
         use outboxer::Error as E;
+        let tls = matches!(e, E::Tls { .. });
         let code = match e {
             E::Config { .. } | E::InvalidIdentifier { .. } | E::InvalidUrl { .. } => USAGE,
             _ => RUNTIME,
@@ -59,6 +64,6 @@ impl From<outboxer::Error> for Fail {
             }
             source = s.source();
         }
-        Fail { code, message }
+        Fail { code, message, tls }
     }
 }

@@ -4,38 +4,68 @@
 mod admin;
 mod args;
 mod bench;
+mod check;
 mod connect;
 mod fail;
+mod logging;
 mod parse;
 mod relay;
 mod settings;
 
 use args::{Cli, Command, Common};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use connect::{display_url, open_store, open_stream};
 use fail::Fail;
-use outboxer::store::Requeue;
+use outboxer::store::{ParkedFilter, Requeue};
 use settings::{FileConfig, RelaySettings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-/// The default log filter (`env_logger` syntax, like `RUST_LOG`).
-const DEFAULT_LOG: &str = "warn,outboxer=info,outboxer::blocking::relay=error";
+/// The version line: the crate's version and the stores and streams compiled in.
+fn version() -> String {
+    let on = |list: &[(&'static str, bool)]| {
+        list.iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let stores = on(&[
+        ("postgres", true),
+        ("mysql", true),
+        ("sqlite", true),
+        ("sqlserver", cfg!(feature = "sqlserver")),
+    ]);
+    let streams = on(&[
+        ("amqp", true),
+        ("kafka", cfg!(feature = "kafka")),
+        ("sqs", cfg!(feature = "sqs")),
+        ("kinesis", cfg!(feature = "kinesis")),
+        ("pubsub", cfg!(feature = "pubsub")),
+    ]);
+    format!(
+        "{} (stores: {stores}; streams: {streams})",
+        env!("CARGO_PKG_VERSION")
+    )
+}
 
 fn main() -> ExitCode {
-    let cli = Cli::parse(); // usage errors exit with code 2
-                            // Logs go to stderr; OUTBOXER_LOG overrides the default. By default: info for
-                            // outboxer, warnings for the drivers (no PostgreSQL NOTICEs), and the library
-                            // relay's own per-failure warnings left out, because the command logs every
-                            // failure from the relay's err() channel itself (rate-limited during outages).
-    env_logger::Builder::from_env(
-        env_logger::Env::default()
-            .filter_or("OUTBOXER_LOG", DEFAULT_LOG)
-            .write_style("OUTBOXER_LOG_STYLE"),
-    )
-    .format_target(false)
-    .init();
+    // clap takes a &'static str; this runs once.
+    let version: &'static str = Box::leak(version().into_boxed_str());
+    let cli = match Cli::from_arg_matches(&Cli::command().version(version).get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(), // usage errors exit with code 2
+    };
+    // The log format: flag or OUTBOXER_LOG_FORMAT, else the config file's
+    // `log_format` (a file that fails to load is reported by the command itself).
+    let format = cli.log_format.or_else(|| {
+        FileConfig::load(cli.command.common())
+            .ok()
+            .and_then(|f| f.log_format)
+            .and_then(|f| logging::LogFormat::parse(&f))
+    });
+    logging::init(format.unwrap_or(logging::LogFormat::Text));
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -57,12 +87,12 @@ fn open(common: &Common, file: &FileConfig, default_table: &str) -> Result<Opene
     let table = t.table.unwrap_or_else(|| default_table.to_string());
     let shown = display_url(&t.store);
     let store = open_store(&t.store, Some(&table)).map_err(|f| Fail {
-        code: f.code,
         message: if f.message.contains(&shown) {
             f.message
         } else {
             format!("store {shown}: {}", f.message)
         },
+        ..f
     })?;
     Ok(Opened {
         store,
@@ -92,6 +122,12 @@ fn run(command: Command) -> Result<(), Fail> {
             let what = format!("table {} on {}", o.table, o.shown);
             admin::migrate(&*o.store, &what)
         }
+        Command::Check(a) => {
+            let file = FileConfig::load(&a.common)?;
+            let target = settings::target(&a.common, &file)?;
+            let url = settings::stream_url(a.stream.as_ref(), a.stream_file.as_deref(), &file)?;
+            check::run(&target, url.as_deref())
+        }
         Command::Relay(a) => {
             let file = FileConfig::load(&a.common)?;
             let settings = RelaySettings::resolve(&a.relay, &file)?;
@@ -110,12 +146,15 @@ fn run(command: Command) -> Result<(), Fail> {
             let file = FileConfig::load(&a.common)?;
             let watch = match a.watch {
                 None => None,
-                Some(secs) => Some(
-                    Duration::try_from_secs_f64(secs)
-                        .ok()
-                        .filter(|d| *d >= Duration::from_millis(100))
-                        .ok_or_else(|| {
-                            Fail::usage(format!("--watch {secs}: give at least 0.1 seconds"))
+                Some(every) => Some(
+                    parse::duration(&every)
+                        .map_err(|e| Fail::usage(format!("--watch: {e}")))
+                        .and_then(|d| {
+                            if d >= Duration::from_millis(100) {
+                                Ok(d)
+                            } else {
+                                Err(Fail::usage(format!("--watch {every}: give at least 100ms")))
+                            }
                         })?,
                 ),
             };
@@ -131,13 +170,36 @@ fn run(command: Command) -> Result<(), Fail> {
         }
         Command::Requeue(a) => {
             let file = FileConfig::load(&a.common)?;
-            let which = if a.all_parked {
-                Requeue::AllParked
+            let (which, what) = if a.all_parked {
+                (Requeue::AllParked, String::new())
+            } else if a.before.is_some() || a.error_contains.is_some() {
+                let mut filter = ParkedFilter::new();
+                let mut what = String::new();
+                if let Some(before) = &a.before {
+                    let now = SystemTime::now();
+                    let age = parse::age_or_time(before, now)
+                        .map_err(|e| Fail::usage(format!("--before: {e}")))?;
+                    filter = filter.older_than(age);
+                    what.push_str(&format!(
+                        " enqueued before {}",
+                        parse::rfc3339_millis(
+                            now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)
+                        )
+                    ));
+                }
+                if let Some(text) = &a.error_contains {
+                    if text.is_empty() {
+                        return Err(Fail::usage("--error-contains: give some text"));
+                    }
+                    filter = filter.error_contains(text.as_str());
+                    what.push_str(&format!(" whose last error contains {text:?}"));
+                }
+                (Requeue::Matching(filter), what)
             } else {
-                Requeue::Ids(a.id)
+                (Requeue::Ids(a.id), String::new())
             };
             let o = open(&a.common, &file, "event_store")?;
-            admin::requeue(&*o.store, &which)
+            admin::requeue(&*o.store, &which, &what)
         }
         Command::Skip(a) => {
             let file = FileConfig::load(&a.common)?;
@@ -148,8 +210,16 @@ fn run(command: Command) -> Result<(), Fail> {
             let file = FileConfig::load(&a.common)?;
             let age = parse::age_or_time(&a.before, SystemTime::now())
                 .map_err(|e| Fail::usage(format!("--before: {e}")))?;
+            let cutoff = SystemTime::now()
+                .checked_sub(age)
+                .map(parse::rfc3339_millis)
+                .unwrap_or_else(|| a.before.clone());
             let o = open(&a.common, &file, "event_store")?;
-            admin::purge(&*o.store, age, &a.before, a.include_parked)
+            if a.dry_run {
+                admin::purge_dry_run(&*o.store, age, &cutoff, a.include_parked)
+            } else {
+                admin::purge(&*o.store, age, &cutoff, a.include_parked)
+            }
         }
         Command::Bench(a) => {
             let file = FileConfig::load(&a.common)?;

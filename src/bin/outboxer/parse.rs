@@ -39,6 +39,43 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The civil date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
+/// `t` as RFC 3339 in UTC with milliseconds: `2026-11-20T08:30:00.250Z` (a time
+/// before 1970 is shown as the epoch).
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (y, mo, day) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60,
+        d.subsec_millis()
+    )
+}
+
 /// An RFC 3339 time: `2026-11-20T08:30:00Z`, `2026-11-20T08:30:00.5+01:00`
 /// (a space may replace the `T`).
 pub fn rfc3339(s: &str) -> Result<SystemTime, String> {
@@ -161,6 +198,23 @@ mod tests {
         ] {
             assert!(rfc3339(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        for secs in [0u64, 951_868_800, 1_795_163_400, 4_107_542_399] {
+            let t = UNIX_EPOCH + Duration::new(secs, 987_654_321);
+            let shown = rfc3339_millis(t);
+            assert_eq!(shown.len(), 24, "{shown}");
+            assert_eq!(
+                rfc3339(&shown),
+                Ok(UNIX_EPOCH + Duration::new(secs, 987_000_000))
+            );
+        }
+        assert_eq!(
+            rfc3339_millis(UNIX_EPOCH + Duration::from_millis(1_795_163_400_250)),
+            "2026-11-20T08:30:00.250Z"
+        );
     }
 
     #[test]

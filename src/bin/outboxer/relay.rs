@@ -31,15 +31,6 @@ pub fn stop_signals() -> Result<Receiver<i32>, Fail> {
     Ok(rx)
 }
 
-fn action(a: FailureAction) -> &'static str {
-    match a {
-        FailureAction::Retry => "will retry",
-        FailureAction::Parked => "parked",
-        FailureAction::Released => "released",
-        _ => "relay keeps going",
-    }
-}
-
 /// Runs the relay until a stop signal; logs outcomes to stderr.
 pub fn run(
     store: Box<dyn Store>,
@@ -81,55 +72,43 @@ pub fn run(
     log::info!("relay started: {what}");
     let summary = tick(s.log_interval);
     let started = Instant::now();
-    let (mut ok, mut failed, mut parked) = (0u64, 0u64, 0u64);
-    // Broker or database outages release whole batches: one warning per summary
-    // interval, the rest at debug level, so an outage does not flood the log.
-    let mut released_quiet = 0u64;
+    // One source of truth for failures: the library logs each message failure
+    // once and every outage rate-limited (when it starts, per report interval,
+    // when it ends). The command counts outcomes for its summary and adds no line
+    // per message at any level below trace.
+    let (mut ok, mut failed, mut parked, mut released) = (0u64, 0u64, 0u64, 0u64);
     let (mut last_ok, mut last_failed) = (0u64, 0u64);
     loop {
         select! {
             recv(relay.ok()) -> d => match d {
                 Ok(d) => {
                     ok += 1;
-                    log::debug!("published {} (row {})", d.message_id, d.id);
+                    log::trace!(message_id:display = d.message_id, row = d.id; "published");
                 }
                 Err(_) => break,
             },
             recv(relay.err()) -> f => match f {
+                // An outage arrives once per report (the library counts its
+                // released messages in that report), a message failure per message.
+                Ok(f) if f.action == FailureAction::Released => released += 1,
                 Ok(f) => {
                     failed += 1;
                     if f.action == FailureAction::Parked {
                         parked += 1;
-                    }
-                    let msg = f
-                        .message_id
-                        .map(|m| format!("message {m} (row {})", f.id.unwrap_or_default()))
-                        .unwrap_or_else(|| "relay".to_string());
-                    if f.action == FailureAction::Released {
-                        released_quiet += 1;
-                        if released_quiet == 1 {
-                            log::warn!(
-                                "{msg}: {} ({}; more of these until the next summary are logged at debug level)",
-                                f.error,
-                                action(f.action)
-                            );
-                        } else {
-                            log::debug!("{msg}: {} ({})", f.error, action(f.action));
-                        }
-                    } else {
-                        log::warn!("{msg}: {} ({})", f.error, action(f.action));
                     }
                 }
                 Err(_) => break,
             },
             recv(summary) -> _ => {
                 if ok != last_ok || failed != last_failed {
+                    let (p, f) = (ok - last_ok, failed - last_failed);
                     log::info!(
-                        "published {} failed {} (released {released_quiet}) in the last {:?} \
-                         (total: published {ok}, failed {failed}, parked {parked})",
-                        ok - last_ok, failed - last_failed, s.log_interval
+                        published = p, failed = f, total_published = ok, total_failed = failed,
+                        total_parked = parked, outage_reports = released;
+                        "published {p} failed {f} in the last {:?} (total: published {ok}, \
+                         failed {failed}, parked {parked}, outage reports {released})",
+                        s.log_interval
                     );
-                    released_quiet = 0;
                     last_ok = ok;
                     last_failed = failed;
                 }
@@ -144,11 +123,15 @@ pub fn run(
         }
     }
     relay.stop()?;
-    // Outcomes recorded while stopping.
+    // Outcomes recorded while stopping (the library logged the failures).
     ok += relay.ok().try_iter().count() as u64;
     for f in relay.err().try_iter() {
-        failed += 1;
-        log::warn!("{} ({})", f.error, action(f.action));
+        if f.action != FailureAction::Released {
+            failed += 1;
+        }
+        if f.action == FailureAction::Parked {
+            parked += 1;
+        }
     }
     let c = relay.counters();
     log::info!(

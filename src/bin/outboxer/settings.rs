@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub cleanup_interval: Option<String>,
     pub cleanup_before: Option<String>,
     pub log_interval: Option<String>,
+    /// `text` or `json` (`--log-format`).
+    pub log_format: Option<String>,
 }
 
 impl FileConfig {
@@ -43,6 +45,19 @@ impl FileConfig {
     }
 
     fn read(path: &Path) -> Result<FileConfig, Fail> {
+        let file = Self::parse(path)?;
+        if let Some(f) = &file.log_format {
+            if crate::logging::LogFormat::parse(f).is_none() {
+                return Err(Fail::usage(format!(
+                    "config file {}: log_format `{f}`: use `text` or `json`",
+                    path.display()
+                )));
+            }
+        }
+        Ok(file)
+    }
+
+    fn parse(path: &Path) -> Result<FileConfig, Fail> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Fail::usage(format!("cannot read config file {}: {e}", path.display())))?;
         // toml's messages quote the offending line: a password there would be shown,

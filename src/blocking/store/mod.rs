@@ -189,6 +189,70 @@ pub enum Requeue {
     AllParked,
     /// These row ids (only those that are parked).
     Ids(Vec<i64>),
+    /// The parked messages that meet every condition of the filter (an empty
+    /// filter: every parked message).
+    Matching(ParkedFilter),
+}
+
+/// Which parked messages [`Requeue::Matching`] selects; every condition given must
+/// hold.
+///
+/// ```no_run
+/// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+/// use outboxer::store::{ParkedFilter, Requeue};
+/// use std::time::Duration;
+///
+/// // Parked more than an hour ago by a refusal that has been fixed since.
+/// let which = ParkedFilter::new()
+///     .older_than(Duration::from_secs(3600))
+///     .error_contains("NOT_FOUND - no exchange");
+/// let moved = store.requeue(&Requeue::Matching(which))?;
+/// println!("requeued {moved} parked message(s)");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ParkedFilter {
+    /// Enqueued (`created_at`) more than this long ago, by the database clock.
+    pub older_than: Option<Duration>,
+    /// `last_error` contains this text, ignoring the case of ASCII letters
+    /// (of every letter on PostgreSQL and MySQL). Empty: no condition.
+    pub error_contains: Option<String>,
+}
+
+impl ParkedFilter {
+    /// A filter without conditions (every parked message).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only messages enqueued more than `age` ago (by the database clock).
+    pub fn older_than(mut self, age: Duration) -> Self {
+        self.older_than = Some(age);
+        self
+    }
+
+    /// Only messages whose `last_error` contains `text` (case-insensitive).
+    pub fn error_contains(mut self, text: impl Into<String>) -> Self {
+        self.error_contains = Some(text.into());
+        self
+    }
+
+    /// The error text to look for, `None` when there is no such condition.
+    pub(crate) fn error_text(&self) -> Option<&str> {
+        self.error_contains.as_deref().filter(|t| !t.is_empty())
+    }
+}
+
+/// What [`Store::purgeable`] counts: rows older than a cutoff that a purge
+/// would delete.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purgeable {
+    /// Dispatched before the cutoff (`dispatched_at`), as [`Store::cleanup`] deletes.
+    pub dispatched: u64,
+    /// Parked or skipped, enqueued before the cutoff (`created_at`), as
+    /// [`Store::purge_parked`] deletes.
+    pub parked: u64,
 }
 
 /// A snapshot of the table.
@@ -372,6 +436,19 @@ pub trait Store: Send + Sync + 'static {
     /// ```
     fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64>;
 
+    /// How many rows [`Store::cleanup`] and [`Store::purge_parked`] with this age
+    /// would delete now (by the database clock), deleting nothing: what a dry run
+    /// of a purge shows.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// use std::time::Duration;
+    /// let p = store.purgeable(Duration::from_secs(7 * 24 * 3600))?;
+    /// println!("{} dispatched and {} parked message(s) are older than 7 days", p.dispatched, p.parked);
+    /// # Ok(()) }
+    /// ```
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable>;
+
     /// Counts by status and the age of the oldest pending message.
     fn stats(&self) -> Result<Stats>;
 
@@ -407,6 +484,37 @@ pub trait Store: Send + Sync + 'static {
     fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
         Ok(None)
     }
+
+    /// The indexes [`Store::migrate`] creates that the table lacks, by name (empty:
+    /// all there); `None` when this store cannot tell. `outboxer check` reports
+    /// them: a table without them works, slowly.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// if let Some(missing) = store.missing_indexes()? {
+    ///     if !missing.is_empty() {
+    ///         println!("run migrate: indexes missing: {}", missing.join(", "));
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+}
+
+/// Which of `expected` index names are not among `present` (ASCII case ignored).
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+pub(crate) fn not_present(expected: Vec<String>, present: &[String]) -> Vec<String> {
+    expected
+        .into_iter()
+        .filter(|e| !present.iter().any(|p| p.eq_ignore_ascii_case(e)))
+        .collect()
 }
 
 /// A [`Store`] whose messages can join the caller's transaction: the part of the
@@ -510,6 +618,9 @@ macro_rules! forward_store {
             fn purge_parked(&self, older_than: Duration, limit: usize) -> Result<u64> {
                 (**self).purge_parked(older_than, limit)
             }
+            fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+                (**self).purgeable(older_than)
+            }
             fn stats(&self) -> Result<Stats> {
                 (**self).stats()
             }
@@ -521,6 +632,9 @@ macro_rules! forward_store {
             }
             fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
                 (**self).wake_listener()
+            }
+            fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+                (**self).missing_indexes()
             }
         }
     };

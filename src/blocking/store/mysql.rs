@@ -4,8 +4,8 @@
 
 use super::{run_in, Finish};
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, TxStore, Undecodable,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Purgeable, Requeue,
+    Stats, Store, TxStore, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
@@ -563,6 +563,17 @@ impl Store for MysqlStore {
             Requeue::AllParked => self.inner.sql.requeue(None),
             Requeue::Ids(ids) if ids.is_empty() => return Ok(0),
             Requeue::Ids(ids) => self.inner.sql.requeue(Some(ids)),
+            Requeue::Matching(f) => {
+                let context = "requeueing parked messages";
+                let age = f.older_than.map(micros);
+                let text = f.error_text();
+                let mut tx = self.tx(context)?;
+                tx.exec_drop(self.inner.sql.requeue_matching(), (age, age, text, text))
+                    .map_err(|e| Error::db(context, e))?;
+                let n = tx.affected_rows();
+                tx.commit().map_err(|e| Error::db(context, e))?;
+                return Ok(n);
+            }
         };
         self.write("requeueing parked messages", stmt)
     }
@@ -578,6 +589,39 @@ impl Store for MysqlStore {
         let n = tx.affected_rows();
         tx.commit().map_err(|e| Error::db(context, e))?;
         Ok(n)
+    }
+
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        let t = &self.inner.table;
+        let present: Vec<String> = self
+            .conn()?
+            .exec(
+                "SELECT DISTINCT index_name FROM information_schema.statistics
+                 WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?",
+                (t.schema(), t.table()),
+            )
+            .map_err(|e| Error::db("listing the table's indexes", e))?;
+        let expected = self
+            .inner
+            .sql
+            .indexes
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        Ok(Some(super::not_present(expected, &present)))
+    }
+
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+        let age = micros(older_than);
+        let row: Option<(i64, i64)> = self
+            .conn()?
+            .exec_first(&self.inner.sql.purgeable, (age, age))
+            .map_err(|e| Error::db("counting purgeable messages", e))?;
+        let (dispatched, parked) = row.unwrap_or_default();
+        Ok(Purgeable {
+            dispatched: u64::try_from(dispatched).unwrap_or(0),
+            parked: u64::try_from(parked).unwrap_or(0),
+        })
     }
 
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {

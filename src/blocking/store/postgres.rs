@@ -3,8 +3,8 @@
 
 use super::{run_in, Finish};
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, TxStore, Undecodable, WakeListener,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Purgeable, Requeue,
+    Stats, Store, TxStore, Undecodable, WakeListener,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
@@ -554,6 +554,10 @@ impl Store for PostgresStore {
         let r = match which {
             Requeue::AllParked => conn.execute(&self.inner.sql.requeue_all, &[]),
             Requeue::Ids(ids) => conn.execute(&self.inner.sql.requeue_ids, &[ids]),
+            Requeue::Matching(f) => conn.execute(
+                &self.inner.sql.requeue_matching,
+                &[&f.older_than.map(millis), &f.error_text()],
+            ),
         };
         r.map_err(|e| Error::db("requeueing parked messages", e))
     }
@@ -611,6 +615,38 @@ impl Store for PostgresStore {
         self.conn()?
             .execute(&self.inner.sql.purge_parked, &[&millis(older_than), &limit])
             .map_err(|e| Error::db("purging parked messages", e))
+    }
+
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        let table = &self.inner.table;
+        let present: Vec<String> = self
+            .conn()?
+            .query(
+                "SELECT indexname::text FROM pg_indexes \
+                 WHERE schemaname = coalesce($1, current_schema()) AND tablename = $2",
+                &[&table.schema(), &table.table()],
+            )
+            .map_err(|e| Error::db("listing the table's indexes", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let expected = crate::core::sql::postgres::INDEXES
+            .iter()
+            .map(|s| crate::core::sql::postgres::index_name(table.table(), s))
+            .collect();
+        Ok(Some(super::not_present(expected, &present)))
+    }
+
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+        let row = self
+            .conn()?
+            .query_one(&self.inner.sql.purgeable, &[&millis(older_than)])
+            .map_err(|e| Error::db("counting purgeable messages", e))?;
+        let count = |i: usize| -> u64 { u64::try_from(row.get::<_, i64>(i)).unwrap_or(0) };
+        Ok(Purgeable {
+            dispatched: count(0),
+            parked: count(1),
+        })
     }
 
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {

@@ -86,6 +86,8 @@ pub struct MysqlSql {
     pub attempts_histogram: String,
     /// (? older than µs, ? limit) delete parked rows by created_at.
     pub purge_parked: String,
+    /// (? older than µs, twice) dispatched and parked rows older than the cutoff
+    pub purgeable: String,
     /// (? limit) parked rows: id, message_id, attempts, last_error, ordering_key,
     /// holds key (0/1).
     pub parked: String,
@@ -199,6 +201,13 @@ impl MysqlSql {
                 "DELETE FROM {t} WHERE status IN ('parked', 'skipped')
                    AND created_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND
                  ORDER BY id LIMIT ?"
+            ),
+            purgeable: format!(
+                "SELECT CAST(COALESCE(SUM(status = 'dispatched'
+                          AND dispatched_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND), 0) AS SIGNED),
+                        CAST(COALESCE(SUM(status IN ('parked', 'skipped')
+                          AND created_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND), 0) AS SIGNED)
+                 FROM {t} WHERE status IN ('dispatched', 'parked', 'skipped')"
             ),
             attempts_histogram: format!(
                 "SELECT CAST(attempts AS SIGNED), CAST(COUNT(*) AS SIGNED) FROM {t} \
@@ -339,6 +348,18 @@ impl MysqlSql {
             "UPDATE {} SET status = 'skipped' WHERE status = 'parked' AND id IN ({})",
             self.table,
             ids_list(ids)
+        )
+    }
+
+    /// Matching parked (and skipped) rows back to pending: (? older than µs or
+    /// NULL, twice; ? error text or NULL, twice).
+    pub fn requeue_matching(&self) -> String {
+        format!(
+            "UPDATE {} SET status = 'pending', attempts = 0, available_at = UTC_TIMESTAMP(6), {NO_LEASE}
+             WHERE status IN ('parked', 'skipped')
+               AND (? IS NULL OR created_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND)
+               AND (? IS NULL OR LOCATE(LOWER(?), LOWER(last_error)) > 0)",
+            self.table
         )
     }
 

@@ -36,6 +36,9 @@ pub struct PostgresSql {
     pub requeue_ids: String,
     /// all parked (and skipped) rows back to pending
     pub requeue_all: String,
+    /// ($1 older than ms or NULL, $2 error text or NULL) matching parked rows back
+    /// to pending
+    pub requeue_matching: String,
     /// ($1 ids) parked rows give their keys up
     pub skip: String,
     /// ($1 limit) keys held by a parked head: key, id, message_id, last_error, waiting
@@ -46,11 +49,34 @@ pub struct PostgresSql {
     pub attempts_histogram: String,
     /// ($1 older than ms, $2 limit) delete parked rows by created_at
     pub purge_parked: String,
+    /// ($1 older than ms) dispatched and parked rows older than the cutoff
+    pub purgeable: String,
     /// ($1 limit) parked rows: id, message_id, attempts, last_error, ordering_key,
     /// holds key
     pub parked: String,
     /// The LISTEN/NOTIFY channel name (unquoted).
     pub channel: String,
+}
+
+/// The suffixes of the indexes `migrate` creates (`{table}_{suffix}`).
+pub const INDEXES: [&str; 5] = [
+    "pending_idx",
+    "undelivered_key_idx",
+    "dispatched_idx",
+    "parked_idx",
+    "skipped_idx",
+];
+
+/// The name PostgreSQL gives an index `{table}_{suffix}`: identifiers are cut to
+/// 63 bytes.
+pub fn index_name(table: &str, suffix: &str) -> String {
+    let mut name = format!("{table}_{suffix}");
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    name
 }
 
 /// What a claim returns, in the order `rows` decodes it.
@@ -215,6 +241,12 @@ impl PostgresSql {
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), locked_by = NULL, locked_until = NULL \
                  WHERE status IN ('parked', 'skipped')"
             ),
+            requeue_matching: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = now(), locked_by = NULL, locked_until = NULL \
+                 WHERE status IN ('parked', 'skipped') \
+                   AND ($1::float8 IS NULL OR created_at < now() - $1::float8 * interval '1 millisecond') \
+                   AND ($2::text IS NULL OR strpos(lower(last_error), lower($2::text)) > 0)"
+            ),
             skip: format!(
                 "UPDATE {t} SET status = 'skipped' WHERE id = ANY($1) AND status = 'parked'"
             ),
@@ -241,6 +273,13 @@ impl PostgresSql {
                     SELECT id FROM {t} WHERE status IN ('parked', 'skipped')
                       AND created_at < now() - $1::float8 * interval '1 millisecond'
                     ORDER BY id LIMIT $2)"
+            ),
+            purgeable: format!(
+                "SELECT count(*) FILTER (WHERE status = 'dispatched'
+                          AND dispatched_at < now() - $1::float8 * interval '1 millisecond'),
+                        count(*) FILTER (WHERE status IN ('parked', 'skipped')
+                          AND created_at < now() - $1::float8 * interval '1 millisecond')
+                 FROM {t} WHERE status IN ('dispatched', 'parked', 'skipped')"
             ),
             attempts_histogram: format!(
                 "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked', 'skipped') \
@@ -304,5 +343,23 @@ mod tests {
             .migrate
             .iter()
             .any(|s| s == "DROP INDEX IF EXISTS \"app\".\"events_pending_key_idx\""));
+    }
+}
+
+#[cfg(test)]
+mod index_names {
+    use super::*;
+
+    #[test]
+    fn migrate_creates_every_listed_index_under_its_name() {
+        let t = TableName::parse("app.events").expect("name");
+        let sql = PostgresSql::new(&t);
+        for suffix in INDEXES {
+            let create = format!("CREATE INDEX IF NOT EXISTS \"events_{suffix}\" ON");
+            assert!(sql.migrate.iter().any(|s| s.contains(&create)), "{suffix}");
+        }
+        let long = "t".repeat(60);
+        assert_eq!(index_name(&long, "pending_idx").len(), 63);
+        assert_eq!(index_name("events", "pending_idx"), "events_pending_idx");
     }
 }

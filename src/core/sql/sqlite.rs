@@ -52,6 +52,9 @@ pub struct SqliteSql {
     pub requeue_one: String,
     /// Every parked and skipped row back to pending: (?1 now ms)
     pub requeue_all: String,
+    /// Matching parked and skipped rows back to pending: (?1 now ms, ?2 created
+    /// before ms or NULL, ?3 error text or NULL)
+    pub requeue_matching: String,
     /// Counts (pending, dispatched, parked, leased), the oldest pending
     /// `created_at` (NULL when none) and held keys: (?1 now ms)
     pub stats: String,
@@ -63,10 +66,21 @@ pub struct SqliteSql {
     pub attempts_histogram: String,
     /// (?1 cutoff ms, ?2 limit) delete parked rows created before the cutoff.
     pub purge_parked: String,
+    /// (?1 dispatched/created before ms) dispatched and parked rows older than the cutoff
+    pub purgeable: String,
     /// (?1 limit) parked rows: id, message_id, attempts, last_error, ordering_key,
     /// holds key (0/1).
     pub parked: String,
 }
+
+/// The suffixes of the indexes `migrate` creates (`{table}_{suffix}`).
+pub const INDEXES: [&str; 5] = [
+    "pending_idx",
+    "undelivered_key_idx",
+    "dispatched_idx",
+    "parked_idx",
+    "skipped_idx",
+];
 
 /// What a claim returns, in the order the store decodes it.
 pub const RETURNING: &str =
@@ -254,6 +268,11 @@ impl SqliteSql {
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?1, locked_by = NULL, locked_until = NULL \
                  WHERE status IN ('parked', 'skipped')"
             ),
+            requeue_matching: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = ?1, locked_by = NULL, locked_until = NULL \
+                 WHERE status IN ('parked', 'skipped') AND (?2 IS NULL OR created_at < ?2) \
+                   AND (?3 IS NULL OR instr(lower(last_error), lower(?3)) > 0)"
+            ),
             // One subquery per status, so each count reads its own partial index
             // instead of scanning the whole table.
             stats: format!(
@@ -279,6 +298,10 @@ impl SqliteSql {
                 "DELETE FROM {t} WHERE id IN (
                     SELECT id FROM {t} WHERE status IN ('parked', 'skipped') AND created_at < ?1
                     ORDER BY id LIMIT ?2)"
+            ),
+            purgeable: format!(
+                "SELECT (SELECT count(*) FROM {t} WHERE status = 'dispatched' AND dispatched_at < ?1),
+                        (SELECT count(*) FROM {t} WHERE status IN ('parked', 'skipped') AND created_at < ?1)"
             ),
             attempts_histogram: format!(
                 "SELECT attempts, count(*) FROM {t} WHERE status IN ('pending', 'parked', 'skipped') \
@@ -363,5 +386,20 @@ mod tests {
     fn millis_saturate() {
         assert_eq!(millis(Duration::from_millis(1500)), 1500);
         assert_eq!(millis(Duration::MAX), i64::MAX);
+    }
+}
+
+#[cfg(test)]
+mod index_names {
+    use super::*;
+
+    #[test]
+    fn migrate_creates_every_listed_index_under_its_name() {
+        let t = sqlite_table(&TableName::parse("events").expect("name")).expect("table");
+        let sql = SqliteSql::new(&t);
+        for suffix in INDEXES {
+            let create = format!("CREATE INDEX IF NOT EXISTS \"events_{suffix}\" ON");
+            assert!(sql.indexes.iter().any(|s| s.contains(&create)), "{suffix}");
+        }
     }
 }

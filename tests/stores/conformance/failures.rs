@@ -159,6 +159,12 @@ pub fn purge_parked_only_touches_parked<H: Harness>() {
         1
     );
     std::thread::sleep(Duration::from_millis(20));
+    // What a dry run counts: nothing younger than an hour; with no age, the one
+    // dispatched row and the three parked ones (pending rows never).
+    let none = s.purgeable(Duration::from_secs(3600)).expect("purgeable");
+    assert_eq!((none.dispatched, none.parked), (0, 0));
+    let all = s.purgeable(Duration::ZERO).expect("purgeable");
+    assert_eq!((all.dispatched, all.parked), (1, 3));
     // Younger than an hour: nothing goes.
     assert_eq!(
         s.purge_parked(Duration::from_secs(3600), 100)
@@ -251,5 +257,82 @@ pub fn undecodable_rows_are_claimed_apart<H: Harness>() {
     assert_eq!(parked.iter().map(|p| p.id).collect::<Vec<_>>(), bad);
     let st = s.stats().expect("stats");
     assert_eq!((st.pending, st.dispatched, st.parked), (0, 3, 4), "{st:?}");
+    H::drop_table(&t);
+}
+
+/// `Requeue::Matching`: parked messages selected by age (`created_at`, database
+/// clock) and by text in `last_error` (ignoring ASCII case), both at once; pending
+/// rows never move; requeued rows come back with a fresh budget.
+pub fn requeue_by_age_and_error_text<H: Harness>() {
+    use outboxer::store::ParkedFilter;
+    let t = unique("c_requeue_match");
+    let s = store::<H>(&t);
+    let fail = |l: &Lease, m: &StoredMessage, error: &str| {
+        let f = FailedAttempt {
+            id: m.id,
+            error: error.into(),
+            retry_in: Duration::ZERO,
+            park: true,
+            hold_key: false,
+        };
+        assert_eq!(s.mark_failed(l, &[f]).expect("park"), 1);
+    };
+    s.enqueue(&[msg(1), msg(2)]).expect("enqueue");
+    let l = lease(30);
+    let old = s.claim(&l, 10.into()).expect("claim").messages;
+    fail(
+        &l,
+        &old[0],
+        "broker rejected the message: NOT_FOUND - no exchange 'a'",
+    );
+    fail(&l, &old[1], "message unroutable: 312 NO_ROUTE");
+    std::thread::sleep(Duration::from_millis(1500));
+    s.enqueue(&[msg(3), msg(4)]).expect("enqueue");
+    let l = lease(30);
+    let new = s.claim(&l, 10.into()).expect("claim").messages;
+    fail(
+        &l,
+        &new[0],
+        "broker rejected the message: NOT_FOUND - no exchange 'b'",
+    );
+    s.release(&l, &[new[1].id], Duration::ZERO)
+        .expect("release"); // m4 stays pending
+    let requeue = |f: ParkedFilter| s.requeue(&Requeue::Matching(f)).expect("requeue");
+
+    assert_eq!(
+        requeue(ParkedFilter::new().older_than(Duration::from_secs(3600))),
+        0
+    );
+    assert_eq!(
+        requeue(ParkedFilter::new().error_contains("no such text")),
+        0
+    );
+    // Old and about a missing exchange: m1 only (m3 is too young, m2 another error).
+    let moved = requeue(
+        ParkedFilter::new()
+            .older_than(Duration::from_secs(1))
+            .error_contains("No Exchange"),
+    );
+    assert_eq!(moved, 1);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.pending, st.parked), (2, 2), "{st:?}");
+    // By text alone, whatever the age: m3.
+    assert_eq!(requeue(ParkedFilter::new().error_contains("NOT_FOUND")), 1);
+    // By age alone: m2 (m3 is back already).
+    assert_eq!(
+        requeue(ParkedFilter::new().older_than(Duration::from_secs(1))),
+        1
+    );
+    assert_eq!(requeue(ParkedFilter::new()), 0, "nothing parked is left");
+    let back = s.claim(&lease(30), 10.into()).expect("claim").messages;
+    let mut got: Vec<(String, u32)> = back
+        .iter()
+        .map(|m| (String::from_utf8_lossy(&m.payload).into_owned(), m.attempts))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("m1", 0), ("m2", 0), ("m3", 0), ("m4", 0)].map(|(b, a)| (b.to_string(), a))
+    );
     H::drop_table(&t);
 }

@@ -21,6 +21,8 @@ pub trait Harness {
     fn go_table(table: &str) -> Vec<String>;
     /// Drops the table.
     fn drop_table(table: &str);
+    /// How `DROP INDEX` names index `index` of `table` in this database.
+    fn index_ref(table: &str, index: &str) -> String;
     /// One `INSERT` of a row as another language writes it with plain SQL: the
     /// payload text as bytes, headers and options as JSON text (or NULL), an
     /// optional ordering key; every other column from its default (or "now").
@@ -118,11 +120,11 @@ pub use schema::*;
 macro_rules! store_conformance {
     ($h:ty $(, #[$attr:meta])*) => {
         $crate::store_conformance!(@tests $h, [$(#[$attr])*],
-            send_claim_mark_roundtrip mark_fail_park_requeue attempts_histogram_and_parked_list
+            send_claim_mark_roundtrip mark_fail_park_requeue requeue_by_age_and_error_text attempts_histogram_and_parked_list
             purge_parked_only_touches_parked
             lease_expiry_and_token_checked_marks mark_reports_exactly_the_rows_still_held
             concurrent_claimers_never_share_a_row per_key_fifo rollback_stores_nothing
-            cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table
+            cleanup_only_old_dispatched migrate_concurrently_and_upgrade_go_table missing_indexes_until_migrated
             bad_names_and_unreachable_servers_are_typed_errors
             undecodable_rows_are_claimed_apart release_with_a_delay parked_head_holds_its_key
             skip_and_held_keys claims_honour_the_byte_limit

@@ -96,3 +96,25 @@ pub fn bad_names_and_unreachable_servers_are_typed_errors<H: Harness>() {
         },
     }
 }
+
+/// `missing_indexes` lists every index `migrate` makes before it ran and none
+/// after; `migrate` puts a dropped one back.
+pub fn missing_indexes_until_migrated<H: Harness>() {
+    let t = unique("c_indexes");
+    let s = H::try_store(&t).expect("store");
+    let before = s
+        .missing_indexes()
+        .expect("indexes")
+        .expect("this store can tell");
+    assert!(before.len() >= 3, "{before:?}");
+    s.migrate().expect("migrate");
+    assert_eq!(s.missing_indexes().expect("indexes"), Some(vec![]));
+    H::exec(&[format!("DROP INDEX {}", H::index_ref(&t, &before[0]))]);
+    assert_eq!(
+        s.missing_indexes().expect("indexes"),
+        Some(vec![before[0].clone()])
+    );
+    s.migrate().expect("migrate again");
+    assert_eq!(s.missing_indexes().expect("indexes"), Some(vec![]));
+    H::drop_table(&t);
+}

@@ -162,6 +162,14 @@ impl Store for SqliteStore {
                     }
                     n
                 }
+                Requeue::Matching(f) => {
+                    let before = f.older_than.map(|age| now.saturating_sub(millis(age)));
+                    tx.execute(
+                        &self.inner.sql.requeue_matching,
+                        params![now, before, f.error_text()],
+                    )
+                    .map_err(db(ctx))?
+                }
             };
             Ok(n as u64)
         })
@@ -263,6 +271,41 @@ impl Store for SqliteStore {
                 out.push(row.map_err(db(ctx))?);
             }
             Ok(out)
+        })
+    }
+
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        let table = self.inner.table.table().to_string();
+        let present = self.with_conn(|c| {
+            c.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1")
+                .and_then(|mut s| {
+                    s.query_map([&table], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(db("listing the table's indexes"))
+        })?;
+        let expected = crate::core::sql::sqlite::INDEXES
+            .iter()
+            .map(|s| format!("{table}_{s}"))
+            .collect();
+        Ok(Some(crate::blocking::store::not_present(
+            expected, &present,
+        )))
+    }
+
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+        let ctx = "counting purgeable messages";
+        let (dispatched, parked) = self.with_conn(|c| {
+            let cutoff = now_ms().saturating_sub(millis(older_than));
+            c.prepare_cached(&self.inner.sql.purgeable)
+                .and_then(|mut s| {
+                    s.query_row([cutoff], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                })
+                .map_err(db(ctx))
+        })?;
+        Ok(Purgeable {
+            dispatched: u64::try_from(dispatched).unwrap_or(0),
+            parked: u64::try_from(parked).unwrap_or(0),
         })
     }
 

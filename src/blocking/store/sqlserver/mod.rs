@@ -6,8 +6,8 @@
 
 use super::{run_in, Finish};
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Requeue, Stats,
-    Store, TxStore, Undecodable,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Purgeable, Requeue,
+    Stats, Store, TxStore, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::rows;

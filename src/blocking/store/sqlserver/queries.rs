@@ -191,6 +191,12 @@ impl Store for SqlServerStore {
                 .conn()?
                 .exec(ctx, Query::new(self.inner.sql.requeue_all.as_str())),
             Requeue::Ids(ids) => self.by_ids(ctx, ids, None, None, SqlServerSql::requeue_ids),
+            Requeue::Matching(f) => {
+                let mut query = Query::new(self.inner.sql.requeue_matching.as_str());
+                query.bind(f.older_than.map(q::delay_ms));
+                query.bind(f.error_text().map(str::to_string));
+                self.conn()?.exec(ctx, query)
+            }
         }
     }
 
@@ -211,6 +217,43 @@ impl Store for SqlServerStore {
             remaining -= n;
         }
         Ok(total)
+    }
+
+    fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
+        let ctx = "listing the table's indexes";
+        let sql = &self.inner.sql;
+        let table = sql.table();
+        let rows = self.conn()?.rows_dyn(
+            ctx,
+            "SELECT name FROM sys.indexes WHERE object_id = OBJECT_ID(@P1, N'U') AND name IS NOT NULL",
+            &[&table],
+        )?;
+        let mut present = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let name: Option<&str> = row.try_get(0).map_err(|e| Error::db(ctx, e))?;
+            present.extend(name.map(str::to_string));
+        }
+        let expected = sql.indexes.iter().map(|(n, _)| n.clone()).collect();
+        Ok(Some(crate::blocking::store::not_present(
+            expected, &present,
+        )))
+    }
+
+    fn purgeable(&self, older_than: Duration) -> Result<Purgeable> {
+        let ctx = "counting purgeable messages";
+        let ms = q::delay_ms(older_than);
+        let rows = self
+            .conn()?
+            .rows_dyn(ctx, &self.inner.sql.purgeable, &[&ms])?;
+        let row = rows.first().ok_or_else(|| Error::db(ctx, "no row"))?;
+        let num = |i: usize| -> Result<u64> {
+            let v: Option<i64> = row.try_get(i).map_err(|e| Error::db(ctx, e))?;
+            Ok(u64::try_from(v.unwrap_or(0)).unwrap_or(0))
+        };
+        Ok(Purgeable {
+            dispatched: num(0)?,
+            parked: num(1)?,
+        })
     }
 
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {

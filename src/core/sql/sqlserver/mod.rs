@@ -122,6 +122,9 @@ pub struct SqlServerSql {
     pub cleanup: String,
     /// Every parked row back to pending.
     pub requeue_all: String,
+    /// (@P1 older than ms or NULL, @P2 error text or NULL) matching parked rows
+    /// back to pending.
+    pub requeue_matching: String,
     /// One row: pending, dispatched, parked, leased (BIGINT), oldest pending age in
     /// microseconds (BIGINT), held keys (BIGINT).
     pub stats: String,
@@ -132,6 +135,8 @@ pub struct SqlServerSql {
     pub attempts_histogram: String,
     /// (@P1 older than ms, @P2 rows) delete parked rows by created_at.
     pub purge_parked: String,
+    /// (@P1 older than ms) dispatched and parked rows older than the cutoff (BIGINT, BIGINT).
+    pub purgeable: String,
     /// (@P1 limit) parked rows: id, message_id, attempts, last_error, ordering_key,
     /// holds key (INT 0/1).
     pub parked: String,

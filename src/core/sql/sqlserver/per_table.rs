@@ -191,6 +191,13 @@ impl SqlServerSql {
                 "UPDATE {t} SET status = 'pending', attempts = 0, available_at = SYSUTCDATETIME(), \
                  locked_by = NULL, locked_until = NULL WHERE status IN ('parked', 'skipped')"
             ),
+            requeue_matching: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = SYSUTCDATETIME(), \
+                 locked_by = NULL, locked_until = NULL WHERE status IN ('parked', 'skipped') \
+                 AND (@P1 IS NULL OR created_at < {cutoff}) \
+                 AND (@P2 IS NULL OR CHARINDEX(LOWER(@P2), LOWER(last_error)) > 0)",
+                cutoff = utc_minus_ms("@P1"),
+            ),
             // NOLOCK: a snapshot for monitoring must not wait behind a caller's open
             // transaction; counts may include rows of transactions still in flight.
             stats: format!(
@@ -221,6 +228,13 @@ impl SqlServerSql {
                     ORDER BY id
                  )
                  DELETE FROM d",
+                cutoff = utc_minus_ms("@P1"),
+            ),
+            purgeable: format!(
+                "SELECT (SELECT CAST(COUNT(*) AS BIGINT) FROM {t} WITH (NOLOCK)
+                         WHERE status = 'dispatched' AND dispatched_at < {cutoff}),
+                        (SELECT CAST(COUNT(*) AS BIGINT) FROM {t} WITH (NOLOCK)
+                         WHERE status IN ('parked', 'skipped') AND created_at < {cutoff})",
                 cutoff = utc_minus_ms("@P1"),
             ),
             attempts_histogram: format!(
