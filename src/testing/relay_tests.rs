@@ -458,3 +458,64 @@ fn memory_store_requeues_by_age_and_error_text() {
     assert_eq!(requeue(ParkedFilter::new().error_contains("")), 1);
     assert!(store.rows_in(RowStatus::Skipped).is_empty());
 }
+
+/// A flood of bad messages (a route refused for 300 messages, each retried once
+/// and parked) is not a flood of log lines: the first few failures of each report
+/// interval are logged one by one, the rest are counted into one summary line.
+/// `err()` still gets every failure.
+#[test]
+fn message_failures_are_logged_a_few_per_interval_and_summarised() {
+    let logs = captured_logs();
+    let (store, stream) = (MemoryStore::new(), ScriptedStream::new());
+    let outbox = builder(&store, &stream)
+        .max_attempts(2)
+        .report_interval(Duration::from_secs(60))
+        .build()
+        .expect("outbox");
+    let msgs: Vec<Message> = (0..300)
+        .map(|i| Message::new(format!("bad{i}").into_bytes()))
+        .collect();
+    let ids: Vec<String> = outbox
+        .send_batch(&msgs)
+        .expect("send")
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    stream.fail_where(|_| true, PublishFault::Rejected);
+    let relay = outbox.start().expect("start");
+    let parked = until(Duration::from_secs(20), || {
+        store.rows_in(RowStatus::Parked).len() == 300
+    });
+    let reported = relay.err().try_iter().count();
+    relay.stop().expect("stop");
+    drop(relay);
+    drop(outbox);
+    assert!(parked, "all 300 parked");
+    assert!(reported >= 300, "err() has every failure: {reported}");
+    let lines: Vec<Logged> = logs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(text, kv)| {
+            ids.iter()
+                .any(|id| text.contains(id.as_str()) || kv.iter().any(|(_, v)| v == id))
+        })
+        .cloned()
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.len() <= 10,
+        "a few lines per interval, not one per failure: {} lines",
+        lines.len()
+    );
+    let summary = logs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|(text, kv)| {
+            text.contains("more message failures")
+                && kv
+                    .iter()
+                    .any(|(k, v)| k == "first_message_id" && ids.contains(v))
+        });
+    assert!(summary, "the rest are summarised in one line");
+}
