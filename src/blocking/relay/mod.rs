@@ -10,6 +10,7 @@
 //! report interval while it lasts and once when it ends; a panicking thread stops
 //! the whole relay cleanly and is reported, never a silent death.
 
+mod failure_log;
 mod outage;
 mod spans;
 mod stages;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use failure_log::FailureLog;
 use outage::Outage;
 use stages::{claimer, cleanup, marker, publisher};
 
@@ -181,6 +183,7 @@ struct Ctx<S: Store> {
     counters: Arc<Counters>,
     store_outage: Outage,
     stream_outage: Outage,
+    failure_log: FailureLog,
 }
 
 impl<S: Store> Ctx<S> {
@@ -209,18 +212,8 @@ impl<S: Store> Ctx<S> {
     /// with the message id, row id and attempt (1 = the first publish) also as
     /// the log record's key-values.
     fn report(&self, failure: Failure, attempt: Option<u32>) {
-        let message_id = failure.message_id.map(|m| m.to_string());
-        log::warn!(
-            message_id = message_id.as_deref(),
-            row_id = failure.id,
-            attempt,
-            action:? = failure.action;
-            "outboxer: {} (message {:?}, row {:?}, {:?})",
-            failure.error,
-            failure.message_id,
-            failure.id,
-            failure.action
-        );
+        self.failure_log
+            .log(&failure, attempt, self.shared.config.report_interval);
         self.send_err(failure);
     }
 
@@ -315,6 +308,7 @@ pub(crate) fn start<S: Store>(shared: Arc<Shared<S>>, stream: Box<dyn Stream>) -
         counters: Arc::clone(&counters),
         store_outage: Outage::new("database"),
         stream_outage: Outage::new("broker"),
+        failure_log: FailureLog::new(),
     });
     // One batch may wait while another is published: enough to overlap, little to hold.
     let (claimed_tx, claimed_rx) = bounded::<Claimed>(1);
