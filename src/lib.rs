@@ -105,7 +105,7 @@ pub use crate::core::config::OnPark;
 pub use crate::core::redact::{redact_connection_string, redact_url};
 pub use blocking::store;
 pub use blocking::stream;
-pub use blocking::{Outbox, OutboxBuilder, OutboxTx, Relay, RelayCounters};
+pub use blocking::{Health, OutageStatus, Outbox, OutboxBuilder, OutboxTx, Relay, RelayCounters};
 pub use error::{BoxError, Error, Result};
 pub use message::{
     Delivered, Failure, FailureAction, Headers, Message, MessageId, Options, StoredMessage,

@@ -19,10 +19,10 @@ mod fixtures;
 
 #[cfg(all(feature = "postgres", feature = "amqp"))]
 mod amqp;
-#[cfg(feature = "mysql")]
-mod mysql;
 #[cfg(all(feature = "kafka", feature = "postgres", feature = "amqp"))]
 mod kafka;
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 

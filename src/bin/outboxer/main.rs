@@ -8,6 +8,7 @@ mod connect;
 mod fail;
 mod parse;
 mod relay;
+mod serve;
 mod settings;
 
 use args::{Cli, Command, Common};

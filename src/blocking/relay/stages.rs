@@ -12,7 +12,7 @@ use crate::{Error, Result};
 use crossbeam_channel::{select, Receiver, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
     let cfg = &ctx.shared.config;
@@ -41,7 +41,9 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
         let claim = match ctx.shared.store.claim(&lease, limit) {
             Ok(c) => {
                 db_failures = 0;
-                ctx.store_outage.succeeded(cfg.report_interval);
+                ctx.probe.store_outage.succeeded(cfg.report_interval);
+                *ctx.probe.last_claim.lock() = Some(SystemTime::now());
+                ctx.metrics.claimed(at.elapsed(), c.len());
                 c
             }
             Err(e) => {
@@ -111,6 +113,9 @@ fn park_undecodable<S: Store>(ctx: &Ctx<S>, lease: &Lease, rows: Vec<Undecodable
     ctx.counters
         .failed
         .fetch_add(rows.len() as u64, Ordering::Relaxed);
+    let route = ctx.metrics.unrouted();
+    route.failed.increment(rows.len() as u64);
+    route.parked.increment(rows.len() as u64);
     for r in rows {
         ctx.report(Failure {
             id: Some(r.id),
@@ -135,6 +140,7 @@ pub(super) fn publisher<S: Store>(
     let pause =
         Backoff::new(Duration::from_millis(200), Duration::from_secs(5)).unwrap_or_default();
     let mut down = 0u32;
+    let mut routes = ctx.metrics.routes();
     for claimed in input.iter() {
         // Not started before stop, or so late that another relay may own it by now.
         if ctx.stopped() || claimed.lease_left() < claimed.lease.duration / 5 {
@@ -151,6 +157,7 @@ pub(super) fn publisher<S: Store>(
             claimed.at + claimed.lease.duration * 4 / 5,
             ctx.stop_rx.clone(),
         );
+        let began = Instant::now();
         let outcomes = match catch_unwind(AssertUnwindSafe(|| {
             stream.publish(&claimed.messages, &deadline)
         })) {
@@ -173,6 +180,13 @@ pub(super) fn publisher<S: Store>(
                 continue;
             }
         };
+        ctx.metrics.published(began.elapsed());
+        let now = SystemTime::now();
+        for (m, o) in claimed.messages.iter().zip(&outcomes) {
+            if o.is_ok() {
+                ctx.metrics.lag(now, m.created_at);
+            }
+        }
         let all_down = outcomes
             .iter()
             .all(|o| o.as_ref().is_err_and(Error::is_transient));
@@ -188,6 +202,7 @@ pub(super) fn publisher<S: Store>(
                 id: m.id,
                 message_id: m.message_id,
                 attempts: m.attempts,
+                route: routes.get(stream.route_label(&m.options)),
             })
             .collect();
         if let Err(e) = out.send(Published {
@@ -239,11 +254,17 @@ fn sort<'a, S: Store>(ctx: &Ctx<S>, sent: &'a [Sent], outcomes: Vec<Result<()>>)
         };
         match verdict(&error, m.attempts, cfg.max_attempts, &cfg.backoff) {
             Verdict::Release => {
+                m.route.failed.increment(1);
+                m.route.released.increment(1);
                 s.released.push(m.id);
                 s.outage.get_or_insert((error, m));
             }
             v => {
                 let park = v == Verdict::Park;
+                m.route.failed.increment(1);
+                if park {
+                    m.route.parked.increment(1);
+                }
                 s.failed.push(FailedAttempt {
                     id: m.id,
                     error: error.to_string(),
@@ -282,9 +303,11 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
         } = p;
         let s = sort(ctx, &sent, outcomes);
         let every = cfg.report_interval;
+        let began = Instant::now();
         let delay = match s.outage {
             Some((e, m)) => {
-                if let Some(e) = ctx.stream_outage.failed(e, s.released.len() as u64, every) {
+                let outage = &ctx.probe.stream_outage;
+                if let Some(e) = outage.failed(e, s.released.len() as u64, every) {
                     ctx.send_err(Failure {
                         id: Some(m.id),
                         message_id: Some(m.message_id),
@@ -292,10 +315,10 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
                         action: FailureAction::Released,
                     });
                 }
-                release_delay(ctx.stream_outage.streak())
+                release_delay(outage.streak())
             }
             None => {
-                ctx.stream_outage.succeeded(every);
+                ctx.probe.stream_outage.succeeded(every);
                 Duration::ZERO
             }
         };
@@ -305,6 +328,7 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
         persist(ctx, &lease, at, || {
             store.release(&lease, &s.released, delay)
         });
+        ctx.metrics.marked(began.elapsed());
 
         // Only what the mark recorded is delivered; the rest is published again by
         // whoever holds it now (a duplicate, de-duplicated by message id).
@@ -324,6 +348,7 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
             .failed
             .fetch_add(failed as u64, Ordering::Relaxed);
         for m in delivered {
+            m.route.published.increment(1);
             let d = Delivered {
                 id: m.id,
                 message_id: m.message_id,
@@ -331,6 +356,7 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
             };
             if ctx.ok_tx.try_send(d).is_err() {
                 ctx.counters.dropped_ok.fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.dropped_ok();
             }
         }
         for f in s.failures {

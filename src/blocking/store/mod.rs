@@ -407,6 +407,12 @@ pub trait Store: Send + Sync + 'static {
     fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
         Ok(None)
     }
+
+    /// The outbox table's name as written (`schema.table` or `table`): the
+    /// `table` label of the relay's metrics. The default is `outbox`.
+    fn table_name(&self) -> String {
+        "outbox".into()
+    }
 }
 
 /// A [`Store`] whose messages can join the caller's transaction: the part of the
@@ -521,6 +527,9 @@ macro_rules! forward_store {
             }
             fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
                 (**self).wake_listener()
+            }
+            fn table_name(&self) -> String {
+                (**self).table_name()
             }
         }
     };

@@ -77,6 +77,37 @@ pub trait Stream: Send + 'static {
 
     /// Flushes and closes connections (called when the relay stops).
     fn close(&mut self) {}
+
+    /// The stream's kind, the `stream` label of the relay's metrics (`amqp`,
+    /// `kafka`, `sqs`, `kinesis`, `pubsub`); the default is `custom`.
+    fn name(&self) -> &str {
+        "custom"
+    }
+
+    /// The low-cardinality `route` label of a message's metrics (an exchange, a
+    /// topic, a queue or stream name), read from its routing options; `None` (the
+    /// default) leaves the label empty. Never a routing key or a message key.
+    ///
+    /// ```
+    /// use outboxer::stream::Stream;
+    /// # use outboxer::{message::{Options, StoredMessage}, stream::{Deadline, Validate}};
+    /// # struct Mine;
+    /// # impl Validate for Mine { fn validate(&self, _: &[u8], _: &outboxer::message::Headers, _: &Options) -> outboxer::Result<()> { Ok(()) } }
+    /// impl Stream for Mine {
+    /// #   fn validator(&self) -> std::sync::Arc<dyn Validate> { std::sync::Arc::new(Mine) }
+    /// #   fn publish(&mut self, b: &[StoredMessage], _: &Deadline) -> Vec<outboxer::Result<()>> { b.iter().map(|_| Ok(())).collect() }
+    ///     fn name(&self) -> &str {
+    ///         "webhook"
+    ///     }
+    ///     fn route_label<'a>(&self, options: &'a Options) -> Option<&'a str> {
+    ///         options.get("endpoint").and_then(|v| v.as_str())
+    ///     }
+    /// }
+    /// ```
+    fn route_label<'a>(&self, options: &'a Options) -> Option<&'a str> {
+        let _ = options;
+        None
+    }
 }
 
 impl<S: Stream + ?Sized> Stream for Box<S> {
@@ -92,6 +123,19 @@ impl<S: Stream + ?Sized> Stream for Box<S> {
     fn close(&mut self) {
         (**self).close()
     }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn route_label<'a>(&self, options: &'a Options) -> Option<&'a str> {
+        (**self).route_label(options)
+    }
+}
+
+/// The string value of a routing option, its last `/` segment (queue URLs and
+/// `projects/p/topics/t` names give the queue or topic name): the route label.
+pub(crate) fn route_option<'a>(options: &'a Options, key: &str) -> Option<&'a str> {
+    let v = options.get(key)?.as_str()?;
+    Some(v.rsplit('/').next().unwrap_or(v))
 }
 
 /// When a [`Stream::publish`] call must be over: the end of the batch's lease,

@@ -302,6 +302,14 @@ fn like(e: &Error) -> Error {
 }
 
 impl Stream for AmqpStream {
+    fn name(&self) -> &str {
+        "amqp"
+    }
+
+    fn route_label<'a>(&self, options: &'a crate::message::Options) -> Option<&'a str> {
+        crate::blocking::stream::route_option(options, crate::core::amqp::EXCHANGE_NAME)
+    }
+
     fn validator(&self) -> Arc<dyn Validate> {
         Arc::new(AmqpValidator {
             max_message_size: self.max_message_size,
