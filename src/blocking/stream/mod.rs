@@ -133,6 +133,16 @@ impl<S: Stream + ?Sized> Stream for Box<S> {
 
 /// The string value of a routing option, its last `/` segment (queue URLs and
 /// `projects/p/topics/t` names give the queue or topic name): the route label.
+#[cfg_attr(
+    not(any(
+        feature = "amqp",
+        feature = "kafka",
+        feature = "sqs",
+        feature = "kinesis",
+        feature = "pubsub"
+    )),
+    allow(dead_code)
+)]
 pub(crate) fn route_option<'a>(options: &'a Options, key: &str) -> Option<&'a str> {
     let v = options.get(key)?.as_str()?;
     Some(v.rsplit('/').next().unwrap_or(v))
