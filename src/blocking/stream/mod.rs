@@ -229,3 +229,24 @@ impl Deadline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::route_option;
+    use serde_json::json;
+
+    #[test]
+    fn route_labels_are_the_name_not_the_path() {
+        let opts = |v: serde_json::Value| -> crate::message::Options {
+            serde_json::from_value(v).unwrap_or_default()
+        };
+        let sqs = opts(json!({"queue_name": "http://127.0.0.1:4566/000000000000/orders"}));
+        assert_eq!(route_option(&sqs, "queue_name"), Some("orders"));
+        let ps = opts(json!({"topic_name": "projects/p/topics/events"}));
+        assert_eq!(route_option(&ps, "topic_name"), Some("events"));
+        let amqp = opts(json!({"exchange.name": "orders", "routing_key": "a.b"}));
+        assert_eq!(route_option(&amqp, "exchange.name"), Some("orders"));
+        assert_eq!(route_option(&amqp, "topic"), None);
+        assert_eq!(route_option(&opts(json!({"topic": 5})), "topic"), None);
+    }
+}
