@@ -23,7 +23,7 @@ pub enum Command {
     /// Create or upgrade the outbox table and its indexes (idempotent).
     Migrate(Common),
     /// Run the relay until SIGINT or SIGTERM.
-    Relay(RelayArgs),
+    Relay(Box<RelayArgs>),
     /// Counts by status, oldest pending age, attempts histogram, parked messages,
     /// keys held by a parked head.
     Stats(StatsArgs),
