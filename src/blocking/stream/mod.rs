@@ -90,9 +90,9 @@ pub trait Stream: Send + 'static {
     ///
     /// ```
     /// use outboxer::stream::Stream;
-    /// # use outboxer::{message::{Options, StoredMessage}, stream::{Deadline, Validate}};
+    /// # use outboxer::{Options, StoredMessage, stream::{Deadline, Validate}};
     /// # struct Mine;
-    /// # impl Validate for Mine { fn validate(&self, _: &[u8], _: &outboxer::message::Headers, _: &Options) -> outboxer::Result<()> { Ok(()) } }
+    /// # impl Validate for Mine { fn validate(&self, _: &[u8], _: &outboxer::Headers, _: &Options) -> outboxer::Result<()> { Ok(()) } }
     /// impl Stream for Mine {
     /// #   fn validator(&self) -> std::sync::Arc<dyn Validate> { std::sync::Arc::new(Mine) }
     /// #   fn publish(&mut self, b: &[StoredMessage], _: &Deadline) -> Vec<outboxer::Result<()>> { b.iter().map(|_| Ok(())).collect() }
