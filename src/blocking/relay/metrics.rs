@@ -169,8 +169,10 @@ mod imp {
 
     impl Routes {
         /// The handles of a route; allocates only the first time a route is seen.
-        pub(crate) fn get(&mut self, route: Option<&str>) -> Route {
-            let Some(name) = route.filter(|_| self.on) else {
+        /// `route` is read only when the label is on.
+        pub(crate) fn get<'a>(&mut self, route: impl FnOnce() -> Option<&'a str>) -> Route {
+            let name = if self.on { route() } else { None };
+            let Some(name) = name else {
                 return Arc::clone(&self.unrouted);
             };
             if let Some(r) = self.by_name.get(name) {
@@ -263,7 +265,7 @@ mod imp {
     pub(crate) struct Routes;
     impl Routes {
         #[inline(always)]
-        pub(crate) fn get(&mut self, _: Option<&str>) -> Route {
+        pub(crate) fn get<'a>(&mut self, _: impl FnOnce() -> Option<&'a str>) -> Route {
             &NOOP
         }
     }

@@ -202,7 +202,7 @@ pub(super) fn publisher<S: Store>(
                 id: m.id,
                 message_id: m.message_id,
                 attempts: m.attempts,
-                route: routes.get(stream.route_label(&m.options)),
+                route: routes.get(|| stream.route_label(&m.options)),
             })
             .collect();
         if let Err(e) = out.send(Published {
