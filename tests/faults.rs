@@ -576,3 +576,50 @@ fn readyz_follows_a_rabbitmq_stop_and_start() {
     sender.join().expect("sender");
     drop_table(&table);
 }
+
+/// An idle relay (nothing to publish) still sees RabbitMQ stop and start: its
+/// publisher checks the broker every 5 s, so `Relay::health()` (what `/readyz`
+/// reads) reports the outage without a message, and its end.
+#[test]
+fn an_idle_relays_health_sees_rabbitmq_stop_and_start() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let table = unique("idle_health");
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(stream())
+        .check_interval(Duration::from_millis(100))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let within = Duration::from_secs(5);
+    let wait = |want_ready: bool, limit: Duration| -> Option<Duration> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if relay.health().ready(within).is_ok() == want_ready {
+                return Some(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    };
+    assert!(
+        wait(true, Duration::from_secs(10)).is_some(),
+        "{:?}",
+        relay.health()
+    );
+    {
+        let _guard = RabbitGuard;
+        assert!(run("rabbitmqctl", &["-q", "stop_app"]), "stop RabbitMQ");
+        let down = wait(false, Duration::from_secs(15));
+        let h = relay.health();
+        assert!(down.is_some(), "outage seen within 15 s: {h:?}");
+        assert!(h.stream_outage.is_some() && h.threads_alive, "{h:?}");
+        eprintln!("idle relay: broker outage seen {down:?} after stop_app returned");
+        assert!(run("rabbitmqctl", &["-q", "start_app"]), "start RabbitMQ");
+    }
+    let up = wait(true, Duration::from_secs(20));
+    assert!(up.is_some(), "ready again: {:?}", relay.health());
+    eprintln!("idle relay: ready again {up:?} after start_app returned");
+    relay.stop().expect("stop");
+    drop_table(&table);
+}

@@ -75,9 +75,10 @@ pub struct Health {
     pub last_claim: Option<SystemTime>,
     /// The database's outage, while its last operation failed.
     pub store_outage: Option<OutageStatus>,
-    /// The broker's outage, while its last batch failed as unavailable. The
-    /// broker is only used when there is something to publish: an idle relay
-    /// notices a broker outage with its next message.
+    /// The broker's outage, while its last batch (or, when idle, its last
+    /// [`Stream::check`], every 5 s) failed as unavailable. Streams without a
+    /// check (all but AMQP so far) show an idle relay's broker outage with its
+    /// next message.
     pub stream_outage: Option<OutageStatus>,
 }
 

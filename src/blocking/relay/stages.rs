@@ -9,7 +9,7 @@ use crate::core::config::OnPark;
 use crate::core::retry::{verdict, Backoff, Verdict};
 use crate::message::{Delivered, Failure, FailureAction};
 use crate::{Error, Result};
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -141,7 +141,18 @@ pub(super) fn publisher<S: Store>(
         Backoff::new(Duration::from_millis(200), Duration::from_secs(5)).unwrap_or_default();
     let mut down = 0u32;
     let mut routes = ctx.metrics.routes();
-    for claimed in input.iter() {
+    let idle_check = ctx.shared.config.check_interval.max(IDLE_CHECK);
+    loop {
+        let claimed = match input.recv_timeout(idle_check) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(stream) = home.stream.as_mut() {
+                    check_idle(ctx, stream.as_mut());
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         // Not started before stop, or so late that another relay may own it by now.
         if ctx.stopped() || claimed.lease_left() < claimed.lease.duration / 5 {
             ctx.release_claimed(&claimed);
@@ -226,6 +237,35 @@ pub(super) fn publisher<S: Store>(
         } else {
             down = 0;
         }
+    }
+}
+
+/// How often an idle publisher checks its broker (at least: the check interval
+/// when longer), so that health sees a broker outage without a message.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// An idle publisher's [`Stream::check`]: a transient failure is the broker's
+/// outage (reported by its rules), a success ends it.
+fn check_idle<S: Store>(ctx: &Ctx<S>, stream: &mut dyn crate::blocking::stream::Stream) {
+    if ctx.stopped() {
+        return;
+    }
+    let every = ctx.shared.config.report_interval;
+    let deadline = Deadline::with_stop(Instant::now() + IDLE_CHECK, ctx.stop_rx.clone());
+    match catch_unwind(AssertUnwindSafe(|| stream.check(&deadline))) {
+        Ok(Ok(())) => ctx.probe.stream_outage.succeeded(every),
+        Ok(Err(e)) if e.is_transient() => {
+            if let Some(e) = ctx.probe.stream_outage.failed(e, 0, every) {
+                ctx.send_err(Failure {
+                    id: None,
+                    message_id: None,
+                    error: e,
+                    action: FailureAction::None,
+                });
+            }
+        }
+        Ok(Err(e)) => log::debug!("outboxer: broker check: {e}"),
+        Err(p) => ctx.panicked("publisher", p.as_ref()),
     }
 }
 

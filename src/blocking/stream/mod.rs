@@ -78,6 +78,16 @@ pub trait Stream: Send + 'static {
     /// Flushes and closes connections (called when the relay stops).
     fn close(&mut self) {}
 
+    /// Checks, cheaply and without publishing, that the broker answers; the relay
+    /// calls it while idle (every 5 s, or the check interval if longer), so that
+    /// its health notices a broker outage before the next message. A transient
+    /// error counts as an outage (reported like one); the default checks nothing.
+    /// Returns by `deadline`.
+    fn check(&mut self, deadline: &Deadline) -> Result<()> {
+        let _ = deadline;
+        Ok(())
+    }
+
     /// The stream's kind, the `stream` label of the relay's metrics (`amqp`,
     /// `kafka`, `sqs`, `kinesis`, `pubsub`); the default is `custom`.
     fn name(&self) -> &str {
@@ -122,6 +132,9 @@ impl<S: Stream + ?Sized> Stream for Box<S> {
     }
     fn close(&mut self) {
         (**self).close()
+    }
+    fn check(&mut self, deadline: &Deadline) -> Result<()> {
+        (**self).check(deadline)
     }
     fn name(&self) -> &str {
         (**self).name()

@@ -382,6 +382,29 @@ impl Stream for AmqpStream {
             .map(|_| ())
     }
 
+    /// Connects if there is no connection, then a passive declare of
+    /// `amq.direct` (which exists on every vhost and needs no permission): one
+    /// round trip that fails on a connection the broker closed or a silent one.
+    fn check(&mut self, deadline: &Deadline) -> Result<()> {
+        let limit = self.confirm_timeout.min(deadline.remaining());
+        let session = self.session(deadline)?;
+        let dog = Watchdog::arm(&session.socket, limit, Some(deadline))?;
+        let res = session.channel.exchange_declare_passive("amq.direct");
+        if dog.disarm() {
+            let e = self.target.timed_out("checking the connection", deadline);
+            self.drop_session(&e.to_string());
+            return Err(e);
+        }
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = self.target.connection_error(e);
+                self.drop_session(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
     fn close(&mut self) {
         if let Some(s) = self.session.take() {
             let Session {
