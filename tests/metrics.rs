@@ -328,3 +328,60 @@ fn the_command_serves_metrics_and_health() {
     );
     drop_table(&table);
 }
+
+/// The series a healthy run against real servers leaves at zero: released
+/// (an outage), dropped outcomes, panics. On the in-memory store and the
+/// scripted broker of `outboxer::testing` (table label `outbox`, stream
+/// `custom`), in this process's recorder.
+#[cfg(feature = "testing")]
+#[test]
+fn outages_dropped_outcomes_and_panics_are_counted() {
+    use outboxer::testing::{MemoryStore, PublishFault, ScriptedStream};
+    let handle = recorder();
+    let (store, stream) = (MemoryStore::new(), ScriptedStream::new());
+    let outbox = Outbox::builder()
+        .store(store.clone())
+        .stream(stream.clone())
+        .check_interval(Duration::from_millis(5))
+        .channel_capacity(1)
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        let mut all = vec![("table", "outbox")];
+        all.extend_from_slice(labels);
+        sample(&handle.render(), name, &all).unwrap_or(0.0)
+    };
+    // An outage: released without an attempt, counted as failed and released.
+    stream.fail_where(|_| true, PublishFault::Unavailable);
+    outbox.send(Message::new(b"a".to_vec())).expect("send");
+    assert!(until(Duration::from_secs(5), || value(
+        "outboxer_messages_released_total",
+        &[("stream", "custom")]
+    ) >= 1.0));
+    assert!(value("outboxer_messages_failed_total", &[]) >= 1.0);
+    assert_eq!(value("outboxer_messages_parked_total", &[]), 0.0);
+    stream.clear();
+    // Nobody reads ok() (capacity 1) and err() is full of the outage: the rest drop.
+    for i in 0..5u8 {
+        outbox.send(Message::new(vec![i])).expect("send");
+    }
+    assert_eq!(stream.wait_for(6, Duration::from_secs(10)).len(), 6);
+    assert!(until(Duration::from_secs(5), || value(
+        "outboxer_outcomes_dropped_total",
+        &[("channel", "ok")]
+    ) == 5.0));
+    assert_eq!(
+        value("outboxer_outcomes_dropped_total", &[("channel", "ok")]),
+        relay.counters().dropped_ok as f64
+    );
+    // A panicking publisher stops the relay and is counted by thread.
+    stream.fail_next(PublishFault::CrashAfterPublish);
+    outbox.send(Message::new(b"boom".to_vec())).expect("send");
+    assert!(until(Duration::from_secs(5), || value(
+        "outboxer_relay_panics_total",
+        &[("thread", "publisher")]
+    ) == 1.0));
+    assert!(relay.stop().is_err(), "stop reports the panic");
+    assert_eq!(value("outboxer_relay_starts_total", &[]), 1.0);
+}
