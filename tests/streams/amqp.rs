@@ -319,18 +319,16 @@ fn the_idle_check_passes_with_no_permissions_and_fails_on_a_dead_broker() {
     let _shared = shared();
     let user = RabbitUser::new("ob_noperm", Some(("^$", "^$", "^$")));
     let mut s = AmqpStream::builder(&user.url()).build().expect("stream");
-    s.check(&deadline())
-        .expect("a passive declare of amq.direct needs no permission");
-    s.check(&deadline()).expect("again, on the same connection");
+    let check = |s: &mut AmqpStream| s.check(&deadline()).expect("AMQP checks");
+    check(&mut s).expect("a passive declare of amq.direct needs no permission");
+    check(&mut s).expect("again, on the same connection");
     assert_eq!(s.name(), "amqp");
     let o: Options = amqp::topic("orders", "orders.paid").into();
     assert_eq!(s.route_label(&o), Some("orders"));
     let mut down = AmqpStream::builder("amqp://guest:guest@127.0.0.1:1/%2f")
         .build()
         .expect("stream");
-    let e = down
-        .check(&deadline())
-        .expect_err("nothing listens on port 1");
+    let e = check(&mut down).expect_err("nothing listens on port 1");
     assert!(e.is_transient(), "{e:?}");
 }
 

@@ -146,8 +146,12 @@ pub(super) fn publisher<S: Store>(
         let claimed = match input.recv_timeout(idle_check) {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
-                if let Some(stream) = home.stream.as_mut() {
-                    check_idle(ctx, stream.as_mut());
+                let alive = home
+                    .stream
+                    .as_mut()
+                    .is_none_or(|s| check_idle(ctx, s.as_mut()));
+                if !alive {
+                    return;
                 }
                 continue;
             }
@@ -245,16 +249,18 @@ pub(super) fn publisher<S: Store>(
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// An idle publisher's [`Stream::check`]: a transient failure is the broker's
-/// outage (reported by its rules), a success ends it.
-fn check_idle<S: Store>(ctx: &Ctx<S>, stream: &mut dyn crate::blocking::stream::Stream) {
+/// outage (reported by its rules), a success ends it. False when the check
+/// panicked (the relay is stopping).
+fn check_idle<S: Store>(ctx: &Ctx<S>, stream: &mut dyn crate::blocking::stream::Stream) -> bool {
     if ctx.stopped() {
-        return;
+        return true;
     }
     let every = ctx.shared.config.report_interval;
     let deadline = Deadline::with_stop(Instant::now() + IDLE_CHECK, ctx.stop_rx.clone());
     match catch_unwind(AssertUnwindSafe(|| stream.check(&deadline))) {
-        Ok(Ok(())) => ctx.probe.stream_outage.succeeded(every),
-        Ok(Err(e)) if e.is_transient() => {
+        Ok(None) => {}
+        Ok(Some(Ok(()))) => ctx.probe.stream_outage.succeeded(every),
+        Ok(Some(Err(e))) if e.is_transient() => {
             if let Some(e) = ctx.probe.stream_outage.failed(e, 0, every) {
                 ctx.send_err(Failure {
                     id: None,
@@ -264,9 +270,13 @@ fn check_idle<S: Store>(ctx: &Ctx<S>, stream: &mut dyn crate::blocking::stream::
                 });
             }
         }
-        Ok(Err(e)) => log::debug!("outboxer: broker check: {e}"),
-        Err(p) => ctx.panicked("publisher", p.as_ref()),
+        Ok(Some(Err(e))) => log::debug!("outboxer: broker check: {e}"),
+        Err(p) => {
+            ctx.panicked("publisher", p.as_ref());
+            return false;
+        }
     }
+    true
 }
 
 /// What one batch's outcomes come to.

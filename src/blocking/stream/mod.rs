@@ -80,12 +80,13 @@ pub trait Stream: Send + 'static {
 
     /// Checks, cheaply and without publishing, that the broker answers; the relay
     /// calls it while idle (every 5 s, or the check interval if longer), so that
-    /// its health notices a broker outage before the next message. A transient
-    /// error counts as an outage (reported like one); the default checks nothing.
-    /// Returns by `deadline`.
-    fn check(&mut self, deadline: &Deadline) -> Result<()> {
+    /// its health notices a broker outage before the next message. `Some(Err)`
+    /// with a transient error counts as an outage (reported like one), `Some(Ok)`
+    /// ends one; `None` (the default) means the stream cannot check, and only
+    /// publishing tells. Returns by `deadline`.
+    fn check(&mut self, deadline: &Deadline) -> Option<Result<()>> {
         let _ = deadline;
-        Ok(())
+        None
     }
 
     /// The stream's kind, the `stream` label of the relay's metrics (`amqp`,
@@ -133,7 +134,7 @@ impl<S: Stream + ?Sized> Stream for Box<S> {
     fn close(&mut self) {
         (**self).close()
     }
-    fn check(&mut self, deadline: &Deadline) -> Result<()> {
+    fn check(&mut self, deadline: &Deadline) -> Option<Result<()>> {
         (**self).check(deadline)
     }
     fn name(&self) -> &str {

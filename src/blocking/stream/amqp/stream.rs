@@ -385,24 +385,8 @@ impl Stream for AmqpStream {
     /// Connects if there is no connection, then a passive declare of
     /// `amq.direct` (which exists on every vhost and needs no permission): one
     /// round trip that fails on a connection the broker closed or a silent one.
-    fn check(&mut self, deadline: &Deadline) -> Result<()> {
-        let limit = self.confirm_timeout.min(deadline.remaining());
-        let session = self.session(deadline)?;
-        let dog = Watchdog::arm(&session.socket, limit, Some(deadline))?;
-        let res = session.channel.exchange_declare_passive("amq.direct");
-        if dog.disarm() {
-            let e = self.target.timed_out("checking the connection", deadline);
-            self.drop_session(&e.to_string());
-            return Err(e);
-        }
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = self.target.connection_error(e);
-                self.drop_session(&e.to_string());
-                Err(e)
-            }
-        }
+    fn check(&mut self, deadline: &Deadline) -> Option<Result<()>> {
+        Some(self.check_connection(deadline))
     }
 
     fn close(&mut self) {
@@ -438,6 +422,27 @@ impl Drop for AmqpStream {
 }
 
 impl AmqpStream {
+    /// [`Stream::check`]: connects if needed, then the passive declare.
+    fn check_connection(&mut self, deadline: &Deadline) -> Result<()> {
+        let limit = self.confirm_timeout.min(deadline.remaining());
+        let session = self.session(deadline)?;
+        let dog = Watchdog::arm(&session.socket, limit, Some(deadline))?;
+        let res = session.channel.exchange_declare_passive("amq.direct");
+        if dog.disarm() {
+            let e = self.target.timed_out("checking the connection", deadline);
+            self.drop_session(&e.to_string());
+            return Err(e);
+        }
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = self.target.connection_error(e);
+                self.drop_session(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
     /// Connects if needed, declares, publishes what has no outcome yet and awaits
     /// the confirms. Ends early when the broker closes the channel (the culprits
     /// are settled, the channel reopened); `Err` when the connection is unusable.
