@@ -8,7 +8,10 @@
 //! The root re-exports the blocking API (threads, no runtime). Stores and streams
 //! sit behind cargo features: `postgres`, `mysql`, `sqlite`, `sqlserver`, `amqp`,
 //! `kafka`, `sqs`, `kinesis`, `pubsub`. With the `async` feature, [`async_impl`]
-//! offers the same API on tokio, in the same build as the blocking one.
+//! offers the same API on tokio, in the same build as the blocking one. With the
+//! `metrics` feature the relay records its series through the `metrics` facade
+//! (docs/operations.md, Metrics); [`Relay::health`] serves liveness and
+//! readiness probes.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), outboxer::Error> {

@@ -66,6 +66,11 @@ pub fn start(addr: SocketAddr, probe: Probe) -> Result<Server, Fail> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let up = metrics::gauge!("outboxer_up", "table" => probe.table.clone());
+    up.set(if probe.relay.health().threads_alive {
+        1.0
+    } else {
+        0.0
+    });
     let thread = std::thread::Builder::new()
         .name("outboxer-http".into())
         .spawn(move || {
