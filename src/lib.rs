@@ -8,7 +8,10 @@
 //! The root re-exports the blocking API (threads, no runtime). Stores and streams
 //! sit behind cargo features: `postgres`, `mysql`, `sqlite`, `sqlserver`, `amqp`,
 //! `kafka`, `sqs`, `kinesis`, `pubsub`. With the `async` feature, [`async_impl`]
-//! offers the same API on tokio, in the same build as the blocking one.
+//! offers the same API on tokio, in the same build as the blocking one. With the
+//! `metrics` feature the relay records its series through the `metrics` facade
+//! (docs/operations.md, Metrics); [`Relay::health`] serves liveness and
+//! readiness probes.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), outboxer::Error> {
@@ -105,7 +108,7 @@ pub use crate::core::config::OnPark;
 pub use crate::core::redact::{redact_connection_string, redact_url};
 pub use blocking::store;
 pub use blocking::stream;
-pub use blocking::{Outbox, OutboxBuilder, OutboxTx, Relay, RelayCounters};
+pub use blocking::{Health, OutageStatus, Outbox, OutboxBuilder, OutboxTx, Relay, RelayCounters};
 pub use error::{BoxError, Error, Result};
 pub use message::{
     Delivered, Failure, FailureAction, Headers, Message, MessageId, Options, StoredMessage,

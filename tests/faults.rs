@@ -489,3 +489,137 @@ fn a_message_above_the_brokers_max_message_size_fails_alone() {
     relay.stop().expect("stop");
     drop_table(&table);
 }
+
+/// `outboxer relay --listen`: `/readyz` turns 503 (with the reason) within
+/// seconds of RabbitMQ stopping, and 200 again after it is back; `/healthz`
+/// stays 200 throughout (the relay's threads live through an outage). A message
+/// every 100 ms keeps the relay publishing: it meets the broker only then.
+#[cfg(feature = "cli")]
+#[test]
+fn readyz_follows_a_rabbitmq_stop_and_start() {
+    use common::prom::{free_addr, get};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let table = unique("readyz");
+    let ex = unique("ex");
+    let _sink = Sink::new(&ex, "#");
+    let outbox = outboxer::Outbox::builder()
+        .store(store(&table))
+        .build()
+        .expect("outbox");
+    let addr = free_addr();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outboxer"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OUTBOXER_")) {
+        cmd.env_remove(k);
+    }
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _relay = Kill(
+        cmd.args(["relay", "--store", &pg_url(), "--table", &table])
+            .args(["--stream", &amqp_url(), "--check-interval", "100ms"])
+            .args(["--listen", &addr, "--log-interval", "1s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn outboxer relay"),
+    );
+    let stop_sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (stop, ex) = (std::sync::Arc::clone(&stop_sending), ex.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let m = Message::new(b"tick".to_vec()).route(amqp::topic(&ex, "k"));
+                outbox.send(m).expect("send: PostgreSQL stays up");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let status = |path: &str| get(&addr, path).map(|(s, _)| s);
+    let wait_for = |path: &str, want: u16, within: Duration| -> Option<Duration> {
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            if status(path) == Some(want) {
+                return Some(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    };
+    assert!(
+        wait_for("/readyz", 200, Duration::from_secs(30)).is_some(),
+        "ready before the stop: {:?}",
+        get(&addr, "/readyz")
+    );
+    {
+        let _guard = RabbitGuard;
+        assert!(run("rabbitmqctl", &["-q", "stop_app"]), "stop RabbitMQ");
+        let down = wait_for("/readyz", 503, Duration::from_secs(10));
+        let body = get(&addr, "/readyz").map(|(_, b)| b).unwrap_or_default();
+        assert!(down.is_some(), "503 within 10 s of the stop: {body}");
+        assert!(body.contains("broker unavailable"), "{body}");
+        eprintln!("/readyz 503 after {down:?}: {}", body.trim());
+        assert_eq!(status("/healthz"), Some(200), "alive through the outage");
+        assert!(run("rabbitmqctl", &["-q", "start_app"]), "start RabbitMQ");
+    }
+    let up = wait_for("/readyz", 200, Duration::from_secs(40));
+    assert!(
+        up.is_some(),
+        "ready again after the start: {:?}",
+        get(&addr, "/readyz")
+    );
+    eprintln!("/readyz 200 again {up:?} after RabbitMQ started");
+    stop_sending.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().expect("sender");
+    drop_table(&table);
+}
+
+/// An idle relay (nothing to publish) still sees RabbitMQ stop and start: its
+/// publisher checks the broker every 5 s, so `Relay::health()` (what `/readyz`
+/// reads) reports the outage without a message, and its end.
+#[test]
+fn an_idle_relays_health_sees_rabbitmq_stop_and_start() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let table = unique("idle_health");
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .stream(stream())
+        .check_interval(Duration::from_millis(100))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let within = Duration::from_secs(5);
+    let wait = |want_ready: bool, limit: Duration| -> Option<Duration> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if relay.health().ready(within).is_ok() == want_ready {
+                return Some(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    };
+    assert!(
+        wait(true, Duration::from_secs(10)).is_some(),
+        "{:?}",
+        relay.health()
+    );
+    {
+        let _guard = RabbitGuard;
+        assert!(run("rabbitmqctl", &["-q", "stop_app"]), "stop RabbitMQ");
+        let down = wait(false, Duration::from_secs(15));
+        let h = relay.health();
+        assert!(down.is_some(), "outage seen within 15 s: {h:?}");
+        assert!(h.stream_outage.is_some() && h.threads_alive, "{h:?}");
+        eprintln!("idle relay: broker outage seen {down:?} after stop_app returned");
+        assert!(run("rabbitmqctl", &["-q", "start_app"]), "start RabbitMQ");
+    }
+    let up = wait(true, Duration::from_secs(20));
+    assert!(up.is_some(), "ready again: {:?}", relay.health());
+    eprintln!("idle relay: ready again {up:?} after start_app returned");
+    relay.stop().expect("stop");
+    drop_table(&table);
+}

@@ -210,6 +210,9 @@ fn first_bad_field(c: &RelayConfig) -> Option<&'static str> {
     if !within(c.report_interval, Duration::from_millis(10), DAY) {
         return Some("report_interval");
     }
+    if !within(c.metrics_interval, Duration::from_millis(10), DAY) {
+        return Some("metrics_interval");
+    }
     None
 }
 
@@ -452,6 +455,7 @@ proptest! {
         channel_capacity in count(),
         max_batch_bytes in prop_oneof![Just(0usize), any::<usize>()],
         report_interval in duration(),
+        metrics_interval in duration(),
     ) {
         let c = RelayConfig {
             check_interval,
@@ -466,6 +470,8 @@ proptest! {
             max_batch_bytes,
             on_park: outboxer::OnPark::HoldKey,
             report_interval,
+            metrics_interval,
+            metrics_route_label: true,
         };
         match (c.validate(), first_bad_field(&c)) {
             (Ok(()), None) => {}

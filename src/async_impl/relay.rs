@@ -93,6 +93,12 @@ impl Relay {
         c
     }
 
+    /// The relay's health for probes (see [`crate::Health`]); it reads shared
+    /// state only, so it does not block.
+    pub fn health(&self) -> crate::Health {
+        self.relay.health()
+    }
+
     /// Stops claiming, finishes the batch being published, records every outcome
     /// and joins the relay's threads, on tokio's blocking pool. Idempotent.
     pub async fn stop(&self) -> Result<()> {

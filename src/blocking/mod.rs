@@ -6,4 +6,4 @@ pub mod store;
 pub mod stream;
 
 pub use outbox::{Outbox, OutboxBuilder, OutboxTx};
-pub use relay::{Relay, RelayCounters};
+pub use relay::{Health, OutageStatus, Relay, RelayCounters};

@@ -334,6 +334,44 @@ impl<S: Store> OutboxBuilder<S> {
         self.config.report_interval = d;
         self
     }
+    /// How often the relay queries the table for its gauges (default 15 s;
+    /// 10 ms..=1 day): `outboxer_pending_messages`, `outboxer_oldest_pending_age_seconds`,
+    /// `outboxer_parked_messages` and `outboxer_held_keys`, one [`Store::stats`]
+    /// query per interval on the relay's own `metrics` thread, never in the way of
+    /// a claim. Only with the feature `metrics`.
+    ///
+    /// With the feature, the relay records the series listed in
+    /// docs/operations.md (Metrics) through the [`metrics`](https://docs.rs/metrics)
+    /// facade: counters of messages published, failed, parked and released by
+    /// `stream` and `route`, claim/publish/mark durations, commit-to-publish lag,
+    /// batch sizes, dropped outcomes, starts and panics, every series labelled
+    /// `table`. Install a recorder (e.g. `metrics-exporter-prometheus`) before
+    /// `start()`; without one each record is a no-op.
+    ///
+    /// ```no_run
+    /// # fn main() -> outboxer::Result<()> {
+    /// use outboxer::{store::PostgresStore, Outbox};
+    /// use std::time::Duration;
+    /// let outbox = Outbox::builder()
+    ///     .store(PostgresStore::connect("postgres://postgres@127.0.0.1/test")?)
+    ///     .metrics_interval(Duration::from_secs(30))
+    ///     .metrics_route_label(false)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics_interval(mut self, d: Duration) -> Self {
+        self.config.metrics_interval = d;
+        self
+    }
+    /// Whether message counters carry the `route` label: the exchange, topic,
+    /// queue or stream name of each message (default true). Turn it off when
+    /// routes are many (per tenant, per customer): the label is then absent.
+    /// Past 1000 distinct routes a relay counts the rest under `route="other"`.
+    /// Only with the feature `metrics`.
+    pub fn metrics_route_label(mut self, on: bool) -> Self {
+        self.config.metrics_route_label = on;
+        self
+    }
 
     /// Checks every setting and builds the outbox.
     pub fn build(self) -> Result<Outbox<S>> {

@@ -31,6 +31,10 @@ pub struct RelayConfig {
     pub on_park: OnPark,
     /// How often an ongoing outage is reported (on `err()` and in the log).
     pub report_interval: Duration,
+    /// How often the table gauges are queried (feature `metrics`).
+    pub metrics_interval: Duration,
+    /// Whether message metrics carry the `route` label (feature `metrics`).
+    pub metrics_route_label: bool,
 }
 
 /// What a parked message does to the later messages of its ordering key.
@@ -66,6 +70,8 @@ impl Default for RelayConfig {
             max_batch_bytes: 16 * 1024 * 1024,
             on_park: OnPark::HoldKey,
             report_interval: Duration::from_secs(30),
+            metrics_interval: Duration::from_secs(15),
+            metrics_route_label: true,
         }
     }
 }
@@ -131,6 +137,12 @@ impl RelayConfig {
         range(
             "report_interval",
             self.report_interval,
+            Duration::from_millis(10),
+            DAY,
+        )?;
+        range(
+            "metrics_interval",
+            self.metrics_interval,
             Duration::from_millis(10),
             DAY,
         )?;

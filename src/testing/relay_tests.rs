@@ -519,3 +519,64 @@ fn message_failures_are_logged_a_few_per_interval_and_summarised() {
         });
     assert!(summary, "the rest are summarised in one line");
 }
+
+#[test]
+fn health_follows_claims_outages_and_stop() {
+    let (store, stream) = (MemoryStore::new(), ScriptedStream::new());
+    let outbox = builder(&store, &stream).build().expect("outbox");
+    let relay = outbox.start().expect("start");
+    assert!(
+        until(Duration::from_secs(5), || relay
+            .health()
+            .last_claim
+            .is_some()),
+        "the claimer claims at once"
+    );
+    let h = relay.health();
+    assert!(h.threads_alive);
+    assert_eq!(h.ready(Duration::from_secs(5)), Ok(()));
+    // The broker goes down: health reports it while batches fail, with the error.
+    stream.fail_where(|_| true, PublishFault::Unavailable);
+    outbox.send(Message::new(b"x".to_vec())).expect("send");
+    assert!(
+        until(Duration::from_secs(5), || relay
+            .health()
+            .stream_outage
+            .is_some()),
+        "stream outage seen"
+    );
+    let why = relay
+        .health()
+        .ready(Duration::from_secs(5))
+        .expect_err("not ready");
+    assert!(why.starts_with("broker unavailable"), "{why}");
+    assert!(relay.health().store_outage.is_none());
+    // Back: the first good batch ends it for health (the log waits a quiet interval).
+    stream.clear();
+    assert!(
+        until(Duration::from_secs(10), || relay
+            .health()
+            .stream_outage
+            .is_none()),
+        "stream outage over once a batch goes through"
+    );
+    assert_eq!(stream.wait_for(1, Duration::from_secs(5)).len(), 1);
+    relay.stop().expect("stop");
+    let h = relay.health();
+    assert!(!h.threads_alive, "stopped");
+    assert!(h.ready(Duration::from_secs(5)).is_err());
+}
+
+#[test]
+fn a_panicked_thread_shows_in_health() {
+    let (store, stream) = (MemoryStore::new(), ScriptedStream::new());
+    let outbox = builder(&store, &stream).build().expect("outbox");
+    let relay = outbox.start().expect("start");
+    stream.fail_next(PublishFault::CrashAfterPublish);
+    outbox.send(Message::new(b"x".to_vec())).expect("send");
+    assert!(
+        until(Duration::from_secs(5), || !relay.health().threads_alive),
+        "threads_alive turns false after a panic"
+    );
+    assert!(matches!(relay.stop(), Err(Error::RelayPanicked(_))));
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod amqp_faults;
+pub mod prom;
 pub mod stream_harness;
 pub mod tls;
 

@@ -311,6 +311,27 @@ fn no_access_to_the_vhost_is_unauthorized() {
     );
 }
 
+/// The idle check (`Stream::check`) needs no permission: a user allowed nothing
+/// on the vhost but in it passes, and the stream knows its name and routes.
+#[test]
+fn the_idle_check_passes_with_no_permissions_and_fails_on_a_dead_broker() {
+    use outboxer::Stream as _;
+    let _shared = shared();
+    let user = RabbitUser::new("ob_noperm", Some(("^$", "^$", "^$")));
+    let mut s = AmqpStream::builder(&user.url()).build().expect("stream");
+    let check = |s: &mut AmqpStream| s.check(&deadline()).expect("AMQP checks");
+    check(&mut s).expect("a passive declare of amq.direct needs no permission");
+    check(&mut s).expect("again, on the same connection");
+    assert_eq!(s.name(), "amqp");
+    let o: Options = amqp::topic("orders", "orders.paid").into();
+    assert_eq!(s.route_label(&o), Some("orders"));
+    let mut down = AmqpStream::builder("amqp://guest:guest@127.0.0.1:1/%2f")
+        .build()
+        .expect("stream");
+    let e = check(&mut down).expect_err("nothing listens on port 1");
+    assert!(e.is_transient(), "{e:?}");
+}
+
 #[test]
 fn write_refused_on_one_exchange_is_an_outage_for_its_messages_only() {
     let _shared = shared();

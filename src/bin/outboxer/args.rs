@@ -48,7 +48,7 @@ pub enum Command {
     /// and deploy pipelines).
     Check(CheckArgs),
     /// Run the relay until SIGINT or SIGTERM.
-    Relay(RelayArgs),
+    Relay(Box<RelayArgs>),
     /// Counts by status, oldest pending age, attempts histogram, parked messages,
     /// keys held by a parked head.
     Stats(StatsArgs),
@@ -141,6 +141,14 @@ pub struct RelayOptions {
     /// How often a summary (published / failed) is logged [default: 10s]
     #[arg(long, env = "OUTBOXER_LOG_INTERVAL")]
     pub log_interval: Option<String>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address,
+    /// e.g. 127.0.0.1:9464 [default: off]
+    #[arg(long, env = "OUTBOXER_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// How often the table gauges (pending, oldest pending age, parked, held keys)
+    /// are queried for /metrics [default: 15s]
+    #[arg(long, env = "OUTBOXER_METRICS_INTERVAL")]
+    pub metrics_interval: Option<String>,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -10,6 +10,7 @@ mod fail;
 mod logging;
 mod parse;
 mod relay;
+mod serve;
 mod settings;
 
 use args::{Cli, Command, Common};

@@ -1,10 +1,12 @@
 //! `outboxer relay`: the library's relay as a long-running process.
 
 use crate::fail::Fail;
+use crate::serve;
 use crate::settings::RelaySettings;
 use crossbeam_channel::{select, tick, Receiver};
 use outboxer::{FailureAction, Outbox, Store, Stream};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// SIGINT and SIGTERM as a channel: the first one asks for a graceful stop; a second
 /// one exits at once (leases then expire and other relays take the rows over).
@@ -40,6 +42,11 @@ pub fn run(
 ) -> Result<(), Fail> {
     #[cfg(debug_assertions)]
     let stream = failpoint::wrap(stream);
+    // Before the relay starts: it registers its series with the recorder.
+    let metrics = match s.listen {
+        Some(_) => Some(serve::install()?),
+        None => None,
+    };
     let mut b = Outbox::builder()
         .store(store)
         .stream(stream)
@@ -49,7 +56,8 @@ pub fn run(
         .max_attempts(s.max_attempts)
         .backoff(s.backoff_base, s.backoff_max)
         .cleanup_before(s.cleanup_before)
-        .report_interval(s.log_interval);
+        .report_interval(s.log_interval)
+        .metrics_interval(s.metrics_interval);
     b = match s.cleanup_interval {
         Some(i) => b.cleanup_interval(i),
         None => b.no_cleanup(),
@@ -68,8 +76,26 @@ pub fn run(
         return Err(f);
     }
     let stop = stop_signals()?;
-    let relay = outbox.start()?;
+    let relay = Arc::new(outbox.start()?);
     log::info!("relay started: {what}");
+    let server = match (s.listen, metrics) {
+        (Some(addr), Some(handle)) => {
+            let probe = serve::Probe {
+                relay: Arc::clone(&relay),
+                handle,
+                table: outbox.store().table_name(),
+                // The claimer claims once per check interval when idle; a few
+                // missed rounds (and never less than 5 s) make a relay unready.
+                ready_within: (s.check_interval * 3).max(Duration::from_secs(5)),
+            };
+            let server = serve::start(addr, probe);
+            if server.is_ok() {
+                log::info!("serving /metrics, /healthz and /readyz on http://{addr}");
+            }
+            Some(server?)
+        }
+        _ => None,
+    };
     let summary = tick(s.log_interval);
     let started = Instant::now();
     // One source of truth for failures: the library logs each message failure
@@ -122,7 +148,11 @@ pub fn run(
             },
         }
     }
-    relay.stop()?;
+    let stopped = relay.stop();
+    if let Some(server) = server {
+        server.stop();
+    }
+    stopped?;
     // Outcomes recorded while stopping (the library logged the failures).
     ok += relay.ok().try_iter().count() as u64;
     for f in relay.err().try_iter() {

@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub log_interval: Option<String>,
     /// `text` or `json` (`--log-format`).
     pub log_format: Option<String>,
+    pub listen: Option<String>,
+    pub metrics_interval: Option<String>,
 }
 
 impl FileConfig {
@@ -163,6 +165,8 @@ pub struct RelaySettings {
     pub cleanup_interval: Option<Duration>,
     pub cleanup_before: Duration,
     pub log_interval: Duration,
+    pub listen: Option<std::net::SocketAddr>,
+    pub metrics_interval: Duration,
 }
 
 fn dur(
@@ -200,6 +204,18 @@ impl RelaySettings {
             },
             cleanup_before: dur("cleanup-before", &o.cleanup_before, &f.cleanup_before, "5d")?,
             log_interval: dur("log-interval", &o.log_interval, &f.log_interval, "10s")?,
+            listen: match o.listen.as_deref().or(f.listen.as_deref()) {
+                None => None,
+                Some(a) => Some(a.parse().map_err(|e| {
+                    Fail::usage(format!("--listen {a}: {e} (expected e.g. 127.0.0.1:9464)"))
+                })?),
+            },
+            metrics_interval: dur(
+                "metrics-interval",
+                &o.metrics_interval,
+                &f.metrics_interval,
+                "15s",
+            )?,
         })
     }
 }

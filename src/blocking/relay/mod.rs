@@ -11,6 +11,7 @@
 //! the whole relay cleanly and is reported, never a silent death.
 
 mod failure_log;
+mod metrics;
 mod outage;
 mod spans;
 mod stages;
@@ -27,9 +28,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use failure_log::FailureLog;
+use metrics::{RelayMetrics, Route};
 use outage::Outage;
 use stages::{claimer, cleanup, marker, publisher};
 
@@ -41,6 +43,82 @@ pub struct Relay {
     control: Arc<Control>,
     threads: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
     counters: Arc<Counters>,
+    probe: Arc<Probe>,
+}
+
+/// What [`Relay::health`] reads, written by the relay's threads.
+struct Probe {
+    store_outage: Outage,
+    stream_outage: Outage,
+    last_claim: Mutex<Option<SystemTime>>,
+}
+
+/// A relay's health, for liveness and readiness probes ([`Relay::health`]).
+///
+/// ```
+/// use outboxer::Health;
+/// use std::time::{Duration, SystemTime};
+///
+/// let h = Health {
+///     threads_alive: true,
+///     last_claim: Some(SystemTime::now()),
+///     store_outage: None,
+///     stream_outage: None,
+/// };
+/// assert!(h.ready(Duration::from_secs(10)).is_ok());
+/// let stale = Health { last_claim: None, ..h };
+/// assert!(stale.ready(Duration::from_secs(10)).is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// Every relay thread runs (false once one panicked or the relay stopped).
+    pub threads_alive: bool,
+    /// When the claimer last completed a claim (with or without messages); it
+    /// claims at least once per check interval while the database answers.
+    pub last_claim: Option<SystemTime>,
+    /// The database's outage, while its last operation failed.
+    pub store_outage: Option<OutageStatus>,
+    /// The broker's outage, while its last batch (or, when idle, its last
+    /// [`Stream::check`], every 5 s) failed as unavailable. Streams without a
+    /// check (all but AMQP so far) show an idle relay's broker outage with its
+    /// next message.
+    pub stream_outage: Option<OutageStatus>,
+}
+
+/// An ongoing outage of the database or the broker, as [`Health`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutageStatus {
+    /// When it started (by this process's clock).
+    pub since: SystemTime,
+    /// Messages released or operations failed since it started.
+    pub failures: u64,
+    /// The last error.
+    pub last_error: String,
+}
+
+impl Health {
+    /// `Ok` when the relay can do its work: its threads run, neither the
+    /// database nor the broker is failing, and a claim completed within `within`
+    /// (a few check intervals); otherwise the reason, for a readiness probe.
+    pub fn ready(&self, within: Duration) -> std::result::Result<(), String> {
+        if !self.threads_alive {
+            return Err("the relay's threads are not running".into());
+        }
+        if let Some(o) = &self.store_outage {
+            return Err(format!("database unavailable: {}", o.last_error));
+        }
+        if let Some(o) = &self.stream_outage {
+            return Err(format!("broker unavailable: {}", o.last_error));
+        }
+        let age = self
+            .last_claim
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
+        match age {
+            Some(a) if a <= within => Ok(()),
+            Some(a) => Err(format!("no claim completed for {a:.0?}")),
+            None => Err("no claim completed yet".into()),
+        }
+    }
 }
 
 /// What the relay handle and its threads share to stop each other.
@@ -108,6 +186,31 @@ impl Relay {
         }
     }
 
+    /// Whether the relay's threads run, when it last claimed, and the outages it
+    /// is in: what a liveness or readiness probe needs (see [`Health::ready`]).
+    ///
+    /// ```no_run
+    /// # fn demo(relay: &outboxer::Relay) {
+    /// use std::time::Duration;
+    /// let h = relay.health();
+    /// if let Err(why) = h.ready(Duration::from_secs(10)) {
+    ///     eprintln!("not ready: {why}");
+    /// }
+    /// # }
+    /// ```
+    pub fn health(&self) -> Health {
+        let threads = self.threads.lock();
+        let threads_alive = !threads.is_empty()
+            && threads.iter().all(|(_, t)| !t.is_finished())
+            && self.control.panicked.lock().is_none();
+        Health {
+            threads_alive,
+            last_claim: *self.probe.last_claim.lock(),
+            store_outage: self.probe.store_outage.status(),
+            stream_outage: self.probe.stream_outage.status(),
+        }
+    }
+
     /// Stops claiming, finishes the batch being published, releases batches claimed
     /// but not started, records every outcome, and joins the threads. Idempotent.
     ///
@@ -163,6 +266,8 @@ struct Sent {
     id: i64,
     message_id: MessageId,
     attempts: u32,
+    /// Its route's counters.
+    route: Route,
 }
 
 /// What the publisher hands to the marker.
@@ -181,8 +286,8 @@ struct Ctx<S: Store> {
     ok_tx: Sender<Delivered>,
     err_tx: Sender<Failure>,
     counters: Arc<Counters>,
-    store_outage: Outage,
-    stream_outage: Outage,
+    probe: Arc<Probe>,
+    metrics: RelayMetrics,
     failure_log: FailureLog,
 }
 
@@ -205,6 +310,7 @@ impl<S: Store> Ctx<S> {
     fn send_err(&self, failure: Failure) {
         if self.err_tx.try_send(failure).is_err() {
             self.counters.dropped_err.fetch_add(1, Ordering::Relaxed);
+            self.metrics.dropped_err();
         }
     }
 
@@ -220,7 +326,7 @@ impl<S: Store> Ctx<S> {
     /// A database failure: reported when due (see [`Outage`]).
     fn store_failed(&self, error: Error) {
         let every = self.shared.config.report_interval;
-        if let Some(error) = self.store_outage.failed(error, 1, every) {
+        if let Some(error) = self.probe.store_outage.failed(error, 1, every) {
             self.send_err(Failure {
                 id: None,
                 message_id: None,
@@ -252,6 +358,7 @@ impl<S: Store> Ctx<S> {
             .unwrap_or_else(|| "a non-string panic".into());
         log::error!("outboxer: relay thread {thread} panicked ({what}); stopping the relay");
         self.control.panicked.lock().get_or_insert(thread);
+        self.metrics.panicked(thread);
         self.send_err(Failure {
             id: None,
             message_id: None,
@@ -299,6 +406,18 @@ pub(crate) fn start<S: Store>(shared: Arc<Shared<S>>, stream: Box<dyn Stream>) -
         shared: Arc::clone(&shared),
     };
     let listener = shared.store.wake_listener()?;
+    let probe = Arc::new(Probe {
+        store_outage: Outage::new("database"),
+        stream_outage: Outage::new("broker"),
+        last_claim: Mutex::new(None),
+    });
+    let metrics = RelayMetrics::new(
+        shared.store.table_name(),
+        home.stream
+            .as_ref()
+            .map_or_else(|| "custom".into(), |s| s.name().to_owned()),
+        cfg.metrics_route_label,
+    );
     let ctx = Arc::new(Ctx {
         shared: Arc::clone(&shared),
         control: Arc::clone(&control),
@@ -306,8 +425,8 @@ pub(crate) fn start<S: Store>(shared: Arc<Shared<S>>, stream: Box<dyn Stream>) -
         ok_tx,
         err_tx,
         counters: Arc::clone(&counters),
-        store_outage: Outage::new("database"),
-        stream_outage: Outage::new("broker"),
+        probe: Arc::clone(&probe),
+        metrics,
         failure_log: FailureLog::new(),
     });
     // One batch may wait while another is published: enough to overlap, little to hold.
@@ -351,6 +470,10 @@ pub(crate) fn start<S: Store>(shared: Arc<Shared<S>>, stream: Box<dyn Stream>) -
         .and_then(|()| match listener {
             Some(l) => spawn("listener", Box::new(move |c| listen(c, l))),
             None => Ok(()),
+        })
+        .and_then(|()| match cfg!(feature = "metrics") {
+            true => spawn("metrics", Box::new(stats_gauges)),
+            false => Ok(()),
         });
     let relay = Relay {
         ok_rx,
@@ -358,14 +481,34 @@ pub(crate) fn start<S: Store>(shared: Arc<Shared<S>>, stream: Box<dyn Stream>) -
         control,
         threads: Mutex::new(threads),
         counters,
+        probe,
     };
     match started {
-        Ok(()) => Ok(relay),
+        Ok(()) => {
+            ctx.metrics.started();
+            Ok(relay)
+        }
         Err(e) => {
             // The threads that did start stop again and hand the stream back.
             log::error!("outboxer: {e}");
             let _ = relay.stop();
             Err(e)
+        }
+    }
+}
+
+/// The table gauges: one stats query per metrics interval, on its own thread so
+/// that a slow query never holds up a claim.
+fn stats_gauges<S: Store>(ctx: &Ctx<S>) {
+    let every = ctx.shared.config.metrics_interval;
+    loop {
+        match ctx.shared.store.stats() {
+            Ok(s) => ctx.metrics.stats(&s),
+            // Part of the database's outage (reported by the claimer's rules).
+            Err(e) => ctx.store_failed(e),
+        }
+        if ctx.sleep(every) {
+            return;
         }
     }
 }

@@ -4,7 +4,7 @@
 use crate::core::retry::Backoff;
 use crate::Error;
 use parking_lot::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// One kind of outage (the database's or the broker's): reported when it starts,
 /// once per interval while it lasts, and when it ends; never once per message.
@@ -23,6 +23,8 @@ struct OutageState {
     total: u64,
     /// Consecutive failing rounds, for the release delay.
     streak: u32,
+    /// The last error, for [`crate::Health`].
+    last_error: Option<String>,
 }
 
 impl Outage {
@@ -39,6 +41,7 @@ impl Outage {
         let now = Instant::now();
         let mut s = self.state.lock();
         s.last_failure = Some(now);
+        s.last_error = Some(error.to_string());
         s.total += count;
         s.streak = s.streak.saturating_add(1);
         let Some(since) = s.since else {
@@ -91,6 +94,23 @@ impl Outage {
 
     pub(super) fn streak(&self) -> u32 {
         self.state.lock().streak
+    }
+
+    /// The outage as health sees it: only while the last round failed (a good
+    /// round ends it here at once, before the log's quiet interval).
+    pub(super) fn status(&self) -> Option<crate::OutageStatus> {
+        let s = self.state.lock();
+        if s.streak == 0 {
+            return None;
+        }
+        let since = s.since?;
+        Some(crate::OutageStatus {
+            since: SystemTime::now()
+                .checked_sub(since.elapsed())
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            failures: s.total,
+            last_error: s.last_error.clone().unwrap_or_default(),
+        })
     }
 }
 

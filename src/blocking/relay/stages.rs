@@ -10,10 +10,10 @@ use crate::core::config::OnPark;
 use crate::core::retry::{verdict, Backoff, Verdict};
 use crate::message::{Delivered, Failure, FailureAction};
 use crate::{Error, Result};
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
     let cfg = &ctx.shared.config;
@@ -43,7 +43,9 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
         let claim = match ctx.shared.store.claim(&lease, limit) {
             Ok(c) => {
                 db_failures = 0;
-                ctx.store_outage.succeeded(cfg.report_interval);
+                ctx.probe.store_outage.succeeded(cfg.report_interval);
+                *ctx.probe.last_claim.lock() = Some(SystemTime::now());
+                ctx.metrics.claimed(at.elapsed(), c.len());
                 c
             }
             Err(e) => {
@@ -116,6 +118,9 @@ fn park_undecodable<S: Store>(ctx: &Ctx<S>, lease: &Lease, rows: Vec<Undecodable
     ctx.counters
         .failed
         .fetch_add(rows.len() as u64, Ordering::Relaxed);
+    let route = ctx.metrics.unrouted();
+    route.failed.increment(rows.len() as u64);
+    route.parked.increment(rows.len() as u64);
     for r in rows {
         ctx.report(
             Failure {
@@ -143,7 +148,23 @@ pub(super) fn publisher<S: Store>(
     let pause =
         Backoff::new(Duration::from_millis(200), Duration::from_secs(5)).unwrap_or_default();
     let mut down = 0u32;
-    for claimed in input.iter() {
+    let mut routes = ctx.metrics.routes();
+    let idle_check = ctx.shared.config.check_interval.max(IDLE_CHECK);
+    loop {
+        let claimed = match input.recv_timeout(idle_check) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => {
+                let alive = home
+                    .stream
+                    .as_mut()
+                    .is_none_or(|s| check_idle(ctx, s.as_mut()));
+                if !alive {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         // Not started before stop, or so late that another relay may own it by now.
         if ctx.stopped() || claimed.lease_left() < claimed.lease.duration / 5 {
             ctx.release_claimed(&claimed);
@@ -160,6 +181,7 @@ pub(super) fn publisher<S: Store>(
             ctx.stop_rx.clone(),
         );
         let span = spans::publish(&claimed.messages);
+        let began = Instant::now();
         let outcomes = catch_unwind(AssertUnwindSafe(|| {
             stream.publish(&claimed.messages, &deadline)
         }));
@@ -187,6 +209,13 @@ pub(super) fn publisher<S: Store>(
                 continue;
             }
         };
+        ctx.metrics.published(began.elapsed());
+        let now = SystemTime::now();
+        for (m, o) in claimed.messages.iter().zip(&outcomes) {
+            if o.is_ok() {
+                ctx.metrics.lag(now, m.created_at);
+            }
+        }
         let all_down = outcomes
             .iter()
             .all(|o| o.as_ref().is_err_and(Error::is_transient));
@@ -202,6 +231,7 @@ pub(super) fn publisher<S: Store>(
                 id: m.id,
                 message_id: m.message_id,
                 attempts: m.attempts,
+                route: routes.get(|| stream.route_label(&m.options)),
             })
             .collect();
         if let Err(e) = out.send(Published {
@@ -226,6 +256,41 @@ pub(super) fn publisher<S: Store>(
             down = 0;
         }
     }
+}
+
+/// How often an idle publisher checks its broker (at least: the check interval
+/// when longer), so that health sees a broker outage without a message.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// An idle publisher's [`Stream::check`]: a transient failure is the broker's
+/// outage (reported by its rules), a success ends it. False when the check
+/// panicked (the relay is stopping).
+fn check_idle<S: Store>(ctx: &Ctx<S>, stream: &mut dyn crate::blocking::stream::Stream) -> bool {
+    if ctx.stopped() {
+        return true;
+    }
+    let every = ctx.shared.config.report_interval;
+    let deadline = Deadline::with_stop(Instant::now() + IDLE_CHECK, ctx.stop_rx.clone());
+    match catch_unwind(AssertUnwindSafe(|| stream.check(&deadline))) {
+        Ok(None) => {}
+        Ok(Some(Ok(()))) => ctx.probe.stream_outage.succeeded(every),
+        Ok(Some(Err(e))) if e.is_transient() => {
+            if let Some(e) = ctx.probe.stream_outage.failed(e, 0, every) {
+                ctx.send_err(Failure {
+                    id: None,
+                    message_id: None,
+                    error: e,
+                    action: FailureAction::None,
+                });
+            }
+        }
+        Ok(Some(Err(e))) => log::debug!("outboxer: broker check: {e}"),
+        Err(p) => {
+            ctx.panicked("publisher", p.as_ref());
+            return false;
+        }
+    }
+    true
 }
 
 /// What one batch's outcomes come to.
@@ -254,11 +319,17 @@ fn sort<'a, S: Store>(ctx: &Ctx<S>, sent: &'a [Sent], outcomes: Vec<Result<()>>)
         };
         match verdict(&error, m.attempts, cfg.max_attempts, &cfg.backoff) {
             Verdict::Release => {
+                m.route.failed.increment(1);
+                m.route.released.increment(1);
                 s.released.push(m.id);
                 s.outage.get_or_insert((error, m));
             }
             v => {
                 let park = v == Verdict::Park;
+                m.route.failed.increment(1);
+                if park {
+                    m.route.parked.increment(1);
+                }
                 s.failed.push(FailedAttempt {
                     id: m.id,
                     error: error.to_string(),
@@ -300,9 +371,11 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
         } = p;
         let s = sort(ctx, &sent, outcomes);
         let every = cfg.report_interval;
+        let began = Instant::now();
         let delay = match s.outage {
             Some((e, m)) => {
-                if let Some(e) = ctx.stream_outage.failed(e, s.released.len() as u64, every) {
+                let outage = &ctx.probe.stream_outage;
+                if let Some(e) = outage.failed(e, s.released.len() as u64, every) {
                     ctx.send_err(Failure {
                         id: Some(m.id),
                         message_id: Some(m.message_id),
@@ -310,10 +383,10 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
                         action: FailureAction::Released,
                     });
                 }
-                release_delay(ctx.stream_outage.streak())
+                release_delay(outage.streak())
             }
             None => {
-                ctx.stream_outage.succeeded(every);
+                ctx.probe.stream_outage.succeeded(every);
                 Duration::ZERO
             }
         };
@@ -325,6 +398,7 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
             store.release(&lease, &s.released, delay)
         });
         span.end();
+        ctx.metrics.marked(began.elapsed());
 
         // Only what the mark recorded is delivered; the rest is published again by
         // whoever holds it now (a duplicate, de-duplicated by message id).
@@ -344,6 +418,7 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
             .failed
             .fetch_add(failed as u64, Ordering::Relaxed);
         for m in delivered {
+            m.route.published.increment(1);
             let d = Delivered {
                 id: m.id,
                 message_id: m.message_id,
@@ -351,6 +426,7 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
             };
             if ctx.ok_tx.try_send(d).is_err() {
                 ctx.counters.dropped_ok.fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.dropped_ok();
             }
         }
         for (f, attempt) in s.failures {

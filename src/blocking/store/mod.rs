@@ -501,6 +501,12 @@ pub trait Store: Send + Sync + 'static {
     fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
         Ok(None)
     }
+
+    /// The outbox table's name as written (`schema.table` or `table`): the
+    /// `table` label of the relay's metrics. The default is `outbox`.
+    fn table_name(&self) -> String {
+        "outbox".into()
+    }
 }
 
 /// Which of `expected` index names are not among `present` (ASCII case ignored).
@@ -635,6 +641,9 @@ macro_rules! forward_store {
             }
             fn missing_indexes(&self) -> Result<Option<Vec<String>>> {
                 (**self).missing_indexes()
+            }
+            fn table_name(&self) -> String {
+                (**self).table_name()
             }
         }
     };

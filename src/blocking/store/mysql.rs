@@ -690,6 +690,10 @@ impl Store for MysqlStore {
             .collect())
     }
 
+    fn table_name(&self) -> String {
+        self.table().plain()
+    }
+
     fn stats(&self) -> Result<Stats> {
         let row: Option<(i64, i64, i64, i64, i64, i64)> = self
             .conn()?

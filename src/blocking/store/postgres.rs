@@ -562,6 +562,10 @@ impl Store for PostgresStore {
         r.map_err(|e| Error::db("requeueing parked messages", e))
     }
 
+    fn table_name(&self) -> String {
+        self.table().plain()
+    }
+
     fn stats(&self) -> Result<Stats> {
         let row = self
             .conn()?

@@ -293,6 +293,14 @@ mod driver {
     }
 
     impl Stream for KinesisStream {
+        fn name(&self) -> &str {
+            "kinesis"
+        }
+
+        fn route_label<'a>(&self, options: &'a crate::message::Options) -> Option<&'a str> {
+            crate::blocking::stream::route_option(options, crate::core::kinesis::STREAM_NAME)
+        }
+
         /// An unsigned `GET` of the endpoint: a TLS mistake (untrusted
         /// certificate, wrong host name, TLS/plaintext mismatch) stops
         /// `Outbox::start` with [`Error::Tls`]; nothing is sent.

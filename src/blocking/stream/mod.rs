@@ -77,6 +77,48 @@ pub trait Stream: Send + 'static {
 
     /// Flushes and closes connections (called when the relay stops).
     fn close(&mut self) {}
+
+    /// Checks, cheaply and without publishing, that the broker answers; the relay
+    /// calls it while idle (every 5 s, or the check interval if longer), so that
+    /// its health notices a broker outage before the next message. `Some(Err)`
+    /// with a transient error counts as an outage (reported like one), `Some(Ok)`
+    /// ends one; `None` (the default) means the stream cannot check, and only
+    /// publishing tells. Returns by `deadline`.
+    fn check(&mut self, deadline: &Deadline) -> Option<Result<()>> {
+        let _ = deadline;
+        None
+    }
+
+    /// The stream's kind, the `stream` label of the relay's metrics (`amqp`,
+    /// `kafka`, `sqs`, `kinesis`, `pubsub`); the default is `custom`.
+    fn name(&self) -> &str {
+        "custom"
+    }
+
+    /// The low-cardinality `route` label of a message's metrics (an exchange, a
+    /// topic, a queue or stream name), read from its routing options; `None` (the
+    /// default) leaves the label empty. Never a routing key or a message key.
+    ///
+    /// ```
+    /// use outboxer::stream::Stream;
+    /// # use outboxer::{Options, StoredMessage, stream::{Deadline, Validate}};
+    /// # struct Mine;
+    /// # impl Validate for Mine { fn validate(&self, _: &[u8], _: &outboxer::Headers, _: &Options) -> outboxer::Result<()> { Ok(()) } }
+    /// impl Stream for Mine {
+    /// #   fn validator(&self) -> std::sync::Arc<dyn Validate> { std::sync::Arc::new(Mine) }
+    /// #   fn publish(&mut self, b: &[StoredMessage], _: &Deadline) -> Vec<outboxer::Result<()>> { b.iter().map(|_| Ok(())).collect() }
+    ///     fn name(&self) -> &str {
+    ///         "webhook"
+    ///     }
+    ///     fn route_label<'a>(&self, options: &'a Options) -> Option<&'a str> {
+    ///         options.get("endpoint").and_then(|v| v.as_str())
+    ///     }
+    /// }
+    /// ```
+    fn route_label<'a>(&self, options: &'a Options) -> Option<&'a str> {
+        let _ = options;
+        None
+    }
 }
 
 impl<S: Stream + ?Sized> Stream for Box<S> {
@@ -92,6 +134,32 @@ impl<S: Stream + ?Sized> Stream for Box<S> {
     fn close(&mut self) {
         (**self).close()
     }
+    fn check(&mut self, deadline: &Deadline) -> Option<Result<()>> {
+        (**self).check(deadline)
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn route_label<'a>(&self, options: &'a Options) -> Option<&'a str> {
+        (**self).route_label(options)
+    }
+}
+
+/// The string value of a routing option, its last `/` segment (queue URLs and
+/// `projects/p/topics/t` names give the queue or topic name): the route label.
+#[cfg_attr(
+    not(any(
+        feature = "amqp",
+        feature = "kafka",
+        feature = "sqs",
+        feature = "kinesis",
+        feature = "pubsub"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn route_option<'a>(options: &'a Options, key: &str) -> Option<&'a str> {
+    let v = options.get(key)?.as_str()?;
+    Some(v.rsplit('/').next().unwrap_or(v))
 }
 
 /// When a [`Stream::publish`] call must be over: the end of the batch's lease,
@@ -173,5 +241,26 @@ impl Deadline {
                 true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_option;
+    use serde_json::json;
+
+    #[test]
+    fn route_labels_are_the_name_not_the_path() {
+        let opts = |v: serde_json::Value| -> crate::message::Options {
+            serde_json::from_value(v).unwrap_or_default()
+        };
+        let sqs = opts(json!({"queue_name": "http://127.0.0.1:4566/000000000000/orders"}));
+        assert_eq!(route_option(&sqs, "queue_name"), Some("orders"));
+        let ps = opts(json!({"topic_name": "projects/p/topics/events"}));
+        assert_eq!(route_option(&ps, "topic_name"), Some("events"));
+        let amqp = opts(json!({"exchange.name": "orders", "routing_key": "a.b"}));
+        assert_eq!(route_option(&amqp, "exchange.name"), Some("orders"));
+        assert_eq!(route_option(&amqp, "topic"), None);
+        assert_eq!(route_option(&opts(json!({"topic": 5})), "topic"), None);
     }
 }

@@ -356,6 +356,14 @@ mod driver {
     }
 
     impl Stream for SqsStream {
+        fn name(&self) -> &str {
+            "sqs"
+        }
+
+        fn route_label<'a>(&self, options: &'a crate::message::Options) -> Option<&'a str> {
+            crate::blocking::stream::route_option(options, crate::core::sqs::QUEUE_NAME)
+        }
+
         /// An unsigned `GET` of the endpoint: a TLS mistake (untrusted
         /// certificate, wrong host name, TLS/plaintext mismatch) stops
         /// `Outbox::start` with [`Error::Tls`]; nothing is sent.

@@ -309,6 +309,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn table_name(&self) -> String {
+        self.table().plain()
+    }
+
     fn stats(&self) -> Result<Stats> {
         let ctx = "reading stats";
         // One statement is one consistent snapshot; reads need no write lock.

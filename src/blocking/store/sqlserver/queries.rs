@@ -335,6 +335,10 @@ impl Store for SqlServerStore {
         Ok(out)
     }
 
+    fn table_name(&self) -> String {
+        self.table().plain()
+    }
+
     fn stats(&self) -> Result<Stats> {
         let rows = self
             .conn()?

@@ -302,6 +302,14 @@ fn like(e: &Error) -> Error {
 }
 
 impl Stream for AmqpStream {
+    fn name(&self) -> &str {
+        "amqp"
+    }
+
+    fn route_label<'a>(&self, options: &'a crate::message::Options) -> Option<&'a str> {
+        crate::blocking::stream::route_option(options, crate::core::amqp::EXCHANGE_NAME)
+    }
+
     fn validator(&self) -> Arc<dyn Validate> {
         Arc::new(AmqpValidator {
             max_message_size: self.max_message_size,
@@ -374,6 +382,13 @@ impl Stream for AmqpStream {
             .map(|_| ())
     }
 
+    /// Connects if there is no connection, then a passive declare of
+    /// `amq.direct` (which exists on every vhost and needs no permission): one
+    /// round trip that fails on a connection the broker closed or a silent one.
+    fn check(&mut self, deadline: &Deadline) -> Option<Result<()>> {
+        Some(self.check_connection(deadline))
+    }
+
     fn close(&mut self) {
         if let Some(s) = self.session.take() {
             let Session {
@@ -407,6 +422,27 @@ impl Drop for AmqpStream {
 }
 
 impl AmqpStream {
+    /// [`Stream::check`]: connects if needed, then the passive declare.
+    fn check_connection(&mut self, deadline: &Deadline) -> Result<()> {
+        let limit = self.confirm_timeout.min(deadline.remaining());
+        let session = self.session(deadline)?;
+        let dog = Watchdog::arm(&session.socket, limit, Some(deadline))?;
+        let res = session.channel.exchange_declare_passive("amq.direct");
+        if dog.disarm() {
+            let e = self.target.timed_out("checking the connection", deadline);
+            self.drop_session(&e.to_string());
+            return Err(e);
+        }
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = self.target.connection_error(e);
+                self.drop_session(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
     /// Connects if needed, declares, publishes what has no outcome yet and awaits
     /// the confirms. Ends early when the broker closes the channel (the culprits
     /// are settled, the channel reopened); `Err` when the connection is unusable.

@@ -57,6 +57,14 @@ fn record_headers(m: &StoredMessage) -> OwnedHeaders {
 }
 
 impl Stream for KafkaStream {
+    fn name(&self) -> &str {
+        "kafka"
+    }
+
+    fn route_label<'a>(&self, options: &'a crate::message::Options) -> Option<&'a str> {
+        crate::blocking::stream::route_option(options, crate::core::kafka::TOPIC)
+    }
+
     fn validator(&self) -> Arc<dyn Validate> {
         Arc::new(KafkaValidator {
             max_message_size: self.max_message_size,

@@ -31,6 +31,14 @@ fn too_late() -> Error {
 }
 
 impl Stream for PubSubStream {
+    fn name(&self) -> &str {
+        "pubsub"
+    }
+
+    fn route_label<'a>(&self, options: &'a crate::message::Options) -> Option<&'a str> {
+        crate::blocking::stream::route_option(options, crate::core::pubsub::TOPIC_NAME)
+    }
+
     /// An unauthenticated `GET` of the project's topic list (the TLS handshake
     /// and an HTTP answer, no side effect), then a token where one is needed: a
     /// TLS mistake stops `Outbox::start` with [`Error::Tls`].
