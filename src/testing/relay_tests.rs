@@ -377,6 +377,32 @@ fn captured_logs() -> &'static std::sync::Mutex<Vec<Logged>> {
     &c.0
 }
 
+/// Sends `n` messages `<prefix><i>` in one batch; their message ids as text.
+fn send_numbered(outbox: &Outbox<MemoryStore>, prefix: &str, n: usize) -> Vec<String> {
+    let msgs: Vec<Message> = (0..n)
+        .map(|i| Message::new(format!("{prefix}{i}").into_bytes()))
+        .collect();
+    outbox
+        .send_batch(&msgs)
+        .expect("send")
+        .iter()
+        .map(|i| i.to_string())
+        .collect()
+}
+
+/// The captured records that name one of `ids`, in their text or a key-value.
+fn logged_about(logs: &std::sync::Mutex<Vec<Logged>>, ids: &[String]) -> Vec<Logged> {
+    logs.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(text, kv)| {
+            ids.iter()
+                .any(|id| text.contains(id.as_str()) || kv.iter().any(|(_, v)| v == id))
+        })
+        .cloned()
+        .collect()
+}
+
 /// A database that goes away between publish and mark: the whole batch comes back
 /// as not marked on `err()`, one failure per message, but the log says it once
 /// per batch, never once per message (an outage must not flood the log).
@@ -388,15 +414,7 @@ fn unmarked_messages_of_a_database_outage_are_logged_once_per_batch() {
         .lease(Duration::from_secs(1))
         .build()
         .expect("outbox");
-    let msgs: Vec<Message> = (0..50)
-        .map(|i| Message::new(format!("m{i}").into_bytes()))
-        .collect();
-    let ids: Vec<String> = outbox
-        .send_batch(&msgs)
-        .expect("send")
-        .iter()
-        .map(|i| i.to_string())
-        .collect();
+    let ids = send_numbered(&outbox, "m", 50);
     store.fail_next(StoreOp::MarkDispatched, 1_000);
     let relay = outbox.start().expect("start");
     assert_eq!(stream.wait_for(50, Duration::from_secs(5)).len(), 50);
@@ -411,16 +429,7 @@ fn unmarked_messages_of_a_database_outage_are_logged_once_per_batch() {
     });
     relay.stop().expect("stop");
     assert!(reported, "each message reported on err(): {not_marked}");
-    let lines: Vec<Logged> = logs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|(text, kv)| {
-            ids.iter()
-                .any(|id| text.contains(id.as_str()) || kv.iter().any(|(_, v)| v == id))
-        })
-        .cloned()
-        .collect();
+    let lines = logged_about(logs, &ids);
     assert!(
         (1..=2).contains(&lines.len()),
         "one line per batch, not per message: {} lines: {lines:#?}",
@@ -472,15 +481,7 @@ fn message_failures_are_logged_a_few_per_interval_and_summarised() {
         .report_interval(Duration::from_secs(60))
         .build()
         .expect("outbox");
-    let msgs: Vec<Message> = (0..300)
-        .map(|i| Message::new(format!("bad{i}").into_bytes()))
-        .collect();
-    let ids: Vec<String> = outbox
-        .send_batch(&msgs)
-        .expect("send")
-        .iter()
-        .map(|i| i.to_string())
-        .collect();
+    let ids = send_numbered(&outbox, "bad", 300);
     stream.fail_where(|_| true, PublishFault::Rejected);
     let relay = outbox.start().expect("start");
     let parked = until(Duration::from_secs(20), || {
@@ -492,16 +493,7 @@ fn message_failures_are_logged_a_few_per_interval_and_summarised() {
     drop(outbox);
     assert!(parked, "all 300 parked");
     assert!(reported >= 300, "err() has every failure: {reported}");
-    let lines: Vec<Logged> = logs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|(text, kv)| {
-            ids.iter()
-                .any(|id| text.contains(id.as_str()) || kv.iter().any(|(_, v)| v == id))
-        })
-        .cloned()
-        .collect();
+    let lines = logged_about(logs, &ids);
     assert!(
         !lines.is_empty() && lines.len() <= 10,
         "a few lines per interval, not one per failure: {} lines",
