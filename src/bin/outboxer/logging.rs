@@ -56,6 +56,9 @@ pub fn init(format: LogFormat) {
     for d in QUIET_DRIVERS {
         b.filter_module(d, log::LevelFilter::Warn);
     }
+    // The relay's tracing spans (feature `tracing`) are for tracing subscribers:
+    // written as log records they would be a line per claim and per batch.
+    b.filter_module("outboxer::spans", log::LevelFilter::Off);
     // Later directives win for the same module, so a driver the user names is theirs.
     b.parse_filters(user.as_deref().unwrap_or(DEFAULT_FILTER));
     if let Ok(style) = std::env::var("OUTBOXER_LOG_STYLE") {

@@ -27,7 +27,10 @@ mod imp {
     use tracing::span::EnteredSpan;
     use tracing::{debug_span, info_span, Span};
 
-    const TARGET: &str = "outboxer::relay";
+    /// A target of their own: where `tracing`'s `log` feature is on somewhere in
+    /// the dependency tree and no subscriber is installed, tracing writes every span
+    /// as a log record, and a logger can then turn exactly these off.
+    const TARGET: &str = "outboxer::spans";
 
     /// An entered stage span (and, for publish, its per-message spans); it ends
     /// with [`Stage::end`] or when dropped.
