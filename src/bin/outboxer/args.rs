@@ -88,11 +88,12 @@ pub struct Common {
     pub config: Option<PathBuf>,
 }
 
+/// The stream's URL, given or read from a file: one pair of flags for every
+/// subcommand that publishes or checks a stream.
 #[derive(Debug, Args, Clone, Default)]
-pub struct RelayArgs {
-    #[command(flatten)]
-    pub common: Common,
-    /// Stream URL: amqp://, kafka://, sqs://, kinesis://, pubsub:// (when compiled in)
+pub struct StreamArg {
+    /// Stream URL: amqp://, amqps://, kafka://, sqs://, kinesis://, pubsub://
+    /// (when compiled in)
     #[arg(long, env = "OUTBOXER_STREAM", hide_env_values = true)]
     pub stream: Option<String>,
     /// Read the stream URL from this file instead (trimmed), keeping its secrets
@@ -104,6 +105,14 @@ pub struct RelayArgs {
         conflicts_with = "stream"
     )]
     pub stream_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct RelayArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub stream: StreamArg,
     #[command(flatten)]
     pub relay: RelayOptions,
 }
@@ -155,17 +164,9 @@ pub struct RelayOptions {
 pub struct CheckArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Stream URL (as for `relay`); without one, only the store and table are checked
-    #[arg(long, env = "OUTBOXER_STREAM", hide_env_values = true)]
-    pub stream: Option<String>,
-    /// Read the stream URL from this file instead (trimmed)
-    #[arg(
-        long,
-        env = "OUTBOXER_STREAM_FILE",
-        value_name = "PATH",
-        conflicts_with = "stream"
-    )]
-    pub stream_file: Option<PathBuf>,
+    // Without a stream, only the store and table are checked.
+    #[command(flatten)]
+    pub stream: StreamArg,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -239,17 +240,9 @@ pub struct PurgeArgs {
 pub struct BenchArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Stream URL (amqp:// only)
-    #[arg(long, env = "OUTBOXER_STREAM", hide_env_values = true)]
-    pub stream: Option<String>,
-    /// Read the stream URL from this file instead (trimmed)
-    #[arg(
-        long,
-        env = "OUTBOXER_STREAM_FILE",
-        value_name = "PATH",
-        conflicts_with = "stream"
-    )]
-    pub stream_file: Option<PathBuf>,
+    // The stream: amqp:// or amqps:// only.
+    #[command(flatten)]
+    pub stream: StreamArg,
     /// Messages to send
     #[arg(long, default_value_t = 10_000)]
     pub messages: u64,

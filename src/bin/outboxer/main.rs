@@ -13,13 +13,12 @@ mod relay;
 mod serve;
 mod settings;
 
-use args::{Cli, Command, Common};
+use args::{Cli, Command, Common, StreamArg};
 use clap::{CommandFactory, FromArgMatches};
 use connect::{display_url, open_store, open_stream};
 use fail::Fail;
 use outboxer::store::{ParkedFilter, Requeue};
 use settings::{FileConfig, RelaySettings};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -102,12 +101,8 @@ fn open(common: &Common, file: &FileConfig, default_table: &str) -> Result<Opene
     })
 }
 
-fn stream_url(
-    flag: Option<String>,
-    flag_file: Option<PathBuf>,
-    file: &FileConfig,
-) -> Result<String, Fail> {
-    settings::stream_url(flag.as_ref(), flag_file.as_deref(), file)?.ok_or_else(|| {
+fn stream_url(arg: &StreamArg, file: &FileConfig) -> Result<String, Fail> {
+    settings::stream_url(arg, file)?.ok_or_else(|| {
         Fail::usage(
             "a stream is required: --stream URL, --stream-file PATH, OUTBOXER_STREAM, \
              OUTBOXER_STREAM_FILE or `stream`/`stream_file` in the config file",
@@ -126,13 +121,13 @@ fn run(command: Command) -> Result<(), Fail> {
         Command::Check(a) => {
             let file = FileConfig::load(&a.common)?;
             let target = settings::target(&a.common, &file)?;
-            let url = settings::stream_url(a.stream.as_ref(), a.stream_file.as_deref(), &file)?;
+            let url = settings::stream_url(&a.stream, &file)?;
             check::run(&target, url.as_deref())
         }
         Command::Relay(a) => {
             let file = FileConfig::load(&a.common)?;
             let settings = RelaySettings::resolve(&a.relay, &file)?;
-            let url = stream_url(a.stream, a.stream_file, &file)?;
+            let url = stream_url(&a.stream, &file)?;
             let o = open(&a.common, &file, "event_store")?;
             let stream = open_stream(&url)?;
             let what = format!(
@@ -224,7 +219,7 @@ fn run(command: Command) -> Result<(), Fail> {
         }
         Command::Bench(a) => {
             let file = FileConfig::load(&a.common)?;
-            let url = stream_url(a.stream, a.stream_file, &file)?;
+            let url = stream_url(&a.stream, &file)?;
             let lower = url.to_ascii_lowercase();
             if !lower.starts_with("amqp://") && !lower.starts_with("amqps://") {
                 return Err(Fail::usage(

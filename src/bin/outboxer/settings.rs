@@ -1,7 +1,7 @@
 //! Settings from flags and `OUTBOXER_*` variables (both through clap), then the
 //! `--config` TOML file, then defaults.
 
-use crate::args::{Common, RelayOptions};
+use crate::args::{Common, RelayOptions, StreamArg};
 use crate::fail::Fail;
 use crate::parse;
 use serde::Deserialize;
@@ -104,12 +104,12 @@ pub fn target(common: &Common, file: &FileConfig) -> Result<Target, Fail> {
 
 /// The stream URL from `--stream`/`--stream-file` (or their variables), else the
 /// config file's `stream`/`stream_file`.
-pub fn stream_url(
-    flag: Option<&String>,
-    flag_file: Option<&Path>,
-    file: &FileConfig,
-) -> Result<Option<String>, Fail> {
-    match url_from("--stream-file", flag, flag_file)? {
+pub fn stream_url(arg: &StreamArg, file: &FileConfig) -> Result<Option<String>, Fail> {
+    match url_from(
+        "--stream-file",
+        arg.stream.as_ref(),
+        arg.stream_file.as_deref(),
+    )? {
         Some(url) => Ok(Some(url)),
         None => url_from_config("stream", file.stream.as_ref(), file.stream_file.as_deref()),
     }
@@ -282,7 +282,7 @@ mod tests {
 
         let both: FileConfig =
             toml::from_str("stream = 'amqp://h'\nstream_file = '/x'").expect("toml");
-        let f = stream_url(None, None, &both).expect_err("refused");
+        let f = stream_url(&StreamArg::default(), &both).expect_err("refused");
         assert!(f.message.contains("cannot both"), "{}", f.message);
         let from_file: FileConfig =
             toml::from_str(&format!("store_file = '{}'", good.display())).expect("toml");
