@@ -41,26 +41,9 @@ fn outboxer() -> Command {
 /// Runs to completion; a command that has not ended after 120 s is killed and
 /// fails the test (a one-shot command must never turn into a running relay).
 fn run(args: &[&str]) -> Output {
-    let child = outboxer()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run outboxer");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // The pipes are drained by wait_with_output on its own thread, so a chatty
-    // command cannot block on a full pipe.
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(out) => out.expect("output"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("{args:?} still running after 120 s (killed)");
-        }
-    }
+    let mut cmd = outboxer();
+    cmd.args(args);
+    common::run_to_end(cmd, Duration::from_secs(120))
 }
 
 fn text(o: &Output) -> String {

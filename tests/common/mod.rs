@@ -249,3 +249,31 @@ fn consume(
     }
     Err(amiquip::Error::ClientClosedChannel)
 }
+
+/// Runs `cmd` to completion with its output captured; a process still running
+/// after `within` is killed and fails the test (a one-shot command must never
+/// turn into a running relay). The pipes are drained by `wait_with_output` on
+/// its own thread, so a chatty command cannot block on a full pipe.
+pub fn run_to_end(mut cmd: std::process::Command, within: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let what = format!("{cmd:?}");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the command");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(out) => out.expect("output"),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            panic!("{what} still running after {within:?} (killed)");
+        }
+    }
+}

@@ -443,24 +443,8 @@ mod cli {
     }
 
     /// Runs to completion within 60 s (else kills it and fails).
-    fn run(mut cmd: Command) -> Output {
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run outboxer");
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(out) => out.expect("output"),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                panic!("outboxer still running after 60 s (killed)");
-            }
-        }
+    fn run(cmd: Command) -> Output {
+        crate::common::run_to_end(cmd, Duration::from_secs(60))
     }
 
     fn relay(table: &str, stream: &str) -> Command {
