@@ -104,7 +104,7 @@ pub mod async_impl;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
-pub use crate::core::config::OnPark;
+pub use crate::core::config::{ClaimMode, OnPark};
 pub use crate::core::redact::{redact_connection_string, redact_url};
 pub use blocking::store;
 pub use blocking::stream;

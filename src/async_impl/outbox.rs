@@ -263,7 +263,11 @@ impl<S: Store> OutboxBuilder<S> {
         cleanup_interval(d: Duration);
         /// Never delete dispatched rows.
         no_cleanup();
-        /// Dispatched rows older than this are deleted (default 5 days).
+        /// How a claim owns its rows while they are published (default
+        /// [`ClaimMode::RowLocks`](crate::ClaimMode::RowLocks) where the store can).
+        claim_mode(mode: crate::ClaimMode);
+        /// Dispatched rows older than this are deleted (default 5 days);
+        /// `Duration::ZERO`: the mark deletes them.
         cleanup_before(d: Duration);
         /// Rows deleted per statement (default 1000).
         cleanup_batch_size(n: usize);

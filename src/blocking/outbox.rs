@@ -3,7 +3,7 @@
 use super::relay::{self, Relay};
 use super::store::{Requeue, Stats, Store, TxStore};
 use super::stream::{Stream, Validate};
-use crate::core::config::{OnPark, RelayConfig};
+use crate::core::config::{ClaimMode, OnPark, RelayConfig};
 use crate::core::retry::Backoff;
 use crate::message::{Message, MessageId};
 use crate::{Error, Result};
@@ -299,7 +299,15 @@ impl<S: Store> OutboxBuilder<S> {
         self.config.cleanup_interval = None;
         self
     }
+    /// How a claim owns its rows while they are published (default
+    /// [`ClaimMode::RowLocks`] where the store can, else leases).
+    pub fn claim_mode(mut self, mode: ClaimMode) -> Self {
+        self.config.claim_mode = mode;
+        self
+    }
     /// Dispatched rows older than this are deleted (default 5 days).
+    /// `Duration::ZERO`: a dispatched row is deleted by the mark itself, with no
+    /// cleanup pass (the least database work per message).
     pub fn cleanup_before(mut self, d: Duration) -> Self {
         self.config.cleanup_before = d;
         self

@@ -35,6 +35,34 @@ pub struct RelayConfig {
     pub metrics_interval: Duration,
     /// Whether message metrics carry the `route` label (feature `metrics`).
     pub metrics_route_label: bool,
+    /// How a claim owns its rows while they are published.
+    pub claim_mode: ClaimMode,
+}
+
+/// How a relay owns the rows it claimed while it publishes them.
+///
+/// ```
+/// use outboxer::ClaimMode;
+/// assert_eq!(ClaimMode::default(), ClaimMode::RowLocks);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClaimMode {
+    /// The claim locks its rows (`SELECT .. FOR UPDATE SKIP LOCKED`) in a
+    /// transaction that stays open while the batch is published; the outcomes
+    /// are written in that transaction and committed once. No lease is written,
+    /// and a relay that dies gives its rows up with its connection, at once. The
+    /// transaction's idle time is bounded by the lease on the server
+    /// (`idle_in_transaction_session_timeout` on PostgreSQL,
+    /// `idle_transaction_timeout` on MariaDB, `wait_timeout` on MySQL). Stores
+    /// that cannot hold a transaction open this way (SQLite, whose open write
+    /// transaction would block every enqueue; SQL Server so far) lease instead.
+    #[default]
+    RowLocks,
+    /// The claim writes a lease (`locked_by`, `locked_until`) and commits; the
+    /// outcomes are written by later statements that check the lease. A dead
+    /// relay's rows are taken over when its lease ends. Every store supports it.
+    Leases,
 }
 
 /// What a parked message does to the later messages of its ordering key.
@@ -72,6 +100,7 @@ impl Default for RelayConfig {
             report_interval: Duration::from_secs(30),
             metrics_interval: Duration::from_secs(15),
             metrics_route_label: true,
+            claim_mode: ClaimMode::RowLocks,
         }
     }
 }

@@ -410,6 +410,19 @@ impl Store for MemoryStore {
         Ok(marked)
     }
 
+    fn delete_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
+        let mut s = self.state.lock();
+        s.fault(StoreOp::MarkDispatched)?;
+        let mut marked = Vec::new();
+        for &id in ids {
+            if s.held_by(lease, id).is_some() {
+                s.rows.remove(&id);
+                marked.push(id);
+            }
+        }
+        Ok(marked)
+    }
+
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {
         let mut s = self.state.lock();
         s.fault(StoreOp::MarkFailed)?;

@@ -14,6 +14,7 @@ pub struct My;
 
 impl Harness for My {
     type S = MysqlStore;
+    const ROW_LOCKS: bool = false;
     fn try_store(table: &str) -> Result<MysqlStore, Error> {
         MysqlStore::builder(&url())
             .table(table)

@@ -13,6 +13,7 @@ pub struct Pg;
 
 impl Harness for Pg {
     type S = PostgresStore;
+    const ROW_LOCKS: bool = true;
     fn try_store(table: &str) -> Result<PostgresStore, Error> {
         PostgresStore::builder(&url()).table(table).build()
     }

@@ -52,6 +52,7 @@ pub struct Sqlite;
 
 impl Harness for Sqlite {
     type S = SqliteStore;
+    const ROW_LOCKS: bool = false;
     fn try_store(table: &str) -> Result<SqliteStore, Error> {
         SqliteStore::builder(db_path()).table(table).build()
     }

@@ -32,6 +32,7 @@ pub struct Mssql;
 
 impl Harness for Mssql {
     type S = SqlServerStore;
+    const ROW_LOCKS: bool = false;
     fn try_store(table: &str) -> Result<SqlServerStore, Error> {
         SqlServerStore::builder(&url()).table(table).build()
     }

@@ -17,7 +17,7 @@ mod spans;
 mod stages;
 
 use super::outbox::Shared;
-use super::store::{Lease, Store};
+use super::store::{HeldClaim, Lease, Store};
 use super::stream::Stream;
 use crate::message::{Delivered, Failure, FailureAction, MessageId, StoredMessage};
 use crate::{Error, Result};
@@ -249,6 +249,9 @@ struct Claimed {
     messages: Vec<StoredMessage>,
     /// When the lease started, by our clock; the lease ends `lease.duration` later.
     at: Instant,
+    /// The transaction holding the rows by their locks ([`crate::ClaimMode::RowLocks`]);
+    /// `None` when they are leased. Dropped without a commit, it gives them back.
+    held: Option<Box<dyn HeldClaim>>,
 }
 
 impl Claimed {
@@ -276,6 +279,7 @@ struct Published {
     at: Instant,
     sent: Vec<Sent>,
     outcomes: Vec<Result<()>>,
+    held: Option<Box<dyn HeldClaim>>,
 }
 
 /// Everything the threads share.
@@ -344,7 +348,13 @@ impl<S: Store> Ctx<S> {
         }
     }
 
-    fn release_claimed(&self, c: &Claimed) {
+    /// Gives a batch back at once: a held one by rolling its transaction back,
+    /// a leased one by releasing its rows.
+    fn release_claimed(&self, c: Claimed) {
+        if c.held.is_some() {
+            drop(c);
+            return;
+        }
         let ids: Vec<i64> = c.messages.iter().map(|m| m.id).collect();
         self.release(&c.lease, &ids);
     }

@@ -4,9 +4,11 @@
 use super::outage::release_delay;
 use super::spans;
 use super::{lease_left, Claimed, Ctx, Published, Sent, StreamHome};
-use crate::blocking::store::{BatchLimit, FailedAttempt, Lease, Store, Undecodable};
+use crate::blocking::store::{
+    BatchLimit, Claim, FailedAttempt, HeldClaim, Lease, Store, Undecodable,
+};
 use crate::blocking::stream::Deadline;
-use crate::core::config::OnPark;
+use crate::core::config::{ClaimMode, OnPark};
 use crate::core::retry::{verdict, Backoff, Verdict};
 use crate::message::{Delivered, Failure, FailureAction};
 use crate::{Error, Result};
@@ -20,6 +22,8 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
     let wake = ctx.shared.wake_rx.clone();
     let mut idle = false;
     let mut db_failures = 0u32;
+    // Row locks until the store says it cannot hold them (then leases for good).
+    let mut locks = cfg.claim_mode == ClaimMode::RowLocks;
     let pause =
         Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).unwrap_or_default();
     loop {
@@ -40,12 +44,12 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
             bytes: cfg.max_batch_bytes,
         };
         let span = spans::claim(limit.rows);
-        let claim = match ctx.shared.store.claim(&lease, limit) {
+        let (claim, mut held) = match claim(ctx, &lease, limit, &mut locks) {
             Ok(c) => {
                 db_failures = 0;
                 ctx.probe.store_outage.succeeded(cfg.report_interval);
                 *ctx.probe.last_claim.lock() = Some(SystemTime::now());
-                ctx.metrics.claimed(at.elapsed(), c.len());
+                ctx.metrics.claimed(at.elapsed(), c.0.len());
                 c
             }
             Err(e) => {
@@ -64,15 +68,25 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
         // A short claim means the table is drained, unless the byte cap cut it.
         let bytes: usize = claim.messages.iter().map(|m| m.payload.len()).sum();
         idle = claim.len() < cfg.batch_size && bytes <= cfg.max_batch_bytes / 2;
-        park_undecodable(ctx, &lease, claim.undecodable);
+        if !park_undecodable(ctx, &lease, claim.undecodable, held.as_mut()) {
+            // The held transaction is lost: its rows are claimable again.
+            continue;
+        }
         let messages = claim.messages;
         if messages.is_empty() {
+            if let Some(h) = held {
+                // Commits the parked undecodable rows (or just ends an empty claim).
+                if let Err(e) = h.commit(&[], false) {
+                    ctx.store_failed(e);
+                }
+            }
             continue;
         }
         let mut batch = Claimed {
             lease,
             messages,
             at,
+            held,
         };
         loop {
             match out.send_timeout(batch, Duration::from_millis(50)) {
@@ -80,7 +94,7 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
                 Err(e) => {
                     batch = e.into_inner();
                     if ctx.stopped() {
-                        ctx.release_claimed(&batch);
+                        ctx.release_claimed(batch);
                         return;
                     }
                 }
@@ -89,11 +103,34 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
     }
 }
 
+/// One claim, by row locks while `locks` holds and the store supports them.
+fn claim<S: Store>(
+    ctx: &Ctx<S>,
+    lease: &Lease,
+    limit: BatchLimit,
+    locks: &mut bool,
+) -> Result<(Claim, Option<Box<dyn HeldClaim>>)> {
+    let store = &ctx.shared.store;
+    if *locks {
+        match store.claim_locked(lease, limit)? {
+            Some(l) => return Ok((l.claim, Some(l.held))),
+            None => *locks = false,
+        }
+    }
+    Ok((store.claim(lease, limit)?, None))
+}
+
 /// Rows that cannot be decoded can never be published: they park at once, with
-/// the reason in `last_error`, and hold up nothing but their own key.
-fn park_undecodable<S: Store>(ctx: &Ctx<S>, lease: &Lease, rows: Vec<Undecodable>) {
+/// the reason in `last_error`, and hold up nothing but their own key. False
+/// when the held transaction failed (drop it).
+fn park_undecodable<S: Store>(
+    ctx: &Ctx<S>,
+    lease: &Lease,
+    rows: Vec<Undecodable>,
+    held: Option<&mut Box<dyn HeldClaim>>,
+) -> bool {
     if rows.is_empty() {
-        return;
+        return true;
     }
     let cfg = &ctx.shared.config;
     let failed: Vec<FailedAttempt> = rows
@@ -110,10 +147,15 @@ fn park_undecodable<S: Store>(ctx: &Ctx<S>, lease: &Lease, rows: Vec<Undecodable
             hold_key: cfg.on_park == OnPark::HoldKey,
         })
         .collect();
-    if let Err(e) = ctx.shared.store.mark_failed(lease, &failed) {
-        // The lease expires and the next claim tries again.
+    let written = match held {
+        Some(h) => h.mark_failed(&failed),
+        None => ctx.shared.store.mark_failed(lease, &failed),
+    };
+    if let Err(e) = written {
+        // The lease expires (or the transaction rolls back) and the next claim
+        // tries again.
         ctx.store_failed(e);
-        return;
+        return false;
     }
     ctx.counters
         .failed
@@ -135,6 +177,7 @@ fn park_undecodable<S: Store>(ctx: &Ctx<S>, lease: &Lease, rows: Vec<Undecodable
             None,
         );
     }
+    true
 }
 
 pub(super) fn publisher<S: Store>(
@@ -167,11 +210,11 @@ pub(super) fn publisher<S: Store>(
         };
         // Not started before stop, or so late that another relay may own it by now.
         if ctx.stopped() || claimed.lease_left() < claimed.lease.duration / 5 {
-            ctx.release_claimed(&claimed);
+            ctx.release_claimed(claimed);
             continue;
         }
         let Some(stream) = home.stream.as_mut() else {
-            ctx.release_claimed(&claimed);
+            ctx.release_claimed(claimed);
             continue;
         };
         // Publishing ends a fifth of the lease before the lease does: time to record
@@ -199,12 +242,12 @@ pub(super) fn publisher<S: Store>(
                     o.len(),
                     claimed.messages.len()
                 );
-                ctx.release_claimed(&claimed);
+                ctx.release_claimed(claimed);
                 ctx.panicked("publisher", &what);
                 continue;
             }
             Err(p) => {
-                ctx.release_claimed(&claimed);
+                ctx.release_claimed(claimed);
                 ctx.panicked("publisher", p.as_ref());
                 continue;
             }
@@ -223,6 +266,7 @@ pub(super) fn publisher<S: Store>(
             lease,
             messages,
             at,
+            held,
         } = claimed;
         // The payloads are dropped here, before the marks.
         let sent: Vec<Sent> = messages
@@ -239,12 +283,15 @@ pub(super) fn publisher<S: Store>(
             at,
             sent,
             outcomes,
+            held,
         }) {
             // The marker is gone (it panicked): give the rows back; published ones
             // are published again (at least once).
             let p = e.into_inner();
-            let ids: Vec<i64> = p.sent.iter().map(|s| s.id).collect();
-            ctx.release(&p.lease, &ids);
+            if p.held.is_none() {
+                let ids: Vec<i64> = p.sent.iter().map(|s| s.id).collect();
+                ctx.release(&p.lease, &ids);
+            }
             continue;
         }
         if all_down {
@@ -368,6 +415,7 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
             at,
             sent,
             outcomes,
+            held,
         } = p;
         let s = sort(ctx, &sent, outcomes);
         let every = cfg.report_interval;
@@ -392,11 +440,21 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
         };
         let span = spans::mark(&sent, s.ok.len(), s.failed.len(), s.released.len());
         let ids: Vec<i64> = s.ok.iter().map(|m| m.id).collect();
-        let marked = persist(ctx, &lease, at, || store.mark_dispatched(&lease, &ids));
-        persist(ctx, &lease, at, || store.mark_failed(&lease, &s.failed));
-        persist(ctx, &lease, at, || {
-            store.release(&lease, &s.released, delay)
-        });
+        let delete = cfg.cleanup_before.is_zero();
+        let marked = match held {
+            Some(h) => commit_held(ctx, h, &ids, &s.failed, &s.released, delay, delete),
+            None => {
+                let marked = persist(ctx, &lease, at, || match delete {
+                    true => store.delete_dispatched(&lease, &ids),
+                    false => store.mark_dispatched(&lease, &ids),
+                });
+                persist(ctx, &lease, at, || store.mark_failed(&lease, &s.failed));
+                persist(ctx, &lease, at, || {
+                    store.release(&lease, &s.released, delay)
+                });
+                marked
+            }
+        };
         span.end();
         ctx.metrics.marked(began.elapsed());
 
@@ -467,6 +525,31 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
                 error,
                 action: FailureAction::NotMarked,
             });
+        }
+    }
+}
+
+/// Writes a held batch's outcomes in its transaction and commits: all of them
+/// land, or none (the rows are then claimable again at once, and the published
+/// ones are published again).
+fn commit_held<S: Store>(
+    ctx: &Ctx<S>,
+    mut held: Box<dyn HeldClaim>,
+    dispatched: &[i64],
+    failed: &[FailedAttempt],
+    released: &[i64],
+    delay: Duration,
+    delete: bool,
+) -> Option<Vec<i64>> {
+    let written = held
+        .mark_failed(failed)
+        .and_then(|_| held.release(released, delay))
+        .and_then(|_| held.commit(dispatched, delete));
+    match written {
+        Ok(ids) => Some(ids),
+        Err(e) => {
+            ctx.store_failed(e);
+            None
         }
     }
 }

@@ -335,6 +335,45 @@ pub struct HeldKey {
     pub waiting: u64,
 }
 
+/// A claim held by its rows' locks in an open transaction
+/// ([`ClaimMode::RowLocks`](crate::ClaimMode::RowLocks)): the outcomes are
+/// written in that transaction, and [`HeldClaim::commit`] makes them visible at
+/// once. Dropping it without a commit rolls back: every row is claimable again
+/// at once, no attempt counted (what a dead relay's closed connection does too).
+///
+/// Statements run in order on one connection; after a failed one the
+/// transaction is lost (drop it).
+pub trait HeldClaim: Send {
+    /// Records failed attempts (backoff or park) of held rows.
+    fn mark_failed(&mut self, failures: &[FailedAttempt]) -> Result<usize>;
+
+    /// Gives held rows back after `retry_in` without counting an attempt (zero:
+    /// nothing to write, the commit unlocks them).
+    fn release(&mut self, ids: &[i64], retry_in: Duration) -> Result<usize>;
+
+    /// Marks the published rows dispatched (or deletes them when `delete`),
+    /// then commits; returns the ids marked. Before the commit returns, none of
+    /// the transaction's writes is visible.
+    fn commit(self: Box<Self>, dispatched: &[i64], delete: bool) -> Result<Vec<i64>>;
+}
+
+/// What [`Store::claim_locked`] returns: the claim and the transaction that holds
+/// its rows.
+pub struct LockedClaim {
+    /// The rows, as [`Store::claim`] returns them.
+    pub claim: Claim,
+    /// The open transaction holding them.
+    pub held: Box<dyn HeldClaim>,
+}
+
+impl std::fmt::Debug for LockedClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockedClaim")
+            .field("claim", &self.claim)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Wake-ups from other processes (PostgreSQL LISTEN/NOTIFY). A hint only:
 /// the table stays the source of truth.
 pub trait WakeListener: Send {
@@ -382,9 +421,26 @@ pub trait Store: Send + Sync + 'static {
     /// is leased too and returned in [`Claim::undecodable`]; it never fails the claim.
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim>;
 
+    /// Claims like [`Store::claim`], but holds the rows by their locks in a
+    /// transaction left open until the [`HeldClaim`] commits or is dropped; the
+    /// server ends the transaction when it stays idle longer than
+    /// `lease.duration` (the relay finishes well before). `Ok(None)`: this
+    /// store cannot hold claims so, and the relay leases instead (the default).
+    fn claim_locked(&self, lease: &Lease, limit: BatchLimit) -> Result<Option<LockedClaim>> {
+        let _ = (lease, limit);
+        Ok(None)
+    }
+
     /// Marks claimed messages dispatched; returns the ids that still held the lease
     /// (the others were taken over by another relay after the lease expired).
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>>;
+
+    /// Like [`Store::mark_dispatched`], but deletes the rows instead of keeping
+    /// them as dispatched (a retention of zero). The default keeps them (for the
+    /// cleanup to delete): stores override it with a `DELETE`.
+    fn delete_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
+        self.mark_dispatched(lease, ids)
+    }
 
     /// Records failed attempts (backoff or park); returns rows that still held the lease.
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize>;
@@ -600,8 +656,14 @@ macro_rules! forward_store {
             fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
                 (**self).claim(lease, limit)
             }
+            fn claim_locked(&self, lease: &Lease, limit: BatchLimit) -> Result<Option<LockedClaim>> {
+                (**self).claim_locked(lease, limit)
+            }
             fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
                 (**self).mark_dispatched(lease, ids)
+            }
+            fn delete_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
+                (**self).delete_dispatched(lease, ids)
             }
             fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {
                 (**self).mark_failed(lease, failures)

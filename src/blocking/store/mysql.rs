@@ -85,6 +85,37 @@ impl std::fmt::Debug for MysqlStore {
 }
 
 impl MysqlStore {
+    /// A lease-mode dispatched mark (or delete): the ids that still held the lease.
+    fn lease_mark(&self, lease: &Lease, ids: &[i64], delete: bool) -> Result<Vec<i64>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = "marking messages dispatched";
+        let db = |e| Error::db(ctx, e);
+        let token = lease.token.as_bytes();
+        let sql = &self.inner.sql;
+        let mark = |ids: &[i64]| match delete {
+            true => sql.delete_dispatched(ids, token),
+            false => sql.mark_dispatched(ids, token),
+        };
+        let mut tx = self.tx(ctx)?;
+        tx.query_drop(mark(ids)).map_err(db)?;
+        if tx.affected_rows() == ids.len() as u64 {
+            tx.commit().map_err(db)?;
+            return Ok(ids.to_vec());
+        }
+        // Some leases were lost (rare): no RETURNING here, so undo and mark exactly
+        // the rows still held, locked first, to say which ones were ours.
+        tx.rollback().map_err(db)?;
+        let mut tx = self.tx(ctx)?;
+        let held: Vec<i64> = tx.query(sql.held(ids, token)).map_err(db)?;
+        if !held.is_empty() {
+            tx.query_drop(mark(&held)).map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(held)
+    }
+
     /// Connects with a URL (`mysql://user[:password]@host[:port]/db`) to the table `event_store`.
     pub fn connect(url: &str) -> Result<Self> {
         Self::builder(url).build()
@@ -490,30 +521,11 @@ impl Store for MysqlStore {
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ctx = "marking messages dispatched";
-        let db = |e| Error::db(ctx, e);
-        let token = lease.token.as_bytes();
-        let mut tx = self.tx(ctx)?;
-        tx.query_drop(self.inner.sql.mark_dispatched(ids, token))
-            .map_err(db)?;
-        if tx.affected_rows() == ids.len() as u64 {
-            tx.commit().map_err(db)?;
-            return Ok(ids.to_vec());
-        }
-        // Some leases were lost (rare): no RETURNING here, so undo and mark exactly
-        // the rows still held, locked first, to say which ones were ours.
-        tx.rollback().map_err(db)?;
-        let mut tx = self.tx(ctx)?;
-        let held: Vec<i64> = tx.query(self.inner.sql.held(ids, token)).map_err(db)?;
-        if !held.is_empty() {
-            tx.query_drop(self.inner.sql.mark_dispatched(&held, token))
-                .map_err(db)?;
-        }
-        tx.commit().map_err(db)?;
-        Ok(held)
+        self.lease_mark(lease, ids, false)
+    }
+
+    fn delete_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
+        self.lease_mark(lease, ids, true)
     }
 
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {

@@ -1,10 +1,11 @@
-//! PostgreSQL store on the `postgres` crate: leases with `FOR UPDATE SKIP LOCKED`,
-//! LISTEN/NOTIFY wake-ups, a small connection pool of its own.
+//! PostgreSQL store on the `postgres` crate: claims by row locks held in an open
+//! transaction (or leases), both with `FOR UPDATE SKIP LOCKED`; LISTEN/NOTIFY
+//! wake-ups; a small connection pool of its own.
 
 use super::{run_in, Finish};
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Purgeable, Requeue,
-    Stats, Store, TxStore, Undecodable, WakeListener,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldClaim, HeldKey, Lease, LockedClaim,
+    ParkedMessage, Purgeable, Requeue, Stats, Store, TxStore, Undecodable, WakeListener,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
@@ -145,7 +146,7 @@ impl PostgresStore {
     /// A connection from the pool: an idle one, a new one while fewer than
     /// `max_connections` are open, or else the next one given back, waiting up to
     /// `pool_timeout` for it.
-    fn conn(&self) -> Result<Conn<'_>> {
+    fn conn(&self) -> Result<Conn> {
         let inner = &*self.inner;
         let deadline = Instant::now() + inner.pool_timeout;
         let mut pool = inner.pool.lock();
@@ -153,8 +154,9 @@ impl PostgresStore {
             while let Some(c) = pool.idle.pop() {
                 if !c.is_closed() {
                     return Ok(Conn {
-                        inner,
+                        inner: Arc::clone(&self.inner),
                         client: Some(c),
+                        discard: false,
                     });
                 }
                 pool.open = pool.open.saturating_sub(1);
@@ -164,8 +166,9 @@ impl PostgresStore {
                 drop(pool);
                 return match (inner.connect)() {
                     Ok(c) => Ok(Conn {
-                        inner,
+                        inner: Arc::clone(&self.inner),
                         client: Some(c),
+                        discard: false,
                     }),
                     Err(e) => {
                         let mut pool = inner.pool.lock();
@@ -194,6 +197,17 @@ impl PostgresStore {
             notify: self.inner.notify,
         };
         enqueue::insert(client, &target, messages)
+    }
+
+    /// A lease-mode dispatched mark (`sql` updates or deletes): the ids that
+    /// still held the lease.
+    fn lease_mark(&self, sql: &str, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = |e| Error::db("marking messages dispatched", e);
+        let rows = self.conn()?.query(sql, &[&ids, &lease.token]).map_err(db)?;
+        rows.iter().map(|r| r.try_get(0).map_err(db)).collect()
     }
 
     fn migrate_in(&self, tx: &mut postgres::Transaction<'_>) -> Result<()> {
@@ -370,32 +384,34 @@ impl PostgresStoreBuilder {
     }
 }
 
-/// A pooled connection; goes back to the pool on drop unless it broke.
-struct Conn<'a> {
-    inner: &'a Inner,
+/// A pooled connection; goes back to the pool on drop unless it broke (or its
+/// state is unknown: `discard`).
+struct Conn {
+    inner: Arc<Inner>,
     client: Option<Client>,
+    discard: bool,
 }
 
-impl Deref for Conn<'_> {
+impl Deref for Conn {
     type Target = Client;
     fn deref(&self) -> &Client {
         self.client.as_ref().expect("present until drop")
     }
 }
 
-impl DerefMut for Conn<'_> {
+impl DerefMut for Conn {
     fn deref_mut(&mut self) -> &mut Client {
         self.client.as_mut().expect("present until drop")
     }
 }
 
-impl Drop for Conn<'_> {
+impl Drop for Conn {
     fn drop(&mut self) {
         let Some(c) = self.client.take() else {
             return;
         };
         let mut pool = self.inner.pool.lock();
-        let closing = if !c.is_closed() && pool.idle.len() < self.inner.max_idle {
+        let closing = if !self.discard && !c.is_closed() && pool.idle.len() < self.inner.max_idle {
             pool.idle.push(c);
             None
         } else {
@@ -441,6 +457,89 @@ fn decode_columns(id: i64, row: &postgres::Row) -> std::result::Result<StoredMes
         attempts: u32::try_from(attempts).unwrap_or(0),
         created_at: UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0)),
     })
+}
+
+/// A row-lock claim's open transaction on its own pooled connection.
+struct PostgresHeld {
+    conn: Conn,
+    table: TableName,
+    done: bool,
+}
+
+impl HeldClaim for PostgresHeld {
+    fn mark_failed(&mut self, failures: &[FailedAttempt]) -> Result<usize> {
+        if failures.is_empty() {
+            return Ok(0);
+        }
+        let f = Failures::new(failures);
+        let inner = Arc::clone(&self.conn.inner);
+        let n = self
+            .conn
+            .execute(
+                &inner.sql.held_mark_failed,
+                &[&f.ids, &f.errors, &f.delays, &f.park, &f.hold],
+            )
+            .map_err(|e| Error::db("recording failed attempts", e))?;
+        Ok(n as usize)
+    }
+
+    fn release(&mut self, ids: &[i64], retry_in: Duration) -> Result<usize> {
+        // Unlocked by the commit, claimable at once: nothing to write.
+        if ids.is_empty() || retry_in.is_zero() {
+            return Ok(ids.len());
+        }
+        let inner = Arc::clone(&self.conn.inner);
+        let n = self
+            .conn
+            .execute(&inner.sql.held_release, &[&ids, &millis(retry_in)])
+            .map_err(|e| Error::db("releasing messages", e))?;
+        Ok(n as usize)
+    }
+
+    fn commit(mut self: Box<Self>, dispatched: &[i64], delete: bool) -> Result<Vec<i64>> {
+        let sql = PostgresSql::commit_held(&self.table, dispatched, delete);
+        // Whatever happens now, no ROLLBACK on drop: after a failed COMMIT the
+        // connection is closed (its state is unknown).
+        self.done = true;
+        if let Err(e) = self.conn.batch_execute(&sql) {
+            self.conn.discard = true;
+            return Err(Error::db("committing a batch's outcomes", e));
+        }
+        // Locked by this transaction since the claim: every row is still ours.
+        Ok(dispatched.to_vec())
+    }
+}
+
+impl Drop for PostgresHeld {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.conn.batch_execute("ROLLBACK").is_err() {
+            self.conn.discard = true;
+        }
+    }
+}
+
+/// Failed attempts as the statements' array parameters.
+struct Failures<'a> {
+    ids: Vec<i64>,
+    errors: Vec<&'a str>,
+    delays: Vec<f64>,
+    park: Vec<bool>,
+    hold: Vec<bool>,
+}
+
+impl<'a> Failures<'a> {
+    fn new(failures: &'a [FailedAttempt]) -> Self {
+        Failures {
+            ids: failures.iter().map(|f| f.id).collect(),
+            errors: failures.iter().map(|f| f.error.as_str()).collect(),
+            delays: failures.iter().map(|f| millis(f.retry_in)).collect(),
+            park: failures.iter().map(|f| f.park).collect(),
+            hold: failures.iter().map(|f| f.hold_key).collect(),
+        }
+    }
 }
 
 impl Store for PostgresStore {
@@ -497,32 +596,54 @@ impl Store for PostgresStore {
         Ok(Claim::from_rows(decoded))
     }
 
-    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+    fn claim_locked(&self, lease: &Lease, limit: BatchLimit) -> Result<Option<LockedClaim>> {
+        let mut conn = self.conn()?;
+        let (max_rows, max_bytes) = (
+            i64::try_from(limit.rows).unwrap_or(i64::MAX),
+            i64::try_from(limit.bytes).unwrap_or(i64::MAX),
+        );
+        let lease_ms = u64::try_from(lease.duration.as_millis()).unwrap_or(u64::MAX);
+        // The planner settings of `claim` (see there), and the lease as the
+        // server's limit on the transaction's idle time.
+        if let Err(e) = conn.batch_execute(&PostgresSql::begin_held(lease_ms)) {
+            conn.discard = true;
+            return Err(Error::db("claiming messages", e));
         }
-        let db = |e| Error::db("marking messages dispatched", e);
-        let rows = self
-            .conn()?
-            .query(&self.inner.sql.mark_dispatched, &[&ids, &lease.token])
-            .map_err(db)?;
-        rows.iter().map(|r| r.try_get(0).map_err(db)).collect()
+        let table = self.inner.table.clone();
+        let mut held = PostgresHeld {
+            conn,
+            table,
+            done: false,
+        };
+        let rows = held
+            .conn
+            .query(&self.inner.sql.claim_locked, &[&max_rows, &max_bytes])
+            .map_err(|e| Error::db("claiming messages", e))?;
+        let decoded = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        Ok(Some(LockedClaim {
+            claim: Claim::from_rows(decoded),
+            held: Box::new(held),
+        }))
+    }
+
+    fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
+        self.lease_mark(&self.inner.sql.mark_dispatched, lease, ids)
+    }
+
+    fn delete_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
+        self.lease_mark(&self.inner.sql.delete_dispatched, lease, ids)
     }
 
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {
         if failures.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<i64> = failures.iter().map(|f| f.id).collect();
-        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
-        let delays: Vec<f64> = failures.iter().map(|f| millis(f.retry_in)).collect();
-        let park: Vec<bool> = failures.iter().map(|f| f.park).collect();
-        let hold: Vec<bool> = failures.iter().map(|f| f.hold_key).collect();
+        let f = Failures::new(failures);
         let n = self
             .conn()?
             .execute(
                 &self.inner.sql.mark_failed,
-                &[&ids, &errors, &delays, &park, &lease.token, &hold],
+                &[&f.ids, &f.errors, &f.delays, &f.park, &lease.token, &f.hold],
             )
             .map_err(|e| Error::db("recording failed attempts", e))?;
         Ok(n as usize)

@@ -308,6 +308,16 @@ impl MysqlSql {
         )
     }
 
+    /// Deletes dispatched rows if they still hold the lease (a retention of zero).
+    pub fn delete_dispatched(&self, ids: &[i64], token: &[u8; 16]) -> String {
+        format!(
+            "DELETE FROM {} WHERE id IN ({}) AND locked_by = {} AND status = 'pending'",
+            self.table,
+            ids_list(ids),
+            hex(token)
+        )
+    }
+
     /// The ids of `ids` that `token` still holds, locked until the end of the
     /// transaction (the slow path of a mark that found some leases lost).
     pub fn held(&self, ids: &[i64], token: &[u8; 16]) -> String {

@@ -24,8 +24,18 @@ pub struct PostgresSql {
     pub notify: String,
     /// Claim: ($1 limit, $2 lease token, $3 lease ms, $4 payload bytes).
     pub claim: String,
+    /// Row-lock claim (inside an open transaction, nothing written): ($1 limit,
+    /// $2 payload bytes).
+    pub claim_locked: String,
     /// ($1 ids, $2 token)
     pub mark_dispatched: String,
+    /// ($1 ids, $2 token) the lease-mode mark with a retention of zero
+    pub delete_dispatched: String,
+    /// ($1 ids, $2 errors, $3 delay ms, $4 park flags, $5 hold-key flags): failed
+    /// attempts of rows held by this transaction's locks
+    pub held_mark_failed: String,
+    /// ($1 ids, $2 delay ms) held rows given back after a delay
+    pub held_release: String,
     /// ($1 ids, $2 errors, $3 delay ms, $4 park flags, $5 token, $6 hold-key flags)
     pub mark_failed: String,
     /// ($1 ids, $2 token, $3 delay ms)
@@ -210,6 +220,43 @@ impl PostgresSql {
                  FROM w WHERE u.id = w.id AND (w.nth = 1 OR w.running <= $4)
                  RETURNING {RETURNING}"
             ),
+            // The same candidates as `claim`, locked and returned instead of
+            // leased: the transaction stays open while they are published.
+            // Candidates past the byte cap stay locked (not returned) until its end.
+            claim_locked: format!(
+                "WITH c AS (
+                    SELECT e.id, octet_length(e.payload) AS n FROM {t} e
+                    WHERE e.status = 'pending' AND e.available_at <= now()
+                      AND (e.locked_until IS NULL OR e.locked_until < now())
+                      AND (e.ordering_key IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM {t} p
+                            WHERE p.status IN ('pending', 'parked') AND p.ordering_key = e.ordering_key
+                              AND p.id < e.id))
+                    ORDER BY e.id
+                    LIMIT $1
+                    FOR UPDATE SKIP LOCKED
+                 ), w AS (
+                    SELECT id, sum(n) OVER (ORDER BY id) AS running, row_number() OVER (ORDER BY id) AS nth
+                    FROM c
+                 )
+                 SELECT {RETURNING} FROM {t} u JOIN w ON u.id = w.id
+                 WHERE w.nth = 1 OR w.running <= $2"
+            ),
+            delete_dispatched: format!(
+                "DELETE FROM {t} WHERE id = ANY($1) AND locked_by = $2 AND status = 'pending' RETURNING id"
+            ),
+            held_mark_failed: format!(
+                "UPDATE {t} AS u SET attempts = u.attempts + 1, last_error = f.err,
+                    available_at = now() + f.delay_ms * interval '1 millisecond',
+                    status = CASE WHEN NOT f.park THEN 'pending' WHEN f.hold THEN 'parked' ELSE 'skipped' END
+                 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::bool[], $5::bool[])
+                      AS f(id, err, delay_ms, park, hold)
+                 WHERE u.id = f.id AND u.status = 'pending'"
+            ),
+            held_release: format!(
+                "UPDATE {t} SET available_at = now() + $2::float8 * interval '1 millisecond'
+                 WHERE id = ANY($1)"
+            ),
             mark_dispatched: format!(
                 "UPDATE {t} SET status = 'dispatched', dispatched_at = now(), locked_by = NULL, locked_until = NULL \
                  WHERE id = ANY($1) AND locked_by = $2 AND status = 'pending' RETURNING id"
@@ -291,6 +338,37 @@ impl PostgresSql {
                  FROM {t} WHERE status IN ('parked', 'skipped') ORDER BY id LIMIT $1"
             ),
             channel: channel_name(table),
+        }
+    }
+}
+
+impl PostgresSql {
+    /// Opens a row-lock claim's transaction: the claim's planner settings, and
+    /// the lease as the server's bound on the transaction's idle time (a relay
+    /// that hangs loses its locks, and its batch goes to another relay).
+    pub fn begin_held(lease_ms: u64) -> String {
+        format!(
+            "BEGIN; SET LOCAL enable_sort = off; SET LOCAL jit = off; \
+             SET LOCAL idle_in_transaction_session_timeout = {}",
+            lease_ms.max(1)
+        )
+    }
+
+    /// Ends a row-lock claim: its published rows dispatched (or deleted), then
+    /// COMMIT, in one round trip. The ids are the claim's own row ids.
+    pub fn commit_held(table: &TableName, ids: &[i64], delete: bool) -> String {
+        if ids.is_empty() {
+            return "COMMIT".into();
+        }
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let t = table.quoted();
+        if delete {
+            format!("DELETE FROM {t} WHERE id IN ({list}); COMMIT")
+        } else {
+            format!(
+                "UPDATE {t} SET status = 'dispatched', dispatched_at = now() \
+                 WHERE id IN ({list}) AND status = 'pending'; COMMIT"
+            )
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct SqliteSql {
     pub claim: String,
     /// One row: (?1 id, ?2 token, ?3 now ms)
     pub mark_dispatched: String,
+    /// (?1 id, ?2 token) the mark with a retention of zero
+    pub delete_dispatched: String,
     /// One row: (?1 id, ?2 error, ?3 available_at ms, ?4 park flag, ?5 token,
     /// ?6 hold-key flag)
     pub mark_failed: String,
@@ -244,6 +246,9 @@ impl SqliteSql {
             mark_dispatched: format!(
                 "UPDATE {t} SET status = 'dispatched', dispatched_at = ?3, locked_by = NULL, locked_until = NULL \
                  WHERE id = ?1 AND locked_by = ?2 AND status = 'pending'"
+            ),
+            delete_dispatched: format!(
+                "DELETE FROM {t} WHERE id = ?1 AND locked_by = ?2 AND status = 'pending'"
             ),
             mark_failed: format!(
                 "UPDATE {t} SET attempts = attempts + 1, last_error = ?2, locked_by = NULL, locked_until = NULL,

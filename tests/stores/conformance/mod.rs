@@ -21,6 +21,8 @@ pub trait Harness {
     fn go_table(table: &str) -> Vec<String>;
     /// Drops the table.
     fn drop_table(table: &str);
+    /// Whether the store holds claims by row locks (`Store::claim_locked`).
+    const ROW_LOCKS: bool;
     /// How `DROP INDEX` names index `index` of `table` in this database.
     fn index_ref(table: &str, index: &str) -> String;
     /// One `INSERT` of a row as another language writes it with plain SQL: the
@@ -103,6 +105,7 @@ fn drain<S: Store>(s: &S) -> Vec<String> {
 mod claims;
 mod failures;
 mod keys;
+mod locked;
 #[cfg(all(feature = "postgres", feature = "amqp"))]
 mod relay;
 mod schema;
@@ -110,6 +113,7 @@ mod schema;
 pub use claims::*;
 pub use failures::*;
 pub use keys::*;
+pub use locked::*;
 #[cfg(all(feature = "postgres", feature = "amqp"))]
 pub use relay::*;
 pub use schema::*;
@@ -128,7 +132,9 @@ macro_rules! store_conformance {
             bad_names_and_unreachable_servers_are_typed_errors
             undecodable_rows_are_claimed_apart release_with_a_delay parked_head_holds_its_key
             skip_and_held_keys claims_honour_the_byte_limit
-            plain_sql_trace_context_is_claimed_with_the_row);
+            plain_sql_trace_context_is_claimed_with_the_row
+            row_locks_hold_rows_until_commit row_locks_commit_deletes_with_zero_retention
+            row_locks_keep_key_order row_locks_end_when_idle_longer_than_the_lease);
     };
     (@tests $h:ty, $attrs:tt, $($name:ident)*) => {
         #[cfg(all(feature = "postgres", feature = "amqp"))]

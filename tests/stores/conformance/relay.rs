@@ -5,6 +5,8 @@ use super::*;
 
 /// The relay end to end on this store: two relays, keyed and unkeyed messages,
 /// consumed from a bound RabbitMQ queue: all delivered once, per-key order kept.
+/// One relay claims by row locks and deletes what it dispatched, the other
+/// leases and keeps dispatched rows (a rolling upgrade mixes them).
 #[cfg(all(feature = "postgres", feature = "amqp"))]
 pub fn relay_end_to_end_with_amqp<H: Harness>() {
     use crate::common::{counts, Sink};
@@ -13,13 +15,20 @@ pub fn relay_end_to_end_with_amqp<H: Harness>() {
     let t = unique("c_e2e");
     let ex = unique("ex");
     let sink = Sink::new(&ex, "#");
-    let outboxes: Vec<_> = (0..2)
-        .map(|_| {
+    let modes = [
+        (outboxer::ClaimMode::RowLocks, Duration::ZERO),
+        (outboxer::ClaimMode::Leases, Duration::from_secs(3600)),
+    ];
+    let outboxes: Vec<_> = modes
+        .iter()
+        .map(|(mode, keep)| {
             Outbox::builder()
                 .store(store::<H>(&t))
                 .stream(AmqpStream::connect(&crate::common::amqp_url()).expect("RabbitMQ"))
                 .batch_size(50)
                 .check_interval(Duration::from_millis(20))
+                .claim_mode(*mode)
+                .cleanup_before(*keep)
                 .build()
                 .expect("outbox")
         })
@@ -56,9 +65,18 @@ pub fn relay_end_to_end_with_amqp<H: Harness>() {
             assert!(prev.is_none_or(|p| p < i), "key {k}: {i} after {prev:?}");
         }
     }
+    let mut by_relay = Vec::new();
     for r in &relays {
         r.stop().expect("stop");
+        by_relay.push(r.counters().published);
     }
+    let st = outboxes[0].stats().expect("stats");
+    assert_eq!((st.pending, st.parked), (0, 0));
+    assert_eq!(by_relay.iter().sum::<u64>(), N as u64, "{by_relay:?}");
+    assert_eq!(
+        st.dispatched, by_relay[1],
+        "the leasing relay kept its rows, the other deleted its own ({by_relay:?})"
+    );
     H::drop_table(&t);
 }
 

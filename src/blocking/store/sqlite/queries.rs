@@ -92,6 +92,26 @@ impl Store for SqliteStore {
         })
     }
 
+    fn delete_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = "deleting dispatched messages";
+        let token = lease.token.as_bytes().as_slice();
+        self.write(ctx, |tx, _now| {
+            let mut stmt = tx
+                .prepare_cached(&self.inner.sql.delete_dispatched)
+                .map_err(db(ctx))?;
+            let mut marked = Vec::with_capacity(ids.len());
+            for id in ids {
+                if stmt.execute(params![id, token]).map_err(db(ctx))? > 0 {
+                    marked.push(*id);
+                }
+            }
+            Ok(marked)
+        })
+    }
+
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {
         if failures.is_empty() {
             return Ok(0);

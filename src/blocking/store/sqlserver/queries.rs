@@ -45,6 +45,34 @@ impl SqlServerStore {
         }
         Ok(total)
     }
+
+    /// A lease-mode dispatched mark (or delete): the ids that still held the lease.
+    fn lease_mark(&self, lease: &Lease, ids: &[i64], delete: bool) -> Result<Vec<i64>> {
+        let ctx = "marking messages dispatched";
+        let mut marked = Vec::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(marked);
+        }
+        let mut conn = self.conn()?;
+        for chunk in ids.chunks(q::MAX_IDS) {
+            let padded = q::pad_ids(chunk);
+            let sql = match delete {
+                true => self.inner.sql.delete_dispatched(padded.len()),
+                false => self.inner.sql.mark_dispatched(padded.len()),
+            };
+            let mut query = Query::new(sql);
+            for id in &padded {
+                query.bind(*id);
+            }
+            query.bind(lease.token);
+            // OUTPUT: the rows that still held the lease.
+            for row in conn.rows(ctx, query)? {
+                let id: Option<i64> = row.try_get(0).map_err(|e| Error::db(ctx, e))?;
+                marked.extend(id);
+            }
+        }
+        Ok(marked)
+    }
 }
 
 impl Store for SqlServerStore {
@@ -108,26 +136,11 @@ impl Store for SqlServerStore {
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
-        let ctx = "marking messages dispatched";
-        let mut marked = Vec::with_capacity(ids.len());
-        if ids.is_empty() {
-            return Ok(marked);
-        }
-        let mut conn = self.conn()?;
-        for chunk in ids.chunks(q::MAX_IDS) {
-            let padded = q::pad_ids(chunk);
-            let mut query = Query::new(self.inner.sql.mark_dispatched(padded.len()));
-            for id in &padded {
-                query.bind(*id);
-            }
-            query.bind(lease.token);
-            // OUTPUT inserted.id: the rows that still held the lease.
-            for row in conn.rows(ctx, query)? {
-                let id: Option<i64> = row.try_get(0).map_err(|e| Error::db(ctx, e))?;
-                marked.extend(id);
-            }
-        }
-        Ok(marked)
+        self.lease_mark(lease, ids, false)
+    }
+
+    fn delete_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
+        self.lease_mark(lease, ids, true)
     }
 
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> Result<usize> {

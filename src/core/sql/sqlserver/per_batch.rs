@@ -64,6 +64,18 @@ impl SqlServerSql {
         )
     }
 
+    /// Deletes `n` dispatched ids (`@P1..@Pn`) if `@P{n+1}` still holds their
+    /// lease (a retention of zero).
+    pub fn delete_dispatched(&self, n: usize) -> String {
+        format!(
+            "DELETE FROM {} OUTPUT deleted.id \
+             WHERE id IN ({}) AND locked_by = @P{} AND status = 'pending'",
+            self.table,
+            placeholders(1, n),
+            n + 1
+        )
+    }
+
     /// Records `n` failed attempts: per row (@P id, @P error, @P delay ms, @P park,
     /// @P hold key), then the lease token as the last parameter.
     pub fn mark_failed(&self, n: usize) -> String {
