@@ -960,6 +960,7 @@ fn a_lost_lease_is_reported_as_not_marked_never_as_delivered() {
     let t = table.clone();
     let outbox = Outbox::builder()
         .store(store(&table))
+        .claim_mode(outboxer::ClaimMode::Leases)
         .stream(Hooked::new(move |s, batch, d| {
             // Another relay takes the rows over while this one publishes.
             pg().execute(
@@ -1549,5 +1550,73 @@ fn malformed_traceparent_is_refused_at_send_and_nothing_stored() {
         .expect("row")
         .get(0);
     assert_eq!(stored, serde_json::json!({ "traceparent": good }));
+    drop_table(&table);
+}
+
+/// Row-lock claims: the server ends the claim's transaction while the batch is
+/// published (here pg_terminate_backend; in production the idle timeout of a
+/// relay hung past its lease, or a lost connection). The published messages are
+/// reported as not marked, never as delivered; the rows, unlocked by the
+/// rollback, are published again at once and then delivered.
+#[test]
+fn a_lost_row_lock_transaction_is_reported_as_not_marked_then_published_again() {
+    let table = unique("lostlock");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let t = table.clone();
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let outbox = Outbox::builder()
+        .store(store(&table))
+        .claim_mode(outboxer::ClaimMode::RowLocks)
+        .stream(Hooked::new(move |s, batch, d| {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let ended: i64 = pg()
+                    .query_one(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                         WHERE state = 'idle in transaction' AND query LIKE $1",
+                        &[&format!("%\"{t}\"%")],
+                    )
+                    .expect("terminate")
+                    .get(0);
+                assert_eq!(ended, 1, "the relay's claim transaction");
+            }
+            s.publish(batch, d)
+        }))
+        .check_interval(Duration::from_millis(20))
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let sent = outbox
+        .send_batch(
+            &(0..3)
+                .map(|i| Message::new(vec![i]).route(amqp::topic(&ex, "k")))
+                .collect::<Vec<_>>(),
+        )
+        .expect("send");
+    let sent: HashSet<_> = sent.iter().copied().collect();
+    let got = sink.collect(6, Duration::from_secs(20));
+    let c = counts(&got);
+    assert_eq!(c.len(), 3, "{c:?}");
+    assert!(c.values().all(|n| *n == 2), "each published twice: {c:?}");
+    let mut not_marked = HashSet::new();
+    while let Ok(f) = relay.err().try_recv() {
+        if f.action == FailureAction::NotMarked {
+            assert!(
+                matches!(f.error, Error::Unavailable { .. }),
+                "{:?}",
+                f.error
+            );
+            not_marked.extend(f.message_id);
+        }
+    }
+    assert_eq!(not_marked, sent);
+    let delivered: HashSet<_> =
+        std::iter::from_fn(|| relay.ok().recv_timeout(Duration::from_secs(5)).ok())
+            .take(3)
+            .map(|d| d.message_id)
+            .collect();
+    assert_eq!(delivered, sent, "delivered once marked");
+    relay.stop().expect("stop");
+    assert_eq!(relay.counters().published, 3);
     drop_table(&table);
 }

@@ -441,6 +441,7 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
         let span = spans::mark(&sent, s.ok.len(), s.failed.len(), s.released.len());
         let ids: Vec<i64> = s.ok.iter().map(|m| m.id).collect();
         let delete = cfg.cleanup_before.is_zero();
+        let was_held = held.is_some();
         let marked = match held {
             Some(h) => commit_held(ctx, h, &ids, &s.failed, &s.released, delay, delete),
             None => {
@@ -493,9 +494,10 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
         // One log line for the batch (a database outage would otherwise log every
         // message of every batch in flight); err() still gets one per message.
         if let (Some(first), Some(last)) = (unmarked.first(), unmarked.last()) {
-            let why = match &marked {
-                Some(_) => "the lease was lost to another relay",
-                None => "the database was unreachable until the lease ended",
+            let why = match (&marked, was_held) {
+                (Some(_), _) => "the lease was lost to another relay",
+                (None, false) => "the database was unreachable until the lease ended",
+                (None, true) => "their transaction ended before the commit: database unreachable, or idle past the lease",
             };
             log::warn!(
                 count = unmarked.len(),
@@ -514,6 +516,10 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
         for m in unmarked {
             let error = match &marked {
                 Some(_) => Error::LeaseLost { count: 1 },
+                None if was_held => Error::unavailable(
+                    "database",
+                    "the claim's transaction ended before its outcomes were committed",
+                ),
                 None => Error::unavailable(
                     "database",
                     "the dispatched mark did not land before the lease ended",
