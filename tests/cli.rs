@@ -340,7 +340,7 @@ fn relay_delivers_plain_sql_rows_with_toml_and_env_settings() {
         "{log}"
     );
     let v = stats_json(&pg_url(), &table);
-    assert_eq!(counts(&v), (0, 0, 300, 0), "{v}");
+    assert_eq!(counts(&v), (0, 0, 0, 0), "dispatched rows deleted: {v}");
     assert!(
         !pg()
             .query_one(
@@ -365,7 +365,13 @@ fn sigterm_mid_stream_loses_nothing_mariadb() {
     let n = 3000;
     my_insert(&table, &ex, n);
     // Small batches: the backlog takes a while, so the signal lands mid-stream.
-    let first = RelayProc::spawn(relay_cmd(&store, &table, &["--batch-size", "20"]));
+    // Dispatched rows kept, to count them.
+    let keep = ["--cleanup-before", "1h"];
+    let first = RelayProc::spawn(relay_cmd(
+        &store,
+        &table,
+        &["--batch-size", "20", keep[0], keep[1]],
+    ));
     let mut got = sink.collect(200, Duration::from_secs(60));
     assert!(got.len() >= 200, "first relay is publishing");
     let log = first.terminate();
@@ -375,7 +381,7 @@ fn sigterm_mid_stream_loses_nothing_mariadb() {
     assert_eq!(parked, 0, "{v}");
     assert!(pending > 0, "stopped mid-stream: {v}");
     assert_eq!(pending + dispatched, n as u64, "{v}");
-    let second = RelayProc::spawn(relay_cmd(&store, &table, &[]));
+    let second = RelayProc::spawn(relay_cmd(&store, &table, &keep));
     sink.collect_into(&mut got, n, Duration::from_secs(120));
     all_delivered(&got, n);
     second.terminate();
@@ -403,7 +409,7 @@ fn two_relay_processes_cooperate_without_duplicates() {
     for log in [&la, &lb] {
         assert!(!log.contains("published 0,"), "a relay idled:\n{log}");
     }
-    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, n as u64, 0));
+    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, 0, 0));
     drop_table(&table);
 }
 
@@ -861,7 +867,7 @@ fn relay_delivers_plain_sql_rows_from_sqlite() {
     let got = sink.collect(50, Duration::from_secs(60));
     assert_eq!(all_delivered(&got, 50), 1);
     relay.terminate();
-    assert_eq!(counts(&stats_json(&store, "event_store")), (0, 0, 50, 0));
+    assert_eq!(counts(&stats_json(&store, "event_store")), (0, 0, 0, 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -974,7 +980,7 @@ fn broker_outage_is_logged_once_per_interval_and_nothing_is_lost() {
         (1..=12).contains(&outage_warnings),
         "{outage_warnings} outage warnings for a 3 s outage:\n{log}"
     );
-    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, 600, 0));
+    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, 0, 0));
     drop_table(&table);
 }
 
@@ -1118,7 +1124,11 @@ fn bad_rows_and_refused_messages_park_alone_while_1000_good_ones_flow() {
     relay.terminate();
     assert_eq!(parked, bad_ids, "exactly the bad rows are parked");
     let v = stats_json(&pg_url(), &table);
-    assert_eq!(counts(&v), (0, 0, 1000, bad_ids.len() as u64), "{v}");
+    assert_eq!(
+        counts(&v),
+        (0, 0, 0, bad_ids.len() as u64),
+        "dispatched rows deleted: {v}"
+    );
     drop_table(&table);
 }
 
@@ -1432,7 +1442,7 @@ fn a_30s_outage_is_a_handful_of_json_log_lines_even_at_debug() {
         log.lines().any(|l| l.contains("\"total_published\":")),
         "{log}"
     );
-    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, 600, 0));
+    assert_eq!(counts(&stats_json(&store, &table)), (0, 0, 0, 0));
     drop_table(&table);
 }
 

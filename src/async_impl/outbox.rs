@@ -266,8 +266,8 @@ impl<S: Store> OutboxBuilder<S> {
         /// How a claim owns its rows while they are published (default
         /// [`ClaimMode::RowLocks`](crate::ClaimMode::RowLocks) where the store can).
         claim_mode(mode: crate::ClaimMode);
-        /// Dispatched rows older than this are deleted (default 5 days);
-        /// `Duration::ZERO`: the mark deletes them.
+        /// How long dispatched rows are kept (default zero: the mark deletes
+        /// them; longer: kept, then deleted by the cleanup).
         cleanup_before(d: Duration);
         /// Rows deleted per statement (default 1000).
         cleanup_batch_size(n: usize);

@@ -305,9 +305,10 @@ impl<S: Store> OutboxBuilder<S> {
         self.config.claim_mode = mode;
         self
     }
-    /// Dispatched rows older than this are deleted (default 5 days).
-    /// `Duration::ZERO`: a dispatched row is deleted by the mark itself, with no
-    /// cleanup pass (the least database work per message).
+    /// How long dispatched rows are kept (default zero: the mark deletes each
+    /// row as it is dispatched, the least database work per message). A longer
+    /// retention keeps them, `status = 'dispatched'`, for audits and `outboxer
+    /// stats`, and the cleanup deletes them once older than this.
     pub fn cleanup_before(mut self, d: Duration) -> Self {
         self.config.cleanup_before = d;
         self

@@ -92,7 +92,7 @@ impl Default for RelayConfig {
             max_attempts: 10,
             backoff: Backoff::default(),
             cleanup_interval: Some(Duration::from_secs(60)),
-            cleanup_before: Duration::from_secs(5 * 24 * 3600),
+            cleanup_before: Duration::ZERO,
             cleanup_batch_size: 1000,
             channel_capacity: 1024,
             max_batch_bytes: 16 * 1024 * 1024,

@@ -738,7 +738,7 @@ fn wrong_credentials_park_nothing_and_delivery_resumes_once_fixed() {
     assert_eq!(bodies, (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>());
     relay.stop().expect("stop");
     let stats = outbox.stats().expect("stats");
-    assert_eq!((stats.parked, stats.dispatched), (0, N as u64), "{stats:?}");
+    assert_eq!((stats.parked, stats.pending), (0, 0), "{stats:?}");
     crate::common::drop_table(&table);
 }
 

@@ -132,6 +132,11 @@ pub struct RelayOptions {
     /// How long a claim is owned before another relay may take it over [default: 30s]
     #[arg(long, env = "OUTBOXER_LEASE")]
     pub lease: Option<String>,
+    /// How a claim owns its rows while they are published: `locks` (row locks
+    /// in a transaction held open; SQLite and SQL Server lease) or `leases`
+    /// [default: locks]
+    #[arg(long, env = "OUTBOXER_CLAIM_MODE", value_name = "MODE")]
+    pub claim_mode: Option<String>,
     /// Failed attempts before a message is parked [default: 10]
     #[arg(long, env = "OUTBOXER_MAX_ATTEMPTS")]
     pub max_attempts: Option<u32>,
@@ -144,7 +149,8 @@ pub struct RelayOptions {
     /// How often old dispatched rows are deleted, or "off" [default: 60s]
     #[arg(long, env = "OUTBOXER_CLEANUP_INTERVAL")]
     pub cleanup_interval: Option<String>,
-    /// Dispatched rows older than this are deleted by the cleanup [default: 5d]
+    /// How long dispatched rows are kept before the cleanup deletes them; 0
+    /// deletes each row as it is dispatched [default: 0]
     #[arg(long, env = "OUTBOXER_CLEANUP_BEFORE")]
     pub cleanup_before: Option<String>,
     /// How often a summary (published / failed) is logged [default: 10s]

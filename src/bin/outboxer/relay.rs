@@ -53,6 +53,7 @@ pub fn run(
         .batch_size(s.batch_size)
         .check_interval(s.check_interval)
         .lease(s.lease)
+        .claim_mode(s.claim_mode)
         .max_attempts(s.max_attempts)
         .backoff(s.backoff_base, s.backoff_max)
         .cleanup_before(s.cleanup_before)

@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub batch_size: Option<usize>,
     pub check_interval: Option<String>,
     pub lease: Option<String>,
+    /// `locks` or `leases` (`--claim-mode`).
+    pub claim_mode: Option<String>,
     pub max_attempts: Option<u32>,
     pub backoff_base: Option<String>,
     pub backoff_max: Option<String>,
@@ -159,6 +161,7 @@ pub struct RelaySettings {
     pub batch_size: usize,
     pub check_interval: Duration,
     pub lease: Duration,
+    pub claim_mode: outboxer::ClaimMode,
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -179,6 +182,17 @@ fn dur(
     parse::duration(v).map_err(|e| Fail::usage(format!("--{flag}: {e}")))
 }
 
+/// `--claim-mode`: `locks` (the default) or `leases`.
+fn claim_mode(v: Option<&str>) -> Result<outboxer::ClaimMode, Fail> {
+    match v.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("locks") => Ok(outboxer::ClaimMode::RowLocks),
+        Some("leases") => Ok(outboxer::ClaimMode::Leases),
+        Some(other) => Err(Fail::usage(format!(
+            "--claim-mode `{other}`: use `locks` or `leases`"
+        ))),
+    }
+}
+
 impl RelaySettings {
     pub fn resolve(o: &RelayOptions, f: &FileConfig) -> Result<RelaySettings, Fail> {
         let cleanup = o
@@ -191,6 +205,7 @@ impl RelaySettings {
             batch_size: o.batch_size.or(f.batch_size).unwrap_or(500),
             check_interval: dur("check-interval", &o.check_interval, &f.check_interval, "1s")?,
             lease: dur("lease", &o.lease, &f.lease, "30s")?,
+            claim_mode: claim_mode(o.claim_mode.as_deref().or(f.claim_mode.as_deref()))?,
             max_attempts: o.max_attempts.or(f.max_attempts).unwrap_or(10),
             backoff_base: dur("backoff-base", &o.backoff_base, &f.backoff_base, "500ms")?,
             backoff_max: dur("backoff-max", &o.backoff_max, &f.backoff_max, "5m")?,
@@ -202,7 +217,7 @@ impl RelaySettings {
                         .map_err(|e| Fail::usage(format!("--cleanup-interval: {e} (or `off`)")))?,
                 )
             },
-            cleanup_before: dur("cleanup-before", &o.cleanup_before, &f.cleanup_before, "5d")?,
+            cleanup_before: dur("cleanup-before", &o.cleanup_before, &f.cleanup_before, "0s")?,
             log_interval: dur("log-interval", &o.log_interval, &f.log_interval, "10s")?,
             listen: match o.listen.as_deref().or(f.listen.as_deref()) {
                 None => None,
@@ -238,6 +253,16 @@ mod tests {
         assert_eq!(s.batch_size, 7);
         assert_eq!(s.check_interval, Duration::from_secs(2));
         assert_eq!(s.cleanup_interval, None);
+        assert_eq!(s.claim_mode, outboxer::ClaimMode::RowLocks);
+        let leases: FileConfig = toml::from_str("claim_mode = 'leases'").expect("toml");
+        let l = RelaySettings::resolve(&RelayOptions::default(), &leases).expect("settings");
+        assert_eq!(l.claim_mode, outboxer::ClaimMode::Leases);
+        let bad = RelayOptions {
+            claim_mode: Some("rows".into()),
+            ..Default::default()
+        };
+        let e = RelaySettings::resolve(&bad, &FileConfig::default()).expect_err("refused");
+        assert!(format!("{e:?}").contains("locks"), "{e:?}");
         assert_eq!(s.lease, Duration::from_secs(30));
         let t = target(&Common::default(), &file).expect("target");
         assert_eq!(t.store, "postgres://h/db");

@@ -260,7 +260,9 @@ pub struct Purgeable {
 pub struct Stats {
     /// Waiting to be published (includes leased and backing-off rows).
     pub pending: u64,
-    /// Of the pending ones, currently leased by a relay.
+    /// Of the pending ones, currently leased by a relay. Rows held by row-lock
+    /// claims ([`ClaimMode::RowLocks`](crate::ClaimMode::RowLocks)) are not
+    /// counted: their locks are invisible to other sessions.
     pub leased: u64,
     /// Published and not yet cleaned up.
     pub dispatched: u64,

@@ -156,6 +156,10 @@ pub fn relay_parks_undecodable_rows_alone<H: Harness>() {
         assert!(e.contains(names), "row {}: {e:?} names {names}", p.id);
     }
     let st = s.stats().expect("stats");
-    assert_eq!((st.pending, st.dispatched, st.parked), (0, 10, 5), "{st:?}");
+    assert_eq!(
+        (st.pending, st.dispatched, st.parked),
+        (0, 0, 5),
+        "the good rows dispatched and deleted: {st:?}"
+    );
     H::drop_table(&t);
 }
