@@ -71,14 +71,14 @@ struct SinkState {
 }
 
 /// What a test consumer got, with Kafka's own fields.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Record {
     pub partition: i32,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: BTreeMap<String, String>,
-    /// The record itself, for `outboxer::decode::kafka`.
-    pub message: rdkafka::message::OwnedMessage,
+    /// `outboxer::decode::kafka` of the `BorrowedMessage` the consumer's poll returned.
+    pub decoded: outboxer::Result<outboxer::decode::Incoming>,
 }
 
 /// Reads every partition of one topic from the start, in a background thread.
@@ -158,7 +158,7 @@ impl Sink {
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers,
-                    message: m.detach(),
+                    decoded: outboxer::decode::kafka(&m),
                 };
                 if tx.send(r).is_err() {
                     break;
@@ -194,7 +194,7 @@ impl Consumer for Sink {
         self.records(n, within)
             .into_iter()
             .map(|r| Received {
-                decoded: outboxer::decode::kafka(&r.message),
+                decoded: r.decoded,
                 payload: r.payload,
                 headers: r.headers,
                 key: r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
