@@ -138,6 +138,25 @@ pub enum Error {
         /// The operating system's error.
         reason: String,
     },
+    /// [`Message::json`](crate::Message::json) could not serialize the value (a map
+    /// with non-string keys, a `Serialize` impl that failed). Nothing was stored.
+    #[error("cannot serialize the payload as JSON: {reason}")]
+    Serialize {
+        /// serde_json's words.
+        reason: String,
+    },
+    /// A consumer-side [`crate::decode`] helper could not read what a stream
+    /// delivered: no outboxer message id, a broken wire format, a content type
+    /// that is not JSON, or a payload that is not the expected JSON.
+    #[error("cannot decode a {stream} delivery ({cause}): {reason}")]
+    Undecodable {
+        /// The stream (`amqp`, `kafka`, `sqs`, `pubsub`, `kinesis`).
+        stream: &'static str,
+        /// What is wrong, for code to act on (e.g. dead-letter a foreign message).
+        cause: crate::decode::DecodeCause,
+        /// The details.
+        reason: String,
+    },
     /// A stored row could not be decoded (hand-edited or corrupt data).
     #[error("cannot decode stored message {id}: {reason}")]
     Decode {
@@ -171,6 +190,8 @@ impl Error {
                 | Error::InvalidHeader { .. }
                 | Error::PayloadTooLarge { .. }
                 | Error::Decode { .. }
+                | Error::Serialize { .. }
+                | Error::Undecodable { .. }
         )
     }
 

@@ -92,6 +92,7 @@ mod blocking;
     allow(dead_code)
 )]
 mod core;
+pub mod decode;
 mod error;
 mod message;
 pub mod tls;
@@ -112,7 +113,8 @@ pub use blocking::{Health, OutageStatus, Outbox, OutboxBuilder, OutboxTx, Relay,
 pub use error::{BoxError, Error, Result};
 pub use message::{
     Delivered, Failure, FailureAction, Headers, Message, MessageId, Options, StoredMessage,
-    TraceContext, MESSAGE_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER,
+    TraceContext, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MESSAGE_ID_HEADER, TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
 };
 // The seams' traits, also at the root for `use outboxer::{Store, Stream}`;
 // documented once, in their modules.

@@ -17,6 +17,14 @@ pub type Options = BTreeMap<String, serde_json::Value>;
 /// consumers can de-duplicate: delivery is at least once.
 pub const MESSAGE_ID_HEADER: &str = "outboxer-message-id";
 
+/// The header naming the payload's media type. [`Message::json`] sets it to
+/// [`JSON_CONTENT_TYPE`]; the AMQP stream also sends it as the `content_type`
+/// property.
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+
+/// The media type [`Message::json`] writes in [`CONTENT_TYPE_HEADER`].
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
 /// The header holding a message's W3C `traceparent` (see [`Message::trace_context`]).
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
@@ -241,6 +249,39 @@ impl Message {
             options: Options::new(),
             ordering_key: None,
         }
+    }
+
+    /// A message whose payload is `value` serialized as JSON (serde), with the
+    /// header `content-type: application/json`. Consumers read it back with
+    /// [`crate::decode`] (one entry point per stream) and
+    /// [`Incoming::json`](crate::decode::Incoming::json).
+    ///
+    /// A value that does not serialize (a map with non-string keys, a `Serialize`
+    /// impl that fails) is [`Error::Serialize`](crate::Error::Serialize), returned
+    /// here: there is no message to send, so nothing reaches the table.
+    ///
+    /// ```
+    /// use outboxer::{Error, Message, stream::amqp};
+    /// use std::collections::BTreeMap;
+    ///
+    /// #[derive(serde::Serialize)]
+    /// struct OrderPaid { order: u64, amount_cents: i64 }
+    ///
+    /// let msg = Message::json(&OrderPaid { order: 42, amount_cents: 1999 })?
+    ///     .route(amqp::topic("orders", "orders.paid"));
+    /// assert_eq!(msg.payload(), br#"{"order":42,"amount_cents":1999}"#);
+    /// assert_eq!(msg.headers()["content-type"], "application/json");
+    ///
+    /// // JSON object keys must be strings: refused before anything is stored.
+    /// let by_pair = BTreeMap::from([((1, 2), "x")]);
+    /// assert!(matches!(Message::json(&by_pair), Err(Error::Serialize { .. })));
+    /// # Ok::<(), outboxer::Error>(())
+    /// ```
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> crate::Result<Self> {
+        let payload = serde_json::to_vec(value).map_err(|e| crate::Error::Serialize {
+            reason: e.to_string(),
+        })?;
+        Ok(Message::new(payload).header(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE))
     }
 
     /// Adds a header (sent as a broker header or attribute).

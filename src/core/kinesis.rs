@@ -198,18 +198,38 @@ impl KinesisRecord {
 /// assert_eq!(r.payload, b"hi");
 /// ```
 pub fn decode_record(data: &[u8]) -> Result<KinesisRecord> {
-    let bad = |reason: &str| Error::Decode {
+    parse_record(data).map_err(|(_, reason)| Error::Decode {
         id: 0,
         reason: format!("Kinesis record: {reason}"),
-    };
-    let v: Value = serde_json::from_slice(data).map_err(|_| bad("not an outboxer envelope"))?;
-    if v.get("v").and_then(Value::as_u64) != Some(1) {
-        return Err(bad("unknown envelope version"));
+    })
+}
+
+/// What is wrong with record data that is not a readable envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BadRecord {
+    /// Not an outboxer envelope at all (not JSON, no version, no id): another
+    /// producer's record.
+    Foreign,
+    /// An envelope, broken or of an unknown version.
+    Broken,
+}
+
+/// [`decode_record`] with the kind of failure, for [`crate::decode::kinesis`].
+pub(crate) fn parse_record(
+    data: &[u8],
+) -> std::result::Result<KinesisRecord, (BadRecord, &'static str)> {
+    use BadRecord::{Broken, Foreign};
+    let v: Value =
+        serde_json::from_slice(data).map_err(|_| (Foreign, "not an outboxer envelope"))?;
+    match v.get("v") {
+        None => return Err((Foreign, "not an outboxer envelope")),
+        Some(n) if n.as_u64() != Some(1) => return Err((Broken, "unknown envelope version")),
+        Some(_) => {}
     }
     let message_id = v
         .get("id")
         .and_then(Value::as_str)
-        .ok_or_else(|| bad("no id"))?
+        .ok_or((Foreign, "no id"))?
         .to_string();
     let headers = match v.get("headers") {
         None | Some(Value::Null) => Headers::new(),
@@ -218,17 +238,17 @@ pub fn decode_record(data: &[u8]) -> Result<KinesisRecord> {
             .map(|(k, v)| {
                 v.as_str()
                     .map(|s| (k.clone(), s.to_string()))
-                    .ok_or_else(|| bad("a header value is not a string"))
+                    .ok_or((Broken, "a header value is not a string"))
             })
-            .collect::<Result<_>>()?,
-        Some(_) => return Err(bad("headers is not an object")),
+            .collect::<std::result::Result<_, _>>()?,
+        Some(_) => return Err((Broken, "headers is not an object")),
     };
     let payload = match (v.get("payload"), v.get("payload_b64")) {
         (Some(Value::String(s)), None) => s.as_bytes().to_vec(),
         (None, Some(Value::String(b))) => base64::engine::general_purpose::STANDARD
             .decode(b)
-            .map_err(|_| bad("payload_b64 is not base64"))?,
-        _ => return Err(bad("exactly one of payload / payload_b64 expected")),
+            .map_err(|_| (Broken, "payload_b64 is not base64"))?,
+        _ => return Err((Broken, "exactly one of payload / payload_b64 expected")),
     };
     Ok(KinesisRecord {
         message_id,

@@ -194,3 +194,69 @@ async fn futures_run_in_spawned_tasks() {
     assert_eq!(got.iter().map(|m| m.message_id).collect::<Vec<_>>(), ids);
     Pg::drop_table(&t);
 }
+
+/// Typed payloads through the async API: `Message::json` builds the same message,
+/// sent with `.await`; a value that does not serialize is `Error::Serialize`, and
+/// in the closure form `?` on it rolls back the business row with nothing stored.
+#[tokio::test]
+async fn json_messages_and_values_that_do_not_serialize() {
+    use std::collections::BTreeMap;
+    let t = unique("a_json");
+    let outbox = Outbox::builder()
+        .store(Pg::store(&t).await)
+        .build()
+        .expect("outbox");
+    let side = format!("{t}_orders");
+    outbox
+        .transaction(async |tx| {
+            tx.batch_execute(&format!("CREATE TABLE \"{side}\" (id BIGINT)"))
+                .await
+                .map_err(|e| Error::Rejected(e.to_string()))
+        })
+        .await
+        .expect("create");
+    let by_pair = BTreeMap::from([((1, 2), "a map with non-string keys")]);
+    let r = outbox
+        .transaction(async |tx| {
+            tx.execute(&format!("INSERT INTO \"{side}\" VALUES (1)"), &[])
+                .await
+                .map_err(|e| Error::Rejected(e.to_string()))?;
+            tx.send(Message::json(&by_pair)?).await
+        })
+        .await;
+    assert!(matches!(r, Err(Error::Serialize { .. })), "{r:?}");
+    let sent = outbox
+        .send(Message::json(&BTreeMap::from([("order", 42)])).expect("serializes"))
+        .await
+        .expect("send");
+    let rows = outbox
+        .transaction(async |tx| {
+            tx.query_one(&format!("SELECT count(*) FROM \"{side}\""), &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .map_err(|e| Error::Rejected(e.to_string()))
+        })
+        .await
+        .expect("count");
+    assert_eq!(rows, 0, "the business row rolled back");
+    let b = outbox.store().blocking().clone();
+    let got = off(move || b.claim(&Lease::new(Duration::from_secs(60)), 10.into()))
+        .await
+        .expect("claim")
+        .messages;
+    assert_eq!(got.len(), 1, "only the message that serialized");
+    assert_eq!(got[0].message_id, sent);
+    assert_eq!(got[0].payload, br#"{"order":42}"#);
+    assert_eq!(
+        got[0]
+            .headers
+            .get(outboxer::CONTENT_TYPE_HEADER)
+            .map(String::as_str),
+        Some(outboxer::JSON_CONTENT_TYPE)
+    );
+    let s = side.clone();
+    std::thread::spawn(move || crate::common::drop_table(&s))
+        .join()
+        .expect("drop table");
+    Pg::drop_table(&t);
+}

@@ -77,6 +77,8 @@ pub struct Got {
     pub routing_key: String,
     pub message_id: Option<String>,
     pub headers: BTreeMap<String, String>,
+    /// The delivery itself, for `outboxer::decode::amqp`.
+    pub delivery: amiquip::Delivery,
 }
 
 /// A durable queue bound to a durable topic exchange, consumed on a thread of its own.
@@ -240,6 +242,7 @@ fn consume(
             routing_key: d.routing_key.clone(),
             message_id: d.properties.message_id().clone(),
             headers,
+            delivery: d.clone(),
         };
         consumer.ack(d)?;
         if tx.send(got).is_err() {

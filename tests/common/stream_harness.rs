@@ -13,13 +13,16 @@ use std::time::Duration;
 pub static DISRUPTION: RwLock<()> = RwLock::new(());
 
 /// What a consumer received.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Received {
     pub payload: Vec<u8>,
     pub headers: BTreeMap<String, String>,
     /// The key the broker filed the message under (Kafka record key, Kinesis partition
     /// key, Pub/Sub ordering key), where the consumer sees one.
     pub key: Option<String>,
+    /// The stream's `outboxer::decode` entry point applied to what the broker's
+    /// client delivered (the raw delivery, record or message).
+    pub decoded: outboxer::Result<outboxer::decode::Incoming>,
 }
 
 /// A consumer on one destination.
@@ -47,6 +50,9 @@ pub trait StreamHarness {
     fn max_message_size() -> usize;
     /// Cuts every connection the broker has (the stream must reconnect by itself).
     fn cut_connections();
+    /// Publishes `payload` to the destination with the broker's own client, as
+    /// another producer would: no outboxer message id, headers or envelope.
+    fn publish_foreign(dest: &Options, payload: &[u8]);
 }
 
 impl Consumer for super::Sink {
@@ -54,6 +60,7 @@ impl Consumer for super::Sink {
         self.collect(n, within)
             .into_iter()
             .map(|g| Received {
+                decoded: outboxer::decode::amqp(&g.delivery),
                 payload: g.body,
                 headers: g.headers,
                 key: None,
@@ -97,5 +104,16 @@ impl StreamHarness for Amqp {
             .map(|s| s.success())
             .unwrap_or(false);
         assert!(ok, "rabbitmqctl close_all_connections");
+    }
+    fn publish_foreign(dest: &Options, payload: &[u8]) {
+        let option = |k: &str| dest.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+        let mut conn = amiquip::Connection::insecure_open(&super::amqp_url()).expect("RabbitMQ");
+        let ch = conn.open_channel(None).expect("channel");
+        ch.basic_publish(
+            option("exchange.name"),
+            amiquip::Publish::new(payload, option("routing_key")),
+        )
+        .expect("publish");
+        conn.close().expect("close");
     }
 }

@@ -51,6 +51,9 @@ mod over_tls {
         fn cut_connections() {
             Amqp::cut_connections()
         }
+        fn publish_foreign(dest: &Options, payload: &[u8]) {
+            Amqp::publish_foreign(dest, payload)
+        }
     }
 
     stream_conformance!(AmqpTls);

@@ -352,6 +352,107 @@ pub fn trace_context_from_postgres<H: StreamHarness>() {
     crate::common::drop_table(&table);
 }
 
+/// Typed payloads end to end, the same for every stream: a struct sent with
+/// `Message::json` through the relay from PostgreSQL comes back equal through the
+/// stream's `outboxer::decode` entry point, with its message id and exactly its
+/// headers; a payload that is not JSON, a content type that is not JSON and
+/// another producer's message (no outboxer id) are typed errors naming the stream.
+pub fn json_payload_from_postgres<H: StreamHarness>() {
+    use outboxer::decode::DecodeCause;
+    use outboxer::{Message, Outbox, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE};
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct OrderPaid {
+        order: u64,
+        customer: String,
+        lines: Vec<(String, u32)>,
+        note: Option<String>,
+    }
+    let _g = read();
+    let (dest, consumer) = H::destination(&unique("s_json"));
+    let table = unique("json");
+    let stream = H::stream();
+    let name = stream.name().to_string();
+    let outbox = Outbox::builder()
+        .store(crate::common::store(&table))
+        .stream(stream)
+        .check_interval(Duration::from_millis(20))
+        .build()
+        .expect("outbox");
+    let order = OrderPaid {
+        order: 42,
+        customer: "Zoë \"Ω\" Ünal 🎉".into(),
+        lines: vec![("tea".into(), 2), ("cake".into(), 1)],
+        note: None,
+    };
+    let typed = Message::json(&order)
+        .expect("serializes")
+        .route(dest.clone())
+        .header("tenant", "acme");
+    let not_json = Message::new(b"{not json".to_vec())
+        .route(dest.clone())
+        .header(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE);
+    let text = Message::new(br#"{"order":1}"#.to_vec())
+        .route(dest.clone())
+        .header(CONTENT_TYPE_HEADER, "text/plain");
+    let ids = outbox.send_batch(&[typed, not_json, text]).expect("send");
+    H::publish_foreign(&dest, br#"{"order":2}"#);
+    let relay = outbox.start().expect("start");
+    let got = consumer.receive(4, Duration::from_secs(60));
+    relay.stop().expect("stop");
+    assert_eq!(got.len(), 4, "{got:?}");
+    let by_payload = |p: &[u8]| {
+        got.iter()
+            .find(|r| r.payload.starts_with(p))
+            .unwrap_or_else(|| panic!("{:?} received", String::from_utf8_lossy(p)))
+    };
+    let cause_of = |e: &Error| match e {
+        Error::Undecodable { stream, cause, .. } => {
+            assert_eq!(*stream, name, "{e}");
+            *cause
+        }
+        other => panic!("{other:?}"),
+    };
+
+    let incoming = by_payload(br#"{"order":42"#)
+        .decoded
+        .as_ref()
+        .expect("decodes");
+    let paid = incoming.json::<OrderPaid>().expect("typed");
+    assert_eq!(paid.value, order);
+    assert_eq!(paid.message_id, ids[0]);
+    let headers = BTreeMap::from([
+        (
+            CONTENT_TYPE_HEADER.to_string(),
+            JSON_CONTENT_TYPE.to_string(),
+        ),
+        ("tenant".to_string(), "acme".to_string()),
+    ]);
+    assert_eq!(paid.headers, headers, "exactly the headers enqueued");
+
+    let incoming = by_payload(b"{not json").decoded.as_ref().expect("an id");
+    assert_eq!(
+        incoming.message_id, ids[1],
+        "the id reads without the payload"
+    );
+    let e = incoming.json::<OrderPaid>().expect_err("not JSON");
+    assert_eq!(cause_of(&e), DecodeCause::Payload);
+
+    let incoming = by_payload(br#"{"order":1}"#)
+        .decoded
+        .as_ref()
+        .expect("an id");
+    assert_eq!(incoming.message_id, ids[2]);
+    let e = incoming.json::<OrderPaid>().expect_err("text/plain");
+    assert_eq!(cause_of(&e), DecodeCause::ContentType);
+
+    let foreign = by_payload(br#"{"order":2}"#).decoded.as_ref();
+    assert_eq!(
+        cause_of(foreign.expect_err("no outboxer id")),
+        DecodeCause::MessageId
+    );
+    crate::common::drop_table(&table);
+}
+
 /// A publish to a server that accepts connections and never answers returns by its
 /// deadline, plus at most one request timeout, with a transient error for every
 /// message (nothing lost, nothing parked).
@@ -436,7 +537,8 @@ pub fn relay_stops_within_one_request_timeout(
 macro_rules! stream_conformance {
     ($h:ty) => {
         $crate::stream_conformance!($h, publish_only);
-        $crate::stream_conformance!(@tests $h, relay_end_to_end_from_postgres trace_context_from_postgres);
+        $crate::stream_conformance!(@tests $h,
+            relay_end_to_end_from_postgres trace_context_from_postgres json_payload_from_postgres);
     };
     ($h:ty, publish_only) => {
         $crate::stream_conformance!(@tests $h,

@@ -71,12 +71,14 @@ struct SinkState {
 }
 
 /// What a test consumer got, with Kafka's own fields.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Record {
     pub partition: i32,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: BTreeMap<String, String>,
+    /// `outboxer::decode::kafka` of the `BorrowedMessage` the consumer's poll returned.
+    pub decoded: outboxer::Result<outboxer::decode::Incoming>,
 }
 
 /// Reads every partition of one topic from the start, in a background thread.
@@ -156,6 +158,7 @@ impl Sink {
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers,
+                    decoded: outboxer::decode::kafka(&m),
                 };
                 if tx.send(r).is_err() {
                     break;
@@ -191,6 +194,7 @@ impl Consumer for Sink {
         self.records(n, within)
             .into_iter()
             .map(|r| Received {
+                decoded: r.decoded,
                 payload: r.payload,
                 headers: r.headers,
                 key: r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
@@ -235,6 +239,19 @@ impl StreamHarness for Kafka {
     }
     fn max_message_size() -> usize {
         DEFAULT_MAX_MESSAGE_SIZE
+    }
+    fn publish_foreign(dest: &Options, payload: &[u8]) {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+        let topic = dest["topic"].as_str().expect("topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .expect("kafka producer");
+        producer
+            .send(BaseRecord::<(), [u8]>::to(topic).payload(payload))
+            .map_err(|(e, _)| e)
+            .expect("send");
+        producer.flush(Duration::from_secs(20)).expect("flush");
     }
     fn cut_connections() {
         let alive: Vec<(String, Arc<SinkState>)> = REGISTRY

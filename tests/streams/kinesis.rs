@@ -53,6 +53,17 @@ impl ShardReader {
 
     /// Decoded records with their partition keys.
     fn records(&self, n: usize, within: Duration) -> Vec<(String, kinesis::KinesisRecord)> {
+        self.raw_records(n, within)
+            .into_iter()
+            .map(|(key, data)| {
+                let r = kinesis::decode_record(&data).expect("outboxer envelope");
+                (key, r)
+            })
+            .collect()
+    }
+
+    /// Records' data (base64-decoded, as an SDK hands it over) with their partition keys.
+    fn raw_records(&self, n: usize, within: Duration) -> Vec<(String, Vec<u8>)> {
         let mut its = self.iterators.borrow_mut();
         if its.is_empty() {
             let shards = self
@@ -82,10 +93,7 @@ impl ShardReader {
                 for rec in r["Records"].as_array().into_iter().flatten() {
                     let data = base64_decode(rec["Data"].as_str().expect("data"));
                     let key = rec["PartitionKey"].as_str().unwrap_or("").to_string();
-                    got.push((
-                        key,
-                        kinesis::decode_record(&data).expect("outboxer envelope"),
-                    ));
+                    got.push((key, data));
                 }
                 if let Some(next) = r["NextShardIterator"].as_str() {
                     *it = next.to_string();
@@ -108,13 +116,22 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 impl Consumer for ShardReader {
     fn receive(&self, n: usize, within: Duration) -> Vec<Received> {
-        self.records(n, within)
+        self.raw_records(n, within)
             .into_iter()
-            .map(|(partition_key, r)| {
-                let mut headers = r.headers;
-                headers.insert(MESSAGE_ID_HEADER.to_string(), r.message_id);
+            .map(|(partition_key, data)| {
+                let decoded = outboxer::decode::kinesis(&data);
+                // Another producer's record is received as it is, without headers.
+                let (payload, headers) = match kinesis::decode_record(&data) {
+                    Ok(r) => {
+                        let mut headers = r.headers;
+                        headers.insert(MESSAGE_ID_HEADER.to_string(), r.message_id);
+                        (r.payload, headers)
+                    }
+                    Err(_) => (data, BTreeMap::new()),
+                };
                 Received {
-                    payload: r.payload,
+                    decoded,
+                    payload,
                     headers,
                     key: Some(partition_key),
                 }
@@ -158,6 +175,17 @@ impl StreamHarness for Kinesis {
     }
     fn cut_connections() {
         cut_shared_proxy();
+    }
+    fn publish_foreign(dest: &Options, payload: &[u8]) {
+        use base64::Engine as _;
+        let name = dest["stream_name"].as_str().expect("stream_name");
+        client(Service::Kinesis)
+            .call_json(
+                "PutRecord",
+                &json!({"StreamName": name, "PartitionKey": "foreign",
+                        "Data": base64::engine::general_purpose::STANDARD.encode(payload)}),
+            )
+            .expect("PutRecord");
     }
 }
 

@@ -93,12 +93,14 @@ impl Consumer for QueueReader {
         self.raw(n, within)
             .into_iter()
             .map(|(body, attrs)| {
+                let decoded = outboxer::decode::sqs(&body, &attrs);
                 let d = sqs::decode(&body, &attrs).expect("outboxer wire format");
                 let mut headers = d.headers;
                 if let Some(id) = d.message_id {
                     headers.insert(MESSAGE_ID_HEADER.to_string(), id);
                 }
                 Received {
+                    decoded,
                     payload: d.payload,
                     headers,
                     // The FIFO message group is not read back here.
@@ -107,6 +109,25 @@ impl Consumer for QueueReader {
             })
             .collect()
     }
+}
+
+/// SendMessage with a plain body and no attributes (FIFO: a group and a dedup id).
+fn send_foreign(dest: &Options, payload: &[u8]) {
+    let name = dest["queue_name"].as_str().expect("queue_name");
+    let c = client(Service::Sqs);
+    let url = c
+        .call_json("GetQueueUrl", &json!({"QueueName": name}))
+        .expect("GetQueueUrl")["QueueUrl"]
+        .as_str()
+        .expect("QueueUrl")
+        .to_string();
+    let mut body = json!({"QueueUrl": url,
+                          "MessageBody": String::from_utf8_lossy(payload)});
+    if name.ends_with(".fifo") {
+        body["MessageGroupId"] = json!("foreign");
+        body["MessageDeduplicationId"] = json!(unique("dedup"));
+    }
+    c.call_json("SendMessage", &body).expect("SendMessage");
 }
 
 fn through_proxy() -> SqsStream {
@@ -151,6 +172,9 @@ impl StreamHarness for Sqs {
     fn max_message_size() -> usize {
         DEFAULT_MAX_MESSAGE_SIZE
     }
+    fn publish_foreign(dest: &Options, payload: &[u8]) {
+        send_foreign(dest, payload);
+    }
     fn cut_connections() {
         cut_shared_proxy();
     }
@@ -181,6 +205,9 @@ impl StreamHarness for SqsFifo {
     }
     fn max_message_size() -> usize {
         DEFAULT_MAX_MESSAGE_SIZE
+    }
+    fn publish_foreign(dest: &Options, payload: &[u8]) {
+        send_foreign(dest, payload);
     }
     fn cut_connections() {
         cut_shared_proxy();

@@ -120,6 +120,7 @@ impl Sub {
                     })
                     .unwrap_or_default();
                 got.push(Pulled {
+                    raw: r.clone(),
                     data,
                     attributes,
                     ordering_key: m["orderingKey"].as_str().map(str::to_string),
@@ -138,6 +139,8 @@ impl Sub {
 /// A message as the subscriber got it.
 #[derive(Clone, Debug)]
 pub struct Pulled {
+    /// The `ReceivedMessage` as pulled (`ackId` and `message`), for `outboxer::decode::pubsub`.
+    pub raw: Value,
     pub data: Vec<u8>,
     pub attributes: BTreeMap<String, String>,
     pub ordering_key: Option<String>,
@@ -148,6 +151,7 @@ impl Consumer for Sub {
         self.pull(n, within)
             .into_iter()
             .map(|p| Received {
+                decoded: outboxer::decode::pubsub(&p.raw),
                 payload: p.data,
                 headers: p.attributes,
                 key: p.ordering_key,
@@ -196,5 +200,14 @@ impl StreamHarness for PubSub {
         // More drops than one publish has tries: the next publish fails (transient),
         // a later one gets through on new connections.
         proxy().inject(std::iter::repeat_n(Fault::Drop, 6));
+    }
+    fn publish_foreign(dest: &Options, payload: &[u8]) {
+        let topic = dest["topic_name"].as_str().expect("topic_name");
+        let data = base64::engine::general_purpose::STANDARD.encode(payload);
+        rest(
+            "POST",
+            &format!("projects/{PROJECT}/topics/{topic}:publish"),
+            json!({"messages": [{"data": data}]}),
+        );
     }
 }

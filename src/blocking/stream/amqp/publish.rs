@@ -3,7 +3,7 @@
 use super::stream::AmqpStream;
 use super::AmqpRoute;
 use crate::blocking::stream::Deadline;
-use crate::message::{Headers, MessageId, StoredMessage, MESSAGE_ID_HEADER};
+use crate::message::{Headers, MessageId, StoredMessage, CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER};
 use crate::{Error, Result};
 use amiquip::{AmqpProperties, AmqpValue, Channel, Confirm, FieldTable, Publish, Return};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -13,8 +13,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// The AMQP properties [`AmqpStream`](super::AmqpStream) publishes a message with:
 /// persistent (delivery mode 2), its message id as the `message_id` property and
 /// as the [`MESSAGE_ID_HEADER`] header (next to the message's own headers, which
-/// travel as long-string header values), and `created_at` as the timestamp, in
-/// seconds since the Unix epoch.
+/// travel as long-string header values), `created_at` as the timestamp, in
+/// seconds since the Unix epoch, and the [`CONTENT_TYPE_HEADER`] header (set by
+/// [`Message::json`](crate::Message::json)) also as the `content_type` property,
+/// where AMQP consumers look for it, when it fits that short string (255 bytes).
 ///
 /// For code that publishes the same messages without the stream, such as a
 /// benchmark's raw-publish ceiling (on a connection from
@@ -39,11 +41,15 @@ pub fn message_properties(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    AmqpProperties::default()
+    let props = AmqpProperties::default()
         .with_message_id(id)
         .with_delivery_mode(2)
         .with_timestamp(ts)
-        .with_headers(table)
+        .with_headers(table);
+    match headers.get(CONTENT_TYPE_HEADER) {
+        Some(ct) if ct.len() <= 255 => props.with_content_type(ct.clone()),
+        _ => props,
+    }
 }
 
 /// A channel the broker closed while a chunk of the batch was in flight.
