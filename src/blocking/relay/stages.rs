@@ -2,6 +2,7 @@
 //! the marker records outcomes; plus the cleanup of old dispatched rows.
 
 use super::outage::release_delay;
+use super::schedule::idle_wait;
 use super::spans;
 use super::{lease_left, Claimed, Ctx, Published, Sent, StreamHome};
 use crate::blocking::store::{BatchLimit, FailedAttempt, Lease, Store, Undecodable};
@@ -19,6 +20,7 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
     let cfg = &ctx.shared.config;
     let wake = ctx.shared.wake_rx.clone();
     let mut idle = false;
+    let mut wait = cfg.check_interval;
     let mut db_failures = 0u32;
     let pause =
         Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).unwrap_or_default();
@@ -27,7 +29,7 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
             select! {
                 recv(wake) -> _ => {},
                 recv(ctx.stop_rx) -> _ => {},
-                default(cfg.check_interval) => {},
+                default(wait) => {},
             }
         }
         if ctx.stopped() {
@@ -64,6 +66,9 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
         // A short claim means the table is drained, unless the byte cap cut it.
         let bytes: usize = claim.messages.iter().map(|m| m.payload.len()).sum();
         idle = claim.len() < cfg.batch_size && bytes <= cfg.max_batch_bytes / 2;
+        if idle {
+            wait = idle_wait(&ctx.shared.store, cfg.check_interval);
+        }
         park_undecodable(ctx, &lease, claim.undecodable);
         let messages = claim.messages;
         if messages.is_empty() {
