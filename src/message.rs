@@ -567,6 +567,53 @@ mod tests {
     }
 
     #[test]
+    fn schedules_become_delays_from_now_within_limits() {
+        let now = SystemTime::now();
+        let m = |d: Deliver| Message {
+            deliver: Some(d),
+            ..Message::new(b"x".to_vec())
+        };
+        let d = Duration::from_millis(1500);
+        assert_eq!(m(Deliver::After(d)).delay_from(now).ok(), Some(d));
+        assert_eq!(m(Deliver::At(now + d)).delay_from(now).ok(), Some(d));
+        let past = now - Duration::from_secs(60);
+        assert_eq!(
+            m(Deliver::At(past)).delay_from(now).ok(),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            Message::new(b"x".to_vec()).delay_from(now).ok(),
+            Some(Duration::ZERO)
+        );
+        assert!(m(Deliver::After(MAX_DELAY)).delay_from(now).is_ok());
+        for bad in [
+            Deliver::After(MAX_DELAY + Duration::from_nanos(1)),
+            Deliver::After(Duration::MAX),
+            Deliver::At(now + MAX_DELAY + Duration::from_secs(1)),
+            Deliver::At(UNIX_EPOCH - Duration::from_secs(1)),
+        ] {
+            assert!(
+                matches!(
+                    m(bad).delay_from(now),
+                    Err(crate::Error::InvalidSchedule { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        // The later setter wins; a refused one is no scheduled delay.
+        let both = Message::new(b"x".to_vec()).deliver_at(now).delay(d);
+        assert_eq!(both.scheduled_delay(), Some(d));
+        assert_eq!(
+            Message::new(b"x".to_vec())
+                .delay(Duration::MAX)
+                .scheduled_delay(),
+            None
+        );
+        let batch = [m(Deliver::After(d)), m(Deliver::After(Duration::MAX))];
+        assert!(delays(&batch).is_err(), "one refused: the batch is refused");
+    }
+
+    #[test]
     fn traceparent_format() {
         let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert!(check_traceparent(ok).is_ok());

@@ -396,6 +396,14 @@ mod tests {
     }
 
     #[test]
+    fn delays_round_up_to_milliseconds() {
+        assert_eq!(millis_up(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis_up(Duration::from_micros(1_500_001)), 1501);
+        assert_eq!(millis_up(Duration::ZERO), 0);
+        assert_eq!(millis_up(Duration::MAX), i64::MAX);
+    }
+
+    #[test]
     fn millis_saturate() {
         assert_eq!(millis(Duration::from_millis(1500)), 1500);
         assert_eq!(millis(Duration::MAX), i64::MAX);
