@@ -415,6 +415,11 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
             }
             None => (Vec::new(), s.ok),
         };
+        if !delivered.is_empty() {
+            // The next message of a delivered one's key is claimable only now: an
+            // idle claimer would otherwise wait for its next poll to take it.
+            let _ = ctx.shared.wake_tx.try_send(());
+        }
         ctx.counters
             .published
             .fetch_add(delivered.len() as u64, Ordering::Relaxed);
