@@ -43,6 +43,15 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A delivery time ([`Message::delay`](crate::Message::delay),
+    /// [`Message::deliver_at`](crate::Message::deliver_at)) that cannot be stored:
+    /// before the Unix epoch or further ahead than
+    /// [`MAX_DELAY`](crate::MAX_DELAY). Refused at `send`; nothing is stored.
+    #[error("invalid delivery time: {reason}")]
+    InvalidSchedule {
+        /// Why it was refused.
+        reason: String,
+    },
     /// A connection URL that cannot be used. The URL is shown with its password redacted.
     #[error("invalid url `{url}`: {reason}")]
     InvalidUrl {
@@ -192,6 +201,7 @@ impl Error {
                 | Error::Decode { .. }
                 | Error::Serialize { .. }
                 | Error::Undecodable { .. }
+                | Error::InvalidSchedule { .. }
         )
     }
 

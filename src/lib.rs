@@ -113,8 +113,8 @@ pub use blocking::{Health, OutageStatus, Outbox, OutboxBuilder, OutboxTx, Relay,
 pub use error::{BoxError, Error, Result};
 pub use message::{
     Delivered, Failure, FailureAction, Headers, Message, MessageId, Options, StoredMessage,
-    TraceContext, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MESSAGE_ID_HEADER, TRACEPARENT_HEADER,
-    TRACESTATE_HEADER,
+    TraceContext, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, MAX_DELAY, MESSAGE_ID_HEADER,
+    TRACEPARENT_HEADER, TRACESTATE_HEADER,
 };
 // The seams' traits, also at the root for `use outboxer::{Store, Stream}`;
 // documented once, in their modules.

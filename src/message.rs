@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// String headers, sent as broker headers or attributes.
 pub type Headers = BTreeMap<String, String>;
@@ -237,6 +237,61 @@ pub struct Message {
     pub(crate) headers: Headers,
     pub(crate) options: Options,
     pub(crate) ordering_key: Option<String>,
+    pub(crate) deliver: Option<Deliver>,
+}
+
+/// When a message becomes publishable, as [`Message::delay`] and
+/// [`Message::deliver_at`] set it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Deliver {
+    /// This long after the insert, by the database clock.
+    After(Duration),
+    /// At this instant of the application's clock, turned into a delay at `send`.
+    At(SystemTime),
+}
+
+/// The furthest ahead a message can be scheduled ([`Message::delay`],
+/// [`Message::deliver_at`]): ten years (3653 days). Every store's time column holds
+/// it; later is refused as absurd with
+/// [`Error::InvalidSchedule`](crate::Error::InvalidSchedule).
+pub const MAX_DELAY: Duration = Duration::from_secs(3653 * 24 * 3600);
+
+fn bad_schedule(reason: impl Into<String>) -> crate::Error {
+    crate::Error::InvalidSchedule {
+        reason: reason.into(),
+    }
+}
+
+impl Deliver {
+    /// The delay from `now` (the application's clock at `send`): zero for a time in
+    /// the past, an error past [`MAX_DELAY`] or before the Unix epoch.
+    fn delay_from(self, now: SystemTime) -> crate::Result<Duration> {
+        let d = match self {
+            Deliver::After(d) => d,
+            Deliver::At(t) => {
+                if t < UNIX_EPOCH {
+                    return Err(bad_schedule("deliver_at is before the Unix epoch"));
+                }
+                t.duration_since(now).unwrap_or(Duration::ZERO)
+            }
+        };
+        if d > MAX_DELAY {
+            return Err(bad_schedule(format!(
+                "{d:?} ahead is further than the limit of {} days",
+                MAX_DELAY.as_secs() / 86_400
+            )));
+        }
+        Ok(d)
+    }
+}
+
+/// Each message's delay before it may be published, measured from now on the
+/// application's clock; the stores add it to the database clock's now() at the
+/// insert. All are checked before anything is written, so a refused schedule
+/// stores nothing.
+pub(crate) fn delays(messages: &[Message]) -> crate::Result<Vec<Duration>> {
+    let now = SystemTime::now();
+    messages.iter().map(|m| m.delay_from(now)).collect()
 }
 
 impl Message {
@@ -248,6 +303,7 @@ impl Message {
             headers: Headers::new(),
             options: Options::new(),
             ordering_key: None,
+            deliver: None,
         }
     }
 
@@ -390,6 +446,62 @@ impl Message {
         TraceContext::from_headers(&self.headers)
     }
 
+    /// Publishes the message no earlier than `delay` after it is inserted, by the
+    /// database's clock (`available_at = now() + delay` on the server), so that a
+    /// skew between the application's and the database's clocks does not shift it.
+    /// The relay publishes it within its polling interval after it is due (an idle
+    /// relay sleeps until then). Until it is sent it holds the later messages of its
+    /// ordering key. More than [`MAX_DELAY`] is refused at `send` with
+    /// [`Error::InvalidSchedule`](crate::Error::InvalidSchedule); nothing is stored.
+    /// Replaces an earlier [`Message::deliver_at`].
+    ///
+    /// ```
+    /// use outboxer::Message;
+    /// use std::time::Duration;
+    ///
+    /// let reminder = Message::new(b"cart still full?".to_vec()).delay(Duration::from_secs(3600));
+    /// assert_eq!(reminder.scheduled_delay(), Some(Duration::from_secs(3600)));
+    /// ```
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.deliver = Some(Deliver::After(delay));
+        self
+    }
+
+    /// Publishes the message no earlier than `at`. `at` is read on the application's
+    /// clock: at `send` it becomes the delay `at - SystemTime::now()` (zero when `at`
+    /// has passed), which the store adds to the database's clock, as for
+    /// [`Message::delay`]. A time before the Unix epoch or more than [`MAX_DELAY`]
+    /// ahead is refused at `send` with
+    /// [`Error::InvalidSchedule`](crate::Error::InvalidSchedule); nothing is stored.
+    /// Replaces an earlier [`Message::delay`].
+    ///
+    /// ```
+    /// use outboxer::Message;
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// let at = SystemTime::now() + Duration::from_secs(24 * 3600);
+    /// let msg = Message::new(b"invoice due".to_vec()).deliver_at(at);
+    /// assert!(msg.scheduled_delay().is_some_and(|d| d <= Duration::from_secs(24 * 3600)));
+    /// ```
+    pub fn deliver_at(mut self, at: SystemTime) -> Self {
+        self.deliver = Some(Deliver::At(at));
+        self
+    }
+
+    /// The delay [`Message::delay`] or [`Message::deliver_at`] asks for, measured
+    /// from now (zero when the time has passed); `None` when the message is not
+    /// scheduled or its time is refused (see [`MAX_DELAY`]).
+    pub fn scheduled_delay(&self) -> Option<Duration> {
+        self.deliver
+            .and_then(|d| d.delay_from(SystemTime::now()).ok())
+    }
+
+    /// The delay before this message may be published, from `now`.
+    pub(crate) fn delay_from(&self, now: SystemTime) -> crate::Result<Duration> {
+        self.deliver
+            .map_or(Ok(Duration::ZERO), |d| d.delay_from(now))
+    }
+
     /// Replaces the generated id, e.g. to make an enqueue idempotent upstream.
     pub fn with_message_id(mut self, id: MessageId) -> Self {
         self.message_id = id;
@@ -493,6 +605,53 @@ mod tests {
         assert_eq!(a.as_uuid().get_version_num(), 7);
         assert!(a < b);
         assert_eq!(a.to_string().parse::<MessageId>().ok(), Some(a));
+    }
+
+    #[test]
+    fn schedules_become_delays_from_now_within_limits() {
+        let now = SystemTime::now();
+        let m = |d: Deliver| Message {
+            deliver: Some(d),
+            ..Message::new(b"x".to_vec())
+        };
+        let d = Duration::from_millis(1500);
+        assert_eq!(m(Deliver::After(d)).delay_from(now).ok(), Some(d));
+        assert_eq!(m(Deliver::At(now + d)).delay_from(now).ok(), Some(d));
+        let past = now - Duration::from_secs(60);
+        assert_eq!(
+            m(Deliver::At(past)).delay_from(now).ok(),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            Message::new(b"x".to_vec()).delay_from(now).ok(),
+            Some(Duration::ZERO)
+        );
+        assert!(m(Deliver::After(MAX_DELAY)).delay_from(now).is_ok());
+        for bad in [
+            Deliver::After(MAX_DELAY + Duration::from_nanos(1)),
+            Deliver::After(Duration::MAX),
+            Deliver::At(now + MAX_DELAY + Duration::from_secs(1)),
+            Deliver::At(UNIX_EPOCH - Duration::from_secs(1)),
+        ] {
+            assert!(
+                matches!(
+                    m(bad).delay_from(now),
+                    Err(crate::Error::InvalidSchedule { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        // The later setter wins; a refused one is no scheduled delay.
+        let both = Message::new(b"x".to_vec()).deliver_at(now).delay(d);
+        assert_eq!(both.scheduled_delay(), Some(d));
+        assert_eq!(
+            Message::new(b"x".to_vec())
+                .delay(Duration::MAX)
+                .scheduled_delay(),
+            None
+        );
+        let batch = [m(Deliver::After(d)), m(Deliver::After(Duration::MAX))];
+        assert!(delays(&batch).is_err(), "one refused: the batch is refused");
     }
 
     #[test]

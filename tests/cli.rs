@@ -252,11 +252,17 @@ fn migrate_is_idempotent_and_stats_json_counts() {
     pg().batch_execute(&format!(
         "UPDATE \"{table}\" SET status = 'dispatched', dispatched_at = now() WHERE payload IN ('m1', 'm2');
          UPDATE \"{table}\" SET status = 'parked', attempts = 10, last_error = 'NOT_FOUND - no exchange' WHERE payload = 'm3';
-         UPDATE \"{table}\" SET attempts = 2, locked_by = gen_random_uuid(), locked_until = now() + interval '1 hour' WHERE payload = 'm4';"
+         UPDATE \"{table}\" SET attempts = 2, locked_by = gen_random_uuid(), locked_until = now() + interval '1 hour' WHERE payload = 'm4';
+         UPDATE \"{table}\" SET available_at = now() + interval '1 hour' WHERE payload = 'm5';"
     ))
     .expect("shape rows");
     let v = stats_json(&store, &table);
     assert_eq!(counts(&v), (3, 1, 2, 1), "{v}");
+    assert_eq!(v["scheduled"], 1, "{v}");
+    let due = v["next_due_in_secs"].as_f64().unwrap_or(0.0);
+    assert!(due > 3500.0 && due <= 3600.0, "{v}");
+    let text = ok(&["stats", "--store", &store, "--table", &table]);
+    assert!(text.contains("scheduled   1 (next due in "), "{text}");
     assert_eq!(v["table"], table.as_str());
     assert!(!v.to_string().contains("pg-s3cret-pw"), "{v}");
     assert!(v["oldest_pending_age_secs"].as_f64().is_some(), "{v}");

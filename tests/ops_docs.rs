@@ -25,6 +25,7 @@ const GAUGES: &[&str] = &[
     "outboxer_oldest_pending_age_seconds",
     "outboxer_parked_messages",
     "outboxer_held_keys",
+    "outboxer_scheduled_messages",
     "outboxer_up",
 ];
 

@@ -90,6 +90,7 @@ impl<S: Store> Outbox<S> {
 
     pub(crate) fn validate(&self, m: &Message) -> Result<()> {
         crate::message::check_trace_headers(&m.headers)?;
+        m.delay_from(std::time::SystemTime::now())?;
         match &self.shared.validator {
             Some(v) => v.validate(&m.payload, &m.headers, &m.options),
             None => Ok(()),

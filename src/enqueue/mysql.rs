@@ -21,6 +21,8 @@ pub(crate) async fn insert<Q: Queryable>(
     if messages.is_empty() {
         return Ok(());
     }
+    // Checked before anything is written: a refused schedule stores nothing.
+    let delays = crate::message::delays(messages)?;
     let mut buckets: Vec<u32> = messages
         .iter()
         .filter_map(|m| m.key())
@@ -36,9 +38,9 @@ pub(crate) async fn insert<Q: Queryable>(
             .map_err(|e| Error::db("locking ordering keys", e))?;
     }
     // Chunks keep the statement count (and the statement cache) small.
-    for chunk in messages.chunks(500) {
-        let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
-        for m in chunk {
+    for (chunk, delays) in messages.chunks(500).zip(delays.chunks(500)) {
+        let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
+        for (m, delay) in chunk.iter().zip(delays) {
             params.push(Value::Bytes(m.message_id.as_uuid().as_bytes().to_vec()));
             params.push(Value::Bytes(m.payload.clone()));
             params.push(Value::from(rows::headers_to_json(&m.headers).to_string()));
@@ -47,6 +49,10 @@ pub(crate) async fn insert<Q: Queryable>(
                 Some(k) => Value::from(k.as_str()),
                 None => Value::NULL,
             });
+            // At most MAX_DELAY: fits an i64 of microseconds.
+            params.push(Value::from(
+                i64::try_from(delay.as_micros()).unwrap_or(i64::MAX),
+            ));
         }
         q.exec_drop(sql.insert(chunk.len()), params)
             .await

@@ -29,6 +29,11 @@ where
         return Ok(());
     }
     let sql = t.sql;
+    // Checked before anything is written: a refused schedule stores nothing.
+    let delays: Vec<f64> = crate::message::delays(messages)?
+        .iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
     let keys: Vec<&str> = messages.iter().filter_map(|m| m.key()).collect();
     if !keys.is_empty() {
         // Serialise enqueues of the same key so ids follow commit order.
@@ -37,7 +42,7 @@ where
             .await
             .map_err(|e| Error::db("locking ordering keys", e))?;
     }
-    if let [m] = messages {
+    if let ([m], [delay]) = (messages, delays.as_slice()) {
         let headers = rows::headers_to_json(&m.headers);
         let options = rows::options_to_json(&m.options);
         client
@@ -49,6 +54,7 @@ where
                     &headers,
                     &options,
                     &m.ordering_key,
+                    delay,
                 ],
             )
             .await
@@ -68,7 +74,7 @@ where
         client
             .execute(
                 &sql.insert_many,
-                &[&ids, &payloads, &headers, &options, &okeys],
+                &[&ids, &payloads, &headers, &options, &okeys, &delays],
             )
             .await
             .map_err(|e| Error::db("inserting messages", e))?;

@@ -23,9 +23,12 @@ pub(crate) async fn insert(
     if messages.is_empty() {
         return Ok(());
     }
+    // Checked before anything is written: a refused schedule stores nothing.
+    let delays = crate::message::delays(messages)?;
     let rows = messages
         .iter()
-        .map(Encoded::new)
+        .zip(delays)
+        .map(|(m, d)| Encoded::new(m, d))
         .collect::<Result<Vec<_>>>()?;
     let mut locks: Vec<String> = messages
         .iter()
@@ -68,10 +71,11 @@ struct Encoded<'m> {
     headers: Vec<u8>,
     options: Vec<u8>,
     key: Option<&'m str>,
+    delay_ms: i64,
 }
 
 impl<'m> Encoded<'m> {
-    fn new(m: &'m Message) -> Result<Self> {
+    fn new(m: &'m Message, delay: std::time::Duration) -> Result<Self> {
         if let Some(k) = m.key() {
             if !q::ordering_key_fits(k) {
                 return Err(Error::option(
@@ -92,6 +96,8 @@ impl<'m> Encoded<'m> {
             headers: json(rows::headers_to_json(&m.headers))?,
             options: json(rows::options_to_json(&m.options))?,
             key: m.key(),
+            // Rounded up (a delay never ends early); MAX_DELAY is far below the limit.
+            delay_ms: q::delay_ms(delay.saturating_add(std::time::Duration::from_nanos(999_999))),
         })
     }
 }
@@ -106,5 +112,6 @@ fn bind_enqueue<'a>(query: &mut Query<'a>, locks: &'a [String], rows: &'a [Encod
         query.bind(r.headers.as_slice());
         query.bind(r.options.as_slice());
         query.bind(r.key);
+        query.bind(r.delay_ms);
     }
 }

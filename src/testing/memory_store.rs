@@ -103,9 +103,11 @@ impl State {
         }
     }
 
-    fn insert(&mut self, messages: Vec<Message>) {
+    /// Inserts the messages, or none of them when a schedule is refused.
+    fn insert(&mut self, messages: Vec<Message>) -> Result<()> {
+        let delays = crate::message::delays(&messages)?;
         let now = Instant::now();
-        for m in messages {
+        for (m, delay) in messages.into_iter().zip(delays) {
             self.next_id += 1;
             let id = self.next_id;
             self.rows.insert(
@@ -125,7 +127,7 @@ impl State {
                     },
                     created_at: SystemTime::now(),
                     created: now,
-                    available_at: now,
+                    available_at: now.checked_add(delay).unwrap_or(now),
                     locked_by: None,
                     locked_until: None,
                     dispatched_at: None,
@@ -133,6 +135,7 @@ impl State {
                 },
             );
         }
+        Ok(())
     }
 
     /// Deletes up to `limit` rows that match, lowest ids first; returns how many.
@@ -231,8 +234,7 @@ impl MemoryTx {
         let MemoryTx { store, messages } = self;
         let mut s = store.state.lock();
         s.fault(StoreOp::Enqueue)?;
-        s.insert(messages);
-        Ok(())
+        s.insert(messages)
     }
 
     /// Drops the transaction's messages.
@@ -317,6 +319,8 @@ impl TxStore for MemoryStore {
     type Tx<'a> = MemoryTx;
 
     fn enqueue_in_tx(&self, tx: &mut MemoryTx, messages: &[Message]) -> Result<()> {
+        // Refused here, like the databases' inserts; the delay runs from the commit.
+        crate::message::delays(messages)?;
         tx.messages.extend_from_slice(messages);
         Ok(())
     }
@@ -341,8 +345,7 @@ impl Store for MemoryStore {
     fn enqueue(&self, messages: &[Message]) -> Result<()> {
         let mut s = self.state.lock();
         s.fault(StoreOp::Enqueue)?;
-        s.insert(messages.to_vec());
-        Ok(())
+        s.insert(messages.to_vec())
     }
 
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> Result<Claim> {
@@ -583,6 +586,11 @@ impl Store for MemoryStore {
                         st.leased += 1;
                     }
                     st.oldest_pending_age = st.oldest_pending_age.max(e.created.elapsed());
+                    if e.available_at > now {
+                        st.scheduled += 1;
+                        let due = e.available_at - now;
+                        st.next_due_in = Some(st.next_due_in.map_or(due, |d| d.min(due)));
+                    }
                 }
                 RowStatus::Dispatched => st.dispatched += 1,
                 RowStatus::Parked | RowStatus::Skipped => st.parked += 1,
@@ -598,6 +606,16 @@ impl Store for MemoryStore {
             })
             .count() as u64;
         Ok(st)
+    }
+
+    fn next_due(&self) -> Result<Option<Duration>> {
+        let s = self.state.lock();
+        let now = Instant::now();
+        Ok(s.rows
+            .values()
+            .filter(|e| e.row.status == RowStatus::Pending && e.available_at > now)
+            .map(|e| e.available_at - now)
+            .min())
     }
 
     fn attempts_histogram(&self) -> Result<Vec<(u32, u64)>> {

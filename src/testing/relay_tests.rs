@@ -578,3 +578,68 @@ fn a_panicked_thread_shows_in_health() {
     );
     assert!(matches!(relay.stop(), Err(Error::RelayPanicked(_))));
 }
+
+#[test]
+fn an_idle_relay_wakes_when_a_delayed_message_is_due_and_keeps_its_key_order() {
+    let (store, stream) = (MemoryStore::new(), ScriptedStream::new());
+    let check = Duration::from_secs(10);
+    let outbox = builder(&store, &stream)
+        .check_interval(check)
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let delay = Duration::from_millis(300);
+    let began = Instant::now();
+    let head = keyed("k", 0).delay(delay);
+    let next = keyed("k", 1);
+    let free = Message::new(b"free".to_vec());
+    outbox
+        .send_batch(&[head.clone(), next.clone(), free.clone()])
+        .expect("send");
+    let order: Vec<(MessageId, Duration)> = (0..3)
+        .map(|_| {
+            let d = relay
+                .ok()
+                .recv_timeout(Duration::from_secs(5))
+                .expect("delivered");
+            (d.message_id, began.elapsed())
+        })
+        .collect();
+    relay.stop().expect("stop");
+    let ids: Vec<MessageId> = order.iter().map(|o| o.0).collect();
+    assert_eq!(
+        ids,
+        vec![free.message_id(), head.message_id(), next.message_id()]
+    );
+    assert!(order[0].1 < delay, "{order:?}");
+    assert!(order[1].1 >= delay, "published early: {order:?}");
+    assert!(
+        order[2].1 < delay + Duration::from_millis(500),
+        "not woken when due (check interval {check:?}): {order:?}"
+    );
+}
+
+#[test]
+fn a_keys_backlog_drains_without_waiting_a_check_interval_per_message() {
+    // One key's messages are claimable one at a time, each after its predecessor
+    // is marked: an idle relay must not wait for its next poll between them.
+    let (store, stream) = (MemoryStore::new(), ScriptedStream::new());
+    let check = Duration::from_secs(10);
+    let outbox = builder(&store, &stream)
+        .check_interval(check)
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let began = Instant::now();
+    outbox
+        .send_batch(&(0..5).map(|i| keyed("k", i)).collect::<Vec<_>>())
+        .expect("send");
+    let got = stream.wait_for(5, Duration::from_secs(3));
+    relay.stop().expect("stop");
+    assert_eq!(
+        got.len(),
+        5,
+        "{:?} after send, check interval {check:?}",
+        began.elapsed()
+    );
+}

@@ -208,13 +208,72 @@ pub async fn relay_end_to_end_exactly_once<H: AsyncHarness>() {
     H::drop_table(&t);
 }
 
+/// Delayed messages through the async API: `send`, `send_batch` and `transaction`
+/// store them with their delay (claimable only when due, counted as scheduled);
+/// a refused schedule is a typed error from the outbox and from the store itself,
+/// with nothing stored.
+pub async fn delayed_messages_wait_and_bad_schedules_store_nothing<H: AsyncHarness>() {
+    use std::time::{Instant, SystemTime};
+    let t = unique("a_delay");
+    let s = H::store(&t).await;
+    let o = outbox::<H>(s.clone());
+    let delay = Duration::from_millis(1500);
+    let began = Instant::now();
+    let now = Message::new(b"now".to_vec());
+    let later = Message::new(b"later".to_vec()).delay(delay);
+    let at = Message::new(b"at".to_vec()).deliver_at(SystemTime::now() + delay);
+    o.send(later.clone()).await.expect("send");
+    o.send_batch(&[now.clone(), at.clone()])
+        .await
+        .expect("send_batch");
+    let in_tx = Message::new(b"in tx".to_vec()).delay(delay);
+    o.transaction(async |tx| tx.send(in_tx.clone()).await)
+        .await
+        .expect("commit");
+    let too_far =
+        Message::new(b"too far".to_vec()).delay(outboxer::MAX_DELAY + Duration::from_secs(1));
+    let before_epoch =
+        Message::new(b"1969".to_vec()).deliver_at(SystemTime::UNIX_EPOCH - Duration::from_secs(1));
+    for bad in [&too_far, &before_epoch] {
+        let r = o
+            .send_batch(&[Message::new(b"ok".to_vec()), bad.clone()])
+            .await;
+        assert!(matches!(r, Err(Error::InvalidSchedule { .. })), "{r:?}");
+        // The store refuses it too (an application calling the store directly).
+        let r = s
+            .enqueue(&[Message::new(b"ok".to_vec()), bad.clone()])
+            .await;
+        assert!(matches!(r, Err(Error::InvalidSchedule { .. })), "{r:?}");
+    }
+    let r: Result<(), Error> = o
+        .transaction(async |tx| {
+            tx.send(Message::new(b"rolled back".to_vec())).await?;
+            tx.send(too_far.clone()).await?;
+            Ok(())
+        })
+        .await;
+    assert!(matches!(r, Err(Error::InvalidSchedule { .. })), "{r:?}");
+    let st = o.stats().await.expect("stats");
+    assert_eq!((st.pending, st.scheduled), (4, 3), "{st:?}");
+    assert!(st.next_due_in.is_some_and(|d| d <= delay), "{st:?}");
+    assert_eq!(ids(&claim::<H>(&s, lease()).await), vec![now.message_id()]);
+    tokio::time::sleep(delay.saturating_sub(began.elapsed()) + Duration::from_millis(100)).await;
+    assert_eq!(
+        ids(&claim::<H>(&s, lease()).await),
+        vec![later.message_id(), at.message_id(), in_tx.message_id()],
+        "due now, in id order"
+    );
+    H::drop_table(&t);
+}
+
 /// Expands the suite as `#[tokio::test]`s (current-thread runtimes) for a harness.
 #[macro_export]
 macro_rules! async_store_conformance {
     ($h:ty) => {
         $crate::async_store_conformance!(@tests $h,
             roundtrip_byte_exact rollback_stores_nothing per_key_fifo
-            relay_end_to_end_exactly_once);
+            relay_end_to_end_exactly_once
+            delayed_messages_wait_and_bad_schedules_store_nothing);
     };
     (@tests $h:ty, $($name:ident)*) => {
         $(

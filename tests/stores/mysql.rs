@@ -67,6 +67,14 @@ impl Harness for My {
             lit_or_null(key)
         )
     }
+    fn delayed_insert_sql(t: &str, payload: &str, secs: u32) -> String {
+        // As docs/stores.md shows: UTC, like every time column of the table.
+        format!(
+            "INSERT INTO `{t}` (message_id, payload, available_at) \
+             VALUES (UNHEX(REPLACE(UUID(), '-', '')), {}, UTC_TIMESTAMP(6) + INTERVAL {secs} SECOND)",
+            lit(payload)
+        )
+    }
 }
 
 store_conformance!(My);

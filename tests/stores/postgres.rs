@@ -55,6 +55,14 @@ impl Harness for Pg {
             lit_or_null(key)
         )
     }
+    fn delayed_insert_sql(t: &str, payload: &str, secs: u32) -> String {
+        // As docs/stores.md shows: the database clock plus the delay.
+        format!(
+            "INSERT INTO \"{t}\" (payload, available_at) \
+             VALUES (convert_to({}, 'UTF8'), now() + interval '{secs} seconds')",
+            lit(payload)
+        )
+    }
 }
 
 store_conformance!(Pg);

@@ -106,6 +106,16 @@ impl Harness for Sqlite {
             conformance::lit_or_null(key)
         )
     }
+    fn delayed_insert_sql(t: &str, payload: &str, secs: u32) -> String {
+        // As docs/stores.md shows: unix milliseconds, now plus the delay.
+        format!(
+            "INSERT INTO \"{t}\" (message_id, payload, created_at, available_at) \
+             VALUES (randomblob(16), CAST({} AS BLOB), \
+                     CAST(unixepoch('subsec') * 1000 AS INTEGER), \
+                     CAST(unixepoch('subsec') * 1000 AS INTEGER) + {secs} * 1000)",
+            conformance::lit(payload)
+        )
+    }
 }
 
 store_conformance!(Sqlite);

@@ -94,6 +94,14 @@ impl Harness for Mssql {
             key.map_or("NULL".to_string(), |k| format!("N{}", lit(k)))
         )
     }
+    fn delayed_insert_sql(t: &str, payload: &str, secs: u32) -> String {
+        // As docs/stores.md shows: UTC, like every time column of the table.
+        format!(
+            "INSERT INTO [{t}] (payload, available_at) \
+             VALUES (CAST({} AS VARBINARY(MAX)), DATEADD(SECOND, {secs}, SYSUTCDATETIME()))",
+            lit(payload)
+        )
+    }
 }
 
 store_conformance!(Mssql, #[ignore = "needs a SQL Server: set OUTBOXER_MSSQL_URL and pass --include-ignored (none can be installed on this machine)"]);

@@ -52,6 +52,8 @@ pub fn to_json(s: &Snapshot, store: &str, table: &str) -> serde_json::Value {
         "parked": s.stats.parked,
         "held_keys": s.stats.held_keys,
         "oldest_pending_age_secs": s.stats.oldest_pending_age.as_secs_f64(),
+        "scheduled": s.stats.scheduled,
+        "next_due_in_secs": s.stats.next_due_in.map(|d| d.as_secs_f64()),
         "attempts_histogram": s.histogram.iter()
             .map(|(attempts, count)| json!({"attempts": attempts, "count": count}))
             .collect::<Vec<_>>(),
@@ -96,12 +98,16 @@ pub fn to_text(s: &Snapshot, store: &str, table: &str) -> String {
     let mut out = format!(
         "store       {store}\ntable       {table}\n\
          pending     {} (leased {})\ndispatched  {}\nparked      {}\nheld keys   {}\n\
-         oldest pending  {}\n",
+         scheduled   {}{}\noldest pending  {}\n",
         st.pending,
         st.leased,
         st.dispatched,
         st.parked,
         st.held_keys,
+        st.scheduled,
+        st.next_due_in
+            .map(|d| format!(" (next due in {})", parse::human(d)))
+            .unwrap_or_default(),
         if st.pending == 0 {
             "-".to_string()
         } else {

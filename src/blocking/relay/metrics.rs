@@ -64,6 +64,7 @@ mod imp {
         oldest: Gauge,
         parked: Gauge,
         held: Gauge,
+        scheduled: Gauge,
     }
 
     impl RelayMetrics {
@@ -88,6 +89,7 @@ mod imp {
                 oldest: gauge!("outboxer_oldest_pending_age_seconds", "table" => t.clone()),
                 parked: gauge!("outboxer_parked_messages", "table" => t.clone()),
                 held: gauge!("outboxer_held_keys", "table" => t.clone()),
+                scheduled: gauge!("outboxer_scheduled_messages", "table" => t.clone()),
                 table: t,
                 stream: s,
                 route_label,
@@ -138,6 +140,7 @@ mod imp {
             self.oldest.set(s.oldest_pending_age.as_secs_f64());
             self.parked.set(s.parked as f64);
             self.held.set(s.held_keys as f64);
+            self.scheduled.set(s.scheduled as f64);
         }
 
         pub(crate) fn unrouted(&self) -> Route {

@@ -13,6 +13,7 @@
 mod failure_log;
 mod metrics;
 mod outage;
+mod schedule;
 mod spans;
 mod stages;
 

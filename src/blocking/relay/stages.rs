@@ -2,6 +2,7 @@
 //! the marker records outcomes; plus the cleanup of old dispatched rows.
 
 use super::outage::release_delay;
+use super::schedule::idle_wait;
 use super::spans;
 use super::{lease_left, Claimed, Ctx, Published, Sent, StreamHome};
 use crate::blocking::store::{
@@ -21,6 +22,7 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
     let cfg = &ctx.shared.config;
     let wake = ctx.shared.wake_rx.clone();
     let mut idle = false;
+    let mut wait = cfg.check_interval;
     let mut db_failures = 0u32;
     // Row locks until the store says it cannot hold them (then leases for good).
     let mut locks = cfg.claim_mode == ClaimMode::RowLocks;
@@ -31,7 +33,7 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
             select! {
                 recv(wake) -> _ => {},
                 recv(ctx.stop_rx) -> _ => {},
-                default(cfg.check_interval) => {},
+                default(wait) => {},
             }
         }
         if ctx.stopped() {
@@ -68,6 +70,9 @@ pub(super) fn claimer<S: Store>(ctx: &Ctx<S>, out: Sender<Claimed>) {
         // A short claim means the table is drained, unless the byte cap cut it.
         let bytes: usize = claim.messages.iter().map(|m| m.payload.len()).sum();
         idle = claim.len() < cfg.batch_size && bytes <= cfg.max_batch_bytes / 2;
+        if idle {
+            wait = idle_wait(&ctx.shared.store, cfg.check_interval);
+        }
         if !park_undecodable(ctx, &lease, claim.undecodable, held.as_mut()) {
             // The held transaction is lost: its rows are claimable again.
             continue;
@@ -469,6 +474,11 @@ pub(super) fn marker<S: Store>(ctx: &Ctx<S>, input: Receiver<Published>) {
             }
             None => (Vec::new(), s.ok),
         };
+        if !delivered.is_empty() {
+            // The next message of a delivered one's key is claimable only now: an
+            // idle claimer would otherwise wait for its next poll to take it.
+            let _ = ctx.shared.wake_tx.try_send(());
+        }
         ctx.counters
             .published
             .fetch_add(delivered.len() as u64, Ordering::Relaxed);

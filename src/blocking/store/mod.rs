@@ -274,6 +274,14 @@ pub struct Stats {
     /// Ordering keys held by a parked head: their later messages wait until the
     /// head is requeued or skipped (see [`Store::held_keys`]).
     pub held_keys: u64,
+    /// Of the pending ones, not publishable yet: scheduled for later
+    /// ([`Message::delay`](crate::Message::delay),
+    /// [`Message::deliver_at`](crate::Message::deliver_at)), or backing off after a
+    /// failed attempt or an outage (`available_at` in the future).
+    pub scheduled: u64,
+    /// How long until the earliest of the [`scheduled`](Stats::scheduled) ones is
+    /// due, by the database clock; `None` when none is scheduled.
+    pub next_due_in: Option<Duration>,
 }
 
 /// A parked message, as listed by [`Store::parked`]: what an operator needs to
@@ -538,6 +546,23 @@ pub trait Store: Send + Sync + 'static {
     /// ```
     fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>>;
 
+    /// How long until the earliest pending message that is not publishable yet
+    /// (`available_at` in the future: scheduled, or backing off) becomes due, by the
+    /// database clock; `None` when there is none. An idle relay asks after an empty
+    /// claim, and sleeps until then rather than for its whole check interval.
+    /// The default, `None`, makes such a relay poll at its check interval only.
+    ///
+    /// ```no_run
+    /// # fn demo(store: &impl outboxer::Store) -> outboxer::Result<()> {
+    /// if let Some(due) = store.next_due()? {
+    ///     println!("the next scheduled message is due in {due:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn next_due(&self) -> Result<Option<Duration>> {
+        Ok(None)
+    }
+
     /// A listener for wake-ups sent by other processes, if the database has them.
     fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
         Ok(None)
@@ -565,6 +590,18 @@ pub trait Store: Send + Sync + 'static {
     fn table_name(&self) -> String {
         "outbox".into()
     }
+}
+
+/// A time until due, in seconds as a database computed it, as a duration (a
+/// negative or NaN value is zero).
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+pub(crate) fn due_in(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::ZERO)
 }
 
 /// Which of `expected` index names are not among `present` (ASCII case ignored).
@@ -699,6 +736,9 @@ macro_rules! forward_store {
             }
             fn parked(&self, limit: usize) -> Result<Vec<ParkedMessage>> {
                 (**self).parked(limit)
+            }
+            fn next_due(&self) -> Result<Option<Duration>> {
+                (**self).next_due()
             }
             fn wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>> {
                 (**self).wake_listener()

@@ -707,11 +707,13 @@ impl Store for MysqlStore {
     }
 
     fn stats(&self) -> Result<Stats> {
-        let row: Option<(i64, i64, i64, i64, i64, i64)> = self
+        type Row = (i64, i64, i64, i64, i64, i64, i64, Option<i64>);
+        let row: Option<Row> = self
             .conn()?
             .query_first(&self.inner.sql.stats)
             .map_err(|e| Error::db("reading stats", e))?;
-        let (pending, dispatched, parked, leased, age_us, held) = row.unwrap_or_default();
+        let (pending, dispatched, parked, leased, age_us, held, scheduled, due_us) =
+            row.unwrap_or_default();
         let count = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok(Stats {
             pending: count(pending),
@@ -720,7 +722,19 @@ impl Store for MysqlStore {
             leased: count(leased),
             oldest_pending_age: Duration::from_micros(count(age_us)),
             held_keys: count(held),
+            scheduled: count(scheduled),
+            next_due_in: due_us.map(|us| Duration::from_micros(count(us))),
         })
+    }
+
+    fn next_due(&self) -> Result<Option<Duration>> {
+        let due_us: Option<Option<i64>> = self
+            .conn()?
+            .query_first(&self.inner.sql.next_due)
+            .map_err(|e| Error::db("reading the next due time", e))?;
+        Ok(due_us
+            .flatten()
+            .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))
     }
 }
 

@@ -2,7 +2,7 @@
 //! transaction (or leases), both with `FOR UPDATE SKIP LOCKED`; LISTEN/NOTIFY
 //! wake-ups; a small connection pool of its own.
 
-use super::{run_in, Finish};
+use super::{due_in, run_in, Finish};
 use super::{
     BatchLimit, Claim, Decoded, FailedAttempt, HeldClaim, HeldKey, Lease, LockedClaim,
     ParkedMessage, Purgeable, Requeue, Stats, Store, TxStore, Undecodable, WakeListener,
@@ -701,7 +701,17 @@ impl Store for PostgresStore {
             leased: count(3),
             oldest_pending_age: Duration::try_from_secs_f64(age.max(0.0)).unwrap_or_default(),
             held_keys: count(5),
+            scheduled: count(6),
+            next_due_in: row.get::<_, Option<f64>>(7).map(due_in),
         })
+    }
+
+    fn next_due(&self) -> Result<Option<Duration>> {
+        let row = self
+            .conn()?
+            .query_one(&self.inner.sql.next_due, &[])
+            .map_err(|e| Error::db("reading the next due time", e))?;
+        Ok(row.get::<_, Option<f64>>(0).map(due_in))
     }
 
     fn skip(&self, ids: &[i64]) -> Result<u64> {

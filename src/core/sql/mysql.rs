@@ -80,6 +80,9 @@ pub struct MysqlSql {
     pub columns: &'static str,
     /// Counts, oldest pending age (microseconds), held keys.
     pub stats: String,
+    /// Microseconds until the earliest pending row with a future `available_at` is
+    /// due (NULL: none).
+    pub next_due: String,
     /// (? limit) keys held by a parked head: key, id, message_id, last_error, waiting.
     pub held_keys: String,
     /// (attempts, count) of pending and parked rows, ascending attempts.
@@ -186,8 +189,16 @@ impl MysqlSql {
                         CAST(COALESCE(SUM(status = 'pending' AND locked_until > UTC_TIMESTAMP(6)), 0) AS SIGNED),
                         CAST(COALESCE(TIMESTAMPDIFF(MICROSECOND,
                             MIN(CASE WHEN status = 'pending' THEN created_at END), UTC_TIMESTAMP(6)), 0) AS SIGNED),
-                        (SELECT CAST(COUNT(*) AS SIGNED) FROM {t} h WHERE h.status = 'parked' AND {heads_key})
+                        (SELECT CAST(COUNT(*) AS SIGNED) FROM {t} h WHERE h.status = 'parked' AND {heads_key}),
+                        CAST(COALESCE(SUM(status = 'pending' AND available_at > UTC_TIMESTAMP(6)), 0) AS SIGNED),
+                        CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6),
+                            MIN(CASE WHEN status = 'pending' AND available_at > UTC_TIMESTAMP(6) THEN available_at END)) AS SIGNED)
                  FROM {t}"
+            ),
+            // Reads the pending rows through the status index, as an idle claim does.
+            next_due: format!(
+                "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), MIN(available_at)) AS SIGNED)
+                 FROM {t} WHERE status = 'pending' AND available_at > UTC_TIMESTAMP(6)"
             ),
             held_keys: format!(
                 "SELECT h.ordering_key, h.id, h.message_id, h.last_error,
@@ -228,18 +239,20 @@ impl MysqlSql {
         }
     }
 
-    /// `INSERT` of `rows` messages: 5 parameters per row.
+    /// `INSERT` of `rows` messages: 6 parameters per row (message_id, payload,
+    /// headers, options, ordering_key, delay in microseconds). `available_at` is
+    /// `UTC_TIMESTAMP(6)` plus the delay: the database clock, in UTC like every
+    /// time column.
     pub fn insert(&self, rows: usize) -> String {
         let mut s = format!(
-            "INSERT INTO {} (message_id, payload, headers, options, ordering_key) VALUES ",
+            "INSERT INTO {} (message_id, payload, headers, options, ordering_key, available_at) VALUES ",
             self.table
         );
         for i in 0..rows {
-            s.push_str(if i == 0 {
-                "(?, ?, ?, ?, ?)"
-            } else {
-                ", (?, ?, ?, ?, ?)"
-            });
+            if i > 0 {
+                s.push_str(", ");
+            }
+            s.push_str("(?, ?, ?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)");
         }
         s
     }
@@ -446,7 +459,7 @@ mod tests {
         assert!(sql
             .mark_dispatched(&[3], &tok)
             .contains(&format!("X'{}'", "ab".repeat(16))));
-        assert_eq!(sql.insert(2).matches('?').count(), 10);
+        assert_eq!(sql.insert(2).matches('?').count(), 12);
         assert!(sql.lock_keys(&[5, 9]).contains("IN (5, 9)"));
         assert!(sql.fill_keys().contains("(4095)"));
         assert!(key_bucket("k") < KEY_LOCK_BUCKETS as u32);

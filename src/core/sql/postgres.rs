@@ -14,7 +14,9 @@ pub struct PostgresSql {
     pub upgrade_go_rows: String,
     /// Widen Go's SERIAL id to bigint.
     pub widen_id: Vec<String>,
-    /// One message: ($1 uuid, $2 bytea, $3 jsonb, $4 jsonb, $5 text).
+    /// One message: ($1 uuid, $2 bytea, $3 jsonb, $4 jsonb, $5 text, $6 delay ms
+    /// float8). `available_at` is the server's `statement_timestamp()` plus the
+    /// delay: the database clock, from the time of the insert (not of `BEGIN`).
     pub insert_one: String,
     /// Many messages through unnest, same columns as arrays.
     pub insert_many: String,
@@ -53,8 +55,12 @@ pub struct PostgresSql {
     pub skip: String,
     /// ($1 limit) keys held by a parked head: key, id, message_id, last_error, waiting
     pub held_keys: String,
-    /// counts by status, leased count, oldest pending age in seconds, held keys
+    /// counts by status, leased count, oldest pending age in seconds, held keys,
+    /// scheduled count, seconds until the next scheduled one is due (NULL: none)
     pub stats: String,
+    /// seconds until the earliest pending row with a future `available_at` is due
+    /// (NULL: none)
+    pub next_due: String,
     /// (attempts, count) of pending and parked rows, ascending attempts
     pub attempts_histogram: String,
     /// ($1 older than ms, $2 limit) delete parked rows by created_at
@@ -187,11 +193,16 @@ impl PostgresSql {
             upgrade_go_rows,
             widen_id,
             insert_one: format!(
-                "INSERT INTO {t} (message_id, payload, headers, options, ordering_key) VALUES ($1, $2, $3, $4, $5)"
+                "INSERT INTO {t} (message_id, payload, headers, options, ordering_key, available_at) \
+                 VALUES ($1, $2, $3, $4, $5, {AVAILABLE_AT})",
+                AVAILABLE_AT = available_at("$6::float8")
             ),
             insert_many: format!(
-                "INSERT INTO {t} (message_id, payload, headers, options, ordering_key) \
-                 SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::jsonb[], $4::jsonb[], $5::text[])"
+                "INSERT INTO {t} (message_id, payload, headers, options, ordering_key, available_at) \
+                 SELECT m, p, h, o, k, {AVAILABLE_AT} \
+                 FROM unnest($1::uuid[], $2::bytea[], $3::jsonb[], $4::jsonb[], $5::text[], $6::float8[]) \
+                   AS r(m, p, h, o, k, d)",
+                AVAILABLE_AT = available_at("r.d")
             ),
             lock_keys: "SELECT count(pg_advisory_xact_lock($1, h)) FROM \
                  (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k ORDER BY 1) AS keys"
@@ -312,8 +323,15 @@ impl PostgresSql {
                         count(*) FILTER (WHERE status IN ('parked', 'skipped')),
                         count(*) FILTER (WHERE status = 'pending' AND locked_until > now()),
                         coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8, 0),
-                        (SELECT count(*) FROM {t} h WHERE h.status = 'parked' AND {heads_key})
+                        (SELECT count(*) FROM {t} h WHERE h.status = 'parked' AND {heads_key}),
+                        count(*) FILTER (WHERE status = 'pending' AND available_at > now()),
+                        extract(epoch FROM min(available_at) FILTER (WHERE status = 'pending' AND available_at > now()) - now())::float8
                  FROM {t}"
+            ),
+            // Reads the pending rows through the pending index, as an idle claim does.
+            next_due: format!(
+                "SELECT extract(epoch FROM min(available_at) - now())::float8 FROM {t} \
+                 WHERE status = 'pending' AND available_at > now()"
             ),
             purge_parked: format!(
                 "DELETE FROM {t} WHERE id IN (
@@ -371,6 +389,11 @@ impl PostgresSql {
             )
         }
     }
+}
+
+/// When a row inserted with a delay of `ms` milliseconds becomes claimable.
+fn available_at(ms: &str) -> String {
+    format!("statement_timestamp() + {ms} * interval '1 millisecond'")
 }
 
 /// An index of the table, schema-qualified when the table is (for `DROP INDEX`).

@@ -34,7 +34,7 @@ pub struct SqliteSql {
     /// Partial indexes, created after the columns they name exist.
     pub indexes: Vec<String>,
     /// One message: (?1 message_id blob, ?2 payload, ?3 headers json, ?4 options json,
-    /// ?5 ordering key, ?6 now ms).
+    /// ?5 ordering key, ?6 now ms, ?7 available_at ms: now plus its delay).
     pub insert: String,
     /// Claim: (?1 limit, ?2 lease token blob, ?3 lease end ms, ?4 now ms, ?5 payload
     /// bytes).
@@ -58,8 +58,11 @@ pub struct SqliteSql {
     /// before ms or NULL, ?3 error text or NULL)
     pub requeue_matching: String,
     /// Counts (pending, dispatched, parked, leased), the oldest pending
-    /// `created_at` (NULL when none) and held keys: (?1 now ms)
+    /// `created_at` (NULL when none), held keys, scheduled count and the earliest
+    /// future `available_at` (NULL when none): (?1 now ms)
     pub stats: String,
+    /// The earliest `available_at` of a pending row after ?1 (now ms), NULL when none.
+    pub next_due: String,
     /// One parked row gives its key up: (?1 id)
     pub skip_one: String,
     /// (?1 limit) keys held by a parked head: key, id, message_id, last_error, waiting.
@@ -105,6 +108,11 @@ pub fn sqlite_table(name: &TableName) -> Result<TableName> {
 /// Milliseconds of `d` as SQLite's INTEGER, saturating.
 pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds of `d` rounded up (a delay never ends early), saturating.
+pub fn millis_up(d: Duration) -> i64 {
+    millis(d).saturating_add(i64::from(d.subsec_nanos() % 1_000_000 != 0))
 }
 
 impl SqliteSql {
@@ -217,7 +225,7 @@ impl SqliteSql {
             indexes,
             insert: format!(
                 "INSERT INTO {t} (message_id, payload, headers, options, ordering_key, created_at, available_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
             ),
             // No SKIP LOCKED needed: the claim runs in a BEGIN IMMEDIATE transaction,
             // and SQLite has one writer at a time per file, so claims from any thread or
@@ -287,7 +295,12 @@ impl SqliteSql {
                           + (SELECT count(*) FROM {t} WHERE status = 'skipped'),
                         (SELECT count(*) FROM {t} WHERE status = 'pending' AND locked_until > ?1),
                         (SELECT min(created_at) FROM {t} WHERE status = 'pending'),
-                        (SELECT count(*) FROM {t} AS h WHERE h.status = 'parked' AND {heads_key})"
+                        (SELECT count(*) FROM {t} AS h WHERE h.status = 'parked' AND {heads_key}),
+                        (SELECT count(*) FROM {t} WHERE status = 'pending' AND available_at > ?1),
+                        (SELECT min(available_at) FROM {t} WHERE status = 'pending' AND available_at > ?1)"
+            ),
+            next_due: format!(
+                "SELECT min(available_at) FROM {t} WHERE status = 'pending' AND available_at > ?1"
             ),
             skip_one: format!("UPDATE {t} SET status = 'skipped' WHERE id = ?1 AND status = 'parked'"),
             held_keys: format!(
@@ -385,6 +398,14 @@ mod tests {
             sqlite_table(&other),
             Err(Error::InvalidIdentifier { .. })
         ));
+    }
+
+    #[test]
+    fn delays_round_up_to_milliseconds() {
+        assert_eq!(millis_up(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis_up(Duration::from_micros(1_500_001)), 1501);
+        assert_eq!(millis_up(Duration::ZERO), 0);
+        assert_eq!(millis_up(Duration::MAX), i64::MAX);
     }
 
     #[test]

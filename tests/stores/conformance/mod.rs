@@ -35,6 +35,10 @@ pub trait Harness {
         options: Option<&str>,
         key: Option<&str>,
     ) -> String;
+    /// One `INSERT` of a row delayed by `secs` seconds, as docs/stores.md shows
+    /// plain-SQL writers (the payload text as bytes, every other column from its
+    /// default or "now").
+    fn delayed_insert_sql(table: &str, payload: &str, secs: u32) -> String;
 }
 
 /// An SQL string literal (single quotes doubled).
@@ -108,6 +112,7 @@ mod keys;
 mod locked;
 #[cfg(all(feature = "postgres", feature = "amqp"))]
 mod relay;
+mod schedule;
 mod schema;
 
 pub use claims::*;
@@ -116,6 +121,7 @@ pub use keys::*;
 pub use locked::*;
 #[cfg(all(feature = "postgres", feature = "amqp"))]
 pub use relay::*;
+pub use schedule::*;
 pub use schema::*;
 
 /// Expands the whole suite as `#[test]`s for a harness; extra attributes (e.g. `#[ignore]`) mark tests
@@ -134,13 +140,17 @@ macro_rules! store_conformance {
             skip_and_held_keys claims_honour_the_byte_limit
             plain_sql_trace_context_is_claimed_with_the_row
             row_locks_hold_rows_until_commit row_locks_commit_deletes_with_zero_retention
-            row_locks_keep_key_order row_locks_end_when_idle_longer_than_the_lease);
+            row_locks_keep_key_order row_locks_end_when_idle_longer_than_the_lease
+            delayed_messages_are_claimed_when_due a_delayed_head_holds_its_key
+            bad_schedules_store_nothing_and_ten_years_fit plain_sql_delayed_row_waits);
     };
     (@tests $h:ty, $attrs:tt, $($name:ident)*) => {
         #[cfg(all(feature = "postgres", feature = "amqp"))]
         $crate::store_conformance!(@one $h, $attrs, relay_end_to_end_with_amqp);
         #[cfg(all(feature = "postgres", feature = "amqp"))]
         $crate::store_conformance!(@one $h, $attrs, relay_parks_undecodable_rows_alone);
+        #[cfg(all(feature = "postgres", feature = "amqp"))]
+        $crate::store_conformance!(@one $h, $attrs, relay_publishes_a_delayed_message_when_due);
         $( $crate::store_conformance!(@one $h, $attrs, $name); )*
     };
     (@one $h:ty, [$(#[$m:meta])*], $name:ident) => {

@@ -163,3 +163,60 @@ pub fn relay_parks_undecodable_rows_alone<H: Harness>() {
     );
     H::drop_table(&t);
 }
+
+/// A real relay with a long check interval: a message delayed by 1.5 s is not
+/// published before it is due, and is published soon after (the idle relay sleeps
+/// until the next due time, not for its whole check interval).
+#[cfg(all(feature = "postgres", feature = "amqp"))]
+pub fn relay_publishes_a_delayed_message_when_due<H: Harness>() {
+    use crate::common::Sink;
+    use outboxer::stream::{amqp, AmqpStream};
+    use outboxer::Outbox;
+    use std::time::Instant;
+    let t = unique("c_delay_e2e");
+    let ex = unique("ex");
+    let sink = Sink::new(&ex, "#");
+    let check = Duration::from_secs(5);
+    let delay = Duration::from_millis(1500);
+    let outbox = Outbox::builder()
+        .store(store::<H>(&t))
+        .stream(AmqpStream::connect(&crate::common::amqp_url()).expect("RabbitMQ"))
+        .check_interval(check)
+        .build()
+        .expect("outbox");
+    let relay = outbox.start().expect("start");
+    let route = || amqp::topic(&ex, "delay");
+    // The relay runs and goes idle after an undelayed message.
+    let first = outbox
+        .send(Message::new(b"now".to_vec()).route(route()))
+        .expect("send");
+    let d = relay
+        .ok()
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the undelayed one");
+    assert_eq!(d.message_id, first);
+    let began = Instant::now();
+    let later = outbox
+        .send(Message::new(b"later".to_vec()).route(route()).delay(delay))
+        .expect("send");
+    let d = relay
+        .ok()
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the delayed one");
+    let took = began.elapsed();
+    eprintln!("delayed by {delay:?}: published {took:?} after send");
+    assert_eq!(d.message_id, later);
+    assert!(
+        took >= delay,
+        "published {took:?} after send, before its delay"
+    );
+    assert!(
+        took < delay + Duration::from_millis(800),
+        "published {took:?} after send: not woken when due (check interval {check:?})"
+    );
+    let got = sink.collect(2, Duration::from_secs(10));
+    let bodies: Vec<&[u8]> = got.iter().map(|g| g.body.as_slice()).collect();
+    assert_eq!(bodies, vec![&b"now"[..], &b"later"[..]]);
+    relay.stop().expect("stop");
+    H::drop_table(&t);
+}

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::core::ident::TableName;
 use crate::core::rows;
-use crate::core::sql::sqlite::{millis, sqlite_table, SqliteSql};
+use crate::core::sql::sqlite::{millis, millis_up, sqlite_table, SqliteSql};
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::{Error, Result};
 use parking_lot::{Mutex, ReentrantMutex, ReentrantMutexGuard};

@@ -14,11 +14,13 @@ impl SqliteStore {
         // a time per file, and the writer holds the lock from its first INSERT to its
         // COMMIT, so ids are handed out in commit order.
         let ctx = "inserting messages";
+        // Checked before anything is written: a refused schedule stores nothing.
+        let delays = crate::message::delays(messages)?;
         let now = now_ms();
         let mut stmt = conn
             .prepare_cached(&self.inner.sql.insert)
             .map_err(db(ctx))?;
-        for m in messages {
+        for (m, delay) in messages.iter().zip(delays) {
             stmt.execute(params![
                 m.message_id.as_uuid().as_bytes().as_slice(),
                 m.payload,
@@ -26,6 +28,7 @@ impl SqliteStore {
                 rows::options_to_json(&m.options).to_string(),
                 m.ordering_key,
                 now,
+                now.saturating_add(millis_up(delay)),
             ])
             .map_err(db(ctx))?;
         }
@@ -336,24 +339,28 @@ impl Store for SqliteStore {
     fn stats(&self) -> Result<Stats> {
         let ctx = "reading stats";
         // One statement is one consistent snapshot; reads need no write lock.
-        let (pending, dispatched, parked, leased, oldest, held, now) = self.with_conn(|c| {
-            let now = now_ms();
-            c.prepare_cached(&self.inner.sql.stats)
-                .and_then(|mut s| {
-                    s.query_row([now], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, i64>(3)?,
-                            r.get::<_, Option<i64>>(4)?,
-                            r.get::<_, i64>(5)?,
-                            now,
-                        ))
+        let ((pending, dispatched, parked, leased, oldest, held), (scheduled, due), now) = self
+            .with_conn(|c| {
+                let now = now_ms();
+                c.prepare_cached(&self.inner.sql.stats)
+                    .and_then(|mut s| {
+                        s.query_row([now], |r| {
+                            Ok((
+                                (
+                                    r.get::<_, i64>(0)?,
+                                    r.get::<_, i64>(1)?,
+                                    r.get::<_, i64>(2)?,
+                                    r.get::<_, i64>(3)?,
+                                    r.get::<_, Option<i64>>(4)?,
+                                    r.get::<_, i64>(5)?,
+                                ),
+                                (r.get::<_, i64>(6)?, r.get::<_, Option<i64>>(7)?),
+                                now,
+                            ))
+                        })
                     })
-                })
-                .map_err(db(ctx))
-        })?;
+                    .map_err(db(ctx))
+            })?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         let age = oldest.map_or(0, |t| now.saturating_sub(t).max(0));
         Ok(Stats {
@@ -363,7 +370,20 @@ impl Store for SqliteStore {
             parked: count(parked),
             oldest_pending_age: Duration::from_millis(count(age)),
             held_keys: count(held),
+            scheduled: count(scheduled),
+            next_due_in: due.map(|at| Duration::from_millis(count(at.saturating_sub(now)))),
         })
+    }
+
+    fn next_due(&self) -> Result<Option<Duration>> {
+        let ctx = "reading the next due time";
+        let now = now_ms();
+        let due: Option<i64> = self.with_conn(|c| {
+            c.prepare_cached(&self.inner.sql.next_due)
+                .and_then(|mut s| s.query_row([now], |r| r.get(0)))
+                .map_err(db(ctx))
+        })?;
+        Ok(due.map(|at| Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))))
     }
 }
 

@@ -370,7 +370,24 @@ impl Store for SqlServerStore {
             leased: num(3)?,
             oldest_pending_age: Duration::from_micros(num(4)?),
             held_keys: num(5)?,
+            scheduled: num(6)?,
+            next_due_in: row
+                .try_get::<i64, _>(7)
+                .map_err(|e| Error::db("reading stats", e))?
+                .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))),
         })
+    }
+
+    fn next_due(&self) -> Result<Option<Duration>> {
+        let ctx = "reading the next due time";
+        let rows = self
+            .conn()?
+            .rows(ctx, Query::new(self.inner.sql.next_due.as_str()))?;
+        let due: Option<i64> = match rows.first() {
+            Some(row) => row.try_get(0).map_err(|e| Error::db(ctx, e))?,
+            None => None,
+        };
+        Ok(due.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))
     }
 }
 

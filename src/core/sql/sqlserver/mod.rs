@@ -55,8 +55,9 @@ mod tests;
 
 /// SQL Server accepts at most 2100 parameters per request; stay below it.
 pub const MAX_PARAMS: usize = 2000;
-/// Parameters per inserted message (message_id, payload, headers, options, ordering_key).
-pub const INSERT_PARAMS: usize = 5;
+/// Parameters per inserted message (message_id, payload, headers, options,
+/// ordering_key, delay ms).
+pub const INSERT_PARAMS: usize = 6;
 /// Rows per `INSERT` statement.
 pub const MAX_INSERT_ROWS: usize = 256;
 /// Ids per `IN (..)` list (marks, release, requeue).
@@ -128,6 +129,9 @@ pub struct SqlServerSql {
     /// One row: pending, dispatched, parked, leased (BIGINT), oldest pending age in
     /// microseconds (BIGINT), held keys (BIGINT).
     pub stats: String,
+    /// Microseconds until the earliest pending row with a future `available_at` is
+    /// due (NULL: none).
+    pub next_due: String,
     /// (@P1 limit) keys held by a parked head: key, id, message_id, last_error,
     /// waiting (BIGINT).
     pub held_keys: String,

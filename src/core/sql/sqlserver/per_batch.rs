@@ -6,7 +6,8 @@ use super::*;
 impl SqlServerSql {
     /// One request that locks `locks` ordering keys (parameters `@P1..`) and inserts
     /// `rows` messages (the following parameters, [`INSERT_PARAMS`] per row, in the
-    /// order message_id, payload, headers, options, ordering_key). With `own_tx` the
+    /// order message_id, payload, headers, options, ordering_key, delay in
+    /// milliseconds as BIGINT). With `own_tx` the
     /// request is its own transaction. Ids are assigned in row order.
     pub fn enqueue(&self, locks: usize, rows: usize, own_tx: bool) -> String {
         let mut sql = String::new();
@@ -23,14 +24,16 @@ impl SqlServerSql {
         sql
     }
 
-    /// `INSERT` of `rows` messages with parameters from `@Pfirst`.
+    /// `INSERT` of `rows` messages with parameters from `@Pfirst`. `available_at`
+    /// is `SYSUTCDATETIME()` plus each row's delay (the database clock, UTC).
     fn insert(&self, first: usize, rows: usize) -> String {
         let t = &self.table;
-        let cols = "message_id, payload, headers, options, ordering_key";
+        let cols = "message_id, payload, headers, options, ordering_key, available_at";
         if rows == 1 {
             return format!(
-                "INSERT INTO {t} ({cols}) VALUES ({});\n",
-                placeholders(first, INSERT_PARAMS)
+                "INSERT INTO {t} ({cols}) VALUES ({}, {});\n",
+                placeholders(first, INSERT_PARAMS - 1),
+                utc_plus_ms(&format!("@P{}", first + INSERT_PARAMS - 1))
             );
         }
         // INSERT .. SELECT .. ORDER BY is the documented way to fix the order in
@@ -46,9 +49,10 @@ impl SqlServerSql {
             .join(",\n");
         format!(
             "INSERT INTO {t} ({cols})
-             SELECT v.message_id, v.payload, v.headers, v.options, v.ordering_key
-             FROM (VALUES {values}) AS v(message_id, payload, headers, options, ordering_key, n)
-             ORDER BY v.n;\n"
+             SELECT v.message_id, v.payload, v.headers, v.options, v.ordering_key, {available_at}
+             FROM (VALUES {values}) AS v(message_id, payload, headers, options, ordering_key, delay_ms, n)
+             ORDER BY v.n;\n",
+            available_at = utc_plus_ms("v.delay_ms")
         )
     }
 

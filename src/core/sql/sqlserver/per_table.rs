@@ -209,8 +209,17 @@ impl SqlServerSql {
                     ISNULL((SELECT DATEDIFF_BIG(MICROSECOND, MIN(created_at), SYSUTCDATETIME())
                             FROM {t} WITH (NOLOCK) WHERE status = 'pending'), 0),
                     (SELECT CAST(COUNT(*) AS BIGINT) FROM {t} AS h WITH (NOLOCK)
-                     WHERE h.status = 'parked' AND {heads_key})
+                     WHERE h.status = 'parked' AND {heads_key}),
+                    ISNULL(SUM(CAST(CASE WHEN status = 'pending' AND available_at > SYSUTCDATETIME() THEN 1 ELSE 0 END AS BIGINT)), 0),
+                    (SELECT DATEDIFF_BIG(MICROSECOND, SYSUTCDATETIME(), MIN(available_at))
+                     FROM {t} WITH (NOLOCK) WHERE status = 'pending' AND available_at > SYSUTCDATETIME())
                  FROM {t} WITH (NOLOCK)"
+            ),
+            // READPAST, like the claim: rows of enqueues still in flight are skipped
+            // rather than waited for.
+            next_due: format!(
+                "SELECT DATEDIFF_BIG(MICROSECOND, SYSUTCDATETIME(), MIN(available_at))
+                 FROM {t} WITH (READPAST) WHERE status = 'pending' AND available_at > SYSUTCDATETIME()"
             ),
             held_keys: format!(
                 "SELECT TOP (@P1) h.ordering_key, h.id, h.message_id, h.last_error,

@@ -162,8 +162,9 @@ fn enqueue_locks_keys_then_inserts_in_order() {
     let one = s.enqueue(0, 1, true);
     assert_eq!(
             one,
-            "BEGIN TRAN;\nINSERT INTO [app].[events] (message_id, payload, headers, options, ordering_key) \
-             VALUES (@P1, @P2, @P3, @P4, @P5);\nCOMMIT TRAN;"
+            "BEGIN TRAN;\nINSERT INTO [app].[events] (message_id, payload, headers, options, ordering_key, available_at) \
+             VALUES (@P1, @P2, @P3, @P4, @P5, DATEADD(MILLISECOND, CAST(@P6 % 1000 AS INT), \
+             DATEADD(SECOND, CAST(@P6 / 1000 AS INT), SYSUTCDATETIME())));\nCOMMIT TRAN;"
         );
     let many = s.enqueue(2, 3, false);
     assert!(!many.contains("BEGIN TRAN") && !many.contains("COMMIT"));
@@ -171,8 +172,15 @@ fn enqueue_locks_keys_then_inserts_in_order() {
     assert!(many.contains("@LockOwner = 'Transaction'"));
     assert!(many.contains("IF @r < 0 THROW"));
     assert!(many.find("@P2, @LockMode").expect("lock") < many.find("INSERT").expect("insert"));
-    assert!(many.contains("(@P3, @P4, @P5, @P6, @P7, 0)"), "{many}");
-    assert!(many.contains("(@P13, @P14, @P15, @P16, @P17, 2)"), "{many}");
+    assert!(many.contains("(@P3, @P4, @P5, @P6, @P7, @P8, 0)"), "{many}");
+    assert!(
+        many.contains("(@P15, @P16, @P17, @P18, @P19, @P20, 2)"),
+        "{many}"
+    );
+    assert!(
+        many.contains("CAST(v.delay_ms / 1000 AS INT), SYSUTCDATETIME())"),
+        "{many}"
+    );
     assert!(many.contains("ORDER BY v.n"));
     assert!(fits_one_request(0, MAX_INSERT_ROWS));
     assert!(!fits_one_request(0, MAX_INSERT_ROWS + 1));
