@@ -23,6 +23,9 @@ mod sqlserver;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "sqlx-postgres")]
+mod sqlx_postgres;
+
 mod streams;
 
 mod runtime;
