@@ -26,6 +26,9 @@ mod sqlite;
 #[cfg(feature = "sqlx-postgres")]
 mod sqlx_postgres;
 
+#[cfg(feature = "sqlx-mysql")]
+mod sqlx_mysql;
+
 mod streams;
 
 mod runtime;

@@ -1,5 +1,5 @@
 //! Enqueueing through the application's own sqlx pool and transactions (features
-//! `sqlx-postgres`, or `sqlx` for every driver offered): [`SqlxStore`] is an async
+//! `sqlx-postgres`, `sqlx-mysql`, or `sqlx` for both): [`SqlxStore`] is an async
 //! [`Store`] whose transaction type is `sqlx::Transaction`, so
 //! [`Outbox::send_within_tx`](crate::async_impl::Outbox::send_within_tx) and
 //! [`Outbox::transaction`](crate::async_impl::Outbox::transaction) join sqlx
@@ -13,11 +13,14 @@ use crate::{Error, Result};
 use std::future::Future;
 use std::sync::Arc;
 
+#[cfg(feature = "sqlx-mysql")]
+mod mysql;
 #[cfg(feature = "sqlx-postgres")]
 mod postgres;
 
 /// A database that [`SqlxStore`] can write the outbox table of: `sqlx::Postgres`
-/// (feature `sqlx-postgres`). Sealed: implemented here only.
+/// (feature `sqlx-postgres`), `sqlx::MySql` (feature `sqlx-mysql`). Sealed:
+/// implemented here only.
 pub trait SqlxDatabase: sqlx::Database + sealed::Sealed {
     /// The crate's blocking store of this database, which the relay runs.
     type Blocking: crate::Store + Clone;
