@@ -302,5 +302,13 @@ impl From<postgres::Error> for Error {
     }
 }
 
+/// `?` on sqlx calls inside [`crate::async_impl::Outbox::transaction`].
+#[cfg(feature = "_sqlx")]
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::db("running a statement", e)
+    }
+}
+
 /// `Result` with outboxer's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -142,7 +142,12 @@ pub mod __private {
 // are not Rust are marked `sh`, `toml`, `sql` or `text`.
 
 /// README.md
-#[cfg(all(doctest, feature = "postgres", feature = "amqp", feature = "async"))]
+#[cfg(all(
+    doctest,
+    feature = "postgres",
+    feature = "amqp",
+    feature = "sqlx-postgres"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
@@ -170,7 +175,7 @@ pub struct StoresDoctests;
 pub struct StreamsDoctests;
 
 /// docs/async.md
-#[cfg(all(doctest, feature = "async", feature = "postgres", feature = "amqp"))]
+#[cfg(all(doctest, feature = "sqlx-postgres", feature = "amqp"))]
 #[doc = include_str!("../docs/async.md")]
 pub struct AsyncDoctests;
 

@@ -8,7 +8,7 @@ use crate::blocking::stream::Stream;
 use crate::message::{Message, MessageId};
 use crate::{Error, Result};
 use std::future::Future;
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,6 +218,14 @@ impl<'t, S: Store> OutboxTx<'_, 't, S> {
 impl<'t, S: Store> Deref for OutboxTx<'_, 't, S> {
     type Target = S::Tx<'t>;
     fn deref(&self) -> &S::Tx<'t> {
+        self.tx
+    }
+}
+
+/// `&mut **tx` reaches drivers whose statements take the transaction mutably
+/// (a `sqlx::Transaction` is executed as `&mut ***tx`, its connection).
+impl<S: Store> DerefMut for OutboxTx<'_, '_, S> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
         self.tx
     }
 }

@@ -23,6 +23,12 @@ mod sqlserver;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "sqlx-postgres")]
+mod sqlx_postgres;
+
+#[cfg(feature = "sqlx-mysql")]
+mod sqlx_mysql;
+
 mod streams;
 
 mod runtime;

@@ -43,6 +43,22 @@ mod sqlite_store;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use self::sqlite_store::{SqliteStore, SqliteTx};
 
+#[cfg(feature = "_sqlx")]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "sqlx-postgres", feature = "sqlx-mysql")))
+)]
+pub use ::sqlx;
+#[cfg(feature = "_sqlx")]
+#[path = "sqlx/mod.rs"]
+mod sqlx_store;
+#[cfg(feature = "_sqlx")]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "sqlx-postgres", feature = "sqlx-mysql")))
+)]
+pub use self::sqlx_store::{SqlxDatabase, SqlxStore};
+
 /// A database that holds the outbox table, seen from async code.
 pub trait Store: Send + Sync + 'static {
     /// The blocking store on the same table and server; the relay runs it on its

@@ -143,6 +143,12 @@ impl PostgresStore {
         &self.inner.table
     }
 
+    /// Whether enqueues send `NOTIFY` (other enqueue paths on this table follow it).
+    #[cfg(feature = "_sqlx")]
+    pub(crate) fn notifies(&self) -> bool {
+        self.inner.notify
+    }
+
     /// A connection from the pool: an idle one, a new one while fewer than
     /// `max_connections` are open, or else the next one given back, waiting up to
     /// `pool_timeout` for it.
