@@ -36,6 +36,8 @@ async fn insert(conn: &mut MySqlConnection, sql: &MysqlSql, messages: &[Message]
     if messages.is_empty() {
         return Ok(());
     }
+    // Checked before anything is written, as the store's enqueue does.
+    let delays = crate::message::delays(messages)?;
     let mut buckets: Vec<u32> = messages
         .iter()
         .filter_map(|m| m.key())
@@ -49,16 +51,17 @@ async fn insert(conn: &mut MySqlConnection, sql: &MysqlSql, messages: &[Message]
             .await
             .map_err(|e| Error::db("locking ordering keys", e))?;
     }
-    for chunk in messages.chunks(500) {
+    for (chunk, delays) in messages.chunks(500).zip(delays.chunks(500)) {
         let text = sql.insert(chunk.len());
         let mut q = sqlx::query(&text);
-        for m in chunk {
+        for (m, delay) in chunk.iter().zip(delays) {
             q = q
                 .bind(m.message_id.as_uuid().as_bytes().as_slice())
                 .bind(m.payload.as_slice())
                 .bind(rows::headers_to_json(&m.headers).to_string())
                 .bind(rows::options_to_json(&m.options).to_string())
-                .bind(m.key());
+                .bind(m.key())
+                .bind(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX));
         }
         q.execute(&mut *conn)
             .await

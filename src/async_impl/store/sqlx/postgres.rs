@@ -48,6 +48,11 @@ async fn insert(conn: &mut PgConnection, t: &PgTarget, messages: &[Message]) -> 
         return Ok(());
     }
     let sql = &t.sql;
+    // Checked before anything is written, as the store's enqueue does.
+    let delays: Vec<f64> = crate::message::delays(messages)?
+        .iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
     let keys: Vec<&str> = messages.iter().filter_map(|m| m.key()).collect();
     if !keys.is_empty() {
         sqlx::query(&sql.lock_keys)
@@ -57,13 +62,14 @@ async fn insert(conn: &mut PgConnection, t: &PgTarget, messages: &[Message]) -> 
             .await
             .map_err(|e| Error::db("locking ordering keys", e))?;
     }
-    if let [m] = messages {
+    if let ([m], [delay]) = (messages, delays.as_slice()) {
         sqlx::query(&sql.insert_one)
             .bind(m.message_id.as_uuid())
             .bind(m.payload.as_slice())
             .bind(rows::headers_to_json(&m.headers))
             .bind(rows::options_to_json(&m.options))
             .bind(m.ordering_key.as_deref())
+            .bind(delay)
             .execute(&mut *conn)
             .await
             .map_err(|e| Error::db("inserting a message", e))?;
@@ -85,6 +91,7 @@ async fn insert(conn: &mut PgConnection, t: &PgTarget, messages: &[Message]) -> 
             .bind(&headers)
             .bind(&options)
             .bind(&okeys)
+            .bind(&delays)
             .execute(&mut *conn)
             .await
             .map_err(|e| Error::db("inserting messages", e))?;
