@@ -93,6 +93,22 @@ mod blocking;
 )]
 mod core;
 mod error;
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "sqlite",
+        feature = "sqlserver"
+    )))
+)]
+pub mod inbox;
 mod message;
 pub mod tls;
 
