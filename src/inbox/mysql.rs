@@ -44,7 +44,7 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct MysqlInbox {
     table: TableName,
-    sql: Arc<MysqlInboxSql>,
+    pub(crate) sql: Arc<MysqlInboxSql>,
 }
 
 impl Default for MysqlInbox {

@@ -33,7 +33,7 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct PostgresInbox {
     table: TableName,
-    sql: Arc<PostgresInboxSql>,
+    pub(crate) sql: Arc<PostgresInboxSql>,
 }
 
 impl Default for PostgresInbox {

@@ -43,7 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Clone, Debug)]
 pub struct SqliteInbox {
     table: TableName,
-    sql: Arc<SqliteInboxSql>,
+    pub(crate) sql: Arc<SqliteInboxSql>,
 }
 
 impl Default for SqliteInbox {
@@ -143,7 +143,7 @@ impl SqliteInbox {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(q::millis)

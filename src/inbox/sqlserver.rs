@@ -47,7 +47,7 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct SqlServerInbox {
     table: TableName,
-    sql: Arc<SqlServerInboxSql>,
+    pub(crate) sql: Arc<SqlServerInboxSql>,
 }
 
 impl Default for SqlServerInbox {
