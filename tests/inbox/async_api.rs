@@ -9,8 +9,9 @@ use outboxer::MessageId;
 use std::time::{Duration, Instant};
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the concurrent consumers below are tasks that must interleave
+    // while one of them waits on a lock.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
@@ -44,16 +45,19 @@ mod postgres {
     ) -> Result<Outcome<()>, Fail> {
         let mut tx = c.transaction().await.map_err(|e| Fail::Db(e.into()))?;
         let sql = format!("INSERT INTO \"{fx}\" (message_id, worker) VALUES ($1, $2)");
+        let worker = worker.to_string();
         let r = inbox
-            .process(&mut tx, id, async |tx| {
-                tx.execute(&sql, &[&id.to_string(), &worker])
-                    .await
-                    .map_err(|e| Fail::Db(e.into()))?;
-                tokio::time::sleep(hold).await;
-                if fail {
-                    return Err(Fail::Deliberate);
-                }
-                Ok(())
+            .process(&mut tx, id, move |tx| {
+                Box::pin(async move {
+                    tx.execute(&sql, &[&id.to_string(), &worker])
+                        .await
+                        .map_err(|e| Fail::Db(e.into()))?;
+                    tokio::time::sleep(hold).await;
+                    if fail {
+                        return Err(Fail::Deliberate);
+                    }
+                    Ok(())
+                })
             })
             .await;
         tx.commit().await.map_err(|e| Fail::Db(e.into()))?;
@@ -179,16 +183,19 @@ mod mysql {
     ) -> Result<Outcome<()>, Fail> {
         let mut tx = c.start_transaction(TxOpts::default()).await.map_err(db)?;
         let sql = format!("INSERT INTO `{fx}` (message_id, worker) VALUES (?, ?)");
+        let worker = worker.to_string();
         let r = inbox
-            .process(&mut tx, id, async |tx| {
-                tx.exec_drop(&sql, (id.to_string(), worker))
-                    .await
-                    .map_err(db)?;
-                tokio::time::sleep(hold).await;
-                if fail {
-                    return Err(Fail::Deliberate);
-                }
-                Ok(())
+            .process(&mut tx, id, move |tx| {
+                Box::pin(async move {
+                    tx.exec_drop(&sql, (id.to_string(), worker))
+                        .await
+                        .map_err(db)?;
+                    tokio::time::sleep(hold).await;
+                    if fail {
+                        return Err(Fail::Deliberate);
+                    }
+                    Ok(())
+                })
             })
             .await;
         tx.commit().await.map_err(db)?;
@@ -296,18 +303,20 @@ mod sqlite {
         store
             .with_transaction(async |tx: &mut SqliteTx| {
                 inbox
-                    .process(tx, id, async |tx: &mut SqliteTx| {
-                        tx.with_conn(move |c| {
-                            c.execute(&sql, (id.to_string(), worker))
-                                .map(drop)
-                                .map_err(|e| outboxer::Error::Rejected(e.to_string()))
+                    .process(tx, id, move |tx| {
+                        Box::pin(async move {
+                            tx.with_conn(move |c| {
+                                c.execute(&sql, (id.to_string(), worker))
+                                    .map(drop)
+                                    .map_err(|e| outboxer::Error::Rejected(e.to_string()))
+                            })
+                            .await?;
+                            tokio::time::sleep(hold).await;
+                            if fail {
+                                return Err(Fail::Deliberate);
+                            }
+                            Ok(())
                         })
-                        .await?;
-                        tokio::time::sleep(hold).await;
-                        if fail {
-                            return Err(Fail::Deliberate);
-                        }
-                        Ok(())
                     })
                     .await
             })

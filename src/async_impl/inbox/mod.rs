@@ -2,11 +2,14 @@
 //! as the blocking [`crate::inbox`] (read its docs), on each database's async
 //! driver: tokio-postgres, `mysql_async` (feature `async-mysql`), the async SQLite
 //! store's transaction ([`SqliteTx`](crate::async_impl::store::SqliteTx), statements on
-//! tokio's blocking pool) and tiberius. Handlers are async closures given the
-//! transaction.
+//! tokio's blocking pool) and tiberius. A handler is a closure given the
+//! transaction that returns a boxed future ([`HandlerFuture`]):
+//! `move |tx| Box::pin(async move { .. })`, so that `process` can be awaited
+//! inside `tokio::spawn`. It captures what it uses by value (clone a `String`,
+//! an `Arc`), as the boxed future may not borrow from the caller's stack.
 //!
 //! ```no_run
-//! # #[cfg(not(feature = "postgres"))] fn main() {}
+//! # fn main() {}
 //! # #[cfg(feature = "postgres")]
 //! # async fn demo() -> Result<(), outboxer::BoxError> {
 //! use outboxer::async_impl::inbox::{Outcome, PostgresInbox};
@@ -20,9 +23,11 @@
 //! let id = MessageId::new(); // from the delivery
 //! let mut tx = db.transaction().await?;
 //! let outcome = inbox
-//!     .process(&mut tx, id, async |tx| -> Result<(), outboxer::BoxError> {
-//!         tx.execute("UPDATE orders SET paid = true WHERE id = $1", &[&42i64]).await?;
-//!         Ok(())
+//!     .process(&mut tx, id, |tx| {
+//!         Box::pin(async move {
+//!             tx.execute("UPDATE orders SET paid = true WHERE id = $1", &[&42i64]).await?;
+//!             Ok::<_, outboxer::BoxError>(())
+//!         })
 //!     })
 //!     .await?;
 //! tx.commit().await?;
@@ -36,6 +41,17 @@ pub use crate::inbox::{Outcome, DEFAULT_TABLE};
 
 use crate::message::MessageId;
 use crate::Result;
+use std::future::Future;
+use std::pin::Pin;
+
+/// What a handler returns: its future, boxed and `Send` (as sqlx's
+/// `Connection::transaction` takes it). Write the handler as
+/// `|tx| Box::pin(async move { .. })`. A boxed future of a named type is what lets
+/// the compiler prove `process(..)` `Send`, so that it runs inside
+/// `tokio::spawn`: with an `async` closure, rustc (1.85 to at least 1.9x) reports
+/// "implementation of `AsyncFnOnce` is not general enough" there.
+pub type HandlerFuture<'a, R, E> =
+    Pin<Box<dyn Future<Output = std::result::Result<R, E>> + Send + 'a>>;
 
 #[cfg(feature = "async-mysql")]
 mod mysql;
@@ -79,7 +95,7 @@ pub(crate) async fn process_with<T, S, R, E, F>(
 ) -> std::result::Result<Outcome<R>, E>
 where
     S: Steps<T>,
-    F: AsyncFnOnce(&mut T) -> std::result::Result<R, E>,
+    F: for<'c> FnOnce(&'c mut T) -> HandlerFuture<'c, R, E>,
     E: From<crate::Error>,
 {
     steps.savepoint(tx).await?;

@@ -1,6 +1,6 @@
 //! The inbox in MySQL 8 / MariaDB 10.6+, on `mysql_async`.
 
-use super::{process_with, Outcome, Steps};
+use super::{process_with, HandlerFuture, Outcome, Steps};
 use crate::core::sql::inbox as q;
 use crate::message::MessageId;
 use crate::{Error, Result};
@@ -23,9 +23,11 @@ use std::time::Duration;
 /// let mut conn = pool.get_conn().await?;
 /// let mut tx = conn.start_transaction(TxOpts::default()).await?;
 /// let outcome = inbox
-///     .process(&mut tx, MessageId::new(), async |tx| -> Result<(), outboxer::BoxError> {
-///         tx.exec_drop("UPDATE orders SET paid = 1 WHERE id = ?", (42,)).await?;
-///         Ok(())
+///     .process(&mut tx, MessageId::new(), |tx| {
+///         Box::pin(async move {
+///             tx.exec_drop("UPDATE orders SET paid = 1 WHERE id = ?", (42,)).await?;
+///             Ok::<_, outboxer::BoxError>(())
+///         })
 ///     })
 ///     .await?;
 /// tx.commit().await?;
@@ -80,7 +82,7 @@ impl MysqlInbox {
         handler: F,
     ) -> std::result::Result<Outcome<R>, E>
     where
-        F: AsyncFnOnce(&mut Transaction<'t>) -> std::result::Result<R, E>,
+        F: for<'c> FnOnce(&'c mut Transaction<'t>) -> HandlerFuture<'c, R, E>,
         E: From<Error>,
     {
         process_with(self, tx, id, handler).await

@@ -1,6 +1,6 @@
 //! The inbox in PostgreSQL, on `tokio-postgres`.
 
-use super::{process_with, Outcome, Steps};
+use super::{process_with, HandlerFuture, Outcome, Steps};
 use crate::core::sql::inbox as q;
 use crate::message::MessageId;
 use crate::{Error, Result};
@@ -78,7 +78,7 @@ impl PostgresInbox {
         handler: F,
     ) -> std::result::Result<Outcome<R>, E>
     where
-        F: AsyncFnOnce(&mut Transaction<'t>) -> std::result::Result<R, E>,
+        F: for<'c> FnOnce(&'c mut Transaction<'t>) -> HandlerFuture<'c, R, E>,
         E: From<Error>,
     {
         process_with(self, tx, id, handler).await

@@ -1,7 +1,7 @@
 //! The inbox in SQLite from async code: on the async SQLite store's transaction
 //! ([`SqliteTx`]), whose statements run on tokio's blocking pool.
 
-use super::{process_with, Outcome, Steps};
+use super::{process_with, HandlerFuture, Outcome, Steps};
 use crate::async_impl::store::SqliteTx;
 use crate::core::sql::inbox as q;
 use crate::inbox::sqlite::exec;
@@ -29,12 +29,14 @@ use std::time::Duration;
 /// let outcome = db
 ///     .with_transaction(async |tx: &mut SqliteTx| {
 ///         inbox
-///             .process(tx, id, async |tx: &mut SqliteTx| {
-///                 tx.with_conn(|c| {
-///                     c.execute("UPDATE orders SET paid = 1 WHERE id = 42", [])
-///                         .map_err(|e| outboxer::Error::Rejected(e.to_string()))
+///             .process(tx, id, |tx| {
+///                 Box::pin(async move {
+///                     tx.with_conn(|c| {
+///                         c.execute("UPDATE orders SET paid = 1 WHERE id = 42", [])
+///                             .map_err(|e| outboxer::Error::Rejected(e.to_string()))
+///                     })
+///                     .await
 ///                 })
-///                 .await
 ///             })
 ///             .await
 ///     })
@@ -84,7 +86,7 @@ impl SqliteInbox {
         handler: F,
     ) -> std::result::Result<Outcome<R>, E>
     where
-        F: AsyncFnOnce(&mut SqliteTx) -> std::result::Result<R, E>,
+        F: for<'c> FnOnce(&'c mut SqliteTx) -> HandlerFuture<'c, R, E>,
         E: From<Error>,
     {
         process_with(self, tx, id, handler).await

@@ -4,7 +4,7 @@
 //! Not run against a server here: no SQL Server can be installed on the test
 //! machines (see the README); compiled, and its SQL text is unit-tested in core.
 
-use super::{process_with, Outcome, Steps};
+use super::{process_with, HandlerFuture, Outcome, Steps};
 use crate::async_impl::store::SqlServerClient;
 use crate::core::sql::inbox as q;
 use crate::core::sql::sqlserver::{delay_ms, MIGRATE_LOCK_TIMEOUT_MS};
@@ -32,9 +32,11 @@ use tiberius::Query;
 /// let outcome = db
 ///     .with_transaction(async |c: &mut SqlServerClient| {
 ///         inbox
-///             .process(c, MessageId::new(), async |c: &mut SqlServerClient| -> Result<(), outboxer::BoxError> {
-///                 c.execute("UPDATE dbo.orders SET paid = 1 WHERE id = @P1", &[&42i32]).await?;
-///                 Ok(())
+///             .process(c, MessageId::new(), |c| {
+///                 Box::pin(async move {
+///                     c.execute("UPDATE dbo.orders SET paid = 1 WHERE id = @P1", &[&42i32]).await?;
+///                     Ok::<_, outboxer::BoxError>(())
+///                 })
 ///             })
 ///             .await
 ///     })
@@ -110,7 +112,7 @@ impl SqlServerInbox {
         handler: F,
     ) -> std::result::Result<Outcome<R>, E>
     where
-        F: AsyncFnOnce(&mut SqlServerClient) -> std::result::Result<R, E>,
+        F: for<'c> FnOnce(&'c mut SqlServerClient) -> HandlerFuture<'c, R, E>,
         E: From<Error>,
     {
         process_with(self, client, id, handler).await
