@@ -188,6 +188,11 @@ pub struct StreamsDoctests;
 #[doc = include_str!("../docs/async.md")]
 pub struct AsyncDoctests;
 
+/// docs/inbox.md
+#[cfg(all(doctest, feature = "postgres", feature = "async"))]
+#[doc = include_str!("../docs/inbox.md")]
+pub struct InboxDoctests;
+
 /// docs/tls.md
 #[cfg(all(
     doctest,
