@@ -210,6 +210,8 @@ pub fn caller_writes_survive_a_failing_handler<B: Backend + CallerRow>(place: Pl
 
 /// The caller's transaction stays usable after a failing handler.
 pub trait CallerRow {
+    /// Creates the effects table only (no inbox table).
+    fn create_effects_only(&mut self);
     /// Writes a row as `caller`, runs a failing handler that writes an effect,
     /// commits anyway; returns the handler's error.
     fn fail_then_commit(&mut self, id: MessageId) -> Result<Outcome<()>, Fail>;
@@ -325,6 +327,115 @@ pub fn a_waiter_takes_over_when_the_handler_fails<B: Backend>(place: Place) {
     assert_eq!(
         ok(db.apply(id, "third", How::default())),
         Outcome::AlreadyProcessed
+    );
+}
+
+/// Three consumers of one id, the first one's handler failing while the other
+/// two wait: exactly one of them runs the handler. The third either sees the
+/// duplicate or, on InnoDB, may be chosen as a deadlock victim (a typed database
+/// error: the delivery is retried); never a second effect.
+pub fn two_waiters_on_a_failing_handler<B: Backend>(place: Place) {
+    const HOLD: Duration = Duration::from_millis(300);
+    let _c = Cleanup::<B>::new(&place);
+    B::connect(&place).setup();
+    let id = MessageId::new();
+    let barrier = Arc::new(Barrier::new(3));
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (place, barrier) = (place.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let mut db = B::connect(&place);
+                barrier.wait();
+                let how = if w == 0 {
+                    How {
+                        hold: HOLD,
+                        fail: true,
+                        ..How::default()
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(80));
+                    How::default()
+                };
+                db.apply(id, &format!("w{w}"), how)
+            })
+        })
+        .collect();
+    let results: Vec<_> = workers
+        .into_iter()
+        .map(|h| h.join().expect("worker"))
+        .collect();
+    assert!(matches!(results[0], Err(Fail::Deliberate)), "{results:?}");
+    let processed = results[1..]
+        .iter()
+        .filter(|r| matches!(r, Ok(Outcome::Processed(()))))
+        .count();
+    let others_ok = results[1..]
+        .iter()
+        .all(|r| matches!(r, Ok(_) | Err(Fail::Db(outboxer::Error::Database { .. }))));
+    assert!(others_ok, "{results:?}");
+    let mut db = B::connect(&place);
+    let fx = db.effects();
+    assert_eq!(
+        fx.get(&id.to_string()).map(Vec::len),
+        Some(1),
+        "{fx:?} {results:?}"
+    );
+    assert!(processed <= 1, "{results:?}");
+    if processed == 0 {
+        // Both waiters failed (deadlock victims): the redelivery processes it.
+        assert_eq!(
+            ok(db.apply(id, "retry", How::default())),
+            Outcome::Processed(())
+        );
+    }
+    println!(
+        "INBOX two waiters store={} outcomes={results:?}",
+        place.kind
+    );
+}
+
+/// Before `migrate`, `process` is a typed database error and the caller's
+/// transaction stays usable.
+pub fn unmigrated_table_is_a_database_error<B: Backend + CallerRow>(place: Place) {
+    let _c = Cleanup::<B>::new(&place);
+    let mut db = B::connect(&place);
+    db.create_effects_only();
+    let id = MessageId::new();
+    let r = db.apply(id, "w", How::default());
+    assert!(
+        matches!(r, Err(Fail::Db(outboxer::Error::Database { .. }))),
+        "{r:?}"
+    );
+    assert!(
+        db.effects().is_empty(),
+        "the handler ran: {:?}",
+        db.effects()
+    );
+}
+
+/// Sequential consumption, one transaction per message: new ids, then the same
+/// ids again (duplicates). Prints messages per second (`--ignored --nocapture`).
+pub fn throughput<B: Backend>(place: Place) {
+    const N: usize = 500;
+    let _c = Cleanup::<B>::new(&place);
+    let mut db = B::connect(&place);
+    db.setup();
+    let all = ids(N);
+    let t = Instant::now();
+    for id in &all {
+        assert!(ok(db.apply(*id, "w", How::default())).is_processed());
+    }
+    let new = t.elapsed();
+    let t = Instant::now();
+    for id in &all {
+        assert!(ok(db.apply(*id, "w", How::default())).is_duplicate());
+    }
+    let dup = t.elapsed();
+    println!(
+        "INBOX throughput store={} new={:.0}/s duplicates={:.0}/s",
+        place.kind,
+        N as f64 / new.as_secs_f64(),
+        N as f64 / dup.as_secs_f64()
     );
 }
 
@@ -586,6 +697,19 @@ macro_rules! inbox_cases {
         #[test]
         fn two_processes_race_on_the_same_ids() {
             $crate::two_processes_race_on_the_same_ids::<$backend>($place);
+        }
+        #[test]
+        fn two_waiters_on_a_failing_handler() {
+            $crate::two_waiters_on_a_failing_handler::<$backend>($place);
+        }
+        #[test]
+        fn unmigrated_table_is_a_database_error() {
+            $crate::unmigrated_table_is_a_database_error::<$backend>($place);
+        }
+        #[test]
+        #[ignore = "a measurement: run with --ignored --nocapture"]
+        fn throughput() {
+            $crate::throughput::<$backend>($place);
         }
         #[test]
         fn retention_deletes_old_ids_in_batches() {

@@ -143,6 +143,15 @@ impl Backend for Maria {
 }
 
 impl CallerRow for Maria {
+    fn create_effects_only(&mut self) {
+        self.conn
+            .query_drop(format!(
+                "CREATE TABLE `{}` (message_id VARCHAR(36) NOT NULL, worker VARCHAR(32) NOT NULL)",
+                self.fx
+            ))
+            .expect("effects table");
+    }
+
     fn fail_then_commit(&mut self, id: MessageId) -> Result<Outcome<()>, Fail> {
         let fx = self.fx.clone();
         let mut tx = self.conn.start_transaction(TxOpts::default()).map_err(db)?;

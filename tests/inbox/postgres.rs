@@ -147,6 +147,15 @@ impl Backend for Pg {
 }
 
 impl CallerRow for Pg {
+    fn create_effects_only(&mut self) {
+        self.client
+            .batch_execute(&format!(
+                "CREATE TABLE \"{}\" (message_id TEXT NOT NULL, worker TEXT NOT NULL)",
+                self.fx
+            ))
+            .expect("effects table");
+    }
+
     fn fail_then_commit(&mut self, id: MessageId) -> Result<Outcome<()>, Fail> {
         let mut tx = self.client.transaction().map_err(|e| Fail::Db(e.into()))?;
         Pg::effect(&mut tx, &self.fx, id, "caller")?;

@@ -149,6 +149,15 @@ impl Backend for Lite {
 }
 
 impl CallerRow for Lite {
+    fn create_effects_only(&mut self) {
+        self.conn
+            .execute_batch(&format!(
+                "CREATE TABLE \"{}\" (message_id TEXT NOT NULL, worker TEXT NOT NULL)",
+                self.fx
+            ))
+            .expect("effects table");
+    }
+
     fn fail_then_commit(&mut self, id: MessageId) -> Result<Outcome<()>, Fail> {
         let fx = self.fx.clone();
         let mut tx = self
