@@ -11,7 +11,9 @@
 //! offers the same API on tokio, in the same build as the blocking one. With the
 //! `metrics` feature the relay records its series through the `metrics` facade
 //! (docs/operations.md, Metrics); [`Relay::health`] serves liveness and
-//! readiness probes.
+//! readiness probes. On the consuming side, `inbox` (with a store's feature)
+//! records processed message ids in the consumer's own transaction, so that a
+//! redelivered message's effects are applied once (docs/inbox.md).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), outboxer::Error> {

@@ -168,10 +168,14 @@ where
         return Ok(Outcome::AlreadyProcessed);
     }
     match f(tx) {
-        Ok(r) => {
-            steps.release(tx)?;
-            Ok(Outcome::Processed(r))
-        }
+        Ok(r) => match steps.release(tx) {
+            Ok(()) => Ok(Outcome::Processed(r)),
+            Err(e) => {
+                // Nothing half-done stays behind an error: undo id and writes.
+                undo(steps, tx);
+                Err(e.into())
+            }
+        },
         Err(e) => {
             undo(steps, tx);
             Err(e)

@@ -111,10 +111,14 @@ where
         return Ok(Outcome::AlreadyProcessed);
     }
     match f(tx).await {
-        Ok(r) => {
-            steps.release(tx).await?;
-            Ok(Outcome::Processed(r))
-        }
+        Ok(r) => match steps.release(tx).await {
+            Ok(()) => Ok(Outcome::Processed(r)),
+            Err(e) => {
+                // Nothing half-done stays behind an error: undo id and writes.
+                undo(steps, tx).await;
+                Err(e.into())
+            }
+        },
         Err(e) => {
             undo(steps, tx).await;
             Err(e)
