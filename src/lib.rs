@@ -11,7 +11,9 @@
 //! offers the same API on tokio, in the same build as the blocking one. With the
 //! `metrics` feature the relay records its series through the `metrics` facade
 //! (docs/operations.md, Metrics); [`Relay::health`] serves liveness and
-//! readiness probes.
+//! readiness probes. On the consuming side, `inbox` (with a store's feature)
+//! records processed message ids in the consumer's own transaction, so that a
+//! redelivered message's effects are applied once (docs/inbox.md).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), outboxer::Error> {
@@ -94,6 +96,22 @@ mod blocking;
 mod core;
 pub mod decode;
 mod error;
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "sqlite",
+        feature = "sqlserver"
+    )))
+)]
+pub mod inbox;
 mod message;
 pub mod tls;
 
@@ -178,6 +196,11 @@ pub struct StreamsDoctests;
 #[cfg(all(doctest, feature = "sqlx-postgres", feature = "amqp"))]
 #[doc = include_str!("../docs/async.md")]
 pub struct AsyncDoctests;
+
+/// docs/inbox.md
+#[cfg(all(doctest, feature = "postgres", feature = "async"))]
+#[doc = include_str!("../docs/inbox.md")]
+pub struct InboxDoctests;
 
 /// docs/tls.md
 #[cfg(all(

@@ -8,15 +8,23 @@
 //! test `crash_child_relay`. Default (CI) mode: about 10 kills and 1500 messages
 //! per store. `OUTBOXER_CRASH_FULL=1`: at least 100 kills per store.
 //! Every run prints one `CRASH store=.. kills=.. ...` line (see it with `--nocapture`).
+//!
+//! `crash_postgres_inbox_consumer`: the same run (shorter, ~40 s) with a consumer
+//! that applies every message's side effect through the inbox
+//! (`outboxer::inbox::PostgresInbox`) before it acks, and that also "dies" after
+//! every 10th commit, before its ack (a nack with requeue), so that duplicates
+//! arrive in every run, not only after kills. The effects table must hold each
+//! committed message exactly once.
 #![cfg(all(feature = "postgres", feature = "amqp"))]
 
 mod common;
 
 use amiquip::{Connection, ConsumerMessage, ConsumerOptions};
 use common::{amqp_url, pg_url, stream, unique};
+use outboxer::inbox::PostgresInbox;
 use outboxer::store::{PostgresStore, Store, TxStore};
 use outboxer::stream::amqp;
-use outboxer::{Message, Outbox};
+use outboxer::{Message, MessageId, Outbox};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -140,7 +148,11 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let p = &self.0;
         match p.kind {
-            Kind::Postgres => common::drop_table(&p.table),
+            Kind::Postgres => {
+                common::drop_table(&p.table);
+                common::drop_table(&format!("{}_inbox", p.table));
+                common::drop_table(&format!("{}_fx", p.table));
+            }
             #[cfg(feature = "mysql")]
             Kind::Mysql => {
                 use outboxer::store::mysql::prelude::Queryable;
@@ -294,23 +306,110 @@ struct Delivery {
     at: Instant,
     message_id: Option<String>,
     body: Vec<u8>,
+    /// With an inbox consumer: the inbox had the id already (the effect was not
+    /// applied again).
+    duplicate: bool,
+}
+
+/// The inbox side of a consumer: every delivery's effect (a row in `fx`) is
+/// applied through the inbox in one PostgreSQL transaction, committed before the
+/// ack.
+struct InboxSide {
+    db: postgres::Client,
+    inbox: PostgresInbox,
+    fx: String,
+    processed: u64,
+    /// Deliveries requeued on purpose after their commit (a consumer dying before
+    /// its ack), and after a failed transaction: both come again.
+    requeues: Arc<Mutex<Vec<Instant>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl InboxSide {
+    fn new(table: &str) -> InboxSide {
+        let mut db = common::pg();
+        let inbox = PostgresInbox::with_table(&format!("{table}_inbox")).expect("inbox table name");
+        inbox.migrate(&mut db).expect("inbox migrate");
+        let fx = format!("{table}_fx");
+        db.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS \"{fx}\" (message_id UUID NOT NULL, n BIGINT)"
+        ))
+        .expect("effects table");
+        InboxSide {
+            db,
+            inbox,
+            fx,
+            processed: 0,
+            requeues: Arc::default(),
+            errors: Arc::default(),
+        }
+    }
+
+    fn apply(
+        &mut self,
+        id: MessageId,
+        body: &[u8],
+    ) -> outboxer::Result<outboxer::inbox::Outcome<()>> {
+        let n = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|b| b["n"].as_i64());
+        let sql = format!(
+            "INSERT INTO \"{}\" (message_id, n) VALUES ($1, $2)",
+            self.fx
+        );
+        let mut tx = self.db.transaction()?;
+        let outcome = self.inbox.process(&mut tx, id, |tx| {
+            tx.execute(&sql, &[id.as_uuid(), &n])?;
+            Ok::<_, outboxer::Error>(())
+        })?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Effect rows per message id.
+    fn effects(&mut self) -> HashMap<String, i64> {
+        self.db
+            .query(
+                &format!(
+                    "SELECT message_id::text, count(*) FROM \"{}\" GROUP BY 1",
+                    self.fx
+                ),
+                &[],
+            )
+            .expect("effects")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
 }
 
 struct Consumer {
     rx: crossbeam_channel::Receiver<Delivery>,
+    /// With an inbox: its requeue times and errors (the side itself lives on the
+    /// consumer thread and comes back when it ends).
+    requeues: Arc<Mutex<Vec<Instant>>>,
+    inbox_errors: Arc<Mutex<Vec<String>>>,
     /// When the consumer lost its connection: unacked deliveries come again after it.
     reconnects: Arc<Mutex<Vec<Instant>>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Option<InboxSide>>>,
 }
 
 impl Consumer {
-    fn start(exchange: &str) -> Consumer {
+    fn start(exchange: &str, mut side: Option<InboxSide>) -> Consumer {
         let queue = unique("crashq");
         let (tx, rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let reconnects = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let requeues = side
+            .as_ref()
+            .map(|s| Arc::clone(&s.requeues))
+            .unwrap_or_default();
+        let inbox_errors = side
+            .as_ref()
+            .map(|s| Arc::clone(&s.errors))
+            .unwrap_or_default();
         let (ex, rc, st) = (
             exchange.to_string(),
             Arc::clone(&reconnects),
@@ -319,7 +418,7 @@ impl Consumer {
         let thread = std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
             while !st.load(Ordering::Relaxed) {
-                if consume(&ex, &queue, &tx, &mut ready, &st).is_ok() {
+                if consume(&ex, &queue, &tx, &mut ready, &st, &mut side).is_ok() {
                     break;
                 }
                 rc.lock()
@@ -327,16 +426,25 @@ impl Consumer {
                     .push(Instant::now());
                 std::thread::sleep(Duration::from_millis(300));
             }
+            side
         });
         ready_rx
             .recv_timeout(Duration::from_secs(20))
             .expect("consumer ready (RabbitMQ on 127.0.0.1:5672)");
         Consumer {
             rx,
+            requeues,
+            inbox_errors,
             reconnects,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Stops the consumer; returns its inbox side, if any.
+    fn finish(mut self) -> Option<InboxSide> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).flatten()
     }
 
     fn reconnects(&self) -> Vec<Instant> {
@@ -362,6 +470,7 @@ fn consume(
     tx: &crossbeam_channel::Sender<Delivery>,
     ready: &mut Option<crossbeam_channel::Sender<()>>,
     stop: &AtomicBool,
+    side: &mut Option<InboxSide>,
 ) -> amiquip::Result<()> {
     let mut conn = Connection::insecure_open(&amqp_url())?;
     let ch = conn.open_channel(None)?;
@@ -373,11 +482,44 @@ fn consume(
     while !stop.load(Ordering::Relaxed) {
         match consumer.receiver().recv_timeout(Duration::from_millis(100)) {
             Ok(ConsumerMessage::Delivery(d)) => {
-                let got = Delivery {
+                let mut got = Delivery {
                     at: Instant::now(),
                     message_id: d.properties.message_id().clone(),
                     body: d.body.clone(),
+                    duplicate: false,
                 };
+                let id = got
+                    .message_id
+                    .as_deref()
+                    .and_then(|s| s.parse::<MessageId>().ok());
+                if let (Some(side), Some(id)) = (side.as_mut(), id) {
+                    let requeue = match side.apply(id, &d.body) {
+                        Ok(outcome) => {
+                            got.duplicate = outcome.is_duplicate();
+                            side.processed += u64::from(outcome.is_processed());
+                            // Every 10th new one: committed, then "dies" before its ack.
+                            outcome.is_processed() && side.processed % 10 == 0
+                        }
+                        Err(e) => {
+                            side.errors
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(e.to_string());
+                            true
+                        }
+                    };
+                    if requeue {
+                        side.requeues
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Instant::now());
+                        consumer.nack(d, true)?;
+                        if tx.send(got).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
                 consumer.ack(d)?;
                 if tx.send(got).is_err() {
                     break;
@@ -436,6 +578,21 @@ impl Mode {
                 limit: Duration::from_secs(45),
                 drain: Duration::from_secs(60),
             }
+        }
+    }
+}
+
+impl Mode {
+    /// The inbox consumer's run: bounded to about 40 s.
+    fn inbox() -> Mode {
+        Mode {
+            full: false,
+            kills: 10,
+            messages: 2400,
+            rate: 250.0,
+            kill_gap_ms: (300, 1500),
+            limit: Duration::from_secs(20),
+            drain: Duration::from_secs(25),
         }
     }
 }
@@ -534,12 +691,18 @@ impl Ledger {
 /// Sends at a steady rate while SIGKILLing a random relay at random points, then
 /// checks what the consumer got.
 fn crash_run<S: TxStore + Clone>(place: Place, store: S) {
-    let mode = Mode::from_env();
+    crash_run_with(place, store, Mode::from_env(), false);
+}
+
+/// A crash run; with `inbox`, the consumer applies each message's effect through
+/// the inbox and the effects are checked too.
+fn crash_run_with<S: TxStore + Clone>(place: Place, store: S, mode: Mode, inbox: bool) {
     let began = Instant::now();
     let _cleanup = Cleanup(place.clone());
     store.migrate().expect("migrate");
     let ex = unique("crashex");
-    let consumer = Consumer::start(&ex);
+    let side = inbox.then(|| InboxSide::new(&place.table));
+    let consumer = Consumer::start(&ex, side);
     let sender = Outbox::builder()
         .store(store.clone())
         .build()
@@ -605,9 +768,22 @@ fn crash_run<S: TxStore + Clone>(place: Place, store: S) {
     let exits = std::mem::take(&mut relays.exits);
     drop(relays);
     let reconnects = consumer.reconnects();
-    drop(consumer);
+    let requeues = consumer
+        .requeues
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let inbox_errors = consumer
+        .inbox_errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let side = consumer.finish();
 
-    let report = check(&ledger, &got, &kills, &exits, &reconnects);
+    // A requeued delivery comes again: it explains a duplicate as a reconnect does.
+    let mut redeliveries = reconnects.clone();
+    redeliveries.extend(&requeues);
+    let report = check(&ledger, &got, &kills, &exits, &redeliveries);
     println!(
         "CRASH store={} mode={} kills={} messages={} lost={} rolled_back_published={} duplicates={} \
          order_violations={} unexplained_duplicates={} strangers={} altered={} reissued={} rolled_back_sent={} \
@@ -686,6 +862,69 @@ fn crash_run<S: TxStore + Clone>(place: Place, store: S) {
         (stats.pending, stats.parked),
         (0, 0),
         "table after the run: {stats:?}"
+    );
+    if let Some(mut side) = side {
+        check_effects(&ledger, &got, &requeues, &inbox_errors, &mut side);
+    }
+}
+
+/// The inbox consumer's effects: each committed message's exactly once, none of
+/// a rolled-back one, whatever duplicates arrived.
+fn check_effects(
+    ledger: &Ledger,
+    got: &[Delivery],
+    requeues: &[Instant],
+    errors: &[String],
+    side: &mut InboxSide,
+) {
+    let effects = side.effects();
+    let duplicates = got.iter().filter(|d| d.duplicate).count();
+    let repeated: Vec<_> = effects.iter().filter(|(_, n)| **n != 1).collect();
+    let missing: Vec<_> = ledger
+        .committed
+        .iter()
+        .filter(|id| !effects.contains_key(id.as_str()))
+        .take(5)
+        .collect();
+    let rolled_back: Vec<_> = ledger
+        .rolled_back
+        .iter()
+        .filter(|id| effects.contains_key(id.as_str()))
+        .collect();
+    println!(
+        "INBOX deliveries={} duplicates_seen={duplicates} requeued={} not_from_requeues={} effects={} \
+         repeated={} missing={} rolled_back_applied={} inbox_errors={}",
+        got.len(),
+        requeues.len(),
+        duplicates.saturating_sub(requeues.len()),
+        effects.len(),
+        repeated.len(),
+        missing.len(),
+        rolled_back.len(),
+        errors.len(),
+    );
+    assert!(
+        repeated.is_empty(),
+        "effects applied more than once: {repeated:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "committed messages without an effect: {missing:?}"
+    );
+    assert!(
+        rolled_back.is_empty(),
+        "effects of rolled-back messages: {rolled_back:?}"
+    );
+    // Every requeued delivery came again and was recognised: duplicates did arrive,
+    // and their effects did not repeat.
+    assert!(
+        !requeues.is_empty(),
+        "no delivery was requeued: the run tested no duplicate"
+    );
+    assert!(
+        duplicates >= requeues.len().saturating_sub(errors.len()),
+        "{duplicates} duplicates recognised, {} deliveries requeued after their commit",
+        requeues.len().saturating_sub(errors.len())
     );
 }
 
@@ -804,6 +1043,21 @@ fn crash_postgres() {
     crash_run(place, store);
 }
 
+/// The crash run with a consumer that applies effects through the inbox: every
+/// committed message's effect exactly once while relays are SIGKILLed and the
+/// consumer requeues every 10th delivery after its commit.
+#[test]
+fn crash_postgres_inbox_consumer() {
+    let _serial = serial();
+    let place = Place {
+        kind: Kind::Postgres,
+        location: pg_url(),
+        table: unique("crashin"),
+    };
+    let store = pg_store(&place);
+    crash_run_with(place, store, Mode::inbox(), true);
+}
+
 #[cfg(feature = "mysql")]
 #[test]
 fn crash_mysql() {
@@ -842,6 +1096,7 @@ fn crash_checker_flags_loss_rollback_stray_duplicates_and_disorder() {
         at: at(ms),
         message_id: Some(id.to_string()),
         body: body.to_string().into_bytes(),
+        duplicate: false,
     };
     let mut ledger = Ledger::default();
     ledger

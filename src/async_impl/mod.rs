@@ -32,6 +32,13 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver"
+))]
+pub mod inbox;
 mod outbox;
 mod relay;
 pub mod store;

@@ -177,7 +177,7 @@ fn utc_plus_ms(param: &str) -> String {
 }
 
 /// `SYSUTCDATETIME()` minus the milliseconds in `param`.
-fn utc_minus_ms(param: &str) -> String {
+pub(crate) fn utc_minus_ms(param: &str) -> String {
     format!(
         "DATEADD(MILLISECOND, -CAST({param} % 1000 AS INT), DATEADD(SECOND, -CAST({param} / 1000 AS INT), SYSUTCDATETIME()))"
     )
