@@ -14,7 +14,7 @@ pub struct My;
 
 impl Harness for My {
     type S = MysqlStore;
-    const ROW_LOCKS: bool = false;
+    const ROW_LOCKS: bool = true;
     fn try_store(table: &str) -> Result<MysqlStore, Error> {
         MysqlStore::builder(&url())
             .table(table)

@@ -1,16 +1,17 @@
-//! MySQL 8 / MariaDB 10.6+ store on the `mysql` crate: leases with
-//! `FOR UPDATE SKIP LOCKED` in a two-step claim (MariaDB has no `UPDATE .. RETURNING`),
-//! per-key enqueue locks on a small lock table, polling plus the in-process wake.
+//! MySQL 8 / MariaDB 10.6+ store on the `mysql` crate: claims held by row locks
+//! in an open transaction (see `held`), or leases with `FOR UPDATE SKIP LOCKED`
+//! in a two-step claim (MariaDB has no `UPDATE .. RETURNING`); per-key enqueue
+//! locks on a small lock table, polling plus the in-process wake.
 
 use super::{run_in, Finish};
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Purgeable, Requeue,
-    Stats, Store, TxStore, Undecodable,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, LockedClaim, ParkedMessage,
+    Purgeable, Requeue, Stats, Store, TxStore, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
-use crate::core::sql::mysql::{failed_status, MysqlSql, EXTRA_COLUMNS};
+use crate::core::sql::mysql::{failed_status, IdleLimit, MysqlSql, EXTRA_COLUMNS};
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::tls::{Tls, TlsMode};
 use crate::{Error, Result};
@@ -19,8 +20,11 @@ use mysql::{
     ClientIdentity, IsolationLevel, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row,
     SslOpts, TxOpts, Value,
 };
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
+
+#[path = "mysql/held.rs"]
+mod held;
 
 // The enqueue path shared with the async store (compiled here without `.await`).
 use maybe_async::must_be_sync as maybe;
@@ -65,7 +69,9 @@ pub struct MysqlStore {
 struct Inner {
     pool: Pool,
     table: TableName,
-    sql: MysqlSql,
+    sql: Arc<MysqlSql>,
+    /// The server's bound on idle transactions, known after the first held claim.
+    idle_limit: OnceLock<IdleLimit>,
 }
 
 /// Settings of a [`MysqlStore`].
@@ -330,9 +336,10 @@ impl MysqlStoreBuilder {
         let pool = Pool::new(opts).map_err(|e| Error::db("connecting to MySQL", e))?;
         let store = MysqlStore {
             inner: Arc::new(Inner {
-                sql: MysqlSql::new(&table),
+                sql: Arc::new(MysqlSql::new(&table)),
                 table,
                 pool,
+                idle_limit: OnceLock::new(),
             }),
         };
         match store.inner.pool.get_conn() {
@@ -518,6 +525,10 @@ impl Store for MysqlStore {
         tx.commit().map_err(db)?;
         let decoded = rows.into_iter().map(decode).collect::<Result<Vec<_>>>()?;
         Ok(Claim::from_rows(decoded))
+    }
+
+    fn claim_locked(&self, lease: &Lease, limit: BatchLimit) -> Result<Option<LockedClaim>> {
+        self.claim_held(lease, limit.rows, limit.bytes)
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {

@@ -48,6 +48,41 @@ pub const UTC_DEFAULT_COLUMNS: [&str; 2] = ["created_at", "available_at"];
 const NO_LEASE: &str =
     "locked_by = X'00000000000000000000000000000000', locked_until = '1970-01-01 00:00:01'";
 
+/// The columns of a row-lock claim (`e` is the table): the lease claim's
+/// [`MysqlSql::columns`], then the payload size.
+const HELD_COLUMNS: &str =
+    "e.id, e.message_id, e.payload, e.headers, e.options, e.ordering_key, e.attempts, \
+     CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', e.created_at) AS SIGNED)";
+
+/// The server's bound on a transaction's idle time, named after its variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleLimit {
+    /// MariaDB: `idle_transaction_timeout` ends a transaction idle that long.
+    MariaDb,
+    /// MySQL has no such variable: `wait_timeout` closes a connection idle that
+    /// long (in a transaction or not; reset when the claim ends).
+    MySql,
+}
+
+impl IdleLimit {
+    /// The session variable, in seconds.
+    pub fn variable(self) -> &'static str {
+        match self {
+            IdleLimit::MariaDb => "idle_transaction_timeout",
+            IdleLimit::MySql => "wait_timeout",
+        }
+    }
+
+    /// The server of a `SELECT VERSION()` answer.
+    pub fn of_version(version: &str) -> Self {
+        if version.to_ascii_lowercase().contains("mariadb") {
+            IdleLimit::MariaDb
+        } else {
+            IdleLimit::MySql
+        }
+    }
+}
+
 /// The statements of one table, built once.
 #[derive(Clone, Debug)]
 pub struct MysqlSql {
@@ -74,6 +109,8 @@ pub struct MysqlSql {
     pub table: String,
     /// The quoted key-lock table name.
     pub keys_table: String,
+    /// The claim index's name (unquoted).
+    pub status_index: String,
     /// Claim step 1: candidate ids by a consistent (non-locking) read: ($1 limit).
     pub claim_candidates: String,
     /// Claim step 4: the claimed rows' data, given an id list and token.
@@ -225,6 +262,7 @@ impl MysqlSql {
             ),
             table: t,
             keys_table,
+            status_index: format!("{name}_status_idx"),
         }
     }
 
@@ -292,6 +330,100 @@ impl MysqlSql {
         format!(
             "SELECT {} FROM {} WHERE id IN ({}) ORDER BY id",
             self.columns,
+            self.table,
+            ids_list(ids)
+        )
+    }
+
+    /// A row-lock claim (inside an open READ COMMITTED transaction, nothing
+    /// written): the claimable rows, locked, in id order, with their payload sizes
+    /// last. Rows other transactions hold are skipped before the limit counts, so
+    /// a relay's next claim takes the next rows while its earlier batches are held.
+    ///
+    /// The key check is a consistent (non-locking) read, as in the candidates of
+    /// the lease claim: it sees the rows others hold. The outer row is read
+    /// locking (its newest version), so it must also be visible in that snapshot:
+    /// a row committed after the snapshot could follow an earlier row of its key
+    /// that the snapshot misses too (the key lock commits one key's rows in id
+    /// order, so a visible row's predecessors are visible).
+    pub fn claim_locked(&self, limit: usize) -> String {
+        let t = &self.table;
+        format!(
+            "SELECT {}, CAST(LENGTH(e.payload) AS SIGNED) FROM {t} e FORCE INDEX (`{}`)
+             WHERE e.status = 'pending' AND e.available_at <= UTC_TIMESTAMP(6)
+               AND e.locked_until < UTC_TIMESTAMP(6)
+               AND (e.ordering_key IS NULL OR (
+                     NOT EXISTS (SELECT 1 FROM {t} p
+                        WHERE p.ordering_key = e.ordering_key AND p.status IN ('pending', 'parked')
+                          AND p.id < e.id)
+                     AND EXISTS (SELECT 1 FROM {t} v WHERE v.id = e.id)))
+             ORDER BY e.id LIMIT {limit}
+             FOR UPDATE SKIP LOCKED",
+            HELD_COLUMNS, self.status_index
+        )
+    }
+
+    /// Opens a row-lock claim's transaction (READ COMMITTED: no gap locks, so the
+    /// held batch never blocks an enqueue) with the server's bound on its idle
+    /// time (`idle_secs`, see [`IdleLimit`]).
+    pub fn begin_held(limit: IdleLimit, idle_secs: u64) -> String {
+        format!(
+            "SET SESSION {} = {}; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
+            limit.variable(),
+            idle_secs.max(1)
+        )
+    }
+
+    /// Puts the idle bound back to the server's default (the connection goes back
+    /// to the shared pool).
+    pub fn end_held(limit: IdleLimit) -> String {
+        let v = limit.variable();
+        format!("SET SESSION {v} = @@GLOBAL.{v}")
+    }
+
+    /// Ends a row-lock claim: its published rows dispatched (or deleted), COMMIT,
+    /// and the idle bound reset, in one round trip. The ids are our own row ids.
+    pub fn commit_held(&self, ids: &[i64], delete: bool, limit: IdleLimit) -> String {
+        let end = Self::end_held(limit);
+        if ids.is_empty() {
+            return format!("COMMIT; {end}");
+        }
+        let t = &self.table;
+        let ids = ids_list(ids);
+        if delete {
+            format!("DELETE FROM {t} WHERE id IN ({ids}); COMMIT; {end}")
+        } else {
+            format!(
+                "UPDATE {t} SET status = 'dispatched', dispatched_at = UTC_TIMESTAMP(6)
+                 WHERE id IN ({ids}) AND status = 'pending'; COMMIT; {end}"
+            )
+        }
+    }
+
+    /// One failed attempt of a held row: (?: error text).
+    pub fn held_mark_failed(&self, id: i64, delay_us: u64, status: &str) -> String {
+        format!(
+            "UPDATE {} SET attempts = attempts + 1, last_error = ?,
+                available_at = UTC_TIMESTAMP(6) + INTERVAL {delay_us} MICROSECOND, status = '{status}'
+             WHERE id = {id} AND status = 'pending'",
+            self.table
+        )
+    }
+
+    /// Held rows given back after a delay.
+    pub fn held_release(&self, ids: &[i64], delay_us: u64) -> String {
+        format!(
+            "UPDATE {} SET available_at = UTC_TIMESTAMP(6) + INTERVAL {delay_us} MICROSECOND
+             WHERE id IN ({})",
+            self.table,
+            ids_list(ids)
+        )
+    }
+
+    /// Go rows (no `message_id`) get one, committed before they are published.
+    pub fn assign_message_ids(&self, ids: &[i64]) -> String {
+        format!(
+            "UPDATE {} SET message_id = UNHEX(REPLACE(UUID(), '-', '')) WHERE id IN ({}) AND message_id IS NULL",
             self.table,
             ids_list(ids)
         )
