@@ -5,7 +5,7 @@ use mysql::prelude::Queryable;
 use outboxer::store::MysqlStore;
 use outboxer::Error;
 
-fn url() -> String {
+pub fn url() -> String {
     std::env::var("OUTBOXER_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
