@@ -169,3 +169,44 @@ fn held_claims_give_go_rows_a_lasting_message_id() {
     again.held.commit(&ids, false).expect("commit");
     My::drop_table(&t);
 }
+
+/// Deleting a batch's rows never waits for the rows other claims hold: on a
+/// small table `DELETE .. WHERE id IN (..)` scanned the table and waited for
+/// every row lock on its way (a DELETE reads no committed version past a lock,
+/// an UPDATE does), so a relay's commit waited for its own next batch, held
+/// until the idle limit ended it (duplicates). Both the held commit and the
+/// lease-mode delete.
+#[test]
+fn deleting_a_batch_never_waits_for_other_held_batches() {
+    let t = unique("c_rldel");
+    let s = store::<My>(&t);
+    s.enqueue(
+        &(0..60)
+            .map(|i| Message::new(format!("m{i}").into_bytes()))
+            .collect::<Vec<_>>(),
+    )
+    .expect("enqueue");
+    let l = lease(30);
+    let leased = s.claim(&l, 20.into()).expect("claim").messages;
+    let first = held(&s, 20);
+    // The last rows, held with a short lease: a wait would last until it ends.
+    let other = s
+        .claim_locked(&lease(3), 20.into())
+        .expect("claim_locked")
+        .expect("held");
+    assert_eq!(other.claim.messages.len(), 20);
+    let began = Instant::now();
+    let ids: Vec<i64> = first.claim.messages.iter().map(|m| m.id).collect();
+    assert_eq!(first.held.commit(&ids, true).expect("commit"), ids);
+    let ids: Vec<i64> = leased.iter().map(|m| m.id).collect();
+    assert_eq!(s.delete_dispatched(&l, &ids).expect("delete"), ids);
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "the deletes waited {:?} for the other held batch",
+        began.elapsed()
+    );
+    let ids: Vec<i64> = other.claim.messages.iter().map(|m| m.id).collect();
+    assert_eq!(other.held.commit(&ids, true).expect("commit"), ids);
+    assert_eq!(s.stats().expect("stats").pending, 0);
+    My::drop_table(&t);
+}
