@@ -325,7 +325,16 @@ impl MysqlStoreBuilder {
             .ok_or_else(|| Error::config("max_connections", "must be at least 1"))?;
         let mut opts = OptsBuilder::from_opts(self.opts?)
             .tcp_connect_timeout(Some(Duration::from_secs(10)))
-            .pool_opts(PoolOpts::default().with_constraints(constraints));
+            // No reset when a connection goes back to the pool (a round trip, and
+            // it drops the statement cache: every enqueue prepared its INSERT
+            // again): the store's own statements leave no session state behind;
+            // connections of callers' transactions and of claims in an unknown
+            // state are reset (see `with_transaction` and `held`).
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(constraints)
+                    .with_reset_connection(false),
+            );
         if let Some(tls) = &self.tls {
             tls.check_files("tls")?;
             opts = opts.ssl_opts(ssl_opts(tls));
@@ -466,6 +475,8 @@ fn micros(d: Duration) -> u64 {
 impl Store for MysqlStore {
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn()?;
+        // A session lock and DDL: reset the session when it goes back.
+        conn.reset_connection(true);
         // One migrator at a time per table, across processes (DDL commits implicitly,
         // so a session lock, released below, not a transaction).
         // MySQL 8 refuses lock names over 64 characters.
@@ -747,9 +758,10 @@ impl TxStore for MysqlStore {
         F: FnOnce(&mut mysql::Transaction<'_>) -> std::result::Result<R, E>,
         E: From<Error>,
     {
-        let tx = self
-            .inner
-            .pool
+        let mut conn = self.conn()?;
+        // The caller may change the session: reset it when it goes back.
+        conn.reset_connection(true);
+        let tx = conn
             .start_transaction(TxOpts::default())
             .map_err(|e| connect_error("beginning a transaction", e))?;
         run_in(tx, f)

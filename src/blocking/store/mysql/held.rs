@@ -4,9 +4,9 @@
 //!
 //! Round trips: one to open the transaction and lock the batch, one to mark (or
 //! delete) the published rows and commit. The connection goes back to the pool
-//! without the driver's reset (which would also drop its statement cache) only
-//! when its state is known to be clean; otherwise the reset on return rolls back
-//! whatever is open, or finds the connection dead and drops it.
+//! without the driver's reset (the pool's default) only when its state is known
+//! to be clean; otherwise the reset on return rolls back whatever is open, or
+//! finds the connection dead and drops it.
 
 use super::{decode, micros, MysqlStore};
 use crate::blocking::store::{Claim, FailedAttempt, HeldClaim, Lease, LockedClaim};
@@ -111,6 +111,8 @@ impl MysqlStore {
     /// Opens the transaction and locks up to `rows` claimable rows.
     fn lock_batch(&self, lease: &Lease, rows: usize) -> Result<(MysqlHeld, Vec<Row>)> {
         let mut conn = self.conn()?;
+        // Reset on return unless it ends cleanly (then set back).
+        conn.reset_connection(true);
         let limit = self.idle_limit(&mut conn)?;
         let sql = &self.inner.sql;
         let query = format!(
