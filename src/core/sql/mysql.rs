@@ -607,4 +607,45 @@ mod tests {
             .claim_candidates
             .contains("p.status IN ('pending', 'parked')"));
     }
+
+    #[test]
+    fn held_claims() {
+        let sql = MysqlSql::new(&TableName::parse("events").expect("valid"));
+        let claim = sql.claim_locked(500);
+        assert!(claim.contains("LIMIT 500"));
+        assert!(claim.ends_with("FOR UPDATE SKIP LOCKED"));
+        assert!(claim.contains("EXISTS (SELECT 1 FROM `events` v WHERE v.id = e.id)"));
+        assert_eq!(
+            IdleLimit::of_version("10.11.19-MariaDB-0+deb12u1"),
+            IdleLimit::MariaDb
+        );
+        assert_eq!(IdleLimit::of_version("8.0.36"), IdleLimit::MySql);
+        assert_eq!(
+            MysqlSql::begin_held(IdleLimit::MariaDb, 0),
+            "SET SESSION idle_transaction_timeout = 1; \
+             SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION"
+        );
+        assert!(MysqlSql::begin_held(IdleLimit::MySql, 30)
+            .starts_with("SET SESSION wait_timeout = 30;"));
+        let end = "SET SESSION wait_timeout = @@GLOBAL.wait_timeout";
+        assert_eq!(
+            sql.commit_held(&[], true, IdleLimit::MySql),
+            format!("COMMIT; {end}")
+        );
+        let delete = sql.commit_held(&[3, 4], true, IdleLimit::MySql);
+        assert!(
+            delete.starts_with("DELETE e FROM JSON_TABLE('[3,4]'"),
+            "{delete}"
+        );
+        assert!(delete.ends_with(&format!("; COMMIT; {end}")));
+        let keep = sql.commit_held(&[3, 4], false, IdleLimit::MySql);
+        assert!(keep.contains("status = 'dispatched'") && keep.contains("id IN (3, 4)"));
+        assert!(sql
+            .delete_dispatched(&[7], &[0u8; 16])
+            .starts_with("DELETE e FROM JSON_TABLE('[7]'"));
+        assert!(sql.held_release(&[1], 5).contains("INTERVAL 5 MICROSECOND"));
+        assert!(sql
+            .held_mark_failed(9, 0, failed_status(true, false))
+            .contains("WHERE id = 9 AND status = 'pending'"));
+    }
 }
