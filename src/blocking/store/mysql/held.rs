@@ -75,6 +75,7 @@ impl MysqlStore {
                 .filter_map(|r| r.get_opt::<i64, usize>(0).and_then(|v| v.ok()))
                 .collect();
             if !go_rows.is_empty() {
+                // A failed rollback leaves the connection to the pool's reset.
                 drop(held.rollback());
                 self.write(
                     "giving messages an id",
