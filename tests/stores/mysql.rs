@@ -5,7 +5,7 @@ use mysql::prelude::Queryable;
 use outboxer::store::MysqlStore;
 use outboxer::Error;
 
-fn url() -> String {
+pub fn url() -> String {
     std::env::var("OUTBOXER_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
@@ -14,7 +14,7 @@ pub struct My;
 
 impl Harness for My {
     type S = MysqlStore;
-    const ROW_LOCKS: bool = false;
+    const ROW_LOCKS: bool = true;
     fn try_store(table: &str) -> Result<MysqlStore, Error> {
         MysqlStore::builder(&url())
             .table(table)

@@ -1,16 +1,17 @@
-//! MySQL 8 / MariaDB 10.6+ store on the `mysql` crate: leases with
-//! `FOR UPDATE SKIP LOCKED` in a two-step claim (MariaDB has no `UPDATE .. RETURNING`),
-//! per-key enqueue locks on a small lock table, polling plus the in-process wake.
+//! MySQL 8 / MariaDB 10.6+ store on the `mysql` crate: claims held by row locks
+//! in an open transaction (see `held`), or leases with `FOR UPDATE SKIP LOCKED`
+//! in a two-step claim (MariaDB has no `UPDATE .. RETURNING`); per-key enqueue
+//! locks on a small lock table, polling plus the in-process wake.
 
 use super::{run_in, Finish};
 use super::{
-    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, ParkedMessage, Purgeable, Requeue,
-    Stats, Store, TxStore, Undecodable,
+    BatchLimit, Claim, Decoded, FailedAttempt, HeldKey, Lease, LockedClaim, ParkedMessage,
+    Purgeable, Requeue, Stats, Store, TxStore, Undecodable,
 };
 use crate::core::ident::TableName;
 use crate::core::redact::redact_url;
 use crate::core::rows;
-use crate::core::sql::mysql::{failed_status, MysqlSql, EXTRA_COLUMNS};
+use crate::core::sql::mysql::{failed_status, IdleLimit, MysqlSql, EXTRA_COLUMNS};
 use crate::message::{Message, MessageId, StoredMessage};
 use crate::tls::{Tls, TlsMode};
 use crate::{Error, Result};
@@ -19,8 +20,11 @@ use mysql::{
     ClientIdentity, IsolationLevel, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row,
     SslOpts, TxOpts, Value,
 };
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
+
+#[path = "mysql/held.rs"]
+mod held;
 
 // The enqueue path shared with the async store (compiled here without `.await`).
 use maybe_async::must_be_sync as maybe;
@@ -65,7 +69,9 @@ pub struct MysqlStore {
 struct Inner {
     pool: Pool,
     table: TableName,
-    sql: MysqlSql,
+    sql: Arc<MysqlSql>,
+    /// The server's bound on idle transactions, known after the first held claim.
+    idle_limit: OnceLock<IdleLimit>,
 }
 
 /// Settings of a [`MysqlStore`].
@@ -319,7 +325,16 @@ impl MysqlStoreBuilder {
             .ok_or_else(|| Error::config("max_connections", "must be at least 1"))?;
         let mut opts = OptsBuilder::from_opts(self.opts?)
             .tcp_connect_timeout(Some(Duration::from_secs(10)))
-            .pool_opts(PoolOpts::default().with_constraints(constraints));
+            // No reset when a connection goes back to the pool (a round trip, and
+            // it drops the statement cache: every enqueue prepared its INSERT
+            // again): the store's own statements leave no session state behind;
+            // connections of callers' transactions and of claims in an unknown
+            // state are reset (see `with_transaction` and `held`).
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(constraints)
+                    .with_reset_connection(false),
+            );
         if let Some(tls) = &self.tls {
             tls.check_files("tls")?;
             opts = opts.ssl_opts(ssl_opts(tls));
@@ -330,9 +345,10 @@ impl MysqlStoreBuilder {
         let pool = Pool::new(opts).map_err(|e| Error::db("connecting to MySQL", e))?;
         let store = MysqlStore {
             inner: Arc::new(Inner {
-                sql: MysqlSql::new(&table),
+                sql: Arc::new(MysqlSql::new(&table)),
                 table,
                 pool,
+                idle_limit: OnceLock::new(),
             }),
         };
         match store.inner.pool.get_conn() {
@@ -459,6 +475,8 @@ fn micros(d: Duration) -> u64 {
 impl Store for MysqlStore {
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn()?;
+        // A session lock and DDL: reset the session when it goes back.
+        conn.reset_connection(true);
         // One migrator at a time per table, across processes (DDL commits implicitly,
         // so a session lock, released below, not a transaction).
         // MySQL 8 refuses lock names over 64 characters.
@@ -518,6 +536,10 @@ impl Store for MysqlStore {
         tx.commit().map_err(db)?;
         let decoded = rows.into_iter().map(decode).collect::<Result<Vec<_>>>()?;
         Ok(Claim::from_rows(decoded))
+    }
+
+    fn claim_locked(&self, lease: &Lease, limit: BatchLimit) -> Result<Option<LockedClaim>> {
+        self.claim_held(lease, limit.rows, limit.bytes)
     }
 
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> Result<Vec<i64>> {
@@ -750,9 +772,10 @@ impl TxStore for MysqlStore {
         F: FnOnce(&mut mysql::Transaction<'_>) -> std::result::Result<R, E>,
         E: From<Error>,
     {
-        let tx = self
-            .inner
-            .pool
+        let mut conn = self.conn()?;
+        // The caller may change the session: reset it when it goes back.
+        conn.reset_connection(true);
+        let tx = conn
             .start_transaction(TxOpts::default())
             .map_err(|e| connect_error("beginning a transaction", e))?;
         run_in(tx, f)

@@ -48,6 +48,41 @@ pub const UTC_DEFAULT_COLUMNS: [&str; 2] = ["created_at", "available_at"];
 const NO_LEASE: &str =
     "locked_by = X'00000000000000000000000000000000', locked_until = '1970-01-01 00:00:01'";
 
+/// The columns of a row-lock claim (`e` is the table): the lease claim's
+/// [`MysqlSql::columns`], then the payload size.
+const HELD_COLUMNS: &str =
+    "e.id, e.message_id, e.payload, e.headers, e.options, e.ordering_key, e.attempts, \
+     CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', e.created_at) AS SIGNED)";
+
+/// The server's bound on a transaction's idle time, named after its variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleLimit {
+    /// MariaDB: `idle_transaction_timeout` ends a transaction idle that long.
+    MariaDb,
+    /// MySQL has no such variable: `wait_timeout` closes a connection idle that
+    /// long (in a transaction or not; reset when the claim ends).
+    MySql,
+}
+
+impl IdleLimit {
+    /// The session variable, in seconds.
+    pub fn variable(self) -> &'static str {
+        match self {
+            IdleLimit::MariaDb => "idle_transaction_timeout",
+            IdleLimit::MySql => "wait_timeout",
+        }
+    }
+
+    /// The server of a `SELECT VERSION()` answer.
+    pub fn of_version(version: &str) -> Self {
+        if version.to_ascii_lowercase().contains("mariadb") {
+            IdleLimit::MariaDb
+        } else {
+            IdleLimit::MySql
+        }
+    }
+}
+
 /// The statements of one table, built once.
 #[derive(Clone, Debug)]
 pub struct MysqlSql {
@@ -74,6 +109,8 @@ pub struct MysqlSql {
     pub table: String,
     /// The quoted key-lock table name.
     pub keys_table: String,
+    /// The claim index's name (unquoted).
+    pub status_index: String,
     /// Claim step 1: candidate ids by a consistent (non-locking) read: ($1 limit).
     pub claim_candidates: String,
     /// Claim step 4: the claimed rows' data, given an id list and token.
@@ -236,6 +273,7 @@ impl MysqlSql {
             ),
             table: t,
             keys_table,
+            status_index: format!("{name}_status_idx"),
         }
     }
 
@@ -310,6 +348,100 @@ impl MysqlSql {
         )
     }
 
+    /// A row-lock claim (inside an open READ COMMITTED transaction, nothing
+    /// written): the claimable rows, locked, in id order, with their payload sizes
+    /// last. Rows other transactions hold are skipped before the limit counts, so
+    /// a relay's next claim takes the next rows while its earlier batches are held.
+    ///
+    /// The key check is a consistent (non-locking) read, as in the candidates of
+    /// the lease claim: it sees the rows others hold. The outer row is read
+    /// locking (its newest version), so it must also be visible in that snapshot:
+    /// a row committed after the snapshot could follow an earlier row of its key
+    /// that the snapshot misses too (the key lock commits one key's rows in id
+    /// order, so a visible row's predecessors are visible).
+    pub fn claim_locked(&self, limit: usize) -> String {
+        let t = &self.table;
+        format!(
+            "SELECT {}, CAST(LENGTH(e.payload) AS SIGNED) FROM {t} e FORCE INDEX (`{}`)
+             WHERE e.status = 'pending' AND e.available_at <= UTC_TIMESTAMP(6)
+               AND e.locked_until < UTC_TIMESTAMP(6)
+               AND (e.ordering_key IS NULL OR (
+                     NOT EXISTS (SELECT 1 FROM {t} p
+                        WHERE p.ordering_key = e.ordering_key AND p.status IN ('pending', 'parked')
+                          AND p.id < e.id)
+                     AND EXISTS (SELECT 1 FROM {t} v WHERE v.id = e.id)))
+             ORDER BY e.id LIMIT {limit}
+             FOR UPDATE SKIP LOCKED",
+            HELD_COLUMNS, self.status_index
+        )
+    }
+
+    /// Opens a row-lock claim's transaction (READ COMMITTED: no gap locks, so the
+    /// held batch never blocks an enqueue) with the server's bound on its idle
+    /// time (`idle_secs`, see [`IdleLimit`]).
+    pub fn begin_held(limit: IdleLimit, idle_secs: u64) -> String {
+        format!(
+            "SET SESSION {} = {}; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
+            limit.variable(),
+            idle_secs.max(1)
+        )
+    }
+
+    /// Puts the idle bound back to the server's default (the connection goes back
+    /// to the shared pool).
+    pub fn end_held(limit: IdleLimit) -> String {
+        let v = limit.variable();
+        format!("SET SESSION {v} = @@GLOBAL.{v}")
+    }
+
+    /// Ends a row-lock claim: its published rows dispatched (or deleted), COMMIT,
+    /// and the idle bound reset, in one round trip. The ids are our own row ids.
+    pub fn commit_held(&self, ids: &[i64], delete: bool, limit: IdleLimit) -> String {
+        let end = Self::end_held(limit);
+        if ids.is_empty() {
+            return format!("COMMIT; {end}");
+        }
+        if delete {
+            format!("DELETE e FROM {}; COMMIT; {end}", self.by_ids(ids))
+        } else {
+            format!(
+                "UPDATE {} SET status = 'dispatched', dispatched_at = UTC_TIMESTAMP(6)
+                 WHERE id IN ({}) AND status = 'pending'; COMMIT; {end}",
+                self.table,
+                ids_list(ids)
+            )
+        }
+    }
+
+    /// One failed attempt of a held row: (?: error text).
+    pub fn held_mark_failed(&self, id: i64, delay_us: u64, status: &str) -> String {
+        format!(
+            "UPDATE {} SET attempts = attempts + 1, last_error = ?,
+                available_at = UTC_TIMESTAMP(6) + INTERVAL {delay_us} MICROSECOND, status = '{status}'
+             WHERE id = {id} AND status = 'pending'",
+            self.table
+        )
+    }
+
+    /// Held rows given back after a delay.
+    pub fn held_release(&self, ids: &[i64], delay_us: u64) -> String {
+        format!(
+            "UPDATE {} SET available_at = UTC_TIMESTAMP(6) + INTERVAL {delay_us} MICROSECOND
+             WHERE id IN ({})",
+            self.table,
+            ids_list(ids)
+        )
+    }
+
+    /// Go rows (no `message_id`) get one, committed before they are published.
+    pub fn assign_message_ids(&self, ids: &[i64]) -> String {
+        format!(
+            "UPDATE {} SET message_id = UNHEX(REPLACE(UUID(), '-', '')) WHERE id IN ({}) AND message_id IS NULL",
+            self.table,
+            ids_list(ids)
+        )
+    }
+
     /// Marks rows dispatched if they still hold the lease.
     pub fn mark_dispatched(&self, ids: &[i64], token: &[u8; 16]) -> String {
         format!(
@@ -324,10 +456,23 @@ impl MysqlSql {
     /// Deletes dispatched rows if they still hold the lease (a retention of zero).
     pub fn delete_dispatched(&self, ids: &[i64], token: &[u8; 16]) -> String {
         format!(
-            "DELETE FROM {} WHERE id IN ({}) AND locked_by = {} AND status = 'pending'",
-            self.table,
-            ids_list(ids),
+            "DELETE e FROM {} WHERE e.locked_by = {} AND e.status = 'pending'",
+            self.by_ids(ids),
             hex(token)
+        )
+    }
+
+    /// The rows `e` of these ids, looked up one by one in the primary key. A
+    /// `DELETE .. WHERE id IN (..)` may scan the table instead (the optimizer's
+    /// choice on a small table), and a DELETE, unlike an UPDATE, waits for every
+    /// row lock it meets on its way, also those of rows it would not delete: the
+    /// batches other claims hold, which may wait for this one (seen as a hang
+    /// until the idle limit ended them).
+    fn by_ids(&self, ids: &[i64]) -> String {
+        format!(
+            "JSON_TABLE('[{}]', '$[*]' COLUMNS (id BIGINT PATH '$')) AS j STRAIGHT_JOIN {} AS e ON e.id = j.id",
+            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
+            self.table
         )
     }
 
@@ -474,5 +619,46 @@ mod tests {
         assert!(sql
             .claim_candidates
             .contains("p.status IN ('pending', 'parked')"));
+    }
+
+    #[test]
+    fn held_claims() {
+        let sql = MysqlSql::new(&TableName::parse("events").expect("valid"));
+        let claim = sql.claim_locked(500);
+        assert!(claim.contains("LIMIT 500"));
+        assert!(claim.ends_with("FOR UPDATE SKIP LOCKED"));
+        assert!(claim.contains("EXISTS (SELECT 1 FROM `events` v WHERE v.id = e.id)"));
+        assert_eq!(
+            IdleLimit::of_version("10.11.19-MariaDB-0+deb12u1"),
+            IdleLimit::MariaDb
+        );
+        assert_eq!(IdleLimit::of_version("8.0.36"), IdleLimit::MySql);
+        assert_eq!(
+            MysqlSql::begin_held(IdleLimit::MariaDb, 0),
+            "SET SESSION idle_transaction_timeout = 1; \
+             SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION"
+        );
+        assert!(MysqlSql::begin_held(IdleLimit::MySql, 30)
+            .starts_with("SET SESSION wait_timeout = 30;"));
+        let end = "SET SESSION wait_timeout = @@GLOBAL.wait_timeout";
+        assert_eq!(
+            sql.commit_held(&[], true, IdleLimit::MySql),
+            format!("COMMIT; {end}")
+        );
+        let delete = sql.commit_held(&[3, 4], true, IdleLimit::MySql);
+        assert!(
+            delete.starts_with("DELETE e FROM JSON_TABLE('[3,4]'"),
+            "{delete}"
+        );
+        assert!(delete.ends_with(&format!("; COMMIT; {end}")));
+        let keep = sql.commit_held(&[3, 4], false, IdleLimit::MySql);
+        assert!(keep.contains("status = 'dispatched'") && keep.contains("id IN (3, 4)"));
+        assert!(sql
+            .delete_dispatched(&[7], &[0u8; 16])
+            .starts_with("DELETE e FROM JSON_TABLE('[7]'"));
+        assert!(sql.held_release(&[1], 5).contains("INTERVAL 5 MICROSECOND"));
+        assert!(sql
+            .held_mark_failed(9, 0, failed_status(true, false))
+            .contains("WHERE id = 9 AND status = 'pending'"));
     }
 }
