@@ -16,8 +16,15 @@ pub struct Mysql {
 
 impl Mysql {
     pub fn from_env() -> BoxResult<Mysql> {
-        let url = std::env::var("OUTBOXER_MYSQL_URL")
+        let mut url = std::env::var("OUTBOXER_MYSQL_URL")
             .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+        // The mysql crate moves a connection to 127.0.0.1 onto the Unix socket;
+        // over TCP the server's threads serving the bench are known by client port
+        // (the database CPU per message leaves other clients' connections out).
+        if !url.contains("prefer_socket") {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str("prefer_socket=false");
+        }
         let opts = Opts::from_url(&url).map_err(|e| format!("OUTBOXER_MYSQL_URL: {e}"))?;
         Ok(Mysql { url, opts })
     }
