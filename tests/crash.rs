@@ -8,9 +8,14 @@
 //! test `crash_child_relay`. Default (CI) mode: about 10 kills and 1500 messages
 //! per store. `OUTBOXER_CRASH_FULL=1`: at least 100 kills per store.
 //! Every run prints one `CRASH store=.. kills=.. ...` line (see it with `--nocapture`).
+//! `takeover` (crash_kit/takeover.rs) times how soon a SIGKILLed relay's held
+//! batch is published by another relay: row locks vs leases.
 #![cfg(all(feature = "postgres", feature = "amqp"))]
 
 mod common;
+// Takeover timing after a SIGKILL, row locks vs leases (issue 16).
+#[path = "crash_kit/takeover.rs"]
+mod takeover;
 
 use amiquip::{Connection, ConsumerMessage, ConsumerOptions};
 use common::{amqp_url, pg_url, stream, unique};
