@@ -8,7 +8,6 @@
 
 use super::{pg_store, serial, Consumer, Kind, Place};
 use crate::common::{pg_url, stream, unique};
-use outboxer::store::Store;
 use outboxer::stream::{amqp, AmqpStream, Deadline, Validate};
 use outboxer::{ClaimMode, Message, Outbox, StoredMessage, Stream};
 use std::collections::HashMap;
