@@ -472,6 +472,7 @@ proptest! {
             report_interval,
             metrics_interval,
             metrics_route_label: true,
+            claim_mode: outboxer::ClaimMode::RowLocks,
         };
         match (c.validate(), first_bad_field(&c)) {
             (Ok(()), None) => {}
