@@ -71,7 +71,8 @@
 //!    stream's properties (`message_properties`: a `message_id` property, a timestamp
 //!    and the message-id header), 1000 publishes then wait for all their confirms,
 //!    repeated. Best of three runs.
-//! 3d. `db_ceiling_per_s` — the relay's database statements alone, no publishing:
+//!
+//!    Phase 3d, `db_ceiling_per_s` — the relay's database statements alone, no publishing:
 //!    N messages enqueued, then claim + mark loops on one thread until the table is
 //!    drained, batch sizes 500 and 1000, the best counts. New mode: `claim_locked` +
 //!    the held claim's `commit(ids, delete)`; old mode: a lease `claim` +
