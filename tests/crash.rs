@@ -15,9 +15,15 @@
 //! every 10th commit, before its ack (a nack with requeue), so that duplicates
 //! arrive in every run, not only after kills. The effects table must hold each
 //! committed message exactly once.
+//!
+//! `takeover` (crash_kit/takeover.rs) times how soon a SIGKILLed relay's held
+//! batch is published by another relay: row locks vs leases.
 #![cfg(all(feature = "postgres", feature = "amqp"))]
 
 mod common;
+// Takeover timing after a SIGKILL, row locks vs leases (issue 16).
+#[path = "crash_kit/takeover.rs"]
+mod takeover;
 
 use amiquip::{Connection, ConsumerMessage, ConsumerOptions};
 use common::{amqp_url, pg_url, stream, unique};

@@ -6,7 +6,9 @@ mod common;
 use common::*;
 use outboxer::store::{PostgresStore, Requeue, Store};
 use outboxer::stream::{amqp, AmqpStream, Deadline, Validate};
-use outboxer::{Error, FailureAction, Message, MessageId, Outbox, Result, StoredMessage, Stream};
+use outboxer::{
+    ClaimMode, Error, FailureAction, Message, MessageId, Outbox, Result, StoredMessage, Stream,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -697,15 +699,20 @@ fn lease_holder_keeps_its_rows_and_expired_leases_are_taken_over() {
     drop_table(&table);
 }
 
-/// Not a test: the relay process that `relay_killed_with_sigkill_loses_nothing` spawns
-/// and kills. It runs until killed.
+/// Not a test: the relay process that the `relay_killed_with_sigkill_loses_nothing_*`
+/// tests spawn and kill, in the claim mode they name. It runs until killed.
 #[test]
-#[ignore = "helper process, spawned by relay_killed_with_sigkill_loses_nothing"]
+#[ignore = "helper process, spawned by relay_killed_with_sigkill_loses_nothing_*"]
 fn child_relay_process() {
-    let table = std::env::var("OUTBOXER_CHILD_TABLE").expect("only run by the SIGKILL test");
+    let table = std::env::var("OUTBOXER_CHILD_TABLE").expect("only run by the SIGKILL tests");
+    let mode = match std::env::var("OUTBOXER_CHILD_MODE").as_deref() {
+        Ok("leases") => ClaimMode::Leases,
+        _ => ClaimMode::RowLocks,
+    };
     let outbox = Outbox::builder()
         .store(store(&table))
         .stream(stream())
+        .claim_mode(mode)
         .batch_size(50)
         .lease(Duration::from_secs(3))
         .check_interval(Duration::from_millis(20))
@@ -717,8 +724,33 @@ fn child_relay_process() {
     }
 }
 
-#[test]
-fn relay_killed_with_sigkill_loses_nothing() {
+/// Whether the child holds claimed rows right now. Leases: rows leased (it shows in
+/// the table and outlives the child). Row locks: nothing is written; the claim's
+/// transaction stays open while its batch is published, so its connection is
+/// `idle in transaction` (or running a statement in it) after a claim on our table.
+fn holds_claim(table: &str, mode: ClaimMode, st: &PostgresStore) -> bool {
+    match mode {
+        ClaimMode::Leases => st.stats().expect("stats").leased > 0,
+        _ => {
+            let n: i64 = pg()
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE xact_start IS NOT NULL \
+                     AND pid <> pg_backend_pid() AND query LIKE '%' || $1 || '%' \
+                     AND query LIKE '%FOR UPDATE SKIP LOCKED%'",
+                    &[&table],
+                )
+                .expect("pg_stat_activity")
+                .get(0);
+            n > 0
+        }
+    }
+}
+
+/// A relay process SIGKILLed mid-stream, while it holds a claim, loses nothing, and
+/// repeats at most what it had published but not yet marked. Leases: the rows wait
+/// for the dead relay's lease. Row locks: they are free as soon as its connection
+/// is gone (timed in tests/crash.rs, takeover).
+fn relay_killed_with_sigkill_loses_nothing(mode: ClaimMode) {
     const N: usize = 10_000;
     let table = unique("kill");
     let ex = unique("ex");
@@ -732,24 +764,36 @@ fn relay_killed_with_sigkill_loses_nothing() {
         let o = Outbox::builder().store(st.clone()).build().expect("outbox");
         sent.extend(o.send_batch(chunk).expect("send"));
     }
-    // A relay holds no lease for the instant between marking a batch and its next
-    // claim committing, so a kill can land there (seen in CI: 350 marked, 0 leased).
-    // The case needs a relay killed while it holds leases: kill, look, and if the
-    // kill missed them, start another child (it resumes where the last one stopped).
+    // A relay holds nothing for the instant between marking a batch and its next
+    // claim, so a kill can land there (seen in CI: 350 marked, 0 leased). The case
+    // needs a relay killed while it holds a claim: leases are checked after the
+    // kill (they outlive it); row locks go with the connection, so the kill follows
+    // right after seeing one held. If the kill missed, another child is started (it
+    // resumes where the last one stopped).
     let exe = std::env::current_exe().expect("test binary");
+    let mode_name = if mode == ClaimMode::Leases {
+        "leases"
+    } else {
+        "row_locks"
+    };
     let mut before = Vec::new();
     let mut s = st.stats().expect("stats");
     let mut kills = 0;
+    let mut held_at_kill = false;
     for _attempt in 0..5 {
         kills += 1;
         let mut child = std::process::Command::new(&exe)
             .args(["--exact", "child_relay_process", "--ignored", "--quiet"])
             .env("OUTBOXER_CHILD_TABLE", &table)
+            .env("OUTBOXER_CHILD_MODE", mode_name)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("spawn relay process");
         let want = before.len() + 300;
         sink.collect_into(&mut before, want, Duration::from_secs(60));
+        if mode != ClaimMode::Leases {
+            held_at_kill = wait_until(Duration::from_secs(5), || holds_claim(&table, mode, &st));
+        }
         child.kill().expect("SIGKILL"); // std sends SIGKILL on Unix
         let _ = child.wait();
         assert!(
@@ -758,20 +802,27 @@ fn relay_killed_with_sigkill_loses_nothing() {
             before.len()
         );
         s = st.stats().expect("stats");
-        if s.leased > 0 {
+        if mode == ClaimMode::Leases {
+            held_at_kill = s.leased > 0;
+        }
+        if held_at_kill {
             break;
         }
     }
     assert!(s.pending > 0, "killed mid-stream: {s:?}");
     assert!(
-        s.leased > 0,
-        "5 kills, none while the relay held leases: {s:?}"
+        held_at_kill,
+        "5 kills, none while the relay held a claim: {s:?}"
     );
+    if mode != ClaimMode::Leases {
+        assert_eq!(s.leased, 0, "row-lock claims write no lease: {s:?}");
+    }
 
-    // Another relay takes over once the dead one's leases expire.
+    // Another relay takes over: at once with row locks, after the leases otherwise.
     let survivor = Outbox::builder()
         .store(st.clone())
         .stream(stream())
+        .claim_mode(mode)
         .check_interval(Duration::from_millis(50))
         .build()
         .expect("outbox");
@@ -800,6 +851,16 @@ fn relay_killed_with_sigkill_loses_nothing() {
     assert_eq!(st.stats().expect("stats").dispatched, N as u64);
     relay.stop().expect("stop");
     drop_table(&table);
+}
+
+#[test]
+fn relay_killed_with_sigkill_loses_nothing_leases() {
+    relay_killed_with_sigkill_loses_nothing(ClaimMode::Leases);
+}
+
+#[test]
+fn relay_killed_with_sigkill_loses_nothing_row_locks() {
+    relay_killed_with_sigkill_loses_nothing(ClaimMode::RowLocks);
 }
 
 // ---- The relay keeps moving (issue 12): hooks around the real AMQP stream. ----

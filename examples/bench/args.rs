@@ -1,11 +1,15 @@
 //! The command line.
 
+use crate::mode::Mode;
+
 /// Command line: `--messages N` (default 20000), `--store NAME`, `--stream NAME`,
-/// `--breakdown`.
+/// `--modes old,new` (default both), `--breakdown`.
 pub struct Args {
     pub messages: usize,
     pub store: StoreKind,
     pub stream: StreamKind,
+    /// The relay modes measured side by side, in this order.
+    pub modes: Vec<Mode>,
     pub breakdown: bool,
     pub async_api: bool,
 }
@@ -69,11 +73,12 @@ impl StoreKind {
 
 pub fn parse_args() -> Result<Args, String> {
     const USAGE: &str = "usage: --messages N --store postgres|mysql|sqlite|sqlserver \
-                         --stream amqp|kafka|pubsub|sqs|kinesis [--breakdown] [--async]";
+                         --stream amqp|kafka|pubsub|sqs|kinesis [--modes old,new] [--breakdown] [--async]";
     let mut parsed = Args {
         messages: 20_000,
         store: StoreKind::Postgres,
         stream: StreamKind::Amqp,
+        modes: vec![Mode::Old, Mode::New],
         breakdown: false,
         async_api: false,
     };
@@ -92,7 +97,7 @@ pub fn parse_args() -> Result<Args, String> {
             Some((name, value)) => (name.to_string(), Some(value.to_string())),
             None => (arg.clone(), None),
         };
-        if name != "--messages" && name != "--store" && name != "--stream" {
+        if !["--messages", "--store", "--stream", "--modes"].contains(&name.as_str()) {
             return Err(format!("unknown argument {arg:?} ({USAGE})"));
         }
         let value = match inline {
@@ -105,6 +110,8 @@ pub fn parse_args() -> Result<Args, String> {
             parsed.store = StoreKind::parse(&value)?;
         } else if name == "--stream" {
             parsed.stream = StreamKind::parse(&value)?;
+        } else if name == "--modes" {
+            parsed.modes = Mode::parse_list(&value)?;
         } else {
             parsed.messages = value
                 .parse()

@@ -1,17 +1,44 @@
-//! `--breakdown`: timing decorators of the store and stream, CPU use per process.
+//! `--breakdown`: timing decorators of the store and stream.
+//!
+//! The timing store forwards every `Store` method the relay uses, row-lock claims
+//! (`claim_locked`, its held claim timed through to the commit) and
+//! `delete_dispatched` included: a decorator that left `claim_locked` to the trait's
+//! default would make the relay fall back to leases without a word, so the claims
+//! of each kind are counted and the bench checks the mode that ran.
 
-use outboxer::store::{BatchLimit, Claim, FailedAttempt, Lease, Requeue, Stats, WakeListener};
+use outboxer::store::{
+    BatchLimit, Claim, FailedAttempt, HeldClaim, Lease, LockedClaim, Requeue, Stats, WakeListener,
+};
 use outboxer::stream::{Deadline, Validate};
 use outboxer::{Message, Store, StoredMessage, Stream};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A store that times `claim` and `mark_dispatched` (`--breakdown`).
+/// A store that times the claims and the dispatched marks (`--breakdown`).
 pub struct TimedStore<S> {
     pub inner: S,
     pub timings: Arc<Timings>,
+}
+
+/// A row-lock claim's transaction, its commit (the dispatched mark and COMMIT)
+/// timed as the mark.
+struct TimedHeld {
+    inner: Box<dyn HeldClaim>,
+    timings: Arc<Timings>,
+}
+
+impl HeldClaim for TimedHeld {
+    fn mark_failed(&mut self, failures: &[FailedAttempt]) -> outboxer::Result<usize> {
+        self.inner.mark_failed(failures)
+    }
+    fn release(&mut self, ids: &[i64], retry_in: Duration) -> outboxer::Result<usize> {
+        self.inner.release(ids, retry_in)
+    }
+    fn commit(self: Box<Self>, dispatched: &[i64], delete: bool) -> outboxer::Result<Vec<i64>> {
+        let TimedHeld { inner, timings } = *self;
+        timings.mark.time(|| inner.commit(dispatched, delete))
+    }
 }
 
 impl<S: Store> Store for TimedStore<S> {
@@ -22,12 +49,37 @@ impl<S: Store> Store for TimedStore<S> {
         self.inner.enqueue(messages)
     }
     fn claim(&self, lease: &Lease, limit: BatchLimit) -> outboxer::Result<Claim> {
+        self.timings.leased.fetch_add(1, Ordering::Relaxed);
         self.timings.claim.time(|| self.inner.claim(lease, limit))
+    }
+    fn claim_locked(
+        &self,
+        lease: &Lease,
+        limit: BatchLimit,
+    ) -> outboxer::Result<Option<LockedClaim>> {
+        let claimed = self
+            .timings
+            .claim
+            .time(|| self.inner.claim_locked(lease, limit))?;
+        let Some(LockedClaim { claim, held }) = claimed else {
+            return Ok(None);
+        };
+        self.timings.locked.fetch_add(1, Ordering::Relaxed);
+        let held = Box::new(TimedHeld {
+            inner: held,
+            timings: Arc::clone(&self.timings),
+        });
+        Ok(Some(LockedClaim { claim, held }))
     }
     fn mark_dispatched(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<Vec<i64>> {
         self.timings
             .mark
             .time(|| self.inner.mark_dispatched(lease, ids))
+    }
+    fn delete_dispatched(&self, lease: &Lease, ids: &[i64]) -> outboxer::Result<Vec<i64>> {
+        self.timings
+            .mark
+            .time(|| self.inner.delete_dispatched(lease, ids))
     }
     fn mark_failed(&self, lease: &Lease, failures: &[FailedAttempt]) -> outboxer::Result<usize> {
         self.inner.mark_failed(lease, failures)
@@ -65,6 +117,12 @@ impl<S: Store> Store for TimedStore<S> {
     fn wake_listener(&self) -> outboxer::Result<Option<Box<dyn WakeListener>>> {
         self.inner.wake_listener()
     }
+    fn missing_indexes(&self) -> outboxer::Result<Option<Vec<String>>> {
+        self.inner.missing_indexes()
+    }
+    fn table_name(&self) -> String {
+        self.inner.table_name()
+    }
 }
 
 /// A stream that times `publish` (publishes plus waiting for confirms).
@@ -90,12 +148,17 @@ impl Stream for TimedStream {
     }
 }
 
-/// Busy time of the relays' claim, mark and publish calls (`--breakdown`).
+/// Busy time of the relays' claim, mark and publish calls, and the claims of each
+/// kind (`--breakdown`).
 #[derive(Default)]
 pub struct Timings {
     pub claim: Timer,
     pub mark: Timer,
     pub publish: Timer,
+    /// Row-lock claims that held their rows (`claim_locked` returned a claim).
+    pub locked: AtomicU64,
+    /// Lease claims (`claim`).
+    pub leased: AtomicU64,
 }
 
 #[derive(Default)]
@@ -128,105 +191,21 @@ impl Timer {
 impl Timings {
     pub fn print(&self, wall: Duration, relays: usize) {
         println!(
-            "    breakdown over {:.2} s x {relays} relay(s): {}; {}; {}",
+            "    breakdown over {:.2} s x {relays} relay(s): {}; {}; {}; claims: {} row-lock, {} lease",
             wall.as_secs_f64(),
             self.publish.describe("publish", wall, relays),
             self.claim.describe("claim", wall, relays),
-            self.mark.describe("mark_dispatched", wall, relays),
+            self.mark.describe("mark (or commit)", wall, relays),
+            self.locked.load(Ordering::Relaxed),
+            self.leased.load(Ordering::Relaxed),
         );
     }
-}
 
-/// CPU time per process name and for the whole machine, from `/proc` (Linux,
-/// `--breakdown` only), in clock ticks.
-pub struct CpuSample {
-    /// pid -> (name, ticks); kernel threads change their name, so keyed by pid.
-    by_pid: HashMap<u32, (String, u64)>,
-    machine_busy: u64,
-    machine_total: u64,
-    at: Instant,
-}
-
-impl CpuSample {
-    pub fn take() -> Option<CpuSample> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let line = stat.lines().next()?.strip_prefix("cpu ")?;
-        // user nice system idle iowait irq softirq steal
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .take(8)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let machine_total: u64 = v.iter().sum();
-        let machine_busy = machine_total.saturating_sub(v.get(3)? + v.get(4)?);
-        let mut by_pid = HashMap::new();
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ... utime stime: fields 14 and 15.
-            let (Some(open), Some(close)) = (text.find('('), text.rfind(')')) else {
-                continue;
-            };
-            let name = text[open + 1..close]
-                .split(['/', '-'])
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
-            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-            if let (Some(u), Some(s)) = (ticks(11), ticks(12)) {
-                by_pid.insert(pid, (name, u + s));
-            }
-        }
-        Some(CpuSample {
-            by_pid,
-            machine_busy,
-            machine_total,
-            at: Instant::now(),
-        })
-    }
-
-    /// "cpu 190% of 200%: beam.smp 95% = 50 µs/msg, postgres 60% = 31 µs/msg, .." since
-    /// `before`, for a run of `messages` messages.
-    pub fn since(before: &Option<CpuSample>, messages: u64) -> String {
-        let (Some(a), Some(b)) = (before, CpuSample::take()) else {
-            return "cpu use unknown".into();
-        };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let total = b.machine_total.saturating_sub(a.machine_total).max(1) as f64;
-        let pct = |ticks: u64| ticks as f64 / total * 100.0 * cores;
-        // CPU time per message: the share of all cores' time, times the wall time.
-        let wall = b.at.duration_since(a.at).as_secs_f64();
-        let us_per_msg = |ticks: u64| pct(ticks) / 100.0 * wall * 1e6 / messages.max(1) as f64;
-        let mut by_name: HashMap<&str, u64> = HashMap::new();
-        for (pid, (name, t)) in &b.by_pid {
-            let before = a.by_pid.get(pid).map_or(0, |(_, t0)| *t0);
-            *by_name.entry(name).or_insert(0) += t.saturating_sub(before);
-        }
-        let mut used: Vec<(u64, &str)> = by_name
-            .into_iter()
-            .filter(|(_, t)| *t > 0)
-            .map(|(name, t)| (t, name))
-            .collect();
-        used.sort_by(|x, y| y.cmp(x));
-        let top: Vec<String> = used
-            .iter()
-            .take(4)
-            .map(|(t, name)| format!("{name} {:.0}% = {:.0} µs/msg", pct(*t), us_per_msg(*t)))
-            .collect();
-        format!(
-            "cpu {:.0}% of {:.0}%: {}",
-            pct(b.machine_busy.saturating_sub(a.machine_busy)),
-            cores * 100.0,
-            top.join(", ")
+    /// How the claims ran.
+    pub fn claims(&self) -> crate::mode::Claims {
+        crate::mode::Claims::from_counts(
+            self.locked.load(Ordering::Relaxed),
+            self.leased.load(Ordering::Relaxed),
         )
     }
 }

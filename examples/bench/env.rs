@@ -24,6 +24,8 @@ pub struct Env {
     pub exchange: String,
     pub queue: String,
     pub messages: usize,
+    /// The relay modes of phases 3d to 5 (`--modes`).
+    pub modes: Vec<crate::mode::Mode>,
     /// Time the relay's store and stream calls (phases 4 and 5) and print where time goes.
     pub breakdown: bool,
     /// Phases 2, 4, 5 and 6 through `outboxer::async_impl` (`--async`).
@@ -50,6 +52,7 @@ impl Env {
             exchange: format!("bench_{pid}_ex"),
             queue: format!("bench_{pid}_q"),
             messages: args.messages,
+            modes: args.modes.clone(),
             breakdown: args.breakdown,
             async_api: args.async_api,
         }

@@ -71,15 +71,37 @@
 //!    stream's properties (`message_properties`: a `message_id` property, a timestamp
 //!    and the message-id header), 1000 publishes then wait for all their confirms,
 //!    repeated. Best of three runs.
-//! 4. `relay_per_s` — N messages enqueued first, then ONE relay (`check_interval` 10 ms,
-//!    no cleanup) timed from `start()` until its `published` counter reaches N; batch
-//!    sizes 500 and 1000, the best is reported. `ratio` is `relay_per_s / ceiling_per_s`.
+//!
+//!    Phase 3d, `db_ceiling_per_s` — the relay's database statements alone, no publishing:
+//!    N messages enqueued, then claim + mark loops on one thread until the table is
+//!    drained, batch sizes 500 and 1000, the best counts. New mode: `claim_locked` +
+//!    the held claim's `commit(ids, delete)`; old mode: a lease `claim` +
+//!    `mark_dispatched`. `limit_per_s = 1 / (1/ceiling_per_s + 1/db_ceiling_per_s)`
+//!    is what a relay sharing the machine with its database and broker can reach;
+//!    `relay_vs_limit = relay_per_s / limit_per_s`.
+//! 4. `relay_per_s` — N messages enqueued first, then ONE relay (`check_interval` 10 ms)
+//!    timed from `start()` until its `published` counter reaches N; batch sizes 500
+//!    and 1000, the best is reported. `ratio` is `relay_per_s / ceiling_per_s`. Each
+//!    run also measures the database server's CPU time (`/proc/<pid>/task/*/schedstat`
+//!    of the `postgres` / `mariadbd` processes, without the connections of other
+//!    clients, told apart by client port) and its WAL / redo bytes (PostgreSQL:
+//!    `pg_current_wal_lsn()` diff; MariaDB: `Innodb_lsn_current` diff; both
+//!    server-wide), per relayed message. The old mode's run is followed by its
+//!    deferred cost, measured apart: the cleanup statement (`Store::cleanup`) deleting
+//!    the kept rows (`old_cleanup_*`).
 //! 5. `relay2_per_s` — the same with TWO `Outbox` instances (each with its own store and
 //!    stream) on one table, started together, timed until the sum of `published` is N.
-//! 6. `p50_ms` / `p99_ms` — commit-to-publish latency at a steady 200 msg/s: one relay
+//! 6. `p50_ms` / `p99_ms` — commit-to-publish latency at a steady 200 msg/s (new mode): one relay
 //!    with `check_interval` 1 s (so the wake-up on `send` does the work, not polling),
 //!    2000 messages sent one by one with `Outbox::send`; per message, the time from
 //!    `send` returning to its `Delivered` arriving on `relay.ok()`.
+//!
+//! `--modes old,new` (the default; or one of them): phases 3d, 4 and 5 run in both
+//! relay modes side by side, interleaved batch size by batch size. *new* is the
+//! default since issue 16: `ClaimMode::RowLocks` (where the store can hold row
+//! locks; SQLite, and stores not yet converted, lease) and delete on dispatch
+//! (`cleanup_before(Duration::ZERO)`). *old* is the mode before it:
+//! `ClaimMode::Leases`, dispatched rows kept (5 days) with the cleanup thread on.
 //!
 //! Phases 2 and 4 to 6 are the same code for every store (generic over [`Store`]).
 //! With `--breakdown`, phases 3 to 5 also print the machine's CPU use per process
@@ -87,8 +109,11 @@
 //! decorators (through the public `Store` and `Stream` traits) to show how busy the
 //! relay's claim, publish and mark steps were, and what the database wrote (PostgreSQL:
 //! WAL bytes; MySQL/MariaDB: redo bytes, fsyncs, statements and index reads from
-//! `SHOW GLOBAL STATUS`, server-wide). The default run measures the plain stores and
-//! `AmqpStream`.
+//! `SHOW GLOBAL STATUS`, server-wide). The timing store forwards `claim_locked` (its
+//! held claim's commit timed as the mark) and `delete_dispatched`, counts the claims
+//! of each kind, and a run whose claims are not what the mode means on that store
+//! (asked with a `claim_locked` probe on the empty table) fails. The default run
+//! measures the plain stores and `AmqpStream`.
 //!
 //! `--async` (PostgreSQL only, needs the `async` feature) runs phases 2 and 4 to 6
 //! through `outboxer::async_impl` on a current-thread tokio runtime: `send_batch` /
@@ -102,11 +127,18 @@
 //! The last line of output is machine-readable, the same for every store (the line
 //! before it names the store):
 //! `RESULT relay_per_s=.. ceiling_per_s=.. ratio=.. relay2_per_s=.. enqueue_per_s=..
-//! insert_per_s=.. enqueue_ratio=.. p50_ms=.. p99_ms=..`.
+//! insert_per_s=.. enqueue_ratio=.. p50_ms=.. p99_ms=..` (the new mode), then
+//! `old_relay_per_s old_ratio old_relay2_per_s`, `db_cpu_us_per_msg` /
+//! `old_db_cpu_us_per_msg`, `wal_bytes_per_msg` / `old_wal_bytes_per_msg`,
+//! `db_ceiling_per_s` / `old_..`, `limit_per_s` / `old_..`, `relay_vs_limit` /
+//! `old_..`, `old_cleanup_db_cpu_us_per_msg`, `old_cleanup_wal_bytes_per_msg`, and
+//! `claims=row_locks|leases old_claims=..` (`na`: not measured).
 //! Tables, the exchange and the queue are removed at the end, also after an error.
 //!
 //! Layout: this file runs the phases in order and prints the results; `args` reads
-//! the command line, `env` holds the run's settings, names and messages; `phases/`
+//! the command line, `env` holds the run's settings, names and messages; `mode` the
+//! two relay modes, `compare` runs phases 3d to 5 in each, `report` the RESULT line,
+//! `cpu` CPU time from `/proc`; `phases/`
 //! holds the phases that are the same for every store and stream (phase 3, the
 //! broker's raw ceiling, is in each `streams/` module); `stores/` one module per
 //! database (phase 1 and the tables), `streams/` one per broker (setup, ceiling,
@@ -114,13 +146,18 @@
 
 mod args;
 mod breakdown;
+mod compare;
+mod cpu;
 mod env;
+mod mode;
 mod phases;
+mod report;
 mod stores;
 mod streams;
 
 use args::{parse_args, StoreKind, StreamKind};
 use env::Env;
+use report::Results;
 use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -206,17 +243,6 @@ fn try_main() -> BoxResult<()> {
     }
 }
 
-/// Everything measured, for the RESULT line.
-struct Results {
-    insert_per_s: f64,
-    enqueue_per_s: f64,
-    ceiling_per_s: f64,
-    relay_per_s: f64,
-    relay2_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
 /// Sets up the broker, runs every phase on `db`, cleans up and prints the RESULT line.
 fn bench<B: Backend>(env: &Env, db: &B) -> BoxResult<()> {
     let destination = match env.stream {
@@ -255,19 +281,7 @@ fn bench<B: Backend>(env: &Env, db: &B) -> BoxResult<()> {
         },
         if env.async_api { "async" } else { "blocking" }
     );
-    println!(
-        "RESULT relay_per_s={:.2} ceiling_per_s={:.2} ratio={:.2} relay2_per_s={:.2} \
-         enqueue_per_s={:.2} insert_per_s={:.2} enqueue_ratio={:.2} p50_ms={:.2} p99_ms={:.2}",
-        r.relay_per_s,
-        r.ceiling_per_s,
-        r.relay_per_s / r.ceiling_per_s,
-        r.relay2_per_s,
-        r.enqueue_per_s,
-        r.insert_per_s,
-        r.insert_per_s / r.enqueue_per_s,
-        r.p50_ms,
-        r.p99_ms,
-    );
+    println!("{}", r.line());
     Ok(())
 }
 
@@ -306,21 +320,7 @@ fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
         ceiling_per_s = ceiling_per_s.max(r);
     }
 
-    let mut relay_per_s: f64 = 0.0;
-    for batch in BATCH_SIZES {
-        let r = rate(n, phases::relay(env, db, broker, 1, batch)?);
-        println!(
-            "[4] relay     {r:>10.2} msg/s   (1 relay, batch_size {batch}; {:.2} of ceiling)",
-            r / ceiling_per_s
-        );
-        relay_per_s = relay_per_s.max(r);
-    }
-
-    let relay2_per_s = rate(n, phases::relay(env, db, broker, 2, BATCH_SIZES[1])?);
-    println!(
-        "[5] relay x2  {relay2_per_s:>10.2} msg/s   (2 relays on one table, batch_size {})",
-        BATCH_SIZES[1]
-    );
+    let modes = compare::measure_modes(env, db, broker, ceiling_per_s)?;
 
     let (p50_ms, p99_ms) = phases::latency(env, db, broker)?;
     println!(
@@ -333,13 +333,12 @@ fn run<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResult<Results> {
         insert_per_s,
         enqueue_per_s,
         ceiling_per_s,
-        relay_per_s,
-        relay2_per_s,
         p50_ms,
         p99_ms,
+        modes,
     })
 }
 
-fn rate(n: usize, took: Duration) -> f64 {
+pub fn rate(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64().max(1e-9)
 }

@@ -1,5 +1,6 @@
 //! Phase 6, `p50_ms` / `p99_ms`: commit-to-publish latency at a steady rate.
 
+use crate::mode::Mode;
 use crate::{Backend, BoxResult, Broker, Env};
 use outboxer::{MessageId, Outbox};
 use std::collections::HashMap;
@@ -10,7 +11,9 @@ pub fn latency_phase<B: Backend>(env: &Env, db: &B, broker: &Broker) -> BoxResul
     let (latency_messages, latency_rate) = env.latency_plan();
     let table = env.table("latency");
     db.drop_table(&table)?;
-    let outbox = Outbox::builder()
+    // The default (new) mode.
+    let outbox = Mode::New
+        .configure(Outbox::builder())
         .store(db.store(&table)?)
         .stream(env.stream(true)?)
         .check_interval(Duration::from_secs(1))

@@ -11,6 +11,7 @@ pub mod sqlserver;
 
 use crate::BoxResult;
 use outboxer::{Message, Store};
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// One database: what the phases need beyond the [`Store`] trait.
@@ -33,9 +34,18 @@ pub trait Backend {
     fn drop_table(&self, table: &str) -> BoxResult<()>;
     /// Drops every table whose name starts with `prefix` (all phases, also after an error).
     fn drop_tables_like(&self, prefix: &str) -> BoxResult<()>;
-    /// `--breakdown`: starts measuring what the database writes during a relay run.
+    /// Starts measuring what the database writes (WAL, redo) during a relay run.
     fn log_meter(&self) -> BoxResult<Option<Box<dyn LogMeter>>> {
         Ok(None)
+    }
+    /// The names (`/proc/<pid>/comm`) of the database server's processes, for its
+    /// CPU time; none when the database runs in the relay's process.
+    const SERVER_PROCESSES: &'static [&'static str] = &[];
+    /// The server threads (OS ids) serving connections of other clients: those
+    /// whose client port is not one of `mine` (this process's own sockets).
+    fn foreign_tasks(&self, mine: &HashSet<u16>) -> BoxResult<HashSet<u32>> {
+        let _ = mine;
+        Ok(HashSet::new())
     }
     /// Last cleanup once the tables are gone (a database file of our own, say).
     fn finish(&self) {}
@@ -43,7 +53,13 @@ pub trait Backend {
 
 /// What the database wrote between [`Backend::log_meter`] and `report`.
 pub trait LogMeter {
-    fn report(self: Box<Self>, messages: u64) -> BoxResult<String>;
+    fn report(self: Box<Self>, messages: u64) -> BoxResult<Logged>;
+}
+
+/// A [`LogMeter`]'s report: a line for people, the log bytes per message.
+pub struct Logged {
+    pub text: String,
+    pub bytes_per_msg: Option<f64>,
 }
 
 /// `bench\_123\_%`: a LIKE pattern (backslash escapes) for names starting with `prefix`.

@@ -1,12 +1,12 @@
 //! MySQL 8 / MariaDB, on the `mysql` crate directly for phase 1.
 
-use super::{like_prefix, Backend, LogMeter};
+use super::{like_prefix, Backend, LogMeter, Logged};
 use crate::{BoxResult, CHUNK};
 use mysql::prelude::Queryable;
 use mysql::{Conn, IsolationLevel, Opts, TxOpts, Value};
 use outboxer::store::MysqlStore;
 use outboxer::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 pub struct Mysql {
@@ -16,8 +16,15 @@ pub struct Mysql {
 
 impl Mysql {
     pub fn from_env() -> BoxResult<Mysql> {
-        let url = std::env::var("OUTBOXER_MYSQL_URL")
+        let mut url = std::env::var("OUTBOXER_MYSQL_URL")
             .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+        // The mysql crate moves a connection to 127.0.0.1 onto the Unix socket;
+        // over TCP the server's threads serving the bench are known by client port
+        // (the database CPU per message leaves other clients' connections out).
+        if !url.contains("prefer_socket") {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str("prefer_socket=false");
+        }
         let opts = Opts::from_url(&url).map_err(|e| format!("OUTBOXER_MYSQL_URL: {e}"))?;
         Ok(Mysql { url, opts })
     }
@@ -128,6 +135,27 @@ impl Backend for Mysql {
         let start = status(&mut conn)?;
         Ok(Some(Box::new(StatusMeter { conn, start })))
     }
+
+    const SERVER_PROCESSES: &'static [&'static str] = &["mariadbd", "mysqld"];
+
+    fn foreign_tasks(&self, mine: &HashSet<u16>) -> BoxResult<HashSet<u32>> {
+        // MariaDB 10.5+ names each connection's OS thread (TID); HOST is
+        // `ip:port` for TCP clients, `localhost` for the Unix socket, empty for the
+        // server's own threads (kept: their work is the server's).
+        let rows: Vec<(Option<u64>, String)> = self
+            .conn()?
+            .query("SELECT TID, HOST FROM information_schema.PROCESSLIST WHERE HOST <> ''")?;
+        let mut foreign = HashSet::new();
+        for (tid, host) in rows {
+            let port = host
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok());
+            if !port.is_some_and(|p| mine.contains(&p)) {
+                foreign.extend(tid.and_then(|t| u32::try_from(t).ok()));
+            }
+        }
+        Ok(foreign)
+    }
 }
 
 /// Server-wide counters read for `--breakdown`.
@@ -159,7 +187,7 @@ struct StatusMeter {
 }
 
 impl LogMeter for StatusMeter {
-    fn report(mut self: Box<Self>, messages: u64) -> BoxResult<String> {
+    fn report(mut self: Box<Self>, messages: u64) -> BoxResult<Logged> {
         let end = status(&mut self.conn)?;
         let delta = |name: &str| end.get(name)?.checked_sub(*self.start.get(name)?);
         let per = |name: &str| Some(delta(name)? as f64 / messages.max(1) as f64);
@@ -167,7 +195,7 @@ impl LogMeter for StatusMeter {
             Some(v) => format!("{v:.digits$}"),
             None => "?".into(),
         };
-        Ok(format!(
+        let text = format!(
             "per message: redo {} bytes, {} fsyncs, {} statements, \
              {} index lookups + {} index steps; {} row lock waits",
             show(per("Innodb_lsn_current"), 0),
@@ -176,6 +204,10 @@ impl LogMeter for StatusMeter {
             show(per("Handler_read_key"), 2),
             show(per("Handler_read_next"), 1),
             show(delta("Innodb_row_lock_waits").map(|d| d as f64), 0),
-        ))
+        );
+        Ok(Logged {
+            text,
+            bytes_per_msg: per("Innodb_lsn_current"),
+        })
     }
 }

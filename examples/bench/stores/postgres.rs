@@ -1,9 +1,10 @@
 //! PostgreSQL (always built: the example requires the `postgres` feature).
 
-use super::{like_prefix, Backend, LogMeter};
+use super::{like_prefix, Backend, LogMeter, Logged};
 use crate::{BoxResult, CHUNK};
 use outboxer::store::PostgresStore;
 use outboxer::Message;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 pub struct Postgres {
@@ -112,16 +113,36 @@ impl Backend for Postgres {
             .try_get(0)?;
         Ok(Some(Box::new(WalMeter { pg, start })))
     }
+
+    const SERVER_PROCESSES: &'static [&'static str] = &["postgres"];
+
+    fn foreign_tasks(&self, mine: &HashSet<u16>) -> BoxResult<HashSet<u32>> {
+        // Unix-socket clients have no port: never ours.
+        let rows = self.client()?.query(
+            "SELECT pid, coalesce(client_port, -1) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend'",
+            &[],
+        )?;
+        let mut foreign = HashSet::new();
+        for row in rows {
+            let (pid, port): (i32, i32) = (row.try_get(0)?, row.try_get(1)?);
+            if !u16::try_from(port).is_ok_and(|p| mine.contains(&p)) {
+                foreign.insert(u32::try_from(pid)?);
+            }
+        }
+        Ok(foreign)
+    }
 }
 
-/// WAL written by PostgreSQL (the whole server) during a run.
+/// WAL written by PostgreSQL during a run: `pg_current_wal_lsn()` before and
+/// after, so the whole server's (other clients' writes count too).
 struct WalMeter {
     pg: postgres::Client,
     start: String,
 }
 
 impl LogMeter for WalMeter {
-    fn report(mut self: Box<Self>, messages: u64) -> BoxResult<String> {
+    fn report(mut self: Box<Self>, messages: u64) -> BoxResult<Logged> {
         let bytes: f64 = self
             .pg
             .query_one(
@@ -129,10 +150,10 @@ impl LogMeter for WalMeter {
                 &[&self.start],
             )?
             .try_get(0)?;
-        Ok(format!(
-            "WAL {:.1} MB = {:.0} bytes/message",
-            bytes / 1e6,
-            bytes / messages.max(1) as f64
-        ))
+        let per = bytes / messages.max(1) as f64;
+        Ok(Logged {
+            text: format!("WAL {:.1} MB = {per:.0} bytes/message", bytes / 1e6),
+            bytes_per_msg: Some(per),
+        })
     }
 }

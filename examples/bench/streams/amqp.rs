@@ -1,6 +1,6 @@
 //! `--stream amqp`: the exchange, the bound queue and its consumer, the raw amiquip ceiling.
 
-use crate::breakdown::CpuSample;
+use crate::cpu::CpuSample;
 use crate::{BoxResult, Env, CHUNK, ROUTING_KEY};
 use amiquip::{
     AmqpValue, Channel, Confirm, ConfirmSmoother, Connection, ConsumerMessage, ConsumerOptions,

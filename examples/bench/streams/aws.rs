@@ -1,7 +1,7 @@
 //! `--stream sqs|kinesis`: the queue or stream on moto, the raw signed-call
 //! ceiling and (SQS) the message-count check.
 
-use crate::breakdown::CpuSample;
+use crate::cpu::CpuSample;
 use crate::{BoxResult, Env, StreamKind, ROUTING_KEY};
 use outboxer::stream::aws::{AwsClient, Service};
 use serde_json::{json, Value};

@@ -1,6 +1,6 @@
 //! `--stream kafka`: the topic, the raw rdkafka ceiling and the high-watermark check.
 
-use crate::breakdown::CpuSample;
+use crate::cpu::CpuSample;
 use crate::{BoxResult, Env, CHUNK, ROUTING_KEY};
 use outboxer::stream::kafka::KafkaUrl;
 use outboxer::MESSAGE_ID_HEADER;

@@ -1,6 +1,6 @@
 //! `--stream pubsub`: the topic on the emulator and the raw REST ceiling.
 
-use crate::breakdown::CpuSample;
+use crate::cpu::CpuSample;
 use crate::{BoxResult, Env, CHUNK};
 use base64::Engine as _;
 use outboxer::MESSAGE_ID_HEADER;
