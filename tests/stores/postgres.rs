@@ -246,3 +246,80 @@ fn pool_caps_open_connections() {
     );
     Pg::drop_table(&t);
 }
+
+/// The row-lock claim runs as a statement prepared once per connection with its
+/// generic plan: that plan still walks the pending index in id order (no
+/// sequential scan, no sort of the backlog) on a table with a large backlog.
+#[test]
+fn row_lock_claim_generic_plan_walks_the_pending_index() {
+    use crate::conformance::{store, unique};
+    use outboxer::__private::sql::postgres::PostgresSql;
+    use outboxer::__private::TableName;
+    let t = unique("c_pggeneric");
+    let _s = store::<Pg>(&t);
+    Pg::exec(&[
+        format!(
+            "INSERT INTO \"{t}\" (payload, ordering_key, status) \
+             SELECT '\\x00', CASE WHEN g % 3 = 0 THEN 'k' || (g % 50) END, \
+                    CASE WHEN g <= 20000 THEN 'dispatched' ELSE 'pending' END \
+             FROM generate_series(1, 60000) g"
+        ),
+        format!("ANALYZE \"{t}\""),
+    ]);
+    let sql = PostgresSql::new(&TableName::parse(&t).expect("name"));
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).expect("connect");
+    c.batch_execute(&PostgresSql::begin_held(30_000))
+        .expect("begin");
+    c.batch_execute(&format!(
+        "PREPARE claim(bigint, bigint) AS {}",
+        sql.claim_locked
+    ))
+    .expect("prepare");
+    let plan: Vec<String> = c
+        .query("EXPLAIN EXECUTE claim(500, 16777216)", &[])
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    c.batch_execute("ROLLBACK").expect("rollback");
+    assert!(plan.contains("_pending_idx on"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    Pg::drop_table(&t);
+}
+
+/// A connection keeps its prepared row-lock claim; a table dropped and created
+/// again under the same name does not leave claims failing.
+#[test]
+fn row_lock_claims_survive_a_recreated_table() {
+    use crate::conformance::{store, unique};
+    use outboxer::store::Lease;
+    use outboxer::{Message, Store};
+    use std::time::Duration;
+    let t = unique("c_pgrecreate");
+    let s = store::<Pg>(&t);
+    let lease = || Lease::new(Duration::from_secs(30));
+    s.enqueue(&[Message::new(b"a".to_vec())]).expect("enqueue");
+    let held = s
+        .claim_locked(&lease(), 10.into())
+        .expect("claim")
+        .expect("row locks");
+    let ids: Vec<i64> = held.claim.messages.iter().map(|m| m.id).collect();
+    held.held.commit(&ids, true).expect("commit");
+    Pg::drop_table(&t);
+    s.migrate().expect("migrate again");
+    s.enqueue(&[Message::new(b"b".to_vec())]).expect("enqueue");
+    let mut errors = Vec::new();
+    let got = loop {
+        match s.claim_locked(&lease(), 10.into()) {
+            Ok(Some(l)) => break l,
+            Ok(None) => panic!("row locks"),
+            Err(e) if errors.len() < 2 => errors.push(e),
+            Err(e) => panic!("claims keep failing: {e} after {errors:?}"),
+        }
+    };
+    assert_eq!(got.claim.messages.len(), 1, "after {errors:?}");
+    assert_eq!(got.claim.messages[0].payload, b"b");
+    drop(got);
+    Pg::drop_table(&t);
+}

@@ -17,7 +17,7 @@ use crate::{Error, Result};
 use parking_lot::{Condvar, Mutex};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::tls::{MakeTlsConnect, TlsConnect};
-use postgres::{Client, GenericClient, Socket};
+use postgres::{Client, GenericClient, Socket, Statement};
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -72,7 +72,8 @@ struct Inner {
 
 /// The pool's connections: idle ones, and how many are open (idle or in use).
 struct Pool {
-    idle: Vec<Client>,
+    /// With each its prepared row-lock claim, once it has claimed.
+    idle: Vec<(Client, Option<Statement>)>,
     open: usize,
 }
 
@@ -157,11 +158,12 @@ impl PostgresStore {
         let deadline = Instant::now() + inner.pool_timeout;
         let mut pool = inner.pool.lock();
         loop {
-            while let Some(c) = pool.idle.pop() {
+            while let Some((c, claim)) = pool.idle.pop() {
                 if !c.is_closed() {
                     return Ok(Conn {
                         inner: Arc::clone(&self.inner),
                         client: Some(c),
+                        claim,
                         discard: false,
                     });
                 }
@@ -174,6 +176,7 @@ impl PostgresStore {
                     Ok(c) => Ok(Conn {
                         inner: Arc::clone(&self.inner),
                         client: Some(c),
+                        claim: None,
                         discard: false,
                     }),
                     Err(e) => {
@@ -395,6 +398,9 @@ impl PostgresStoreBuilder {
 struct Conn {
     inner: Arc<Inner>,
     client: Option<Client>,
+    /// The row-lock claim, prepared on this connection (planned once: see
+    /// `begin_held`).
+    claim: Option<Statement>,
     discard: bool,
 }
 
@@ -418,7 +424,7 @@ impl Drop for Conn {
         };
         let mut pool = self.inner.pool.lock();
         let closing = if !self.discard && !c.is_closed() && pool.idle.len() < self.inner.max_idle {
-            pool.idle.push(c);
+            pool.idle.push((c, self.claim.take()));
             None
         } else {
             pool.open = pool.open.saturating_sub(1);
@@ -621,10 +627,26 @@ impl Store for PostgresStore {
             table,
             done: false,
         };
-        let rows = held
-            .conn
-            .query(&self.inner.sql.claim_locked, &[&max_rows, &max_bytes])
-            .map_err(|e| Error::db("claiming messages", e))?;
+        let claim = match held.conn.claim.clone() {
+            Some(c) => c,
+            None => {
+                let c = held
+                    .conn
+                    .prepare(&self.inner.sql.claim_locked)
+                    .map_err(|e| Error::db("claiming messages", e))?;
+                held.conn.claim = Some(c.clone());
+                c
+            }
+        };
+        let rows = match held.conn.query(&claim, &[&max_rows, &max_bytes]) {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Prepared again next time (say the table was altered or
+                // recreated since: the prepared statement cannot run any more).
+                held.conn.claim = None;
+                return Err(Error::db("claiming messages", e));
+            }
+        };
         let decoded = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
         Ok(Some(LockedClaim {
             claim: Claim::from_rows(decoded),
