@@ -40,10 +40,13 @@ impl Mode {
         }
     }
 
-    /// The mode's settings on an outbox builder.
+    /// The mode's settings on an outbox builder (both set explicitly: the
+    /// defaults are the new mode's).
     pub fn configure<S: Store>(self, b: OutboxBuilder<S>) -> OutboxBuilder<S> {
         match self {
-            Mode::Old => b.claim_mode(ClaimMode::Leases),
+            Mode::Old => b
+                .claim_mode(ClaimMode::Leases)
+                .cleanup_before(OLD_RETENTION),
             Mode::New => b
                 .claim_mode(ClaimMode::RowLocks)
                 .cleanup_before(Duration::ZERO),
@@ -101,3 +104,6 @@ impl Claims {
         }
     }
 }
+
+/// The old mode's retention of dispatched rows (the default before issue 16).
+pub const OLD_RETENTION: Duration = Duration::from_secs(5 * 24 * 3600);

@@ -71,7 +71,9 @@ pub fn relay_phase<B: Backend>(
         let mut outboxes = Vec::with_capacity(relays);
         for stream in streams {
             let builder = match mode {
-                Mode::Old => AsyncOutbox::builder().claim_mode(ClaimMode::Leases),
+                Mode::Old => AsyncOutbox::builder()
+                    .claim_mode(ClaimMode::Leases)
+                    .cleanup_before(crate::mode::OLD_RETENTION),
                 Mode::New => AsyncOutbox::builder()
                     .claim_mode(ClaimMode::RowLocks)
                     .cleanup_before(Duration::ZERO),
