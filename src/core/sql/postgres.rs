@@ -111,6 +111,20 @@ impl PostgresSql {
                 SELECT 1 FROM {t} p WHERE p.status IN ('pending', 'parked')
                   AND p.ordering_key = h.ordering_key AND p.id < h.id)"
         );
+        // A claim's candidates (the rows of `e`): pending and due, not leased,
+        // each the earliest undelivered row of its key, locked in id order
+        // skipping rows other claims hold.
+        let candidates = format!(
+            "WHERE e.status = 'pending' AND e.available_at <= now()
+                      AND (e.locked_until IS NULL OR e.locked_until < now())
+                      AND (e.ordering_key IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM {t} p
+                            WHERE p.status IN ('pending', 'parked') AND p.ordering_key = e.ordering_key
+                              AND p.id < e.id))
+                    ORDER BY e.id
+                    LIMIT $1
+                    FOR UPDATE SKIP LOCKED"
+        );
         let migrate = vec![
             format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
@@ -214,15 +228,7 @@ impl PostgresSql {
             claim: format!(
                 "WITH c AS (
                     SELECT e.id, octet_length(e.payload) AS n FROM {t} e
-                    WHERE e.status = 'pending' AND e.available_at <= now()
-                      AND (e.locked_until IS NULL OR e.locked_until < now())
-                      AND (e.ordering_key IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM {t} p
-                            WHERE p.status IN ('pending', 'parked') AND p.ordering_key = e.ordering_key
-                              AND p.id < e.id))
-                    ORDER BY e.id
-                    LIMIT $1
-                    FOR UPDATE SKIP LOCKED
+                    {candidates}
                  ), w AS (
                     SELECT id, sum(n) OVER (ORDER BY id) AS running, row_number() OVER (ORDER BY id) AS nth
                     FROM c
@@ -241,15 +247,7 @@ impl PostgresSql {
                     SELECT e.id, e.message_id, e.payload, e.headers, e.options, e.ordering_key,
                            e.attempts, e.created_at, octet_length(e.payload) AS n
                     FROM {t} e
-                    WHERE e.status = 'pending' AND e.available_at <= now()
-                      AND (e.locked_until IS NULL OR e.locked_until < now())
-                      AND (e.ordering_key IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM {t} p
-                            WHERE p.status IN ('pending', 'parked') AND p.ordering_key = e.ordering_key
-                              AND p.id < e.id))
-                    ORDER BY e.id
-                    LIMIT $1
-                    FOR UPDATE SKIP LOCKED
+                    {candidates}
                  ), u AS (
                     SELECT c.*, sum(n) OVER (ORDER BY id) AS running, row_number() OVER (ORDER BY id) AS nth
                     FROM c
