@@ -109,7 +109,7 @@ pub struct MysqlSql {
     pub table: String,
     /// The quoted key-lock table name.
     pub keys_table: String,
-    /// The claim index's name (unquoted).
+    /// The claim index's name, quoted.
     pub status_index: String,
     /// Claim step 1: candidate ids by a consistent (non-locking) read: ($1 limit).
     pub claim_candidates: String,
@@ -273,7 +273,7 @@ impl MysqlSql {
             ),
             table: t,
             keys_table,
-            status_index: format!("{name}_status_idx"),
+            status_index: q(&format!("{name}_status_idx")),
         }
     }
 
@@ -362,7 +362,7 @@ impl MysqlSql {
     pub fn claim_locked(&self, limit: usize) -> String {
         let t = &self.table;
         format!(
-            "SELECT {}, CAST(LENGTH(e.payload) AS SIGNED) FROM {t} e FORCE INDEX (`{}`)
+            "SELECT {}, CAST(LENGTH(e.payload) AS SIGNED) FROM {t} e FORCE INDEX ({})
              WHERE e.status = 'pending' AND e.available_at <= UTC_TIMESTAMP(6)
                AND e.locked_until < UTC_TIMESTAMP(6)
                AND (e.ordering_key IS NULL OR (
