@@ -57,6 +57,23 @@ async fn claim(s: &SqlxStore<sqlx::Postgres>) -> Vec<MessageId> {
         .collect()
 }
 
+/// A store on table `t`, its sqlx pool, and an outbox (no stream) over it.
+async fn setup(
+    t: &str,
+) -> (
+    SqlxStore<sqlx::Postgres>,
+    PgPool,
+    Outbox<SqlxStore<sqlx::Postgres>>,
+) {
+    let store = SqlxPg::store(t).await;
+    let pool = store.pool().clone();
+    let outbox = Outbox::builder()
+        .store(store.clone())
+        .build()
+        .expect("outbox");
+    (store, pool, outbox)
+}
+
 async fn count(pool: &PgPool, table: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM \"{table}\""))
         .fetch_one(pool)
@@ -69,12 +86,7 @@ async fn count(pool: &PgPool, table: &str) -> i64 {
 #[tokio::test]
 async fn joins_the_callers_sqlx_transaction() {
     let t = unique("sqlx_tx");
-    let store = SqlxPg::store(&t).await;
-    let pool = store.pool().clone();
-    let outbox = Outbox::builder()
-        .store(store.clone())
-        .build()
-        .expect("outbox");
+    let (store, pool, outbox) = setup(&t).await;
     let side = format!("{t}_orders");
     sqlx::query(&format!("CREATE TABLE \"{side}\" (id BIGINT)"))
         .execute(&pool)
@@ -164,12 +176,7 @@ async fn joins_the_callers_sqlx_transaction() {
 #[tokio::test]
 async fn per_key_commit_order_across_sqlx_transactions() {
     let t = unique("sqlx_order");
-    let store = SqlxPg::store(&t).await;
-    let pool = store.pool().clone();
-    let outbox = Outbox::builder()
-        .store(store.clone())
-        .build()
-        .expect("outbox");
+    let (store, pool, outbox) = setup(&t).await;
 
     let mut first = pool.begin().await.expect("begin");
     let a = outbox
@@ -226,12 +233,7 @@ async fn per_key_commit_order_across_sqlx_transactions() {
 #[tokio::test]
 async fn a_bad_message_is_a_typed_error_with_nothing_stored() {
     let t = unique("sqlx_bad");
-    let store = SqlxPg::store(&t).await;
-    let pool = store.pool().clone();
-    let outbox = Outbox::builder()
-        .store(store.clone())
-        .build()
-        .expect("outbox");
+    let (_store, pool, outbox) = setup(&t).await;
     let bad = || Message::new(b"x".to_vec()).header("traceparent", "not a traceparent");
 
     let mut tx = pool.begin().await.expect("begin");
@@ -255,12 +257,7 @@ async fn a_bad_message_is_a_typed_error_with_nothing_stored() {
 #[tokio::test]
 async fn rows_equal_the_stores_rows() {
     let t = unique("sqlx_rows");
-    let store = SqlxPg::store(&t).await;
-    let pool = store.pool().clone();
-    let outbox = Outbox::builder()
-        .store(store.clone())
-        .build()
-        .expect("outbox");
+    let (store, pool, outbox) = setup(&t).await;
     let msgs = vec![
         Message::new(vec![0u8, 159, 146, 255])
             .header("ключ", "значение 🎉")
